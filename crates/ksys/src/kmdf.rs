@@ -1,0 +1,349 @@
+//! The safe KMDF surface the driver is written against: driver entry, a non-PnP control device
+//! with a parallel PASSIVE queue, METHOD_BUFFERED requests, debug output and panics.
+//!
+//! Handles come only from the framework, so these wrappers can be safe: each one states which
+//! framework contract it relies on.
+
+use core::ffi::c_void;
+use core::ptr;
+
+use crate::imports::{KeBugCheckEx, vDbgPrintEx};
+use crate::io::DRIVER_OBJECT;
+use crate::ntdef::*;
+use crate::wdf::functions::*;
+use crate::wdf::types::*;
+
+/// Bugcheck code of a driver panic ("WKTS"): parameters are file name pointer and length, line, column.
+pub const WSKTLS_PANIC_BUGCHECK: u32 = u32::from_be_bytes(*b"WKTS");
+
+/// Defines the image entry point `FxDriverEntry` (link with `/ENTRY:FxDriverEntry`), which binds
+/// KMDF and then calls `$init(&DriverEntryArgs) -> Result<(), NTSTATUS>`.
+#[macro_export]
+macro_rules! kmdf_driver_entry {
+    ($init:path) => {
+        /// Image entry point: binds KMDF 1.15, then runs the driver's entry.
+        ///
+        /// # Safety
+        /// Called once per load by the I/O manager (or kemu) with its own arguments.
+        #[unsafe(no_mangle)]
+        #[cfg_attr(windows, unsafe(link_section = "INIT"))]
+        pub unsafe extern "win64" fn FxDriverEntry(
+            driver: *mut $crate::io::DRIVER_OBJECT,
+            registry_path: *mut $crate::ntdef::UNICODE_STRING,
+        ) -> $crate::ntdef::NTSTATUS {
+            // SAFETY: forwarded from the I/O manager's call of the entry point.
+            unsafe {
+                $crate::wdf::bind::fx_driver_entry(driver, registry_path, |d, r| {
+                    $crate::kmdf::run_driver_entry(d, r, $init)
+                })
+            }
+        }
+    };
+}
+
+/// What DriverEntry receives, kept opaque so driver code stays safe.
+#[derive(Debug)]
+pub struct DriverEntryArgs {
+    driver: *mut DRIVER_OBJECT,
+    registry_path: *mut UNICODE_STRING,
+}
+
+/// Adapts the bind stub's raw call to the driver's safe entry. Not for direct use.
+#[doc(hidden)]
+pub fn run_driver_entry(
+    driver: *mut DRIVER_OBJECT,
+    registry_path: *mut UNICODE_STRING,
+    init: fn(&DriverEntryArgs) -> Result<(), NTSTATUS>,
+) -> NTSTATUS {
+    match init(&DriverEntryArgs {
+        driver,
+        registry_path,
+    }) {
+        Ok(()) => STATUS_SUCCESS,
+        Err(status) => status,
+    }
+}
+
+fn check(status: NTSTATUS) -> Result<(), NTSTATUS> {
+    if nt_success(status) {
+        Ok(())
+    } else {
+        Err(status)
+    }
+}
+
+/// Creates the framework driver object of a non-PnP driver (unloadable through `unload`).
+pub fn create_non_pnp_driver(
+    args: &DriverEntryArgs,
+    unload: extern "win64" fn(WDFDRIVER),
+) -> Result<WDFDRIVER, NTSTATUS> {
+    let mut config = WDF_DRIVER_CONFIG {
+        Size: core::mem::size_of::<WDF_DRIVER_CONFIG>() as u32,
+        EvtDriverDeviceAdd: None,
+        EvtDriverUnload: Some(unload),
+        DriverInitFlags: WDF_DRIVER_INIT_NON_PNP_DRIVER,
+        DriverPoolTag: 0,
+    };
+    let mut attributes = WDF_OBJECT_ATTRIBUTES::init();
+    let mut driver = WDFDRIVER::NULL;
+    // SAFETY: the driver object and registry path are the I/O manager's; the structs outlive the call.
+    check(unsafe {
+        WdfDriverCreate(
+            args.driver,
+            args.registry_path,
+            &mut attributes,
+            &mut config,
+            &mut driver,
+        )
+    })?;
+    Ok(driver)
+}
+
+/// File-object callbacks of a control device (per-handle state lives behind them).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FileCallbacks {
+    /// Runs at open; must complete the request.
+    pub create: PFN_WDF_DEVICE_FILE_CREATE,
+    /// Runs when the last handle is closed (I/O may still be outstanding).
+    pub cleanup: PFN_WDF_FILE_EVENT,
+    /// Runs after all of the handle's I/O has finished.
+    pub close: PFN_WDF_FILE_EVENT,
+}
+
+/// How to create a named non-PnP control device.
+#[derive(Debug, Clone, Copy)]
+pub struct ControlDeviceConfig {
+    /// NT device name, e.g. `\Device\WskTls` (UTF-16, optionally NUL-terminated).
+    pub name: &'static [u16],
+    /// DOS symbolic link, e.g. `\DosDevices\WskTls`.
+    pub symbolic_link: &'static [u16],
+    /// Security descriptor in SDDL, e.g. SYSTEM + Administrators only.
+    pub sddl: &'static [u16],
+    /// Optional per-handle callbacks.
+    pub file_callbacks: Option<FileCallbacks>,
+}
+
+/// Creates the control device and its symbolic link (not yet accepting I/O: see [`finish_initializing`]).
+pub fn create_control_device(
+    driver: WDFDRIVER,
+    config: &ControlDeviceConfig,
+) -> Result<WDFDEVICE, NTSTATUS> {
+    let sddl = UNICODE_STRING::from_static(config.sddl);
+    let name = UNICODE_STRING::from_static(config.name);
+    let link = UNICODE_STRING::from_static(config.symbolic_link);
+    // SAFETY: `driver` is the framework driver; the SDDL string outlives the call.
+    let mut init = unsafe { WdfControlDeviceInitAllocate(driver, &sddl) };
+    if init.is_null() {
+        return Err(STATUS_INSUFFICIENT_RESOURCES);
+    }
+    // SAFETY: `init` is a live device-init block owned by us until WdfDeviceCreate succeeds.
+    let status = unsafe {
+        WdfDeviceInitSetExclusive(init, 0);
+        WdfDeviceInitSetIoType(init, WDF_DEVICE_IO_BUFFERED);
+        let mut status = WdfDeviceInitAssignName(init, &name);
+        if nt_success(status) {
+            if let Some(callbacks) = config.file_callbacks {
+                let mut file_config = WDF_FILEOBJECT_CONFIG {
+                    Size: core::mem::size_of::<WDF_FILEOBJECT_CONFIG>() as u32,
+                    EvtDeviceFileCreate: callbacks.create,
+                    EvtFileClose: callbacks.close,
+                    EvtFileCleanup: callbacks.cleanup,
+                    AutoForwardCleanupClose: WDF_USE_DEFAULT,
+                    FileObjectClass: WDF_FILE_OBJECT_WDF_CANNOT_USE_FS_CONTEXTS,
+                };
+                let mut file_attributes = WDF_OBJECT_ATTRIBUTES::init();
+                file_attributes.ExecutionLevel = WDF_EXECUTION_LEVEL_PASSIVE;
+                WdfDeviceInitSetFileObjectConfig(init, &mut file_config, &mut file_attributes);
+            }
+            let mut attributes = WDF_OBJECT_ATTRIBUTES::init();
+            let mut device = WDFDEVICE::NULL;
+            status = WdfDeviceCreate(&mut init, &mut attributes, &mut device);
+            if nt_success(status) {
+                status = WdfDeviceCreateSymbolicLink(device, &link);
+                if nt_success(status) {
+                    return Ok(device);
+                }
+                WdfObjectDelete(device.as_object());
+                return Err(status);
+            }
+        }
+        status
+    };
+    // SAFETY: creation failed, so the framework did not take `init`; free it once.
+    unsafe {
+        if !init.is_null() {
+            WdfDeviceInitFree(init);
+        }
+    }
+    Err(status)
+}
+
+/// Creates the device's default queue: parallel dispatch, callbacks at PASSIVE_LEVEL.
+pub fn create_default_parallel_queue(
+    device: WDFDEVICE,
+    device_control: extern "win64" fn(WDFQUEUE, WDFREQUEST, usize, usize, u32),
+) -> Result<WDFQUEUE, NTSTATUS> {
+    let mut config = WDF_IO_QUEUE_CONFIG {
+        Size: core::mem::size_of::<WDF_IO_QUEUE_CONFIG>() as u32,
+        DispatchType: WDF_IO_QUEUE_DISPATCH_PARALLEL,
+        PowerManaged: WDF_FALSE,
+        AllowZeroLengthRequests: 0,
+        DefaultQueue: 1,
+        EvtIoDefault: ptr::null(),
+        EvtIoRead: ptr::null(),
+        EvtIoWrite: ptr::null(),
+        EvtIoDeviceControl: Some(device_control),
+        EvtIoInternalDeviceControl: ptr::null(),
+        EvtIoStop: ptr::null(),
+        EvtIoResume: ptr::null(),
+        EvtIoCanceledOnQueue: ptr::null(),
+        NumberOfPresentedRequests: u32::MAX,
+        Driver: WDFDRIVER::NULL,
+    };
+    let mut attributes = WDF_OBJECT_ATTRIBUTES::init();
+    attributes.ExecutionLevel = WDF_EXECUTION_LEVEL_PASSIVE;
+    let mut queue = WDFQUEUE::NULL;
+    // SAFETY: `device` is a live framework device; the structs outlive the call.
+    check(unsafe { WdfIoQueueCreate(device, &mut config, &mut attributes, &mut queue) })?;
+    Ok(queue)
+}
+
+/// Lets I/O reach the control device.
+pub fn finish_initializing(device: WDFDEVICE) {
+    // SAFETY: `device` is a live control device.
+    unsafe { WdfControlFinishInitializing(device) }
+}
+
+/// A METHOD_BUFFERED device-control request presented to the driver.
+///
+/// Input and output share one system buffer: [`Request::read_input`] copies the input out before
+/// [`Request::write_output`] may overwrite it.
+#[derive(Debug)]
+pub struct Request {
+    handle: WDFREQUEST,
+}
+
+impl Request {
+    /// Takes over a request the framework presented to an EvtIo callback.
+    pub fn from_presented(handle: WDFREQUEST) -> Self {
+        Request { handle }
+    }
+
+    /// The framework handle.
+    pub fn handle(&self) -> WDFREQUEST {
+        self.handle
+    }
+
+    /// Copies the whole input into `destination`; returns the input length.
+    ///
+    /// Errors: STATUS_BUFFER_TOO_SMALL if shorter than `minimum`, STATUS_INVALID_BUFFER_SIZE if
+    /// longer than `destination`. Zero-length input is `Ok(0)` when `minimum` is 0.
+    pub fn read_input(
+        &self,
+        input_length: usize,
+        minimum: usize,
+        destination: &mut [u8],
+    ) -> Result<usize, NTSTATUS> {
+        if input_length < minimum {
+            return Err(STATUS_BUFFER_TOO_SMALL);
+        }
+        if input_length == 0 {
+            return Ok(0);
+        }
+        if input_length > destination.len() {
+            return Err(STATUS_INVALID_BUFFER_SIZE);
+        }
+        let mut buffer: *mut c_void = ptr::null_mut();
+        let mut length = 0usize;
+        // SAFETY: the request is presented to us and not completed; out-params are locals.
+        check(unsafe {
+            WdfRequestRetrieveInputBuffer(self.handle, input_length, &mut buffer, &mut length)
+        })?;
+        if buffer.is_null() || length < input_length {
+            return Err(STATUS_BUFFER_TOO_SMALL);
+        }
+        // SAFETY: the framework guarantees `length` (>= input_length) readable bytes at `buffer`
+        // while the request is ours; `destination` holds at least `input_length` bytes.
+        unsafe {
+            ptr::copy_nonoverlapping(buffer as *const u8, destination.as_mut_ptr(), input_length)
+        };
+        Ok(input_length)
+    }
+
+    /// Copies `data` into the output buffer; STATUS_BUFFER_TOO_SMALL (nothing written) if the
+    /// caller's output buffer is shorter. Returns the byte count to complete with.
+    pub fn write_output(&self, data: &[u8]) -> Result<usize, NTSTATUS> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let mut buffer: *mut c_void = ptr::null_mut();
+        let mut length = 0usize;
+        // SAFETY: as in `read_input`.
+        check(unsafe {
+            WdfRequestRetrieveOutputBuffer(self.handle, data.len(), &mut buffer, &mut length)
+        })?;
+        if buffer.is_null() || length < data.len() {
+            return Err(STATUS_BUFFER_TOO_SMALL);
+        }
+        // SAFETY: the framework guarantees `length` (>= data.len()) writable bytes at `buffer`.
+        unsafe { ptr::copy_nonoverlapping(data.as_ptr(), buffer as *mut u8, data.len()) };
+        Ok(data.len())
+    }
+
+    /// Completes the request; `information` is the number of output bytes to return.
+    pub fn complete(self, status: NTSTATUS, information: usize) {
+        // SAFETY: the request is ours and, consuming `self`, is completed exactly once here.
+        unsafe { WdfRequestCompleteWithInformation(self.handle, status, information) }
+    }
+}
+
+/// Debug output levels (DPFLTR_*_LEVEL).
+pub const DPFLTR_ERROR_LEVEL: u32 = 0;
+/// Warnings.
+pub const DPFLTR_WARNING_LEVEL: u32 = 1;
+/// Tracing.
+pub const DPFLTR_TRACE_LEVEL: u32 = 2;
+/// Informational.
+pub const DPFLTR_INFO_LEVEL: u32 = 3;
+/// Component id for third-party drivers (DPFLTR_IHVDRIVER_ID).
+pub const DPFLTR_IHVDRIVER_ID: u32 = 77;
+
+/// Writes one line to the kernel debugger log (DbgView / WinDbg; kemu's per-kernel log).
+pub fn debug_print(level: u32, message: &str) {
+    let length = message.len().min(i32::MAX as usize);
+    let args: [usize; 2] = [length, message.as_ptr() as usize];
+    // SAFETY: "%.*s" consumes an int length and a pointer to that many bytes: both in `args`,
+    // laid out as the win64 va_list the routine expects.
+    unsafe {
+        vDbgPrintEx(
+            DPFLTR_IHVDRIVER_ID,
+            level,
+            c"wsktls: %.*s\n".as_ptr() as *const u8,
+            args.as_ptr(),
+        );
+    }
+}
+
+/// Stops the machine on a driver panic with [`WSKTLS_PANIC_BUGCHECK`] (kernel images only).
+pub fn bugcheck_on_panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let (file, line, column) = match info.location() {
+        Some(l) => (l.file(), l.line(), l.column()),
+        None => ("", 0, 0),
+    };
+    // SAFETY: KeBugCheckEx never returns; its parameters are plain values.
+    unsafe {
+        KeBugCheckEx(
+            WSKTLS_PANIC_BUGCHECK,
+            file.as_ptr() as usize,
+            file.len(),
+            line as usize,
+            column as usize,
+        )
+    }
+}
+
+/// Deletes a framework object the driver created (PASSIVE_LEVEL for control devices).
+pub fn delete_object(object: WDFOBJECT) {
+    // SAFETY: `object` is a live framework object the driver owns.
+    unsafe { WdfObjectDelete(object) }
+}
