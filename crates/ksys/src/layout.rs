@@ -87,8 +87,10 @@ layouts! {
     SecPkgContext_ApplicationProtocol as "_SecPkgContext_ApplicationProtocol" = 264 {
         ProtoNegoStatus @ 0, ProtoNegoExt @ 4, ProtocolIdSize @ 8, ProtocolId @ 9
     }
-    SEC_APPLICATION_PROTOCOLS as "_SEC_APPLICATION_PROTOCOLS" = 4 { ProtocolListsSize @ 0 }
-    SEC_APPLICATION_PROTOCOL_LIST as "_SEC_APPLICATION_PROTOCOL_LIST" = 8 { ProtoNegoExt @ 0, ProtocolListSize @ 4 }
+    SEC_APPLICATION_PROTOCOLS as "_SEC_APPLICATION_PROTOCOLS" = 12 { ProtocolListsSize @ 0, ProtocolLists @ 4 }
+    SEC_APPLICATION_PROTOCOL_LIST as "_SEC_APPLICATION_PROTOCOL_LIST" = 8 {
+        ProtoNegoExt @ 0, ProtocolListSize @ 4, ProtocolList @ 6
+    }
     SCH_CREDENTIALS as "_SCH_CREDENTIALS" = 72 {
         dwVersion @ 0, dwCredFormat @ 4, cCreds @ 8, paCred @ 16, hRootStore @ 24, cMappers @ 32,
         aphMappers @ 40, dwSessionLifespan @ 48, dwFlags @ 52, cTlsParameters @ 56, pTlsParameters @ 64

@@ -108,24 +108,27 @@ pub struct SecPkgContext_ApplicationProtocol {
     pub ProtocolId: [u8; 255],
 }
 
-/// Header of a `SECBUFFER_APPLICATION_PROTOCOLS` buffer; protocol lists follow.
+/// Contents of a `SECBUFFER_APPLICATION_PROTOCOLS` buffer: a byte count, then protocol lists
+/// (C declares the trailing array with one element; real buffers are longer).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct SEC_APPLICATION_PROTOCOLS {
     /// Bytes of the lists that follow this field.
     pub ProtocolListsSize: u32,
+    pub ProtocolLists: [SEC_APPLICATION_PROTOCOL_LIST; 1],
 }
 
-/// Header of one protocol list inside [`SEC_APPLICATION_PROTOCOLS`] (wire bytes follow).
+/// One protocol list inside [`SEC_APPLICATION_PROTOCOLS`]: ALPN wire bytes start at `ProtocolList`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct SEC_APPLICATION_PROTOCOL_LIST {
     pub ProtoNegoExt: i32,
     pub ProtocolListSize: u16,
+    pub ProtocolList: [u8; 1],
 }
 
 /// Byte offset of the wire-format list inside [`SEC_APPLICATION_PROTOCOL_LIST`] (6: no padding).
-pub const SEC_APPLICATION_PROTOCOL_LIST_HEADER: usize = 6;
+pub const SEC_APPLICATION_PROTOCOL_LIST_HEADER: usize = core::mem::offset_of!(SEC_APPLICATION_PROTOCOL_LIST, ProtocolList);
 
 /// Buffer descriptor version.
 pub const SECBUFFER_VERSION: u32 = 0;
