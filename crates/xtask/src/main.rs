@@ -104,10 +104,46 @@ fn build_driver(profiles: &[Profile]) -> Result<Vec<PathBuf>, String> {
         let sys = out_dir.join("wsktls.sys");
         std::fs::copy(&dll, &sys)
             .map_err(|e| format!("cannot copy {} to {}: {e}", dll.display(), sys.display()))?;
-        eprintln!("xtask: built {}", sys.display());
+        let inf = out_dir.join("wsktls.inf");
+        stamp_inf(&root.join("inf/wsktls.inx"), &inf)?;
+        eprintln!("xtask: built {} and {}", sys.display(), inf.display());
         images.push(sys);
     }
     Ok(images)
+}
+
+/// KMDF version the driver binds (ksys::wdf::types::KMDF_VERSION_*; checked by tests/inf.rs).
+const KMDF_VERSION: &str = "1.15";
+
+/// What stampinf does: architecture, KMDF version and DriverVer (date, four-part version).
+fn stamp_inf(inx: &Path, inf: &Path) -> Result<(), String> {
+    let source = std::fs::read_to_string(inx).map_err(|e| format!("{}: {e}", inx.display()))?;
+    let (month, day, year) = today();
+    let version = format!("{}.0", env!("CARGO_PKG_VERSION"));
+    let stamped = source
+        .replace("$ARCH$", "amd64")
+        .replace("$KMDFVERSION$", KMDF_VERSION)
+        .replace("DriverVer   = 01/01/1970,0.0.0.0", &format!("DriverVer   = {month:02}/{day:02}/{year},{version}"));
+    // INF files are read as UTF-16 or ANSI; plain ASCII with CRLF line ends suits every tool.
+    let stamped = stamped.replace("\r\n", "\n").replace('\n', "\r\n");
+    std::fs::write(inf, stamped).map_err(|e| format!("{}: {e}", inf.display()))
+}
+
+/// Today's civil date (UTC) from the system clock.
+fn today() -> (u32, u32, i64) {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    // Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (month, day, year)
 }
 
 fn run_tests(extra: &[String]) -> Result<(), String> {
