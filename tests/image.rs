@@ -40,8 +40,11 @@ fn images() -> Vec<PathBuf> {
         .collect()
 }
 
-/// Real exports per module (lower-cased module name → names), or why they are unavailable.
-fn export_allow_list() -> Result<BTreeMap<String, BTreeSet<String>>, String> {
+/// Real exports per module: lower-cased module name → export names.
+type ExportList = BTreeMap<String, BTreeSet<String>>;
+
+/// Real exports per module, or why they are unavailable.
+fn export_allow_list() -> Result<ExportList, String> {
     let mut list: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (module, lib) in MINGW_IMPORT_LIBS {
         let path = Path::new(MINGW_LIB_DIR).join(lib);
@@ -97,7 +100,7 @@ fn checksum_offset(data: &[u8]) -> usize {
 }
 
 /// Every rule the image breaks (empty = good).
-fn violations(data: &[u8], exports: Option<&BTreeMap<String, BTreeSet<String>>>) -> Vec<String> {
+fn violations(data: &[u8], exports: Option<&ExportList>) -> Vec<String> {
     let mut bad = Vec::new();
     let pe = match PeFile64::parse(data) {
         Ok(pe) => pe,
@@ -224,7 +227,7 @@ fn load(path: &Path) -> Vec<u8> {
 }
 
 /// The images to check and the export list, or None when the test must be skipped (not in CI).
-fn inputs() -> Option<(Vec<PathBuf>, Option<BTreeMap<String, BTreeSet<String>>>)> {
+fn inputs() -> Option<(Vec<PathBuf>, Option<ExportList>)> {
     let images = images();
     if images.is_empty() {
         assert!(!in_ci(), "no wsktls.sys under target/x86_64-pc-windows-msvc: CI must run `cargo xtask driver` first");

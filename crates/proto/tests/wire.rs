@@ -10,8 +10,8 @@ fn ioctl_codes_follow_ctl_code_and_the_kernel_definition() {
     assert_eq!(IOCTL_WSKTLS_GET_VERSION, 0x8A57_6000);
     assert_eq!(IOCTL_WSKTLS_GET_VERSION, ksys::io::ctl_code(FILE_DEVICE_WSKTLS, 0x800, ksys::io::METHOD_BUFFERED, ksys::io::FILE_READ_ACCESS));
     // Vendor device type, vendor function range, buffered method, explicit read access.
-    assert!(IOCTL_WSKTLS_GET_VERSION >> 16 >= 0x8000);
-    assert!((IOCTL_WSKTLS_GET_VERSION >> 2) & 0xFFF >= 0x800);
+    const { assert!(IOCTL_WSKTLS_GET_VERSION >> 16 >= 0x8000) };
+    const { assert!((IOCTL_WSKTLS_GET_VERSION >> 2) & 0xFFF >= 0x800) };
     assert_eq!(IOCTL_WSKTLS_GET_VERSION & 3, METHOD_BUFFERED);
     assert_eq!((IOCTL_WSKTLS_GET_VERSION >> 14) & 3, FILE_READ_ACCESS);
 }
