@@ -18,13 +18,22 @@ fn parse(text: &str) -> BTreeMap<String, Vec<(String, String)>> {
             sections.entry(current.clone()).or_default();
             continue;
         }
-        let (key, value) = line.split_once('=').map_or((line, ""), |(k, v)| (k.trim(), v.trim()));
-        sections.entry(current.clone()).or_default().push((key.to_ascii_lowercase(), value.trim_matches('"').to_string()));
+        let (key, value) = line
+            .split_once('=')
+            .map_or((line, ""), |(k, v)| (k.trim(), v.trim()));
+        sections.entry(current.clone()).or_default().push((
+            key.to_ascii_lowercase(),
+            value.trim_matches('"').to_string(),
+        ));
     }
     sections
 }
 
-fn value<'a>(sections: &'a BTreeMap<String, Vec<(String, String)>>, section: &str, key: &str) -> &'a str {
+fn value<'a>(
+    sections: &'a BTreeMap<String, Vec<(String, String)>>,
+    section: &str,
+    key: &str,
+) -> &'a str {
     sections
         .get(section)
         .and_then(|lines| lines.iter().find(|(k, _)| k == key))
@@ -37,31 +46,75 @@ fn stamped_inf_agrees_with_the_build() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let infs: Vec<PathBuf> = ["debug", "release"]
         .iter()
-        .map(|p| root.join("target/x86_64-pc-windows-msvc").join(p).join("wsktls.inf"))
+        .map(|p| {
+            root.join("target/x86_64-pc-windows-msvc")
+                .join(p)
+                .join("wsktls.inf")
+        })
         .filter(|p| p.exists())
         .collect();
     if infs.is_empty() {
-        assert!(std::env::var("CI").is_err(), "no stamped wsktls.inf: CI must run `cargo xtask driver` first");
+        assert!(
+            std::env::var("CI").is_err(),
+            "no stamped wsktls.inf: CI must run `cargo xtask driver` first"
+        );
         eprintln!("SKIPPED: no stamped INF yet (run `cargo xtask driver`)");
         return;
     }
     for path in infs {
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains('$') || text.contains("$WINDOWS NT$"), "unstamped placeholder in {}", path.display());
-        assert!(!text.replace("$WINDOWS NT$", "").contains('$'), "unstamped placeholder in {}", path.display());
+        assert!(
+            !text.contains('$') || text.contains("$WINDOWS NT$"),
+            "unstamped placeholder in {}",
+            path.display()
+        );
+        assert!(
+            !text.replace("$WINDOWS NT$", "").contains('$'),
+            "unstamped placeholder in {}",
+            path.display()
+        );
         let inf = parse(&text);
         assert_eq!(value(&inf, "version", "signature"), "$WINDOWS NT$");
-        assert_eq!(value(&inf, "defaultinstall.ntamd64.services", "addservice"), "wsktls,,wsktls.Service");
-        assert_eq!(value(&inf, "wsktls.service", "servicetype"), "1", "SERVICE_KERNEL_DRIVER");
-        assert_eq!(value(&inf, "wsktls.service", "starttype"), "3", "SERVICE_DEMAND_START");
-        assert_eq!(value(&inf, "wsktls.service", "servicebinary"), "%13%\\wsktls.sys");
+        assert_eq!(
+            value(&inf, "defaultinstall.ntamd64.services", "addservice"),
+            "wsktls,,wsktls.Service"
+        );
+        assert_eq!(
+            value(&inf, "wsktls.service", "servicetype"),
+            "1",
+            "SERVICE_KERNEL_DRIVER"
+        );
+        assert_eq!(
+            value(&inf, "wsktls.service", "starttype"),
+            "3",
+            "SERVICE_DEMAND_START"
+        );
+        assert_eq!(
+            value(&inf, "wsktls.service", "servicebinary"),
+            "%13%\\wsktls.sys"
+        );
         assert_eq!(value(&inf, "sourcedisksfiles", "wsktls.sys"), "1,,");
-        let kmdf = format!("{}.{}", ksys::wdf::types::KMDF_VERSION_MAJOR, ksys::wdf::types::KMDF_VERSION_MINOR);
+        let kmdf = format!(
+            "{}.{}",
+            ksys::wdf::types::KMDF_VERSION_MAJOR,
+            ksys::wdf::types::KMDF_VERSION_MINOR
+        );
         assert_eq!(value(&inf, "wsktls.wdfsection", "kmdflibraryversion"), kmdf);
         let driver_ver = value(&inf, "version", "driverver");
-        let (date, version) = driver_ver.split_once(',').expect("DriverVer = date,version");
+        let (date, version) = driver_ver
+            .split_once(',')
+            .expect("DriverVer = date,version");
         assert_eq!(version, format!("{}.0", env!("CARGO_PKG_VERSION")));
-        let parts: Vec<u32> = date.split('/').map(|p| p.parse().expect("numeric date")).collect();
-        assert!(parts.len() == 3 && (1..=12).contains(&parts[0]) && (1..=31).contains(&parts[1]) && parts[2] >= 2024, "{date}");
+        let parts: Vec<u32> = date
+            .split('/')
+            .map(|p| p.parse().expect("numeric date"))
+            .collect();
+        assert!(
+            parts.len() == 3
+                && (1..=12).contains(&parts[0])
+                && (1..=31).contains(&parts[1])
+                && parts[2] >= 2024,
+            "{date}"
+        );
     }
 }

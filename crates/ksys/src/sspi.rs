@@ -128,7 +128,8 @@ pub struct SEC_APPLICATION_PROTOCOL_LIST {
 }
 
 /// Byte offset of the wire-format list inside [`SEC_APPLICATION_PROTOCOL_LIST`] (6: no padding).
-pub const SEC_APPLICATION_PROTOCOL_LIST_HEADER: usize = core::mem::offset_of!(SEC_APPLICATION_PROTOCOL_LIST, ProtocolList);
+pub const SEC_APPLICATION_PROTOCOL_LIST_HEADER: usize =
+    core::mem::offset_of!(SEC_APPLICATION_PROTOCOL_LIST, ProtocolList);
 
 /// Buffer descriptor version.
 pub const SECBUFFER_VERSION: u32 = 0;

@@ -123,7 +123,10 @@ fn stamp_inf(inx: &Path, inf: &Path) -> Result<(), String> {
     let stamped = source
         .replace("$ARCH$", "amd64")
         .replace("$KMDFVERSION$", KMDF_VERSION)
-        .replace("DriverVer   = 01/01/1970,0.0.0.0", &format!("DriverVer   = {month:02}/{day:02}/{year},{version}"));
+        .replace(
+            "DriverVer   = 01/01/1970,0.0.0.0",
+            &format!("DriverVer   = {month:02}/{day:02}/{year},{version}"),
+        );
     // INF files are read as UTF-16 or ANSI; plain ASCII with CRLF line ends suits every tool.
     let stamped = stamped.replace("\r\n", "\n").replace('\n', "\r\n");
     std::fs::write(inf, stamped).map_err(|e| format!("{}: {e}", inf.display()))
@@ -131,7 +134,10 @@ fn stamp_inf(inx: &Path, inf: &Path) -> Result<(), String> {
 
 /// Today's civil date (UTC) from the system clock.
 fn today() -> (u32, u32, i64) {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let days = (secs / 86_400) as i64;
     // Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
     let z = days + 719_468;
