@@ -18,6 +18,12 @@ pub const fn nt_success(status: NTSTATUS) -> bool {
     status >= 0
 }
 
+/// `KeInitializeSpinLock`: on x64 a header-only inline (not an export) that clears the word.
+#[inline]
+pub fn ke_initialize_spin_lock(lock: &mut KSPIN_LOCK) {
+    *lock = 0;
+}
+
 /// IRQL levels used by the driver and enforced by kemu.
 pub const PASSIVE_LEVEL: KIRQL = 0;
 /// APC_LEVEL.
