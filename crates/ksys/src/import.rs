@@ -128,7 +128,3 @@ macro_rules! kernel_imports {
 pub fn unbound(module: &str, name: &str) -> ! {
     panic!("kernel import {module}!{name} called before the host kernel bound it")
 }
-
-/// Keeps `AtomicPtr` referenced on Windows builds, where the slots do not exist.
-#[doc(hidden)]
-pub type Slot = AtomicPtr<()>;
