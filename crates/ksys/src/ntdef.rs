@@ -35,6 +35,12 @@ pub const DISPATCH_LEVEL: KIRQL = 2;
 pub const POOL_FLAG_NON_PAGED: u64 = 0x0000_0000_0000_0040;
 /// `ExAllocatePool2` flag: skip zeroing.
 pub const POOL_FLAG_UNINITIALIZED: u64 = 0x0000_0000_0000_0002;
+/// `ExAllocatePool2` flag: raise an exception instead of returning NULL (not for drivers here).
+pub const POOL_FLAG_RAISE_ON_FAILURE: u64 = 0x0000_0000_0000_0020;
+/// `ExAllocatePool2` flag: non-paged executable (never wanted).
+pub const POOL_FLAG_NON_PAGED_EXECUTE: u64 = 0x0000_0000_0000_0080;
+/// `ExAllocatePool2` flag: paged pool (PASSIVE/APC_LEVEL only).
+pub const POOL_FLAG_PAGED: u64 = 0x0000_0000_0000_0100;
 
 /// Counted UTF-16 string; `Length`/`MaximumLength` are byte counts, no NUL required.
 #[repr(C)]
@@ -113,7 +119,9 @@ statuses! {
     STATUS_TIMEOUT = 0x0000_0102;
     STATUS_PENDING = 0x0000_0103;
     STATUS_EVENT_PENDING = 0x4000_0013;
+    STATUS_OBJECT_NAME_EXISTS = 0x4000_0000;
     STATUS_BUFFER_OVERFLOW = 0x8000_0005;
+    STATUS_NO_MORE_ENTRIES = 0x8000_001A;
     STATUS_UNSUCCESSFUL = 0xC000_0001;
     STATUS_INVALID_HANDLE = 0xC000_0008;
     STATUS_INVALID_PARAMETER = 0xC000_000D;

@@ -1,0 +1,540 @@
+//! The host's view of a kernel: boot, load a driver, open devices as a given caller, send
+//! IOCTLs (waiting or pending, with cancellation), close, unload, shut down — and read the
+//! debugger log, pool usage and any bugcheck.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ksys::DRIVER_OBJECT;
+use ksys::import::ImportEntry;
+use ksys::ntdef::{NTSTATUS, STATUS_INVALID_DEVICE_REQUEST, UNICODE_STRING, nt_success};
+
+use crate::bugcheck::{self, Bugcheck};
+use crate::faults::FaultPlan;
+use crate::iomgr::{IoResult, IoSlot};
+use crate::ke::pool::{Owner, TagUsage};
+use crate::ke::timer::Timers;
+use crate::kernel::Shared;
+use crate::leaks::{Leak, LeakReport, tag_text};
+use crate::rtl::LogLine;
+use crate::sddl::Caller;
+use crate::thread::{self, PASSIVE};
+
+/// A natively linked driver has process-wide statics: one loaded copy per process.
+static NATIVE_DRIVER_LOADED: AtomicBool = AtomicBool::new(false);
+
+/// How long unload and shutdown wait for queued work to drain before reporting it.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Kernel settings.
+#[derive(Debug, Clone)]
+pub struct KernelConfig {
+    /// Seed of every fault-injection choice.
+    pub seed: u64,
+    /// What to inject.
+    pub faults: FaultPlan,
+    /// Number of system worker threads.
+    pub workers: usize,
+}
+
+impl KernelConfig {
+    /// Default plan with the seed from `KEMU_SEED` (decimal or 0x-hex), else a fixed seed, so a
+    /// suite can be rerun under many seeds.
+    pub fn from_env() -> KernelConfig {
+        let seed = std::env::var("KEMU_SEED")
+            .ok()
+            .and_then(|s| match s.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                None => s.parse().ok(),
+            })
+            .unwrap_or(0x5EED);
+        KernelConfig {
+            seed,
+            faults: FaultPlan::default(),
+            workers: 2,
+        }
+    }
+}
+
+/// Why a host call on a kernel failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelError {
+    /// The kernel stopped.
+    Bugcheck(Bugcheck),
+    /// Objects outlived the driver.
+    Leaks(LeakReport),
+    /// The operation failed with this status (as the Windows API would report it).
+    Status(NTSTATUS, String),
+    /// A driver could not be loaded.
+    Load(String),
+}
+
+impl fmt::Display for KernelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelError::Bugcheck(b) => write!(f, "{b}"),
+            KernelError::Leaks(r) => write!(f, "{r}"),
+            KernelError::Status(s, what) => write!(f, "{what}: NTSTATUS {:#010X}", *s as u32),
+            KernelError::Load(why) => write!(f, "load failed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for KernelError {}
+
+impl KernelError {
+    /// The NTSTATUS of a [`KernelError::Status`].
+    pub fn status(&self) -> Option<NTSTATUS> {
+        match self {
+            KernelError::Status(s, _) => Some(*s),
+            _ => None,
+        }
+    }
+}
+
+/// Image entry point of a driver (FxDriverEntry).
+pub type DriverEntry =
+    unsafe extern "win64" fn(*mut DRIVER_OBJECT, *mut UNICODE_STRING) -> NTSTATUS;
+
+/// A driver linked into the host process.
+#[derive(Debug, Clone, Copy)]
+pub struct NativeDriver {
+    /// Service name (`sc create <name>`): names the driver object, registry key and pool tag.
+    pub service_name: &'static str,
+    /// The image entry point.
+    pub entry: DriverEntry,
+    /// ksys's import directory, whose slots kemu binds.
+    pub imports: &'static [ImportEntry],
+}
+
+/// An open handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Handle(u64);
+
+struct Loaded {
+    driver_object: Box<DRIVER_OBJECT>,
+    _registry: Box<[u16]>,
+    registry_path: Box<UNICODE_STRING>,
+    unbound_imports: Vec<String>,
+}
+
+// SAFETY: the driver object and strings are only touched by kernel threads under the I/O
+// manager's serialization (load, unload); the host only holds them.
+unsafe impl Send for Loaded {}
+
+/// One kemu kernel.
+pub struct Kernel {
+    shared: Arc<Shared>,
+    loaded: Mutex<Option<Loaded>>,
+    timer_thread: Mutex<Option<JoinHandle<()>>>,
+    shut_down: AtomicBool,
+}
+
+impl fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Kernel {{ id: {}, seed: {:#x} }}",
+            self.shared.id,
+            self.shared.faults.seed()
+        )
+    }
+}
+
+/// A device-control request that has not necessarily completed.
+pub struct PendingIo {
+    shared: Arc<Shared>,
+    slot: Arc<IoSlot>,
+}
+
+impl fmt::Debug for PendingIo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PendingIo {{ complete: {} }}", self.is_complete())
+    }
+}
+
+impl PendingIo {
+    /// Whether the request has completed.
+    pub fn is_complete(&self) -> bool {
+        self.slot.result.lock().unwrap().is_some()
+    }
+
+    /// Waits for completion (or a bugcheck) up to `timeout`.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<IoResult>, KernelError> {
+        self.shared
+            .wait_for(Some(timeout), || self.slot.result.lock().unwrap().clone())
+            .map_err(KernelError::Bugcheck)
+    }
+
+    /// Waits for completion (or a bugcheck).
+    pub fn wait(&self) -> Result<IoResult, KernelError> {
+        self.shared
+            .wait_for(None, || self.slot.result.lock().unwrap().clone())
+            .map_err(KernelError::Bugcheck)
+            .map(|r| r.expect("an unbounded wait returns a result"))
+    }
+
+    /// CancelIoEx: asks the I/O manager to cancel the request (it completes however the driver
+    /// decides). Returns whether a cancel routine ran.
+    pub fn cancel(&self) -> Result<bool, KernelError> {
+        let slot = self.slot.clone();
+        run_on(&self.shared, "CancelIoEx", move || {
+            thread::kernel().io.cancel(&slot)
+        })
+    }
+}
+
+/// Runs `f` on a new kernel thread at PASSIVE_LEVEL and waits for it (or a bugcheck).
+fn run_on<R: Send + 'static>(
+    shared: &Arc<Shared>,
+    activity: &str,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, KernelError> {
+    if let Some(b) = shared.bugcheck.get() {
+        return Err(KernelError::Bugcheck(b.clone()));
+    }
+    let (tx, rx) = mpsc::channel();
+    let label = activity.to_owned();
+    let k = shared.clone();
+    thread::spawn(shared, "caller", move || {
+        let result = thread::with_activity(&label, f);
+        thread::check_balanced(&label, PASSIVE);
+        let _ = tx.send(result);
+        k.notify();
+    });
+    shared
+        .wait_for(None, || rx.try_recv().ok())
+        .map_err(KernelError::Bugcheck)
+        .map(|r| r.expect("an unbounded wait returns a result"))
+}
+
+fn utf16(s: &str) -> Box<[u16]> {
+    s.encode_utf16().chain(std::iter::once(0)).collect()
+}
+
+impl Kernel {
+    /// Boots a kernel: worker threads, the DPC thread and the timer thread.
+    pub fn boot(config: KernelConfig) -> Kernel {
+        bugcheck::install_panic_hook();
+        let shared = Shared::new(config.seed, config.faults);
+        shared
+            .workers
+            .start(&shared, "worker", config.workers.max(1));
+        shared.dpc.start(&shared, "dpc", 1);
+        let k = shared.clone();
+        let timer = thread::spawn(&shared, "timer", move || Timers::run(k));
+        Kernel {
+            shared,
+            loaded: Mutex::new(None),
+            timer_thread: Mutex::new(Some(timer)),
+            shut_down: AtomicBool::new(false),
+        }
+    }
+
+    /// Runs `f` on a kernel thread at PASSIVE_LEVEL (how tests call kernel routines directly).
+    pub fn run<R: Send + 'static>(
+        &self,
+        activity: &str,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, KernelError> {
+        run_on(&self.shared, activity, f)
+    }
+
+    /// The seed of this kernel's fault injection.
+    pub fn seed(&self) -> u64 {
+        self.shared.faults.seed()
+    }
+
+    /// Counted (fault-injectable) allocations so far.
+    pub fn counted_allocations(&self) -> u64 {
+        self.shared.faults.counted_allocations()
+    }
+
+    /// Allocations failed on purpose so far.
+    pub fn injected_failures(&self) -> u64 {
+        self.shared.faults.injected_failures()
+    }
+
+    /// The bugcheck, if the kernel stopped.
+    pub fn bugcheck(&self) -> Option<Bugcheck> {
+        self.shared.bugcheck.get().cloned()
+    }
+
+    /// Everything the driver printed.
+    pub fn debug_log(&self) -> Vec<LogLine> {
+        self.shared.log.lines()
+    }
+
+    /// Pool usage per tag (as text).
+    pub fn pool_usage(&self) -> BTreeMap<String, TagUsage> {
+        self.shared
+            .pool
+            .usage()
+            .into_iter()
+            .map(|(t, u)| (tag_text(t), u))
+            .collect()
+    }
+
+    /// Imports of the loaded native driver that kemu does not provide.
+    pub fn unbound_imports(&self) -> Vec<String> {
+        self.loaded
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|l| l.unbound_imports.clone())
+            .unwrap_or_default()
+    }
+
+    /// Loads a natively linked driver: binds its imports, then runs its entry point on a
+    /// system thread at PASSIVE_LEVEL. A failing DriverEntry must leave nothing behind.
+    pub fn load(&self, driver: NativeDriver) -> Result<(), KernelError> {
+        if NATIVE_DRIVER_LOADED.swap(true, Ordering::AcqRel) {
+            return Err(KernelError::Load(
+                "a native driver is already loaded in this process (one kernel per process)".into(),
+            ));
+        }
+        let unbound_imports = crate::exports::bind_native(driver.imports);
+        let name = driver.service_name;
+        let mut tag_bytes = [b' '; 4];
+        for (i, b) in name.bytes().take(4).enumerate() {
+            tag_bytes[i] = b;
+        }
+        let registry = utf16(&format!(
+            "\\Registry\\Machine\\System\\CurrentControlSet\\Services\\{name}"
+        ));
+        let driver_name = utf16(&format!("\\Driver\\{name}"));
+        // SAFETY: DRIVER_OBJECT is plain old data; all-zero is its pre-initialization state.
+        let mut driver_object: Box<DRIVER_OBJECT> = Box::new(unsafe { std::mem::zeroed() });
+        driver_object.Type = 4;
+        driver_object.Size = std::mem::size_of::<DRIVER_OBJECT>() as i16;
+        driver_object.DriverName = UNICODE_STRING {
+            Length: ((driver_name.len() - 1) * 2) as u16,
+            MaximumLength: (driver_name.len() * 2) as u16,
+            Buffer: Box::leak(driver_name).as_mut_ptr(),
+        };
+        let mut registry_path = Box::new(UNICODE_STRING {
+            Length: ((registry.len() - 1) * 2) as u16,
+            MaximumLength: (registry.len() * 2) as u16,
+            Buffer: registry.as_ptr() as *mut u16,
+        });
+        {
+            let mut wdf = self.shared.wdf.lock();
+            wdf.service_name = name.to_owned();
+            wdf.pool_tag = u32::from_le_bytes(tag_bytes);
+            wdf.driver_object = &*driver_object as *const DRIVER_OBJECT as usize;
+        }
+        let object_address = &mut *driver_object as *mut DRIVER_OBJECT as usize;
+        let path_address = &mut *registry_path as *mut UNICODE_STRING as usize;
+        let entry = driver.entry;
+        let status = self.run("DriverEntry", move || {
+            // SAFETY: the driver object and registry path outlive the call (owned by `Loaded`).
+            unsafe {
+                entry(
+                    object_address as *mut DRIVER_OBJECT,
+                    path_address as *mut UNICODE_STRING,
+                )
+            }
+        });
+        let status = match status {
+            Ok(s) => s,
+            Err(e) => return Err(e),
+        };
+        let loaded = Loaded {
+            driver_object,
+            _registry: registry,
+            registry_path,
+            unbound_imports,
+        };
+        if !nt_success(status) {
+            let leaks = self.driver_leaks();
+            drop(loaded);
+            self.shared.wdf.lock().driver_object = 0;
+            NATIVE_DRIVER_LOADED.store(false, Ordering::Release);
+            if !leaks.is_empty() {
+                return Err(KernelError::Leaks(leaks));
+            }
+            return Err(KernelError::Status(status, "DriverEntry".into()));
+        }
+        let _ = &loaded.registry_path;
+        *self.loaded.lock().unwrap() = Some(loaded);
+        Ok(())
+    }
+
+    /// Opens `path` (`\\.\WskTls`, `\DosDevices\WskTls`, ...) for read/write as `caller`.
+    pub fn open(&self, path: &str, caller: Caller) -> Result<Handle, KernelError> {
+        let p = path.to_owned();
+        let result = self.run("CreateFile", move || thread::kernel().io.open(&p, caller))?;
+        result
+            .map(Handle)
+            .map_err(|s| KernelError::Status(s, format!("CreateFile({path})")))
+    }
+
+    /// Sends an IOCTL and returns at once; the request may still be pending.
+    pub fn ioctl_async(
+        &self,
+        handle: Handle,
+        code: u32,
+        input: &[u8],
+        output_length: usize,
+    ) -> Result<PendingIo, KernelError> {
+        let input = input.to_vec();
+        let slot = self.run("DeviceIoControl", move || {
+            thread::kernel()
+                .io
+                .device_control(handle.0, code, &input, output_length)
+        })?;
+        let slot =
+            slot.map_err(|s| KernelError::Status(s, format!("DeviceIoControl({code:#010X})")))?;
+        Ok(PendingIo {
+            shared: self.shared.clone(),
+            slot,
+        })
+    }
+
+    /// Sends an IOCTL and waits for it to complete (DeviceIoControl without OVERLAPPED).
+    pub fn ioctl(
+        &self,
+        handle: Handle,
+        code: u32,
+        input: &[u8],
+        output_length: usize,
+    ) -> Result<IoResult, KernelError> {
+        self.ioctl_async(handle, code, input, output_length)?.wait()
+    }
+
+    /// CloseHandle: cleanup now, close when the handle's requests are done.
+    pub fn close(&self, handle: Handle) -> Result<(), KernelError> {
+        let result = self.run("CloseHandle", move || thread::kernel().io.close(handle.0))?;
+        result.map_err(|s| KernelError::Status(s, "CloseHandle".into()))
+    }
+
+    /// Waits until no work item, DPC or worker job is queued or running.
+    fn quiesce(&self) -> Result<(), KernelError> {
+        let s = &self.shared;
+        s.wait_for(Some(QUIESCE_TIMEOUT), || {
+            (s.workers.is_idle()
+                && s.dpc.is_idle()
+                && s.work_items.busy() == 0
+                && s.timers.no_dpc_queued())
+            .then_some(())
+        })
+        .map_err(KernelError::Bugcheck)?;
+        Ok(())
+    }
+
+    /// Everything the driver still owns.
+    fn driver_leaks(&self) -> LeakReport {
+        let s = &self.shared;
+        let wdf_leaks;
+        let wdf_blocks: Vec<usize>;
+        {
+            let state = s.wdf.lock();
+            wdf_leaks = crate::wdf::object::leaks(&state);
+            wdf_blocks = state
+                .objects
+                .values()
+                .flat_map(|o| o.blocks.iter().copied())
+                .chain(state.inits.keys().copied())
+                .collect();
+        }
+        let mut leaks: Vec<Leak> = s
+            .pool
+            .leaks(Owner::Driver)
+            .into_iter()
+            .filter(|l| !wdf_blocks.contains(&l.address))
+            .collect();
+        leaks.extend(wdf_leaks);
+        leaks.extend(s.irps.leaks(Owner::Driver));
+        leaks.extend(s.mdls.leaks());
+        leaks.extend(s.work_items.leaks());
+        leaks.extend(s.timers.leaks());
+        leaks.extend(s.io.leaks());
+        leaks.sort_by_key(|l| l.site.sequence);
+        LeakReport { leaks }
+    }
+
+    /// `sc stop`: runs the driver's unload routine, then checks that nothing outlived it.
+    pub fn unload(&self) -> Result<(), KernelError> {
+        let mut guard = self.loaded.lock().unwrap();
+        let Some(loaded) = guard.as_mut() else {
+            return Err(KernelError::Load("no driver is loaded".into()));
+        };
+        let Some(unload) = loaded.driver_object.DriverUnload else {
+            return Err(KernelError::Status(
+                STATUS_INVALID_DEVICE_REQUEST,
+                "the driver has no unload routine".into(),
+            ));
+        };
+        let object = &mut *loaded.driver_object as *mut DRIVER_OBJECT as usize;
+        self.run("DriverUnload", move || {
+            // SAFETY: the routine the driver (stub) installed, called with its own driver object.
+            unsafe { unload(object as *mut DRIVER_OBJECT) }
+        })?;
+        self.quiesce()?;
+        let leaks = self.driver_leaks();
+        *guard = None;
+        self.shared.wdf.lock().driver_object = 0;
+        NATIVE_DRIVER_LOADED.store(false, Ordering::Release);
+        if leaks.is_empty() {
+            Ok(())
+        } else {
+            Err(KernelError::Leaks(leaks))
+        }
+    }
+
+    /// Unloads the driver (if loaded), checks for leaks and stops the kernel's threads.
+    pub fn shutdown(self) -> Result<(), KernelError> {
+        let loaded = self.loaded.lock().unwrap().is_some();
+        let unloaded = if loaded { self.unload() } else { Ok(()) };
+        let result = unloaded.and_then(|()| {
+            self.quiesce()?;
+            let leaks = self.driver_leaks();
+            if leaks.is_empty() {
+                Ok(())
+            } else {
+                Err(KernelError::Leaks(leaks))
+            }
+        });
+        self.stop_threads();
+        if let Some(b) = self.bugcheck() {
+            return Err(KernelError::Bugcheck(b));
+        }
+        result
+    }
+
+    fn stop_threads(&self) {
+        if self.shut_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let join = self.shared.bugcheck.get().is_none();
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.workers.stop(join);
+        self.shared.dpc.stop(join);
+        self.shared.timers.stop();
+        if let Some(t) = self.timer_thread.lock().unwrap().take() {
+            if join {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        if self.loaded.lock().map(|l| l.is_some()).unwrap_or(false)
+            && self.shared.bugcheck.get().is_none()
+        {
+            let _ = self.unload();
+        }
+        self.stop_threads();
+        if self.loaded.lock().map(|l| l.is_some()).unwrap_or(false) {
+            // The driver never unloaded (bugcheck): its statics stay claimed for this process.
+            std::mem::forget(self.loaded.lock().unwrap().take());
+        }
+    }
+}

@@ -1,0 +1,512 @@
+//! The I/O manager: device objects and their names, symbolic links, handles (file objects) and
+//! the host's I/O — open with an access check against the device's security descriptor,
+//! METHOD_BUFFERED device-control IRPs with one system buffer, cancellation, cleanup and close.
+//!
+//! Every device is a KMDF control device here, so requests go straight to the framework's
+//! dispatch (where Windows would go through the DRIVER_OBJECT's MajorFunction table that KMDF
+//! fills with its own routines).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+
+use ksys::io::{FILE_OBJECT, IRP, IRP_MJ_DEVICE_CONTROL, METHOD_BUFFERED};
+use ksys::ntdef::{
+    NTSTATUS, STATUS_ACCESS_DENIED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_HANDLE,
+    STATUS_INVALID_PARAMETER, STATUS_NO_SUCH_DEVICE, STATUS_NOT_SUPPORTED,
+    STATUS_OBJECT_NAME_COLLISION, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_PENDING,
+};
+
+use crate::bugcheck::{bugcheck, codes, verifier};
+use crate::ke::pool::Owner;
+use crate::leaks::{Leak, LeakKind, Site};
+use crate::sddl::{
+    Caller, FILE_GENERIC_READ, FILE_GENERIC_WRITE, FILE_READ_DATA, FILE_WRITE_DATA,
+    SecurityDescriptor,
+};
+use crate::thread;
+
+/// Size of a DEVICE_OBJECT on x64 (opaque to drivers).
+const DEVICE_OBJECT_SIZE: usize = 0x150;
+/// Size of a FILE_OBJECT on x64.
+const FILE_OBJECT_SIZE: usize = 0xD8;
+/// Largest buffer kemu accepts for one IOCTL (the I/O manager's own limit is pool-bound).
+pub const MAX_IOCTL_BUFFER: usize = 16 << 20;
+/// Tag of the system buffers kemu allocates for METHOD_BUFFERED I/O.
+const SYSTEM_BUFFER_TAG: u32 = u32::from_le_bytes(*b"IoSB");
+
+struct DeviceEntry {
+    name: Option<String>,
+    descriptor: SecurityDescriptor,
+    exclusive: bool,
+    initializing: bool,
+    deleted: bool,
+    references: usize,
+    wdf_device: usize,
+    open_files: usize,
+}
+
+struct FileEntry {
+    device: usize,
+    wdf_file: usize,
+    outstanding: usize,
+    cleaned_up: bool,
+}
+
+struct HandleEntry {
+    file_object: usize,
+    granted: u32,
+    site: Site,
+}
+
+#[derive(Default)]
+struct IoState {
+    devices: HashMap<usize, DeviceEntry>,
+    names: HashMap<String, usize>,
+    links: HashMap<String, String>,
+    files: HashMap<usize, FileEntry>,
+    handles: HashMap<u64, HandleEntry>,
+    next_handle: u64,
+}
+
+/// The outcome of one device-control request, as DeviceIoControl reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoResult {
+    /// Final NTSTATUS.
+    pub status: NTSTATUS,
+    /// IoStatus.Information (bytes returned for METHOD_BUFFERED).
+    pub information: usize,
+    /// The caller's output buffer after completion (its full requested length; only the first
+    /// `information` bytes were written by the I/O manager).
+    pub output: Vec<u8>,
+}
+
+/// Where a pending request's completion lands.
+#[derive(Default)]
+pub(crate) struct IoSlot {
+    pub result: Mutex<Option<IoResult>>,
+    pub done: Condvar,
+    /// The IRP and its id while in flight (for cancellation).
+    pub irp: Mutex<Option<(usize, u64)>>,
+}
+
+/// The I/O manager of one kernel.
+#[derive(Default)]
+pub(crate) struct IoManager {
+    state: Mutex<IoState>,
+}
+
+fn key(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+/// Maps a DOS path the way Win32 does: `\\.\X` and `\??\X` are `\DosDevices\X`.
+fn dos_link(path: &str) -> String {
+    let stripped = path
+        .strip_prefix("\\\\.\\")
+        .or_else(|| path.strip_prefix("\\??\\"))
+        .or_else(|| path.strip_prefix("\\DosDevices\\"))
+        .or_else(|| path.strip_prefix("\\GLOBAL??\\"))
+        .unwrap_or(path);
+    key(&format!("\\DosDevices\\{stripped}"))
+}
+
+impl IoManager {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IoState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// IoCreateDevice(Secure) on behalf of the framework.
+    pub fn create_device(
+        &self,
+        name: Option<String>,
+        descriptor: SecurityDescriptor,
+        exclusive: bool,
+        wdf_device: usize,
+    ) -> Result<usize, NTSTATUS> {
+        let kernel = thread::kernel();
+        let mut state = self.lock();
+        if let Some(n) = &name {
+            if state.names.contains_key(&key(n)) {
+                return Err(STATUS_OBJECT_NAME_COLLISION);
+            }
+        }
+        if kernel.faults.allocation_fails() {
+            return Err(STATUS_INSUFFICIENT_RESOURCES);
+        }
+        let object = crate::io::alloc_zeroed(DEVICE_OBJECT_SIZE) as usize;
+        if let Some(n) = &name {
+            state.names.insert(key(n), object);
+        }
+        state.devices.insert(
+            object,
+            DeviceEntry {
+                name,
+                descriptor,
+                exclusive,
+                initializing: true,
+                deleted: false,
+                references: 0,
+                wdf_device,
+                open_files: 0,
+            },
+        );
+        Ok(object)
+    }
+
+    /// IoCreateSymbolicLink.
+    pub fn create_link(&self, link: &str, target: &str) -> Result<(), NTSTATUS> {
+        let mut state = self.lock();
+        let k = dos_link(link);
+        if state.links.contains_key(&k) {
+            return Err(STATUS_OBJECT_NAME_COLLISION);
+        }
+        state.links.insert(k, target.to_owned());
+        Ok(())
+    }
+
+    /// IoDeleteSymbolicLink.
+    pub fn delete_link(&self, link: &str) {
+        self.lock().links.remove(&dos_link(link));
+    }
+
+    /// Clears DO_DEVICE_INITIALIZING.
+    pub fn finish_initializing(&self, device: usize) {
+        if let Some(d) = self.lock().devices.get_mut(&device) {
+            d.initializing = false;
+        }
+    }
+
+    /// IoDeleteDevice: the name goes now, the memory when the last reference goes.
+    pub fn delete_device(&self, device: usize) {
+        let mut state = self.lock();
+        let Some(d) = state.devices.get_mut(&device) else {
+            return;
+        };
+        d.deleted = true;
+        let name = d.name.take();
+        if let Some(n) = name {
+            state.names.remove(&key(&n));
+        }
+        self.reap(&mut state, device);
+    }
+
+    fn reap(&self, state: &mut IoState, device: usize) {
+        let gone = state
+            .devices
+            .get(&device)
+            .is_some_and(|d| d.deleted && d.references == 0 && d.open_files == 0);
+        if gone {
+            state.devices.remove(&device);
+            crate::io::free(device as *mut u8, DEVICE_OBJECT_SIZE);
+        }
+    }
+
+    /// Takes a reference on a live device object; false if unknown or deleted.
+    pub fn reference_device(&self, device: usize) -> bool {
+        match self.lock().devices.get_mut(&device) {
+            Some(d) if !d.deleted => {
+                d.references += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops a reference (the device object is freed with the last one after deletion).
+    pub fn dereference_device(&self, device: usize) {
+        let mut state = self.lock();
+        if let Some(d) = state.devices.get_mut(&device) {
+            d.references = d.references.saturating_sub(1);
+        }
+        self.reap(&mut state, device);
+    }
+
+    /// Open handles, as leaks.
+    pub fn leaks(&self) -> Vec<Leak> {
+        self.lock()
+            .handles
+            .iter()
+            .map(|(&h, e)| Leak {
+                kind: LeakKind::Handle,
+                address: h as usize,
+                tag: format!("handle to file object {:#x}", e.file_object),
+                size: 0,
+                site: e.site.clone(),
+            })
+            .collect()
+    }
+
+    /// CreateFile(path, GENERIC_READ | GENERIC_WRITE) as `caller`. Runs on a kernel thread.
+    pub fn open(&self, path: &str, caller: Caller) -> Result<u64, NTSTATUS> {
+        let kernel = thread::kernel();
+        let (device, wdf_device, granted) = {
+            let mut state = self.lock();
+            let target = state
+                .links
+                .get(&dos_link(path))
+                .cloned()
+                .ok_or(STATUS_OBJECT_NAME_NOT_FOUND)?;
+            let device = *state
+                .names
+                .get(&key(&target))
+                .ok_or(STATUS_OBJECT_NAME_NOT_FOUND)?;
+            let d = state
+                .devices
+                .get_mut(&device)
+                .ok_or(STATUS_NO_SUCH_DEVICE)?;
+            if d.initializing || d.deleted {
+                return Err(STATUS_NO_SUCH_DEVICE);
+            }
+            let granted = d
+                .descriptor
+                .access_check(caller, FILE_GENERIC_READ | FILE_GENERIC_WRITE)
+                .map_err(|()| STATUS_ACCESS_DENIED)?;
+            if d.exclusive && d.open_files > 0 {
+                return Err(STATUS_ACCESS_DENIED);
+            }
+            d.open_files += 1;
+            (device, d.wdf_device, granted)
+        };
+        let file_object = crate::io::alloc_zeroed(FILE_OBJECT_SIZE) as usize;
+        let created =
+            thread::with_activity("IRP_MJ_CREATE", || crate::wdf::file::create(wdf_device));
+        let mut state = self.lock();
+        match created {
+            Ok(wdf_file) => {
+                state.files.insert(
+                    file_object,
+                    FileEntry {
+                        device,
+                        wdf_file,
+                        outstanding: 0,
+                        cleaned_up: false,
+                    },
+                );
+                state.next_handle += 1;
+                let handle = state.next_handle * 4;
+                state.handles.insert(
+                    handle,
+                    HandleEntry {
+                        file_object,
+                        granted,
+                        site: Site::here(kernel.next_sequence()),
+                    },
+                );
+                Ok(handle)
+            }
+            Err(status) => {
+                if let Some(d) = state.devices.get_mut(&device) {
+                    d.open_files -= 1;
+                }
+                self.reap(&mut state, device);
+                crate::io::free(file_object as *mut u8, FILE_OBJECT_SIZE);
+                Err(status)
+            }
+        }
+    }
+
+    /// DeviceIoControl: builds the IRP and hands it to the framework. Runs on a kernel thread;
+    /// the returned slot fills when the IRP completes (maybe before this returns).
+    pub fn device_control(
+        &self,
+        handle: u64,
+        code: u32,
+        input: &[u8],
+        output_length: usize,
+    ) -> Result<Arc<IoSlot>, NTSTATUS> {
+        let kernel = thread::kernel();
+        if input.len() > MAX_IOCTL_BUFFER || output_length > MAX_IOCTL_BUFFER {
+            return Err(STATUS_INVALID_PARAMETER);
+        }
+        if code & 3 != METHOD_BUFFERED {
+            return Err(STATUS_NOT_SUPPORTED);
+        }
+        let (file_object, wdf_device, wdf_file) = {
+            let mut state = self.lock();
+            let entry = state.handles.get(&handle).ok_or(STATUS_INVALID_HANDLE)?;
+            let access = (code >> 14) & 3;
+            let needed = (if access & 1 != 0 { FILE_READ_DATA } else { 0 })
+                | (if access & 2 != 0 { FILE_WRITE_DATA } else { 0 });
+            if entry.granted & needed != needed {
+                return Err(STATUS_ACCESS_DENIED);
+            }
+            let file_object = entry.file_object;
+            let file = state
+                .files
+                .get_mut(&file_object)
+                .ok_or(STATUS_INVALID_HANDLE)?;
+            file.outstanding += 1;
+            let (device, wdf_file) = (file.device, file.wdf_file);
+            let wdf_device = state
+                .devices
+                .get(&device)
+                .map(|d| d.wdf_device)
+                .unwrap_or(0);
+            (file_object, wdf_device, wdf_file)
+        };
+        let length = input.len().max(output_length);
+        let system_buffer = if length == 0 {
+            std::ptr::null_mut()
+        } else {
+            kernel
+                .pool
+                .allocate(length, SYSTEM_BUFFER_TAG, true, false, Owner::Kernel, false)
+        };
+        if !system_buffer.is_null() && !input.is_empty() {
+            // SAFETY: the system buffer holds `length` >= input.len() bytes.
+            unsafe { std::ptr::copy_nonoverlapping(input.as_ptr(), system_buffer, input.len()) };
+        }
+        let slot = Arc::new(IoSlot::default());
+        let done_slot = slot.clone();
+        let k = kernel.clone();
+        let buffer_address = system_buffer as usize;
+        let finish = Box::new(move |irp: *mut IRP| {
+            // SAFETY: the final completion runs on the live IRP before kemu frees it.
+            let (status, information) =
+                unsafe { ((*irp).IoStatus.Status, (*irp).IoStatus.Information) };
+            if information > output_length && status >= 0 {
+                bugcheck(
+                    codes::DRIVER_VERIFIER_IOMANAGER_VIOLATION,
+                    [
+                        verifier::INFORMATION_TOO_LARGE,
+                        irp as usize,
+                        information,
+                        output_length,
+                    ],
+                    format!(
+                        "IRP {:#x} completed with Information {information} > output buffer length {output_length}",
+                        irp as usize
+                    ),
+                );
+            }
+            let mut output = vec![0u8; output_length];
+            let copied = if status >= 0 {
+                information.min(output_length)
+            } else {
+                0
+            };
+            if copied > 0 {
+                // SAFETY: the system buffer holds at least output_length bytes.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        buffer_address as *const u8,
+                        output.as_mut_ptr(),
+                        copied,
+                    )
+                };
+            }
+            if buffer_address != 0 {
+                k.pool.free(
+                    buffer_address as *mut u8,
+                    Some(SYSTEM_BUFFER_TAG),
+                    Owner::Kernel,
+                    "I/O completion",
+                );
+            }
+            *done_slot.irp.lock().unwrap() = None;
+            *done_slot.result.lock().unwrap() = Some(IoResult {
+                status,
+                information,
+                output,
+            });
+            done_slot.done.notify_all();
+            k.io.request_finished(file_object);
+            k.notify();
+        });
+        let irp = kernel.irps.allocate(1, Owner::Kernel, Some(finish));
+        let id = kernel.next_sequence();
+        *slot.irp.lock().unwrap() = Some((irp as usize, id));
+        kernel.irps.tag(irp, id);
+        let stack = kernel.irps.call_lower(irp);
+        // SAFETY: a fresh kernel IRP and its only stack location.
+        unsafe {
+            (*irp).AssociatedIrp = system_buffer as *mut std::ffi::c_void;
+            (*irp).IoStatus.Status = STATUS_PENDING;
+            (*irp).Tail.OriginalFileObject = file_object as *mut FILE_OBJECT;
+            (*stack).MajorFunction = IRP_MJ_DEVICE_CONTROL;
+            (*stack).FileObject = file_object as *mut FILE_OBJECT;
+            (*stack).Parameters.DeviceIoControl.IoControlCode = code;
+            (*stack).Parameters.DeviceIoControl.InputBufferLength = input.len() as u32;
+            (*stack).Parameters.DeviceIoControl.OutputBufferLength = output_length as u32;
+        }
+        thread::with_activity(&format!("IOCTL {code:#010X}"), || {
+            crate::wdf::queue::dispatch_device_control(
+                wdf_device,
+                irp,
+                wdf_file,
+                buffer_address,
+                code,
+                input.len(),
+                output_length,
+            )
+        });
+        Ok(slot)
+    }
+
+    /// CancelIoEx for one request: IoCancelIrp if it is still in flight.
+    pub fn cancel(&self, slot: &IoSlot) -> bool {
+        let target = *slot.irp.lock().unwrap();
+        match target {
+            Some((irp, id)) => thread::kernel().irps.cancel_tagged(irp as *mut IRP, id),
+            None => false,
+        }
+    }
+
+    fn request_finished(&self, file_object: usize) {
+        let close = {
+            let mut state = self.lock();
+            let Some(f) = state.files.get_mut(&file_object) else {
+                return;
+            };
+            f.outstanding -= 1;
+            f.cleaned_up && f.outstanding == 0
+        };
+        if close {
+            self.close_file(file_object);
+        }
+    }
+
+    fn close_file(&self, file_object: usize) {
+        let entry = self.lock().files.remove(&file_object);
+        let Some(entry) = entry else { return };
+        crate::wdf::file::close(entry.wdf_file);
+        let mut state = self.lock();
+        if let Some(d) = state.devices.get_mut(&entry.device) {
+            d.open_files -= 1;
+        }
+        self.reap(&mut state, entry.device);
+        drop(state);
+        crate::io::free(file_object as *mut u8, FILE_OBJECT_SIZE);
+    }
+
+    /// CloseHandle: cleanup now; close once the handle's requests are done.
+    pub fn close(&self, handle: u64) -> Result<(), NTSTATUS> {
+        let entry = self
+            .lock()
+            .handles
+            .remove(&handle)
+            .ok_or(STATUS_INVALID_HANDLE)?;
+        let wdf_file = self
+            .lock()
+            .files
+            .get(&entry.file_object)
+            .map(|f| f.wdf_file);
+        if let Some(wdf_file) = wdf_file {
+            thread::with_activity("IRP_MJ_CLEANUP", || crate::wdf::file::cleanup(wdf_file));
+        }
+        let close = {
+            let mut state = self.lock();
+            match state.files.get_mut(&entry.file_object) {
+                Some(f) => {
+                    f.cleaned_up = true;
+                    f.outstanding == 0
+                }
+                None => false,
+            }
+        };
+        if close {
+            thread::with_activity("IRP_MJ_CLOSE", || self.close_file(entry.file_object));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,295 @@
+//! Kernel timers and DPCs: KeInitializeTimer / KeSetTimer / KeCancelTimer / KeInitializeDpc.
+//!
+//! A timer thread per kernel fires due timers: it signals the timer object (waiters wake) and
+//! queues its DPC, which the DPC thread runs at DISPATCH_LEVEL. A DPC already queued is not
+//! queued again (KeInsertQueueDpc semantics); cancelling a timer does not dequeue its DPC.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use ksys::ktimer::{KDPC, KTIMER, PKDEFERRED_ROUTINE};
+
+use crate::bugcheck::{bugcheck, codes, verifier};
+use crate::ke::sync::{TIMER_NOTIFICATION, deadline_of};
+use crate::kernel::Shared;
+use crate::leaks::{Leak, LeakKind, Site};
+use crate::thread::{self, DISPATCH};
+
+const DPC_TYPE: u8 = 0x13;
+const DPC_ROUTINE_OFFSET: usize = 0x18;
+const DPC_CONTEXT_OFFSET: usize = 0x20;
+
+struct SetTimer {
+    due: Instant,
+    dpc: usize,
+    site: Site,
+}
+
+#[derive(Clone, Copy)]
+struct Dpc {
+    routine: PKDEFERRED_ROUTINE,
+    context: usize,
+    queued: bool,
+}
+
+#[derive(Default)]
+struct TimerState {
+    set: HashMap<usize, SetTimer>,
+    dpcs: HashMap<usize, Dpc>,
+    stopping: bool,
+}
+
+/// Timers and DPCs of one kernel.
+#[derive(Default)]
+pub(crate) struct Timers {
+    state: Mutex<TimerState>,
+    changed: Condvar,
+}
+
+impl Timers {
+    /// The timer thread body.
+    pub fn run(kernel: Arc<Shared>) {
+        let timers = &kernel.timers;
+        let mut state = timers.state.lock().unwrap();
+        loop {
+            if state.stopping {
+                return;
+            }
+            let now = Instant::now();
+            let due: Vec<usize> = state
+                .set
+                .iter()
+                .filter(|(_, t)| t.due <= now)
+                .map(|(&a, _)| a)
+                .collect();
+            for timer in due {
+                let entry = state.set.remove(&timer).expect("due timer");
+                let queue = match state.dpcs.get_mut(&entry.dpc) {
+                    Some(d) if !d.queued => {
+                        d.queued = true;
+                        Some((*d, entry.dpc))
+                    }
+                    _ => None,
+                };
+                drop(state);
+                kernel.dispatcher.signal(timer as *mut c_void, 1);
+                if let Some((dpc, address)) = queue {
+                    Timers::queue_dpc(&kernel, address, dpc);
+                }
+                state = timers.state.lock().unwrap();
+            }
+            let next = state.set.values().map(|t| t.due).min();
+            let wait = next
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_millis(500));
+            state = timers
+                .changed
+                .wait_timeout(state, wait.min(Duration::from_millis(500)))
+                .unwrap()
+                .0;
+        }
+    }
+
+    fn queue_dpc(kernel: &Arc<Shared>, address: usize, dpc: Dpc) {
+        let k = kernel.clone();
+        kernel.dpc.submit(move || {
+            {
+                let mut state = k.timers.state.lock().unwrap();
+                if let Some(d) = state.dpcs.get_mut(&address) {
+                    d.queued = false;
+                }
+            }
+            if let Some(routine) = dpc.routine {
+                thread::with_activity("DPC", || {
+                    thread::at_irql(DISPATCH, || {
+                        // SAFETY: the routine and context the driver registered with KeInitializeDpc.
+                        unsafe {
+                            routine(
+                                address as *mut KDPC,
+                                dpc.context as *mut c_void,
+                                std::ptr::null_mut(),
+                                std::ptr::null_mut(),
+                            )
+                        };
+                        thread::check_balanced("DPC routine", DISPATCH);
+                    })
+                });
+            }
+        });
+    }
+
+    /// Stops the timer thread.
+    pub fn stop(&self) {
+        self.state.lock().unwrap().stopping = true;
+        self.changed.notify_all();
+    }
+
+    /// An active timer or queued DPC inside `[address, address + size)`.
+    pub fn active_in(&self, address: usize, size: usize) -> Option<(usize, &'static str)> {
+        let state = self.state.lock().unwrap();
+        let inside = |a: usize| a >= address && a < address + size;
+        if let Some(&t) = state.set.keys().find(|&&t| inside(t)) {
+            return Some((t, "timer"));
+        }
+        state
+            .dpcs
+            .iter()
+            .find(|(a, d)| inside(**a) && d.queued)
+            .map(|(&a, _)| (a, "queued DPC"))
+    }
+
+    /// Forgets DPC registrations inside a freed block (they may be reinitialized later).
+    pub fn forget_in(&self, address: usize, size: usize) {
+        let mut state = self.state.lock().unwrap();
+        state
+            .dpcs
+            .retain(|&a, _| a < address || a >= address + size);
+    }
+
+    /// Timers still set, as leaks.
+    pub fn leaks(&self) -> Vec<Leak> {
+        let state = self.state.lock().unwrap();
+        state
+            .set
+            .iter()
+            .map(|(&address, t)| Leak {
+                kind: LeakKind::Timer,
+                address,
+                tag: "KTIMER".into(),
+                size: 0x40,
+                site: t.site.clone(),
+            })
+            .collect()
+    }
+
+    /// Whether no DPC is queued.
+    pub fn no_dpc_queued(&self) -> bool {
+        self.state.lock().unwrap().dpcs.values().all(|d| !d.queued)
+    }
+}
+
+/// ntoskrnl!KeInitializeTimer (a notification timer).
+pub(crate) unsafe extern "win64" fn ke_initialize_timer(timer: *mut KTIMER) {
+    let kernel = thread::kernel();
+    if kernel
+        .timers
+        .state
+        .lock()
+        .unwrap()
+        .set
+        .contains_key(&(timer as usize))
+    {
+        bugcheck(
+            codes::TIMER_OR_DPC_INVALID,
+            [timer as usize, 0, 0, 0],
+            format!(
+                "KeInitializeTimer: timer {:#x} is set; cancel it before reinitializing",
+                timer as usize
+            ),
+        );
+    }
+    // SAFETY: the caller passes storage for a KTIMER.
+    unsafe {
+        std::ptr::write_bytes(timer as *mut u8, 0, std::mem::size_of::<KTIMER>());
+        *(timer as *mut u8) = TIMER_NOTIFICATION;
+    }
+}
+
+/// ntoskrnl!KeInitializeDpc.
+pub(crate) unsafe extern "win64" fn ke_initialize_dpc(
+    dpc: *mut KDPC,
+    routine: PKDEFERRED_ROUTINE,
+    context: *mut c_void,
+) {
+    let kernel = thread::kernel();
+    let mut state = kernel.timers.state.lock().unwrap();
+    if state.dpcs.get(&(dpc as usize)).is_some_and(|d| d.queued) {
+        drop(state);
+        bugcheck(
+            codes::TIMER_OR_DPC_INVALID,
+            [dpc as usize, 0, 0, 0],
+            format!("KeInitializeDpc: DPC {:#x} is queued", dpc as usize),
+        );
+    }
+    state.dpcs.insert(
+        dpc as usize,
+        Dpc {
+            routine,
+            context: context as usize,
+            queued: false,
+        },
+    );
+    drop(state);
+    // SAFETY: the caller passes storage for a KDPC (0x40 bytes).
+    unsafe {
+        let p = dpc as *mut u8;
+        std::ptr::write_bytes(p, 0, std::mem::size_of::<KDPC>());
+        *p = DPC_TYPE;
+        *(p.add(DPC_ROUTINE_OFFSET) as *mut usize) = routine.map_or(0, |r| r as usize);
+        *(p.add(DPC_CONTEXT_OFFSET) as *mut usize) = context as usize;
+    }
+}
+
+/// ntoskrnl!KeSetTimer: TRUE if the timer was already set (it is re-armed).
+pub(crate) unsafe extern "win64" fn ke_set_timer(
+    timer: *mut KTIMER,
+    due_time: i64,
+    dpc: *mut KDPC,
+) -> u8 {
+    thread::require_at_most("KeSetTimer", DISPATCH);
+    let kernel = thread::kernel();
+    // SAFETY: the caller passes an initialized KTIMER; byte 0 is its type.
+    let kind = if timer.is_null() {
+        0
+    } else {
+        unsafe { *(timer as *const u8) }
+    };
+    if kind != TIMER_NOTIFICATION {
+        bugcheck(
+            codes::DRIVER_VERIFIER_DETECTED_VIOLATION,
+            [verifier::TIMER_STATE, timer as usize, 0, 0],
+            format!(
+                "KeSetTimer: {:#x} is not an initialized timer",
+                timer as usize
+            ),
+        );
+    }
+    let mut state = kernel.timers.state.lock().unwrap();
+    if !dpc.is_null() && !state.dpcs.contains_key(&(dpc as usize)) {
+        drop(state);
+        bugcheck(
+            codes::DRIVER_VERIFIER_DETECTED_VIOLATION,
+            [verifier::TIMER_STATE, timer as usize, dpc as usize, 0],
+            format!("KeSetTimer: DPC {:#x} was never initialized", dpc as usize),
+        );
+    }
+    let site = Site::here(kernel.next_sequence());
+    let previous = state.set.insert(
+        timer as usize,
+        SetTimer {
+            due: deadline_of(due_time),
+            dpc: dpc as usize,
+            site,
+        },
+    );
+    drop(state);
+    kernel.dispatcher.signal(timer as *mut c_void, 0);
+    kernel.timers.changed.notify_all();
+    u8::from(previous.is_some())
+}
+
+/// ntoskrnl!KeCancelTimer: TRUE if the timer was set.
+pub(crate) unsafe extern "win64" fn ke_cancel_timer(timer: *mut KTIMER) -> u8 {
+    thread::require_at_most("KeCancelTimer", DISPATCH);
+    let kernel = thread::kernel();
+    let removed = kernel
+        .timers
+        .state
+        .lock()
+        .unwrap()
+        .set
+        .remove(&(timer as usize));
+    u8::from(removed.is_some())
+}

@@ -1,0 +1,164 @@
+//! Kernel threads: which kernel a thread belongs to, its IRQL, and what it is doing.
+//!
+//! Every thread that runs driver code is started by kemu and carries a [`ThreadState`]: the
+//! kernel it belongs to (so several kernels can live in one process for kemu's own tests), its
+//! current IRQL, the spin locks it holds, and an "activity" label that allocation sites and leak
+//! reports quote ("DriverEntry", "IOCTL 0x8A576000", "work item", ...).
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+
+use ksys::ntdef::KIRQL;
+
+use crate::bugcheck::{self, codes};
+use crate::kernel::Shared;
+
+/// PASSIVE_LEVEL.
+pub const PASSIVE: KIRQL = 0;
+/// APC_LEVEL.
+pub const APC: KIRQL = 1;
+/// DISPATCH_LEVEL.
+pub const DISPATCH: KIRQL = 2;
+
+/// Per-thread kernel state.
+pub(crate) struct ThreadState {
+    pub kernel: Arc<Shared>,
+    pub irql: Cell<KIRQL>,
+    pub spin_locks_held: Cell<u32>,
+    pub activity: RefCell<String>,
+    /// Non-zero while a KMDF work item callback runs on this thread (its handle).
+    pub work_item: Cell<usize>,
+}
+
+thread_local! {
+    static STATE: RefCell<Option<Arc<ThreadState>>> = const { RefCell::new(None) };
+}
+
+/// Makes the calling thread a kernel thread of `kernel` at PASSIVE_LEVEL.
+pub(crate) fn enter(kernel: Arc<Shared>, activity: &str) {
+    let state = Arc::new(ThreadState {
+        kernel,
+        irql: Cell::new(PASSIVE),
+        spin_locks_held: Cell::new(0),
+        activity: RefCell::new(activity.to_owned()),
+        work_item: Cell::new(0),
+    });
+    STATE.with(|s| *s.borrow_mut() = Some(state));
+}
+
+/// The calling thread's state, if it is a kernel thread.
+pub(crate) fn try_state() -> Option<Arc<ThreadState>> {
+    STATE.try_with(|s| s.borrow().clone()).ok().flatten()
+}
+
+/// The calling thread's state; a kemu export called from a thread kemu did not start is a host
+/// bug (the routine would have no kernel to act on).
+pub(crate) fn state() -> Arc<ThreadState> {
+    match try_state() {
+        Some(s) => s,
+        None => panic!("kemu: a kernel routine was called on a thread that is not a kernel thread"),
+    }
+}
+
+/// The kernel the calling thread belongs to.
+pub(crate) fn kernel() -> Arc<Shared> {
+    state().kernel.clone()
+}
+
+/// Current IRQL of the calling thread (PASSIVE for non-kernel threads).
+pub(crate) fn irql() -> KIRQL {
+    try_state().map(|s| s.irql.get()).unwrap_or(PASSIVE)
+}
+
+/// Sets the calling thread's IRQL (raise or lower), returning the previous one.
+pub(crate) fn set_irql(new: KIRQL) -> KIRQL {
+    let s = state();
+    s.irql.replace(new)
+}
+
+/// The calling thread's activity label.
+pub(crate) fn activity() -> String {
+    try_state()
+        .map(|s| s.activity.borrow().clone())
+        .unwrap_or_else(|| "host".to_owned())
+}
+
+/// Runs `f` with the activity label set to `label`, restoring the previous label after.
+pub(crate) fn with_activity<R>(label: &str, f: impl FnOnce() -> R) -> R {
+    let s = state();
+    let previous = s.activity.replace(label.to_owned());
+    let result = f();
+    *s.activity.borrow_mut() = previous;
+    result
+}
+
+/// Bugchecks unless the caller runs at or below `max` — each routine's documented ceiling.
+pub(crate) fn require_at_most(routine: &str, max: KIRQL) {
+    let current = irql();
+    if current > max {
+        bugcheck::bugcheck(
+            codes::IRQL_NOT_LESS_OR_EQUAL,
+            [0, current as usize, max as usize, 0],
+            format!("{routine} called at IRQL {current}; it requires IRQL <= {max}"),
+        );
+    }
+}
+
+/// Bugchecks unless the caller runs exactly at `level`.
+pub(crate) fn require_exactly(routine: &str, level: KIRQL) {
+    let current = irql();
+    if current != level {
+        let code = if current < level {
+            codes::IRQL_NOT_GREATER_OR_EQUAL
+        } else {
+            codes::IRQL_NOT_LESS_OR_EQUAL
+        };
+        bugcheck::bugcheck(
+            code,
+            [0, current as usize, level as usize, 0],
+            format!("{routine} called at IRQL {current}; it requires IRQL == {level}"),
+        );
+    }
+}
+
+/// Runs `f` at `level` (raising or lowering), then restores the previous IRQL.
+pub(crate) fn at_irql<R>(level: KIRQL, f: impl FnOnce() -> R) -> R {
+    let previous = set_irql(level);
+    let result = f();
+    set_irql(previous);
+    result
+}
+
+/// Checks a thread returning to kemu from driver code left IRQL and spin locks as it found them.
+pub(crate) fn check_balanced(what: &str, expected: KIRQL) {
+    let s = state();
+    let current = s.irql.get();
+    let locks = s.spin_locks_held.get();
+    if current != expected || locks != 0 {
+        bugcheck::bugcheck(
+            codes::IRQL_UNEXPECTED_VALUE,
+            [current as usize, expected as usize, locks as usize, 0],
+            format!(
+                "{what} returned at IRQL {current} holding {locks} spin lock(s); expected IRQL {expected} and none"
+            ),
+        );
+    }
+}
+
+/// Spawns a named kernel thread of `kernel` that starts at PASSIVE_LEVEL.
+pub(crate) fn spawn(
+    kernel: &Arc<Shared>,
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let kernel = kernel.clone();
+    let label = name.to_owned();
+    std::thread::Builder::new()
+        .name(format!("kemu-{}-{}", kernel.id, name))
+        .stack_size(1 << 20)
+        .spawn(move || {
+            enter(kernel, &label);
+            f();
+        })
+        .expect("kemu: cannot spawn a kernel thread")
+}
