@@ -86,9 +86,9 @@ pub fn resolve(module: &str, name: &str) -> Option<usize> {
         .map(|e| e.address)
 }
 
-/// Binds a natively linked driver's import slots; returns the imports kemu does not provide
-/// (left unbound: calling one stops the kernel with a bugcheck naming it).
-pub(crate) fn bind_native(directory: &[ImportEntry]) -> Vec<String> {
+/// Binds a natively linked driver's import slots (process-wide; idempotent); returns the imports
+/// kemu does not provide (left unbound: calling one stops the kernel with a bugcheck naming it).
+pub fn bind_native(directory: &[ImportEntry]) -> Vec<String> {
     let mut unbound = Vec::new();
     for entry in directory {
         match (resolve(entry.module, entry.name), entry.slot) {
