@@ -21,7 +21,10 @@ fn boot() -> Kernel {
 
 fn boot_with(faults: FaultPlan) -> Kernel {
     kemu::exports::bind_native(IMPORT_DIRECTORY);
-    Kernel::boot(KernelConfig { faults, ..KernelConfig::from_env() })
+    Kernel::boot(KernelConfig {
+        faults,
+        ..KernelConfig::from_env()
+    })
 }
 
 fn expect_bugcheck<R: std::fmt::Debug>(result: Result<R, KernelError>, code: u32) -> Bugcheck {
@@ -47,27 +50,44 @@ fn pool_is_tagged_zeroed_and_accounted() {
             unsafe {
                 let p = ExAllocatePool2(POOL_FLAG_NON_PAGED, 100, TAG) as *mut u8;
                 assert!(!p.is_null());
-                assert!((0..100).all(|i| *p.add(i) == 0), "ExAllocatePool2 zeroes by default");
+                assert!(
+                    (0..100).all(|i| *p.add(i) == 0),
+                    "ExAllocatePool2 zeroes by default"
+                );
                 assert_eq!(p as usize % 16, 0);
-                let q = ExAllocatePool2(POOL_FLAG_NON_PAGED | POOL_FLAG_UNINITIALIZED, 8, TAG) as *mut u8;
+                let q = ExAllocatePool2(POOL_FLAG_NON_PAGED | POOL_FLAG_UNINITIALIZED, 8, TAG)
+                    as *mut u8;
                 ExFreePoolWithTag(p as *mut c_void, TAG);
                 ExFreePool(q as *mut c_void);
             }
         })
         .unwrap();
     let usage = kernel.pool_usage()["Test"];
-    assert_eq!((usage.allocations, usage.frees, usage.live_blocks, usage.live_bytes), (2, 2, 0, 0));
+    assert_eq!(
+        (
+            usage.allocations,
+            usage.frees,
+            usage.live_blocks,
+            usage.live_bytes
+        ),
+        (2, 2, 0, 0)
+    );
     kernel.shutdown().unwrap();
 }
 
 #[test]
 fn nth_allocation_fails_when_asked() {
-    let kernel = boot_with(FaultPlan { fail_allocation: Some(2), ..FaultPlan::default() });
+    let kernel = boot_with(FaultPlan {
+        fail_allocation: Some(2),
+        ..FaultPlan::default()
+    });
     let results = kernel
         .run("test", || {
             // SAFETY: well-formed pool calls; non-NULL blocks are freed.
             unsafe {
-                let r: Vec<usize> = (0..3).map(|_| ExAllocatePool2(POOL_FLAG_NON_PAGED, 8, TAG) as usize).collect();
+                let r: Vec<usize> = (0..3)
+                    .map(|_| ExAllocatePool2(POOL_FLAG_NON_PAGED, 8, TAG) as usize)
+                    .collect();
                 for &p in &r {
                     if p != 0 {
                         ExFreePoolWithTag(p as *mut c_void, TAG);
@@ -77,7 +97,10 @@ fn nth_allocation_fails_when_asked() {
             }
         })
         .unwrap();
-    assert!(results[0] != 0 && results[1] == 0 && results[2] != 0, "{results:x?}");
+    assert!(
+        results[0] != 0 && results[1] == 0 && results[2] != 0,
+        "{results:x?}"
+    );
     assert_eq!(kernel.pool_usage()["Test"].failures, 1);
     kernel.shutdown().unwrap();
 }
@@ -102,9 +125,17 @@ fn freeing_with_the_wrong_tag_is_a_bugcheck() {
     let kernel = boot();
     let r = kernel.run("test", || {
         // SAFETY: a live block freed with a mismatched tag; kemu stops first.
-        unsafe { ExFreePoolWithTag(ExAllocatePool2(POOL_FLAG_NON_PAGED, 8, TAG), u32::from_le_bytes(*b"Othr")) }
+        unsafe {
+            ExFreePoolWithTag(
+                ExAllocatePool2(POOL_FLAG_NON_PAGED, 8, TAG),
+                u32::from_le_bytes(*b"Othr"),
+            )
+        }
     });
-    assert_eq!(expect_bugcheck(r, codes::BAD_POOL_CALLER).parameters[0], 0x0A);
+    assert_eq!(
+        expect_bugcheck(r, codes::BAD_POOL_CALLER).parameters[0],
+        0x0A
+    );
 }
 
 #[test]
@@ -132,7 +163,10 @@ fn paged_pool_at_dispatch_is_a_bugcheck() {
             ExAllocatePool2(POOL_FLAG_PAGED, 8, TAG);
         }
     });
-    assert_eq!(expect_bugcheck(r, codes::BAD_POOL_CALLER).parameters[0], 0x08);
+    assert_eq!(
+        expect_bugcheck(r, codes::BAD_POOL_CALLER).parameters[0],
+        0x08
+    );
 }
 
 #[test]
@@ -148,7 +182,10 @@ fn leaked_pool_is_reported_at_shutdown_with_tag_and_site() {
         Err(KernelError::Leaks(report)) => {
             assert_eq!(report.leaks.len(), 1, "{report}");
             let leak = &report.leaks[0];
-            assert_eq!((leak.kind, leak.tag.as_str(), leak.size), (kemu::LeakKind::Pool, "Test", 40));
+            assert_eq!(
+                (leak.kind, leak.tag.as_str(), leak.size),
+                (kemu::LeakKind::Pool, "Test", 40)
+            );
             assert_eq!(leak.site.activity, "allocating test");
         }
         other => panic!("expected a leak report, got {other:?}"),
@@ -171,7 +208,11 @@ fn spin_locks_raise_irql_and_exclude() {
                     let old = KeAcquireSpinLockRaiseToDpc(l);
                     assert_eq!(old, PASSIVE_LEVEL);
                     assert_eq!(KeGetCurrentIrql(), DISPATCH_LEVEL);
-                    assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+                    assert_eq!(
+                        inside.fetch_add(1, Ordering::SeqCst),
+                        0,
+                        "two holders at once"
+                    );
                     std::hint::spin_loop();
                     inside.fetch_sub(1, Ordering::SeqCst);
                     KeReleaseSpinLock(l, old);
@@ -251,7 +292,9 @@ fn events_wake_waiters_and_time_out() {
         .run("poll", move || {
             let zero = 0i64;
             // SAFETY: a live event; a zero timeout only polls.
-            unsafe { KeWaitForSingleObject(address.0 as *mut c_void, EXECUTIVE, KERNEL_MODE, 0, &zero) }
+            unsafe {
+                KeWaitForSingleObject(address.0 as *mut c_void, EXECUTIVE, KERNEL_MODE, 0, &zero)
+            }
         })
         .unwrap();
     assert_eq!(timed_out, STATUS_TIMEOUT);
@@ -263,7 +306,15 @@ fn events_wake_waiters_and_time_out() {
                 let r = k.run("waiter", move || {
                     let timeout = -50_000_000i64;
                     // SAFETY: a live event, waited on at PASSIVE_LEVEL.
-                    unsafe { KeWaitForSingleObject(address.0 as *mut c_void, EXECUTIVE, KERNEL_MODE, 0, &timeout) }
+                    unsafe {
+                        KeWaitForSingleObject(
+                            address.0 as *mut c_void,
+                            EXECUTIVE,
+                            KERNEL_MODE,
+                            0,
+                            &timeout,
+                        )
+                    }
                 });
                 tx.send(r).unwrap();
             });
@@ -284,7 +335,9 @@ fn events_wake_waiters_and_time_out() {
         .run("poll", move || {
             let zero = 0i64;
             // SAFETY: a live event.
-            unsafe { KeWaitForSingleObject(address.0 as *mut c_void, EXECUTIVE, KERNEL_MODE, 0, &zero) }
+            unsafe {
+                KeWaitForSingleObject(address.0 as *mut c_void, EXECUTIVE, KERNEL_MODE, 0, &zero)
+            }
         })
         .unwrap();
     assert_eq!(again, STATUS_TIMEOUT);
@@ -298,18 +351,30 @@ struct TimerBlock {
     irql: AtomicUsize,
 }
 
-extern "win64" fn count_dpc(_dpc: *mut KDPC, context: *mut c_void, _a: *mut c_void, _b: *mut c_void) {
+extern "win64" fn count_dpc(
+    _dpc: *mut KDPC,
+    context: *mut c_void,
+    _a: *mut c_void,
+    _b: *mut c_void,
+) {
     // SAFETY: the context is the test's live TimerBlock.
     let block = unsafe { &*(context as *const TimerBlock) };
     // SAFETY: a plain query.
-    block.irql.store(unsafe { KeGetCurrentIrql() } as usize, Ordering::SeqCst);
+    block
+        .irql
+        .store(unsafe { KeGetCurrentIrql() } as usize, Ordering::SeqCst);
     block.fired.fetch_add(1, Ordering::SeqCst);
 }
 
 #[test]
 fn timers_fire_their_dpc_at_dispatch_and_cancel() {
     let kernel = boot();
-    let block = Box::leak(Box::new(TimerBlock { timer: KTIMER::zeroed(), dpc: KDPC::zeroed(), fired: AtomicUsize::new(0), irql: AtomicUsize::new(99) }));
+    let block = Box::leak(Box::new(TimerBlock {
+        timer: KTIMER::zeroed(),
+        dpc: KDPC::zeroed(),
+        fired: AtomicUsize::new(0),
+        irql: AtomicUsize::new(99),
+    }));
     let address = Addr(block as *mut TimerBlock as usize);
     kernel
         .run("arm", move || {
@@ -318,9 +383,21 @@ fn timers_fire_their_dpc_at_dispatch_and_cancel() {
             unsafe {
                 KeInitializeTimer(&raw mut (*b).timer);
                 KeInitializeDpc(&raw mut (*b).dpc, Some(count_dpc), b as *mut c_void);
-                assert_eq!(KeSetTimer(&raw mut (*b).timer, -10_000, &raw mut (*b).dpc), 0);
+                assert_eq!(
+                    KeSetTimer(&raw mut (*b).timer, -10_000, &raw mut (*b).dpc),
+                    0
+                );
                 let wait = -2_000_000_000i64;
-                assert_eq!(KeWaitForSingleObject(&raw mut (*b).timer as *mut c_void, EXECUTIVE, KERNEL_MODE, 0, &wait), STATUS_SUCCESS);
+                assert_eq!(
+                    KeWaitForSingleObject(
+                        &raw mut (*b).timer as *mut c_void,
+                        EXECUTIVE,
+                        KERNEL_MODE,
+                        0,
+                        &wait
+                    ),
+                    STATUS_SUCCESS
+                );
             }
         })
         .unwrap();
@@ -335,14 +412,21 @@ fn timers_fire_their_dpc_at_dispatch_and_cancel() {
             let b = address.0 as *mut TimerBlock;
             // SAFETY: as above.
             unsafe {
-                assert_eq!(KeSetTimer(&raw mut (*b).timer, -100_000_000, &raw mut (*b).dpc), 0);
+                assert_eq!(
+                    KeSetTimer(&raw mut (*b).timer, -100_000_000, &raw mut (*b).dpc),
+                    0
+                );
                 KeCancelTimer(&raw mut (*b).timer)
             }
         })
         .unwrap();
     assert_eq!(cancelled, 1);
     std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(block.fired.load(Ordering::SeqCst), 1, "a cancelled timer fired");
+    assert_eq!(
+        block.fired.load(Ordering::SeqCst),
+        1,
+        "a cancelled timer fired"
+    );
     kernel.shutdown().unwrap();
 }
 
@@ -353,7 +437,8 @@ fn a_timer_left_set_is_a_leak_and_freeing_it_is_a_bugcheck() {
         .run("arm", || {
             // SAFETY: the timer lives in pool; freeing it while set is the bug under test.
             unsafe {
-                let t = ExAllocatePool2(POOL_FLAG_NON_PAGED, std::mem::size_of::<KTIMER>(), TAG) as *mut KTIMER;
+                let t = ExAllocatePool2(POOL_FLAG_NON_PAGED, std::mem::size_of::<KTIMER>(), TAG)
+                    as *mut KTIMER;
                 KeInitializeTimer(t);
                 KeSetTimer(t, -600_000_000, std::ptr::null_mut());
                 ExFreePoolWithTag(t as *mut c_void, TAG);
@@ -367,7 +452,11 @@ fn a_timer_left_set_is_a_leak_and_freeing_it_is_a_bugcheck() {
         .expect_err("freeing a set timer must stop the kernel");
 }
 
-extern "win64" fn more_processing(_d: *mut DEVICE_OBJECT, irp: *mut IRP, context: *mut c_void) -> NTSTATUS {
+extern "win64" fn more_processing(
+    _d: *mut DEVICE_OBJECT,
+    irp: *mut IRP,
+    context: *mut c_void,
+) -> NTSTATUS {
     // SAFETY: the context is the test's counter; the IRP is live during its completion.
     unsafe {
         (*(context as *const AtomicUsize)).store((*irp).IoStatus.Information, Ordering::SeqCst);
@@ -375,7 +464,11 @@ extern "win64" fn more_processing(_d: *mut DEVICE_OBJECT, irp: *mut IRP, context
     STATUS_MORE_PROCESSING_REQUIRED
 }
 
-extern "win64" fn continue_completion(_d: *mut DEVICE_OBJECT, _irp: *mut IRP, _c: *mut c_void) -> NTSTATUS {
+extern "win64" fn continue_completion(
+    _d: *mut DEVICE_OBJECT,
+    _irp: *mut IRP,
+    _c: *mut c_void,
+) -> NTSTATUS {
     STATUS_SUCCESS
 }
 
@@ -393,7 +486,14 @@ fn irp_completion_runs_the_routine_and_stops_on_more_processing_required() {
                 assert!(!irp.is_null());
                 assert_eq!((*irp).StackCount, 1);
                 assert_eq!((*irp).CurrentLocation, 2);
-                io_set_completion_routine(irp, Some(more_processing), seen_addr.0 as *mut c_void, true, true, true);
+                io_set_completion_routine(
+                    irp,
+                    Some(more_processing),
+                    seen_addr.0 as *mut c_void,
+                    true,
+                    true,
+                    true,
+                );
                 // Act as the lower driver: take the stack location, then complete.
                 (*irp).CurrentLocation -= 1;
                 (*irp).Tail.CurrentStackLocation = (*irp).Tail.CurrentStackLocation.sub(1);
@@ -416,13 +516,23 @@ fn driver_irp_completed_past_its_last_location_is_a_bugcheck() {
         // SAFETY: the completion routine returns STATUS_SUCCESS: the bug under test.
         unsafe {
             let irp = IoAllocateIrp(1, 0);
-            io_set_completion_routine(irp, Some(continue_completion), std::ptr::null_mut(), true, true, true);
+            io_set_completion_routine(
+                irp,
+                Some(continue_completion),
+                std::ptr::null_mut(),
+                true,
+                true,
+                true,
+            );
             (*irp).CurrentLocation -= 1;
             (*irp).Tail.CurrentStackLocation = (*irp).Tail.CurrentStackLocation.sub(1);
             IofCompleteRequest(irp, 0);
         }
     });
-    assert_eq!(expect_bugcheck(r, codes::DRIVER_VERIFIER_IOMANAGER_VIOLATION).parameters[0], verifier::IRP_NO_MORE_PROCESSING);
+    assert_eq!(
+        expect_bugcheck(r, codes::DRIVER_VERIFIER_IOMANAGER_VIOLATION).parameters[0],
+        verifier::IRP_NO_MORE_PROCESSING
+    );
 }
 
 #[test]
@@ -437,7 +547,10 @@ fn touching_a_freed_irp_is_a_bugcheck() {
             IoCancelIrp(irp);
         }
     });
-    assert_eq!(expect_bugcheck(r, codes::DRIVER_VERIFIER_IOMANAGER_VIOLATION).parameters[0], verifier::IRP_NOT_LIVE);
+    assert_eq!(
+        expect_bugcheck(r, codes::DRIVER_VERIFIER_IOMANAGER_VIOLATION).parameters[0],
+        verifier::IRP_NOT_LIVE
+    );
 }
 
 #[test]
@@ -455,7 +568,10 @@ fn mdls_describe_buffers_and_attach_to_irps() {
                 assert_eq!((*irp).MdlAddress, first);
                 assert_eq!((*first).Next, second);
                 assert_eq!((*first).ByteCount as usize, 2 * PAGE_SIZE);
-                assert_eq!((*first).ByteOffset as usize, (va as usize) & (PAGE_SIZE - 1));
+                assert_eq!(
+                    (*first).ByteOffset as usize,
+                    (va as usize) & (PAGE_SIZE - 1)
+                );
                 MmBuildMdlForNonPagedPool(first);
                 assert_eq!(mm_get_system_address_for_nonpaged_mdl(first) as *mut u8, va);
                 (*irp).MdlAddress = std::ptr::null_mut();
@@ -476,18 +592,36 @@ fn double_mdl_free_is_a_bugcheck_and_a_kept_mdl_is_a_leak() {
         let mut buffer = [0u8; 64];
         // SAFETY: freeing the MDL twice is the bug under test.
         unsafe {
-            let mdl = IoAllocateMdl(buffer.as_mut_ptr() as *mut c_void, 64, 0, 0, std::ptr::null_mut());
+            let mdl = IoAllocateMdl(
+                buffer.as_mut_ptr() as *mut c_void,
+                64,
+                0,
+                0,
+                std::ptr::null_mut(),
+            );
             IoFreeMdl(mdl);
             IoFreeMdl(mdl);
         }
     });
-    assert_eq!(expect_bugcheck(r, codes::DRIVER_VERIFIER_IOMANAGER_VIOLATION).parameters[0], verifier::MDL_NOT_LIVE);
+    assert_eq!(
+        expect_bugcheck(r, codes::DRIVER_VERIFIER_IOMANAGER_VIOLATION).parameters[0],
+        verifier::MDL_NOT_LIVE
+    );
     let kernel = boot();
     kernel
         .run("mdl", || {
             let buffer = Box::leak(Box::new([0u8; 64]));
             // SAFETY: a valid MDL, deliberately kept.
-            unsafe { IoAllocateMdl(buffer.as_mut_ptr() as *mut c_void, 64, 0, 0, std::ptr::null_mut()) }.is_null()
+            unsafe {
+                IoAllocateMdl(
+                    buffer.as_mut_ptr() as *mut c_void,
+                    64,
+                    0,
+                    0,
+                    std::ptr::null_mut(),
+                )
+            }
+            .is_null()
         })
         .unwrap();
     match kernel.shutdown() {
@@ -502,9 +636,23 @@ fn debug_print_formats_into_the_kernel_log() {
     kernel
         .run("print", || {
             let wide: Vec<u16> = "wide".encode_utf16().chain([0]).collect();
-            let args: [usize; 6] = [(-5i32) as u32 as usize, 0xBEEF, 3, b"abcdef".as_ptr() as usize, wide.as_ptr() as usize, 42];
+            let args: [usize; 6] = [
+                (-5i32) as u32 as usize,
+                0xBEEF,
+                3,
+                b"abcdef".as_ptr() as usize,
+                wide.as_ptr() as usize,
+                42,
+            ];
             // SAFETY: the format's conversions match the argument slots.
-            unsafe { vDbgPrintEx(77, 3, c"n=%d x=%04X s=%.*s w=%ws %5u|\n".as_ptr() as *const u8, args.as_ptr()) };
+            unsafe {
+                vDbgPrintEx(
+                    77,
+                    3,
+                    c"n=%d x=%04X s=%.*s w=%ws %5u|\n".as_ptr() as *const u8,
+                    args.as_ptr(),
+                )
+            };
         })
         .unwrap();
     let log = kernel.debug_log();
