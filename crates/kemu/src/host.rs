@@ -340,10 +340,7 @@ impl Kernel {
                 )
             }
         });
-        let status = match status {
-            Ok(s) => s,
-            Err(e) => return Err(e),
-        };
+        let status = status?;
         let loaded = Loaded {
             driver_object,
             _registry: registry,

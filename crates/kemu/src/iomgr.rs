@@ -260,7 +260,7 @@ impl IoManager {
             let granted = d
                 .descriptor
                 .access_check(caller, FILE_GENERIC_READ | FILE_GENERIC_WRITE)
-                .map_err(|()| STATUS_ACCESS_DENIED)?;
+                .map_err(|_| STATUS_ACCESS_DENIED)?;
             if d.exclusive && d.open_files > 0 {
                 return Err(STATUS_ACCESS_DENIED);
             }

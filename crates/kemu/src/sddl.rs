@@ -45,6 +45,10 @@ struct Ace {
     sid: String,
 }
 
+/// An access check found the desired access not granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessDenied;
+
 /// A parsed device security descriptor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecurityDescriptor {
@@ -140,7 +144,7 @@ impl SecurityDescriptor {
     }
 
     /// Windows' DACL walk: granted if every desired bit is allowed before being denied.
-    pub fn access_check(&self, caller: Caller, desired: u32) -> Result<u32, ()> {
+    pub fn access_check(&self, caller: Caller, desired: u32) -> Result<u32, AccessDenied> {
         let sids = caller.sids();
         let mut granted = 0u32;
         for ace in &self.aces {
@@ -151,7 +155,7 @@ impl SecurityDescriptor {
             if ace.allow {
                 granted |= relevant;
             } else if relevant != 0 {
-                return Err(());
+                return Err(AccessDenied);
             }
             if granted & desired == desired {
                 return Ok(granted);
@@ -160,7 +164,7 @@ impl SecurityDescriptor {
         if granted & desired == desired {
             Ok(granted)
         } else {
-            Err(())
+            Err(AccessDenied)
         }
     }
 }

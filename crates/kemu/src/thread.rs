@@ -6,6 +6,7 @@
 //! reports quote ("DriverEntry", "IOCTL 0x8A576000", "work item", ...).
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use ksys::ntdef::KIRQL;
@@ -31,12 +32,12 @@ pub(crate) struct ThreadState {
 }
 
 thread_local! {
-    static STATE: RefCell<Option<Arc<ThreadState>>> = const { RefCell::new(None) };
+    static STATE: RefCell<Option<Rc<ThreadState>>> = const { RefCell::new(None) };
 }
 
 /// Makes the calling thread a kernel thread of `kernel` at PASSIVE_LEVEL.
 pub(crate) fn enter(kernel: Arc<Shared>, activity: &str) {
-    let state = Arc::new(ThreadState {
+    let state = Rc::new(ThreadState {
         kernel,
         irql: Cell::new(PASSIVE),
         spin_locks_held: Cell::new(0),
@@ -47,13 +48,13 @@ pub(crate) fn enter(kernel: Arc<Shared>, activity: &str) {
 }
 
 /// The calling thread's state, if it is a kernel thread.
-pub(crate) fn try_state() -> Option<Arc<ThreadState>> {
+pub(crate) fn try_state() -> Option<Rc<ThreadState>> {
     STATE.try_with(|s| s.borrow().clone()).ok().flatten()
 }
 
 /// The calling thread's state; a kemu export called from a thread kemu did not start is a host
 /// bug (the routine would have no kernel to act on).
-pub(crate) fn state() -> Arc<ThreadState> {
+pub(crate) fn state() -> Rc<ThreadState> {
     match try_state() {
         Some(s) => s,
         None => panic!("kemu: a kernel routine was called on a thread that is not a kernel thread"),

@@ -171,7 +171,7 @@ pub(crate) unsafe extern "win64" fn io_queue_work_item(
                 [
                     routine as usize,
                     state.irql.get() as usize,
-                    context as usize,
+                    context,
                     address,
                 ],
                 format!(

@@ -121,7 +121,7 @@ pub(crate) fn deadline_of(timeout: i64) -> Instant {
 
 /// Owner token of the calling thread (never 0).
 fn owner_token() -> usize {
-    std::sync::Arc::as_ptr(&thread::state()) as usize | 1
+    std::rc::Rc::as_ptr(&thread::state()) as usize | 1
 }
 
 fn lock_word(lock: *mut KSPIN_LOCK) -> &'static AtomicUsize {
@@ -299,10 +299,10 @@ pub(crate) unsafe extern "win64" fn ke_wait_for_single_object(
     _alertable: u8,
     timeout: *const i64,
 ) -> NTSTATUS {
-    // SAFETY: a non-NULL timeout points to the caller's LARGE_INTEGER.
     let timeout = if timeout.is_null() {
         None
     } else {
+        // SAFETY: a non-NULL timeout points to the caller's LARGE_INTEGER.
         Some(unsafe { *timeout })
     };
     if timeout == Some(0) {

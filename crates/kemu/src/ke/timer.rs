@@ -240,10 +240,10 @@ pub(crate) unsafe extern "win64" fn ke_set_timer(
 ) -> u8 {
     thread::require_at_most("KeSetTimer", DISPATCH);
     let kernel = thread::kernel();
-    // SAFETY: the caller passes an initialized KTIMER; byte 0 is its type.
     let kind = if timer.is_null() {
         0
     } else {
+        // SAFETY: the caller passes an initialized KTIMER; byte 0 is its type.
         unsafe { *(timer as *const u8) }
     };
     if kind != TIMER_NOTIFICATION {

@@ -118,9 +118,7 @@ fn component_is_kmdf(p: *const u16) -> bool {
     unsafe {
         for (i, c) in expected.encode_utf16().enumerate() {
             let u = *p.add(i);
-            if u == 0
-                || (u as u8 as char).to_ascii_lowercase() != (c as u8 as char).to_ascii_lowercase()
-            {
+            if u == 0 || !char::from(u as u8).eq_ignore_ascii_case(&char::from(c as u8)) {
                 return false;
             }
         }

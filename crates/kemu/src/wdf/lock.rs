@@ -14,7 +14,7 @@ use crate::ke::sync::deadline_of;
 use crate::thread::{self, APC, DISPATCH};
 
 fn me() -> usize {
-    Arc::as_ptr(&thread::state()) as usize | 1
+    std::rc::Rc::as_ptr(&thread::state()) as usize | 1
 }
 
 fn create(
@@ -161,10 +161,10 @@ pub(crate) unsafe extern "win64" fn wdf_wait_lock_acquire(
     lock: WDFWAITLOCK,
     timeout: *const i64,
 ) -> NTSTATUS {
-    // SAFETY: a non-NULL timeout points to the driver's LONGLONG.
     let timeout = if timeout.is_null() {
         None
     } else {
+        // SAFETY: a non-NULL timeout points to the driver's LONGLONG.
         Some(unsafe { *timeout })
     };
     if timeout == Some(0) {

@@ -199,10 +199,13 @@ pub(crate) unsafe extern "win64" fn wdf_request_get_parameters(
 ) {
     thread::require_at_most("WdfRequestGetParameters", DISPATCH);
     let raw = request.as_raw() as usize;
-    // SAFETY: a non-NULL parameters pointer is the driver's structure.
-    if parameters.is_null()
-        || unsafe { (*parameters).Size } as usize != std::mem::size_of::<WDF_REQUEST_PARAMETERS>()
-    {
+    let size = if parameters.is_null() {
+        0
+    } else {
+        // SAFETY: a non-NULL parameters pointer is the driver's structure.
+        unsafe { (*parameters).Size as usize }
+    };
+    if size != std::mem::size_of::<WDF_REQUEST_PARAMETERS>() {
         violation(
             wdf_violation::INVALID_PARAMETER,
             raw,
