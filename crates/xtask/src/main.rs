@@ -4,7 +4,8 @@
 //!   rust-lld and leaves it at `target/x86_64-pc-windows-msvc/<profile>/wsktls.sys` (both
 //!   profiles when neither flag is given).
 //! - `test [ARGS...]` — builds both images, then runs `cargo test --workspace ARGS...` (the image
-//!   tests check the images just built).
+//!   tests check the images just built); without ARGS, the kemu suites run again under each seed
+//!   of `KEMU_SEEDS` (default 1,2,3).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -152,11 +153,34 @@ fn today() -> (u32, u32, i64) {
     (month, day, year)
 }
 
+/// Seeds the kemu suites are rerun under after the full run (`KEMU_SEEDS`, comma-separated).
+const DEFAULT_EXTRA_SEEDS: &str = "1,2,3";
+
 fn run_tests(extra: &[String]) -> Result<(), String> {
     let mut command = cargo();
     command
         .current_dir(workspace_root())
         .args(["test", "--workspace"])
         .args(extra);
-    run(command)
+    run(command)?;
+    if !extra.is_empty() {
+        return Ok(());
+    }
+    // Fault injection is seeded: every kemu suite again under other seeds (other inline/deferred
+    // and PASSIVE/DISPATCH schedules).
+    let seeds = std::env::var("KEMU_SEEDS").unwrap_or_else(|_| DEFAULT_EXTRA_SEEDS.to_string());
+    for seed in seeds.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        for selection in [&["-p", "kemu", "--tests"][..], &["-p", "wsktls", "--test", "driver_in_kemu"][..]] {
+            println!("xtask: kemu suites with KEMU_SEED={seed}: cargo test {}", selection.join(" "));
+            let mut command = cargo();
+            command
+                .current_dir(workspace_root())
+                .env("KEMU_SEED", seed)
+                .arg("test")
+                .args(selection)
+                .arg("--quiet");
+            run(command)?;
+        }
+    }
+    Ok(())
 }
