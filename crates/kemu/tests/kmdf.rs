@@ -37,7 +37,36 @@ mod test_driver {
     pub const IO_WORK_ITEM: u32 = ctl_code(0x9000, 0x807, 0, 0);
     pub const COUNTERS: u32 = ctl_code(0x9000, 0x808, 0, 0);
 
+    /// The pended request, guarded by the WDFSPINLOCK in `LOCK` (the documented race fix:
+    /// whoever clears it under the lock owns completion; Unmark is called under the lock).
     static PENDED: AtomicUsize = AtomicUsize::new(0);
+    static LOCK: AtomicUsize = AtomicUsize::new(0);
+    /// Set by a test before load: the default queue is sequential instead of parallel.
+    pub static SEQUENTIAL: AtomicUsize = AtomicUsize::new(0);
+    static CLEANUP_CALLBACKS: AtomicUsize = AtomicUsize::new(0);
+    static DESTROY_CALLBACKS: AtomicUsize = AtomicUsize::new(0);
+    pub const OBJECTS: u32 = ctl_code(0x9000, 0x809, 0, 0);
+
+    #[repr(C)]
+    struct Counter {
+        value: u64,
+        magic: u64,
+    }
+
+    static COUNTER_TYPE: WDF_OBJECT_CONTEXT_TYPE_INFO = WDF_OBJECT_CONTEXT_TYPE_INFO {
+        Size: core::mem::size_of::<WDF_OBJECT_CONTEXT_TYPE_INFO>() as u32,
+        ContextName: c"Counter".as_ptr() as *const u8,
+        ContextSize: core::mem::size_of::<Counter>(),
+        UniqueType: &COUNTER_TYPE,
+        EvtDriverGetUniqueContextType: core::ptr::null(),
+    };
+    static OTHER_TYPE: WDF_OBJECT_CONTEXT_TYPE_INFO = WDF_OBJECT_CONTEXT_TYPE_INFO {
+        Size: core::mem::size_of::<WDF_OBJECT_CONTEXT_TYPE_INFO>() as u32,
+        ContextName: c"Other".as_ptr() as *const u8,
+        ContextSize: 8,
+        UniqueType: &OTHER_TYPE,
+        EvtDriverGetUniqueContextType: core::ptr::null(),
+    };
     static DEVICE: AtomicUsize = AtomicUsize::new(0);
     static WORK_ITEM: AtomicUsize = AtomicUsize::new(0);
     static WORK_RUNS: AtomicUsize = AtomicUsize::new(0);
@@ -59,10 +88,129 @@ mod test_driver {
     pub fn driver_entry(args: &DriverEntryArgs) -> Result<(), NTSTATUS> {
         let driver = kmdf::create_non_pnp_driver(args, unload)?;
         let device = kmdf::create_control_device(driver, &CONFIG)?;
-        kmdf::create_default_parallel_queue(device, device_control)?;
+        if SEQUENTIAL.load(Ordering::SeqCst) != 0 {
+            create_sequential_queue(device)?;
+        } else {
+            kmdf::create_default_parallel_queue(device, device_control)?;
+        }
+        let mut attrs = WDF_OBJECT_ATTRIBUTES::init();
+        attrs.ParentObject = device.as_object();
+        let mut lock = WDFSPINLOCK::NULL;
+        // SAFETY: valid attributes and out-pointer.
+        let status = unsafe { WdfSpinLockCreate(&mut attrs, &mut lock) };
+        if !nt_success(status) {
+            return Err(status);
+        }
+        LOCK.store(lock.as_raw() as usize, Ordering::SeqCst);
         DEVICE.store(device.as_raw() as usize, Ordering::SeqCst);
         kmdf::finish_initializing(device);
         Ok(())
+    }
+
+    fn create_sequential_queue(device: WDFDEVICE) -> Result<(), NTSTATUS> {
+        let mut config = WDF_IO_QUEUE_CONFIG {
+            Size: core::mem::size_of::<WDF_IO_QUEUE_CONFIG>() as u32,
+            DispatchType: WDF_IO_QUEUE_DISPATCH_SEQUENTIAL,
+            PowerManaged: WDF_FALSE,
+            AllowZeroLengthRequests: 0,
+            DefaultQueue: 1,
+            EvtIoDefault: core::ptr::null(),
+            EvtIoRead: core::ptr::null(),
+            EvtIoWrite: core::ptr::null(),
+            EvtIoDeviceControl: Some(device_control),
+            EvtIoInternalDeviceControl: core::ptr::null(),
+            EvtIoStop: core::ptr::null(),
+            EvtIoResume: core::ptr::null(),
+            EvtIoCanceledOnQueue: core::ptr::null(),
+            NumberOfPresentedRequests: 0,
+            Driver: WDFDRIVER::NULL,
+        };
+        let mut attrs = WDF_OBJECT_ATTRIBUTES::init();
+        attrs.ExecutionLevel = WDF_EXECUTION_LEVEL_PASSIVE;
+        let mut queue = WDFQUEUE::NULL;
+        // SAFETY: valid config and attributes; the device is live.
+        let status = unsafe { WdfIoQueueCreate(device, &mut config, &mut attrs, &mut queue) };
+        if nt_success(status) {
+            Ok(())
+        } else {
+            Err(status)
+        }
+    }
+
+    fn lock() -> WDFSPINLOCK {
+        // SAFETY: created in DriverEntry, parented to the device, live until unload.
+        unsafe { WDFSPINLOCK::from_raw(LOCK.load(Ordering::SeqCst) as *mut c_void) }
+    }
+
+    extern "win64" fn object_cleanup(_object: WDFOBJECT) {
+        CLEANUP_CALLBACKS.fetch_add(1, Ordering::SeqCst);
+    }
+
+    extern "win64" fn object_destroy(_object: WDFOBJECT) {
+        DESTROY_CALLBACKS.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Contexts, wait locks, references and deletion: returns cleanups * 100 + destroys seen,
+    /// or STATUS_UNSUCCESSFUL if any rule did not hold.
+    fn objects(device: WDFDEVICE) -> Result<usize, NTSTATUS> {
+        let mut attrs = WDF_OBJECT_ATTRIBUTES::init();
+        attrs.ParentObject = device.as_object();
+        attrs.ContextTypeInfo = &COUNTER_TYPE;
+        attrs.EvtCleanupCallback = Some(object_cleanup);
+        attrs.EvtDestroyCallback = Some(object_destroy);
+        let mut wait_lock = WDFWAITLOCK::NULL;
+        let cleanups = CLEANUP_CALLBACKS.load(Ordering::SeqCst);
+        let destroys = DESTROY_CALLBACKS.load(Ordering::SeqCst);
+        // SAFETY: every handle is live when used; the contexts are the object's own.
+        unsafe {
+            let status = WdfWaitLockCreate(&mut attrs, &mut wait_lock);
+            if !nt_success(status) {
+                return Err(status);
+            }
+            let object = wait_lock.as_object();
+            let counter = WdfObjectGetTypedContextWorker(object, &COUNTER_TYPE) as *mut Counter;
+            if counter.is_null() || (*counter).value != 0 || (counter as usize) % 8 != 0 {
+                return Err(STATUS_UNSUCCESSFUL);
+            }
+            (*counter).value = 41;
+            (*counter).magic = 0x5EED;
+            if !WdfObjectGetTypedContextWorker(object, &OTHER_TYPE).is_null() {
+                return Err(STATUS_UNSUCCESSFUL);
+            }
+            let mut other_attrs = WDF_OBJECT_ATTRIBUTES::init();
+            other_attrs.ContextTypeInfo = &OTHER_TYPE;
+            let mut other: *mut c_void = core::ptr::null_mut();
+            if WdfObjectAllocateContext(object, &mut other_attrs, &mut other) != STATUS_SUCCESS
+                || WdfObjectGetTypedContextWorker(object, &OTHER_TYPE) != other
+                || WdfObjectAllocateContext(object, &mut other_attrs, &mut other)
+                    != STATUS_OBJECT_NAME_EXISTS
+            {
+                return Err(STATUS_UNSUCCESSFUL);
+            }
+            if WdfWaitLockAcquire(wait_lock, core::ptr::null()) != STATUS_SUCCESS {
+                return Err(STATUS_UNSUCCESSFUL);
+            }
+            WdfWaitLockRelease(wait_lock);
+            let zero = 0i64;
+            if WdfWaitLockAcquire(wait_lock, &zero) != STATUS_SUCCESS {
+                return Err(STATUS_UNSUCCESSFUL);
+            }
+            WdfWaitLockRelease(wait_lock);
+            // A reference keeps the deleted object's memory (and context) alive.
+            WdfObjectReferenceActual(object, core::ptr::null_mut(), 0, core::ptr::null());
+            WdfObjectDelete(object);
+            let seen = (
+                CLEANUP_CALLBACKS.load(Ordering::SeqCst) - cleanups,
+                DESTROY_CALLBACKS.load(Ordering::SeqCst) - destroys,
+            );
+            if seen != (1, 0) || (*counter).value != 41 {
+                return Err(STATUS_UNSUCCESSFUL);
+            }
+            WdfObjectDereferenceActual(object, core::ptr::null_mut(), 0, core::ptr::null());
+        }
+        Ok((CLEANUP_CALLBACKS.load(Ordering::SeqCst) - cleanups) * 100
+            + DESTROY_CALLBACKS.load(Ordering::SeqCst)
+            - destroys)
     }
 
     extern "win64" fn unload(_driver: WDFDRIVER) {
@@ -83,27 +231,43 @@ mod test_driver {
         unsafe { WDFREQUEST::from_raw(raw as *mut c_void) }
     }
 
-    /// EvtRequestCancel: runs only when the framework claimed the request; it completes it.
+    /// EvtRequestCancel: completes the request if it is still the stored one.
     extern "win64" fn cancel(req: WDFREQUEST) {
-        let _ =
-            PENDED.compare_exchange(req.as_raw() as usize, 0, Ordering::SeqCst, Ordering::SeqCst);
-        // SAFETY: the cancel callback owns the request.
-        unsafe { WdfRequestComplete(req, STATUS_CANCELLED) };
+        // SAFETY: the lock is live; held only for the exchange.
+        let mine = unsafe {
+            WdfSpinLockAcquire(lock());
+            let mine = PENDED
+                .compare_exchange(req.as_raw() as usize, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+            WdfSpinLockRelease(lock());
+            mine
+        };
+        if mine {
+            // SAFETY: we cleared the stored handle under the lock: completion is ours.
+            unsafe { WdfRequestComplete(req, STATUS_CANCELLED) };
+        }
     }
 
-    /// Completes the pended request unless its cancel callback owns it.
+    /// Completes the pended request unless its cancel callback owns it (Unmark under the lock).
     fn finish_pended(status: NTSTATUS) -> bool {
-        let raw = PENDED.swap(0, Ordering::SeqCst);
-        if raw == 0 {
-            return false;
-        }
-        // SAFETY: we took the stored handle; Unmark tells whether we still own the request.
-        unsafe {
-            if WdfRequestUnmarkCancelable(request(raw)) == STATUS_SUCCESS {
-                WdfRequestComplete(request(raw), status);
+        // SAFETY: the stored handle is live while stored; Unmark runs under the lock, so the
+        // cancel callback cannot complete it in between.
+        let (found, ours) = unsafe {
+            WdfSpinLockAcquire(lock());
+            let raw = PENDED.load(Ordering::SeqCst);
+            let mut ours = 0;
+            if raw != 0 && WdfRequestUnmarkCancelable(request(raw)) != STATUS_CANCELLED {
+                PENDED.store(0, Ordering::SeqCst);
+                ours = raw;
             }
+            WdfSpinLockRelease(lock());
+            (raw != 0, ours)
+        };
+        if ours != 0 {
+            // SAFETY: unmarked and cleared under the lock: completion is ours.
+            unsafe { WdfRequestComplete(request(ours), status) };
         }
-        true
+        found
     }
 
     extern "win64" fn work_item(_wi: WDFWORKITEM) {
@@ -190,14 +354,21 @@ mod test_driver {
         let device = unsafe { WDFDEVICE::from_raw(DEVICE.load(Ordering::SeqCst) as *mut c_void) };
         let outcome: Result<usize, NTSTATUS> = match code {
             PEND => {
-                // SAFETY: the request is presented to us.
-                match unsafe { WdfRequestMarkCancelableEx(req, Some(cancel)) } {
-                    STATUS_SUCCESS => {
+                // SAFETY: the request is presented to us; marking and storing happen under the
+                // lock so a cancel callback always finds it stored.
+                let status = unsafe {
+                    WdfSpinLockAcquire(lock());
+                    let status = WdfRequestMarkCancelableEx(req, Some(cancel));
+                    if status == STATUS_SUCCESS {
                         PENDED.store(req.as_raw() as usize, Ordering::SeqCst);
-                        return;
                     }
-                    status => Err(status),
+                    WdfSpinLockRelease(lock());
+                    status
+                };
+                if status == STATUS_SUCCESS {
+                    return;
                 }
+                Err(status)
             }
             COMPLETE_PENDED => Ok(usize::from(finish_pended(STATUS_SUCCESS))),
             LEAK_POOL => {
@@ -229,6 +400,7 @@ mod test_driver {
             }
             WDF_WORK_ITEM => wdf_work_item(device),
             IO_WORK_ITEM => io_work_item(device),
+            OBJECTS => objects(device),
             COUNTERS => Ok(CLEANUPS.load(Ordering::SeqCst) * 100 + CLOSES.load(Ordering::SeqCst)),
             _ => Err(STATUS_INVALID_DEVICE_REQUEST),
         };
@@ -463,6 +635,57 @@ fn verifier_stops_a_request_completed_twice() {
             }
             other => panic!("expected a bugcheck, got {other:?}"),
         }
+    });
+}
+
+#[test]
+fn sequential_queue_presents_one_request_at_a_time() {
+    isolated("sequential_queue_presents_one_request_at_a_time", || {
+        test_driver::SEQUENTIAL.store(1, std::sync::atomic::Ordering::SeqCst);
+        let k = kernel(FaultPlan::default());
+        let h = k.open(PATH, Caller::Administrator).unwrap();
+        let first = k.ioctl_async(h, test_driver::PEND, &[], 0).unwrap();
+        let second = k.ioctl_async(h, test_driver::COUNTERS, &[], 8).unwrap();
+        let third = k.ioctl_async(h, test_driver::COUNTERS, &[], 8).unwrap();
+        assert!(
+            second
+                .wait_timeout(Duration::from_millis(30))
+                .unwrap()
+                .is_none(),
+            "presented while another request is owned by the driver"
+        );
+        // A request still waiting in the queue is completed by the framework when cancelled.
+        assert!(third.cancel().unwrap());
+        assert_eq!(third.wait().unwrap().status, STATUS_CANCELLED);
+        assert!(!second.is_complete());
+        assert!(first.cancel().unwrap());
+        assert_eq!(first.wait().unwrap().status, STATUS_CANCELLED);
+        assert_eq!(
+            second.wait().unwrap().status,
+            STATUS_SUCCESS,
+            "next request presented"
+        );
+        k.close(h).unwrap();
+        k.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn contexts_locks_references_and_deletion() {
+    isolated("contexts_locks_references_and_deletion", || {
+        let k = kernel(FaultPlan::default());
+        let h = k.open(PATH, Caller::Administrator).unwrap();
+        // One cleanup callback at delete, one destroy callback at the last dereference.
+        assert_eq!(
+            value(&k.ioctl(h, test_driver::OBJECTS, &[], 8).unwrap()),
+            101
+        );
+        assert_eq!(
+            value(&k.ioctl(h, test_driver::OBJECTS, &[], 8).unwrap()),
+            101
+        );
+        k.close(h).unwrap();
+        k.shutdown().unwrap();
     });
 }
 

@@ -170,8 +170,14 @@ fn run_tests(extra: &[String]) -> Result<(), String> {
     // and PASSIVE/DISPATCH schedules).
     let seeds = std::env::var("KEMU_SEEDS").unwrap_or_else(|_| DEFAULT_EXTRA_SEEDS.to_string());
     for seed in seeds.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        for selection in [&["-p", "kemu", "--tests"][..], &["-p", "wsktls", "--test", "driver_in_kemu"][..]] {
-            println!("xtask: kemu suites with KEMU_SEED={seed}: cargo test {}", selection.join(" "));
+        for selection in [
+            &["-p", "kemu", "--tests"][..],
+            &["-p", "wsktls", "--test", "driver_in_kemu"][..],
+        ] {
+            println!(
+                "xtask: kemu suites with KEMU_SEED={seed}: cargo test {}",
+                selection.join(" ")
+            );
             let mut command = cargo();
             command
                 .current_dir(workspace_root())
