@@ -157,36 +157,49 @@ pub(crate) fn park_forever() -> ! {
 }
 
 /// Installs (once per process) the hook that turns panics on kernel threads into bugchecks.
+///
+/// The hook records the bugcheck and returns: the panic then unwinds to the kernel thread's
+/// entry, which ends the thread (host calls see the bugcheck). A panic inside driver code cannot
+/// unwind through the driver's `extern "win64"` frames: Rust aborts the process there, after the
+/// hook has printed the bugcheck. (Parking inside the hook is not an option: std holds its hook
+/// lock while the hook runs.)
 pub(crate) fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if let Some(state) = thread::try_state() {
-                let location = info
-                    .location()
-                    .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
-                    .unwrap_or_default();
-                let payload = info
-                    .payload()
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".to_owned());
-                let record = Bugcheck {
-                    code: codes::KMODE_EXCEPTION_NOT_HANDLED,
-                    parameters: [0, 0, 0, 0],
-                    message: format!("panic at {location}: {payload}"),
-                    thread: format!(
-                        "{} ({})",
-                        std::thread::current().name().unwrap_or("unnamed"),
-                        state.activity.borrow()
-                    ),
-                };
-                state.kernel.record_bugcheck(record);
-                park_forever();
+            let Some(state) = thread::try_state() else {
+                previous(info);
+                return;
+            };
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+                .unwrap_or_default();
+            let payload = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".to_owned());
+            let activity = state
+                .activity
+                .try_borrow()
+                .map(|a| a.clone())
+                .unwrap_or_default();
+            let record = Bugcheck {
+                code: codes::KMODE_EXCEPTION_NOT_HANDLED,
+                parameters: [0, 0, 0, 0],
+                message: format!("panic at {location}: {payload}"),
+                thread: format!(
+                    "{} ({activity})",
+                    std::thread::current().name().unwrap_or("unnamed")
+                ),
+            };
+            if std::env::var_os("KEMU_QUIET").is_none() {
+                eprintln!("kemu kernel {}: {record}", state.kernel.id);
             }
-            previous(info);
+            state.kernel.record_bugcheck(record);
         }));
     });
 }

@@ -72,7 +72,7 @@ impl Shared {
 
     /// Records the first bugcheck and wakes every waiter.
     pub fn record_bugcheck(&self, record: Bugcheck) {
-        if self.bugcheck.set(record.clone()).is_ok() && std::env::var_os("KEMU_QUIET").is_none() {
+        if self.bugcheck.set(record.clone()).is_ok() && std::env::var_os("KEMU_LOG").is_some() {
             eprintln!("kemu kernel {}: {record}", self.id);
         }
         self.dispatcher.wake_all();

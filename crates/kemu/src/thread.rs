@@ -159,7 +159,8 @@ pub(crate) fn spawn(
         .stack_size(1 << 20)
         .spawn(move || {
             enter(kernel, &label);
-            f();
+            // A panic was recorded as a bugcheck by the panic hook; the thread just ends.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         })
         .expect("kemu: cannot spawn a kernel thread")
 }

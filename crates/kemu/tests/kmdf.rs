@@ -46,6 +46,10 @@ mod test_driver {
     static CLEANUP_CALLBACKS: AtomicUsize = AtomicUsize::new(0);
     static DESTROY_CALLBACKS: AtomicUsize = AtomicUsize::new(0);
     pub const OBJECTS: u32 = ctl_code(0x9000, 0x809, 0, 0);
+    pub const FILE_DEVICE: u32 = ctl_code(0x9000, 0x80A, 0, 0);
+    pub const CALL_UNIMPLEMENTED: u32 = ctl_code(0x9000, 0x80B, 0, 0);
+    /// KMDF table index kemu does not implement (WdfChildListCreate).
+    pub const UNIMPLEMENTED_INDEX: usize = 0;
 
     #[repr(C)]
     struct Counter {
@@ -401,6 +405,22 @@ mod test_driver {
             WDF_WORK_ITEM => wdf_work_item(device),
             IO_WORK_ITEM => io_work_item(device),
             OBJECTS => objects(device),
+            FILE_DEVICE => {
+                // SAFETY: the request is presented to us; its file object is live meanwhile.
+                let owner = unsafe { WdfFileObjectGetDevice(WdfRequestGetFileObject(req)) };
+                Ok(usize::from(owner == device))
+            }
+            CALL_UNIMPLEMENTED => {
+                let entry = ksys::wdf::bind::function(UNIMPLEMENTED_INDEX);
+                // SAFETY: deliberately calling a table entry kemu does not implement (with the
+                // globals only); kemu stops before anything else is read.
+                unsafe {
+                    let f: unsafe extern "win64" fn(*mut WDF_DRIVER_GLOBALS) -> usize =
+                        core::mem::transmute(entry);
+                    f(ksys::wdf::bind::globals());
+                }
+                Ok(0)
+            }
             COUNTERS => Ok(CLEANUPS.load(Ordering::SeqCst) * 100 + CLOSES.load(Ordering::SeqCst)),
             _ => Err(STATUS_INVALID_DEVICE_REQUEST),
         };
@@ -687,6 +707,40 @@ fn contexts_locks_references_and_deletion() {
         k.close(h).unwrap();
         k.shutdown().unwrap();
     });
+}
+
+#[test]
+fn request_file_object_belongs_to_the_device() {
+    isolated("request_file_object_belongs_to_the_device", || {
+        let k = kernel(FaultPlan::default());
+        let h = k.open(PATH, Caller::Administrator).unwrap();
+        assert_eq!(
+            value(&k.ioctl(h, test_driver::FILE_DEVICE, &[], 8).unwrap()),
+            1
+        );
+        k.close(h).unwrap();
+        k.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn an_unimplemented_kmdf_entry_stops_the_kernel_naming_its_index() {
+    isolated(
+        "an_unimplemented_kmdf_entry_stops_the_kernel_naming_its_index",
+        || {
+            let k = kernel(FaultPlan::default());
+            let h = k.open(PATH, Caller::Administrator).unwrap();
+            match k.ioctl(h, test_driver::CALL_UNIMPLEMENTED, &[], 8) {
+                Err(KernelError::Bugcheck(b)) => {
+                    assert_eq!(b.code, codes::WDF_VIOLATION, "{b}");
+                    assert_eq!(b.parameters[0], wdf_violation::UNIMPLEMENTED_FUNCTION);
+                    assert_eq!(b.parameters[1], test_driver::UNIMPLEMENTED_INDEX);
+                    assert!(b.message.contains("entry 0"), "{b}");
+                }
+                other => panic!("expected a bugcheck, got {other:?}"),
+            }
+        },
+    );
 }
 
 #[test]

@@ -431,7 +431,7 @@ fn timers_fire_their_dpc_at_dispatch_and_cancel() {
 }
 
 #[test]
-fn a_timer_left_set_is_a_leak_and_freeing_it_is_a_bugcheck() {
+fn freeing_a_set_timer_is_a_bugcheck() {
     let kernel = boot();
     kernel
         .run("arm", || {
@@ -678,4 +678,35 @@ fn time_moves_forward() {
         .unwrap();
     assert!(b >= a + 20_000, "{a} -> {b}");
     kernel.shutdown().unwrap();
+}
+
+#[test]
+fn a_panic_on_a_kernel_thread_is_a_bugcheck() {
+    let kernel = boot();
+    let r = kernel.run("panicking", || {
+        let v: Vec<u8> = Vec::new();
+        v[3]
+    });
+    let b = expect_bugcheck(r, codes::KMODE_EXCEPTION_NOT_HANDLED);
+    assert!(b.message.contains("index out of bounds"), "{b}");
+    assert!(b.thread.contains("panicking"), "{b}");
+}
+
+#[test]
+fn a_timer_still_set_at_shutdown_is_a_leak() {
+    let kernel = boot();
+    kernel
+        .run("arm", || {
+            let timer = Box::leak(Box::new(KTIMER::zeroed()));
+            // SAFETY: the timer is leaked memory, so it outlives the kernel.
+            unsafe {
+                KeInitializeTimer(timer);
+                KeSetTimer(timer, -600_000_000, std::ptr::null_mut())
+            }
+        })
+        .unwrap();
+    match kernel.shutdown() {
+        Err(KernelError::Leaks(r)) => assert_eq!(r.leaks[0].kind, kemu::LeakKind::Timer, "{r}"),
+        other => panic!("{other:?}"),
+    }
 }
