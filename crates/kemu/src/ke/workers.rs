@@ -33,12 +33,12 @@ impl ThreadPool {
             let pool = self.clone();
             let weak = Arc::downgrade(kernel);
             threads.push(thread::spawn(kernel, &format!("{name}{i}"), move || {
-                pool.run(&weak, name_static(i));
+                pool.run(&weak);
             }));
         }
     }
 
-    fn run(&self, kernel: &std::sync::Weak<Shared>, _index: usize) {
+    fn run(&self, kernel: &std::sync::Weak<Shared>) {
         loop {
             let job = {
                 let mut q = self.queue.lock().unwrap();
@@ -88,8 +88,4 @@ impl ThreadPool {
             }
         }
     }
-}
-
-fn name_static(i: usize) -> usize {
-    i
 }

@@ -73,7 +73,6 @@ pub(crate) unsafe extern "win64" fn wdf_control_device_init_allocate(
             name: None,
             exclusive: false,
             file_config: None,
-            file_passive: false,
         },
     );
     block as PWDFDEVICE_INIT
@@ -195,11 +194,12 @@ pub(crate) unsafe extern "win64" fn wdf_device_init_set_file_object_config(
             format!("WdfDeviceInitSetFileObjectConfig: Size is {}", config.Size),
         );
     }
-    let attrs = object::attributes(attrs, "WdfDeviceInitSetFileObjectConfig");
-    let passive = attrs.is_some_and(|a| a.ExecutionLevel == WDF_EXECUTION_LEVEL_PASSIVE);
+    // File callbacks always run at PASSIVE_LEVEL here (create and cleanup on the caller's
+    // thread, close deferred to a worker if the last request completes at DISPATCH_LEVEL), so
+    // the attributes are only validated.
+    let _ = object::attributes(attrs, "WdfDeviceInitSetFileObjectConfig");
     with_init(init, "WdfDeviceInitSetFileObjectConfig", |i| {
         i.file_config = Some(config);
-        i.file_passive = passive;
     });
 }
 

@@ -142,7 +142,6 @@ pub(crate) struct DeviceInit {
     pub name: Option<String>,
     pub exclusive: bool,
     pub file_config: Option<WDF_FILEOBJECT_CONFIG>,
-    pub file_passive: bool,
 }
 
 #[derive(Default)]
