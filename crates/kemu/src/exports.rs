@@ -8,7 +8,7 @@ use ksys::import::ImportEntry;
 
 use crate::io::{irp, mdl, workitem};
 use crate::ke::{pool, sync, timer};
-use crate::{rtl, wdf};
+use crate::{netio, rtl, wdf};
 
 /// One exported routine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +69,13 @@ pub fn exports() -> &'static [Export] {
                 "IoFreeWorkItem": IoFreeWorkItem => workitem::io_free_work_item,
                 "RtlInitUnicodeString": RtlInitUnicodeString => rtl::rtl_init_unicode_string,
                 "vDbgPrintEx": vDbgPrintEx => rtl::v_dbg_print_ex,
+            }
+            "NETIO.SYS" {
+                "WskRegister": WskRegister => netio::wsk_register,
+                "WskDeregister": WskDeregister => netio::wsk_deregister,
+                "WskCaptureProviderNPI": WskCaptureProviderNPI => netio::wsk_capture_provider_npi,
+                "WskReleaseProviderNPI": WskReleaseProviderNPI => netio::wsk_release_provider_npi,
+                "WskQueryProviderCharacteristics": WskQueryProviderCharacteristics => netio::wsk_query_provider_characteristics,
             }
             "WDFLDR.SYS" {
                 "WdfVersionBind": WdfVersionBind => wdf::bind::wdf_version_bind,

@@ -132,6 +132,7 @@ pub struct Kernel {
     shared: Arc<Shared>,
     loaded: Mutex<Option<Loaded>>,
     timer_thread: Mutex<Option<JoinHandle<()>>>,
+    poller_thread: Mutex<Option<JoinHandle<()>>>,
     shut_down: AtomicBool,
 }
 
@@ -228,10 +229,13 @@ impl Kernel {
         shared.dpc.start(&shared, "dpc", 1);
         let k = shared.clone();
         let timer = thread::spawn(&shared, "timer", move || Timers::run(k));
+        let poller = crate::netio::poller::PollerHandle::start(&shared)
+            .expect("kemu: cannot create the WSK poller");
         Kernel {
             shared,
             loaded: Mutex::new(None),
             timer_thread: Mutex::new(Some(timer)),
+            poller_thread: Mutex::new(Some(poller)),
             shut_down: AtomicBool::new(false),
         }
     }
@@ -451,6 +455,7 @@ impl Kernel {
         leaks.extend(s.work_items.leaks());
         leaks.extend(s.timers.leaks());
         leaks.extend(s.io.leaks());
+        leaks.extend(s.netio.leaks());
         leaks.sort_by_key(|l| l.site.sequence);
         LeakReport { leaks }
     }
@@ -513,6 +518,13 @@ impl Kernel {
         self.shared.workers.stop(join);
         self.shared.dpc.stop(join);
         self.shared.timers.stop();
+        crate::netio::socket::free_quarantine(&mut self.shared.netio.lock());
+        self.shared.netio.poller.wake();
+        if let Some(t) = self.poller_thread.lock().unwrap().take() {
+            if join {
+                let _ = t.join();
+            }
+        }
         if let Some(t) = self.timer_thread.lock().unwrap().take() {
             if join {
                 let _ = t.join();

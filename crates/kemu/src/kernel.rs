@@ -14,6 +14,7 @@ use crate::ke::pool::Pool;
 use crate::ke::sync::Dispatcher;
 use crate::ke::timer::Timers;
 use crate::ke::workers::ThreadPool;
+use crate::netio::Netio;
 use crate::rtl::DebugLog;
 use crate::wdf::Framework;
 
@@ -39,6 +40,7 @@ pub(crate) struct Shared {
     pub dpc: Arc<ThreadPool>,
     pub io: IoManager,
     pub wdf: Framework,
+    pub netio: Netio,
 }
 
 impl Shared {
@@ -62,6 +64,7 @@ impl Shared {
             dpc: Arc::new(ThreadPool::default()),
             io: IoManager::default(),
             wdf: Framework::default(),
+            netio: Netio::default(),
         })
     }
 

@@ -59,6 +59,10 @@ pub enum LeakKind {
     Handle,
     /// A framework object still alive (referenced, or a request never completed).
     WdfObject,
+    /// A WSK socket never closed.
+    Socket,
+    /// A WSK registration never deregistered.
+    WskRegistration,
 }
 
 /// One leaked object.

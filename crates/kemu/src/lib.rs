@@ -25,6 +25,7 @@ mod iomgr;
 mod ke;
 mod kernel;
 mod leaks;
+mod netio;
 mod rtl;
 pub mod sddl;
 pub mod testing;

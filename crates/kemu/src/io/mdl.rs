@@ -41,6 +41,11 @@ impl Mdls {
         }
     }
 
+    /// Whether `mdl` is a live MDL.
+    pub fn is_live(&self, mdl: *mut MDL) -> bool {
+        self.live.lock().unwrap().contains_key(&(mdl as usize))
+    }
+
     /// Driver MDLs still allocated.
     pub fn leaks(&self) -> Vec<Leak> {
         self.live
