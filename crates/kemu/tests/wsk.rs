@@ -5,16 +5,15 @@
 
 use std::ffi::c_void;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use kemu::{CallbackSchedule, FaultPlan, Kernel, KernelConfig, KernelError};
 use ksys::imports::*;
-use ksys::io::*;
 use ksys::ntdef::*;
 use ksys::wsk::*;
 
-const TAG: u32 = u32::from_le_bytes(*b"WskT");
+use kemu::testing::wsk::*;
 
 fn boot(callbacks: CallbackSchedule) -> Kernel {
     kemu::exports::bind_native(IMPORT_DIRECTORY);
@@ -33,351 +32,6 @@ const SCHEDULES: [CallbackSchedule; 3] = [
     CallbackSchedule::Deferred,
     CallbackSchedule::Random,
 ];
-
-unsafe extern "win64" fn signal(
-    _device: *mut DEVICE_OBJECT,
-    _irp: *mut IRP,
-    context: *mut c_void,
-) -> NTSTATUS {
-    // SAFETY: the context is the caller's live event.
-    unsafe { KeSetEvent(context as *mut KEVENT, 0, 0) };
-    STATUS_MORE_PROCESSING_REQUIRED
-}
-
-/// One in-flight WSK call: its IRP and the event its completion routine sets.
-struct Call {
-    irp: *mut IRP,
-    event: Box<KEVENT>,
-    returned: NTSTATUS,
-}
-
-impl Call {
-    fn start(f: impl FnOnce(*mut IRP) -> NTSTATUS) -> Call {
-        // SAFETY: a fresh IRP and event; the completion routine only sets the event.
-        unsafe {
-            let irp = IoAllocateIrp(1, 0);
-            assert!(!irp.is_null());
-            let mut event: Box<KEVENT> = Box::new(std::mem::zeroed());
-            KeInitializeEvent(&mut *event, NOTIFICATION_EVENT, 0);
-            io_set_completion_routine(
-                irp,
-                Some(signal),
-                &mut *event as *mut KEVENT as *mut c_void,
-                true,
-                true,
-                true,
-            );
-            let returned = f(irp);
-            Call {
-                irp,
-                event,
-                returned,
-            }
-        }
-    }
-
-    fn is_done(&mut self) -> bool {
-        let zero = 0i64;
-        // SAFETY: the event lives in self.
-        unsafe {
-            KeWaitForSingleObject(
-                &mut *self.event as *mut KEVENT as *mut c_void,
-                EXECUTIVE,
-                KERNEL_MODE,
-                0,
-                &zero,
-            ) == STATUS_SUCCESS
-        }
-    }
-
-    fn cancel(&self) -> bool {
-        // SAFETY: the IRP is ours and not freed before `wait`.
-        unsafe { IoCancelIrp(self.irp) != 0 }
-    }
-
-    /// Waits for completion; returns (status, information) and checks the return contract.
-    fn wait(mut self) -> (NTSTATUS, usize) {
-        // SAFETY: the event and IRP are ours; the completion always runs.
-        unsafe {
-            KeWaitForSingleObject(
-                &mut *self.event as *mut KEVENT as *mut c_void,
-                EXECUTIVE,
-                KERNEL_MODE,
-                0,
-                std::ptr::null(),
-            );
-            let result = (
-                (*self.irp).IoStatus.Status,
-                (*self.irp).IoStatus.Information,
-            );
-            assert!(
-                self.returned == STATUS_PENDING || self.returned == result.0,
-                "returned {:#x}, completed {:#x}",
-                self.returned,
-                result.0
-            );
-            if self.returned == STATUS_PENDING {
-                assert_ne!(
-                    (*self.irp).PendingReturned,
-                    0,
-                    "STATUS_PENDING without a pending IRP"
-                );
-            }
-            IoFreeIrp(self.irp);
-            result
-        }
-    }
-}
-
-fn call(f: impl FnOnce(*mut IRP) -> NTSTATUS) -> (NTSTATUS, usize) {
-    Call::start(f).wait()
-}
-
-/// A nonpaged buffer with its MDL, as a driver keeps one per direction.
-struct Buffer {
-    data: *mut u8,
-    size: usize,
-    mdl: *mut MDL,
-}
-
-impl Buffer {
-    fn new(size: usize) -> Buffer {
-        // SAFETY: plain pool and MDL allocations, freed in Drop.
-        unsafe {
-            let data = ExAllocatePool2(POOL_FLAG_NON_PAGED, size, TAG) as *mut u8;
-            assert!(!data.is_null());
-            let mdl = IoAllocateMdl(data as *mut c_void, size as u32, 0, 0, std::ptr::null_mut());
-            MmBuildMdlForNonPagedPool(mdl);
-            Buffer { data, size, mdl }
-        }
-    }
-
-    fn wsk(&self, offset: u32, length: usize) -> WSK_BUF {
-        WSK_BUF {
-            Mdl: self.mdl,
-            Offset: offset,
-            Length: length,
-        }
-    }
-
-    fn bytes(&mut self) -> &mut [u8] {
-        // SAFETY: `size` bytes of our pool block.
-        unsafe { std::slice::from_raw_parts_mut(self.data, self.size) }
-    }
-}
-
-impl Drop for Buffer {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new`, freed once.
-        unsafe {
-            IoFreeMdl(self.mdl);
-            ExFreePoolWithTag(self.data as *mut c_void, TAG);
-        }
-    }
-}
-
-/// A registered, captured WSK client.
-struct Client {
-    registration: Box<WSK_REGISTRATION>,
-    npi: WSK_PROVIDER_NPI,
-    _client: Box<(WSK_CLIENT_DISPATCH, WSK_CLIENT_NPI)>,
-}
-
-impl Client {
-    fn register() -> Client {
-        let mut client = Box::new((
-            WSK_CLIENT_DISPATCH {
-                Version: make_wsk_version(1, 0),
-                Reserved: 0,
-                WskClientEvent: std::ptr::null(),
-            },
-            WSK_CLIENT_NPI {
-                ClientContext: std::ptr::null_mut(),
-                Dispatch: std::ptr::null(),
-            },
-        ));
-        client.1.Dispatch = &client.0;
-        // SAFETY: the registration and client NPI stay pinned in boxes until deregistration.
-        unsafe {
-            let mut registration: Box<WSK_REGISTRATION> = Box::new(std::mem::zeroed());
-            assert_eq!(WskRegister(&client.1, &mut *registration), STATUS_SUCCESS);
-            let mut npi: WSK_PROVIDER_NPI = std::mem::zeroed();
-            assert_eq!(
-                WskCaptureProviderNPI(&mut *registration, WSK_INFINITE_WAIT, &mut npi),
-                STATUS_SUCCESS
-            );
-            Client {
-                registration,
-                npi,
-                _client: client,
-            }
-        }
-    }
-
-    fn dispatch(&self) -> &WSK_PROVIDER_DISPATCH {
-        // SAFETY: the provider's table, valid while captured.
-        unsafe { &*self.npi.Dispatch }
-    }
-
-    fn socket(&self, flags: u32) -> Result<*mut WSK_SOCKET, NTSTATUS> {
-        let f = self.dispatch().WskSocket.unwrap();
-        // SAFETY: a captured client; no context or dispatch (IRP mode).
-        let (status, info) = call(|irp| unsafe {
-            f(
-                self.npi.Client,
-                AF_INET as u16,
-                SOCK_STREAM as u16,
-                IPPROTO_TCP,
-                flags,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                irp,
-            )
-        });
-        if status == STATUS_SUCCESS {
-            Ok(info as *mut WSK_SOCKET)
-        } else {
-            Err(status)
-        }
-    }
-
-    fn finish(mut self) {
-        // SAFETY: paired with the capture and registration above.
-        unsafe {
-            WskReleaseProviderNPI(&mut *self.registration);
-            WskDeregister(&mut *self.registration);
-        }
-    }
-}
-
-fn sockaddr(addr: SocketAddrV4) -> SOCKADDR_IN {
-    SOCKADDR_IN {
-        sin_family: AF_INET as u16,
-        sin_port: addr.port().to_be(),
-        sin_addr: addr.ip().octets(),
-        sin_zero: [0; 8],
-    }
-}
-
-fn from_sockaddr(a: &SOCKADDR_IN) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(a.sin_addr), u16::from_be(a.sin_port))
-}
-
-fn loopback(port: u16) -> SOCKADDR_IN {
-    sockaddr(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
-}
-
-fn listen_dispatch(s: *mut WSK_SOCKET) -> &'static WSK_PROVIDER_LISTEN_DISPATCH {
-    // SAFETY: a live listen socket's dispatch table.
-    unsafe { &*((*s).Dispatch as *const WSK_PROVIDER_LISTEN_DISPATCH) }
-}
-
-fn conn(s: *mut WSK_SOCKET) -> &'static WSK_PROVIDER_CONNECTION_DISPATCH {
-    // SAFETY: a live connection socket's dispatch table.
-    unsafe { &*((*s).Dispatch as *const WSK_PROVIDER_CONNECTION_DISPATCH) }
-}
-
-/// Listen socket bound to 127.0.0.1:0; returns it and its port.
-fn listen(client: &Client) -> (*mut WSK_SOCKET, u16) {
-    let s = client.socket(WSK_FLAG_LISTEN_SOCKET).unwrap();
-    let mut local = loopback(0);
-    // SAFETY: a live listen socket and our address.
-    let (status, _) = call(|irp| unsafe {
-        listen_dispatch(s).WskBind.unwrap()(s, &mut local as *mut _ as *mut SOCKADDR, 0, irp)
-    });
-    assert_eq!(status, STATUS_SUCCESS);
-    let mut bound = SOCKADDR_IN::default();
-    // SAFETY: as above.
-    let (status, _) = call(|irp| unsafe {
-        listen_dispatch(s).WskGetLocalAddress.unwrap()(
-            s,
-            &mut bound as *mut _ as *mut SOCKADDR,
-            irp,
-        )
-    });
-    assert_eq!(status, STATUS_SUCCESS);
-    (s, u16::from_be(bound.sin_port))
-}
-
-fn accept(listener: *mut WSK_SOCKET) -> (*mut WSK_SOCKET, SocketAddrV4) {
-    let mut local = SOCKADDR_IN::default();
-    let mut remote = SOCKADDR_IN::default();
-    // SAFETY: a live listener; the address buffers outlive the call.
-    let (status, info) = call(|irp| unsafe {
-        listen_dispatch(listener).WskAccept.unwrap()(
-            listener,
-            0,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            &mut local as *mut _ as *mut SOCKADDR,
-            &mut remote as *mut _ as *mut SOCKADDR,
-            irp,
-        )
-    });
-    assert_eq!(status, STATUS_SUCCESS);
-    assert_eq!(remote.sin_family as u32, AF_INET);
-    (info as *mut WSK_SOCKET, from_sockaddr(&remote))
-}
-
-fn connect(client: &Client, port: u16) -> Result<*mut WSK_SOCKET, NTSTATUS> {
-    let s = client.socket(WSK_FLAG_CONNECTION_SOCKET).unwrap();
-    let mut local = loopback(0);
-    let mut remote = loopback(port);
-    // SAFETY: a live connection socket and our addresses.
-    unsafe {
-        let (status, _) =
-            call(|irp| conn(s).WskBind.unwrap()(s, &mut local as *mut _ as *mut SOCKADDR, 0, irp));
-        assert_eq!(status, STATUS_SUCCESS);
-        let (status, _) = call(|irp| {
-            conn(s).WskConnect.unwrap()(s, &mut remote as *mut _ as *mut SOCKADDR, 0, irp)
-        });
-        if status != STATUS_SUCCESS {
-            close(s);
-            return Err(status);
-        }
-    }
-    Ok(s)
-}
-
-fn send(s: *mut WSK_SOCKET, buffer: &Buffer, length: usize) -> (NTSTATUS, usize) {
-    let mut wsk = buffer.wsk(0, length);
-    // SAFETY: a live connection socket; the buffer outlives the call.
-    call(|irp| unsafe { conn(s).WskSend.unwrap()(s, &mut wsk, 0, irp) })
-}
-
-fn receive(s: *mut WSK_SOCKET, buffer: &Buffer, length: usize) -> (NTSTATUS, usize) {
-    let mut wsk = buffer.wsk(0, length);
-    // SAFETY: as above.
-    call(|irp| unsafe { conn(s).WskReceive.unwrap()(s, &mut wsk, 0, irp) })
-}
-
-fn disconnect(s: *mut WSK_SOCKET, flags: u32) -> NTSTATUS {
-    // SAFETY: a live connection socket.
-    call(|irp| unsafe { conn(s).WskDisconnect.unwrap()(s, std::ptr::null_mut(), flags, irp) }).0
-}
-
-fn close(s: *mut WSK_SOCKET) {
-    // SAFETY: a live socket (any category: Basic is first in every table).
-    let (status, _) = call(|irp| unsafe {
-        (*((*s).Dispatch as *const WSK_PROVIDER_BASIC_DISPATCH))
-            .WskCloseSocket
-            .unwrap()(s, irp)
-    });
-    assert_eq!(status, STATUS_SUCCESS);
-}
-
-/// Raw socket pointer carried between kernel-thread calls of one test.
-#[derive(Clone, Copy, Debug)]
-struct Sock(usize);
-
-impl Sock {
-    fn get(self) -> *mut WSK_SOCKET {
-        self.0 as *mut WSK_SOCKET
-    }
-}
 
 #[test]
 fn echo_server_serves_std_clients_under_every_schedule() {
@@ -465,8 +119,9 @@ fn client_sends_and_receives_a_megabyte_through_a_std_echo_peer() {
                 while got < TOTAL {
                     let mut wsk = input.wsk(got as u32, TOTAL - got);
                     // SAFETY: a live connection socket; the buffer outlives the call.
-                    let (status, n) =
-                        call(|irp| unsafe { conn(s).WskReceive.unwrap()(s, &mut wsk, 0, irp) });
+                    let (status, n) = call(|irp| unsafe {
+                        conn(s).WskReceive.unwrap()(s.raw(), &mut wsk, 0, irp)
+                    });
                     assert_eq!(status, STATUS_SUCCESS);
                     assert!(n > 0, "early FIN");
                     got += n;
@@ -514,10 +169,7 @@ fn connected_pair(kernel: &Kernel) -> (Sock, TcpStream, ClientRef) {
         .run("connect", move || {
             let client = Client::register();
             let s = connect(&client, port).unwrap();
-            (
-                Sock(s as usize),
-                ClientRef(Box::into_raw(Box::new(client)) as usize),
-            )
+            (s, ClientRef(Box::into_raw(Box::new(client)) as usize))
         })
         .unwrap();
     let (peer, _) = listener.accept().unwrap();
@@ -530,9 +182,7 @@ fn graceful_disconnect_is_a_fin_and_abortive_is_a_reset() {
     let kernel = boot(CallbackSchedule::Random);
     let (s, mut peer, client) = connected_pair(&kernel);
     assert_eq!(
-        kernel
-            .run("disconnect", move || disconnect(s.get(), 0))
-            .unwrap(),
+        kernel.run("disconnect", move || disconnect(s, 0)).unwrap(),
         STATUS_SUCCESS
     );
     let mut buf = [0u8; 8];
@@ -541,7 +191,7 @@ fn graceful_disconnect_is_a_fin_and_abortive_is_a_reset() {
     let (status, n) = kernel
         .run("half-closed receive", move || {
             let b = Buffer::new(16);
-            receive(s.get(), &b, 16)
+            receive(s, &b, 16)
         })
         .unwrap();
     assert_eq!(
@@ -549,13 +199,13 @@ fn graceful_disconnect_is_a_fin_and_abortive_is_a_reset() {
         (STATUS_SUCCESS, 4),
         "receiving still works after our FIN"
     );
-    kernel.run("close", move || close(s.get())).unwrap();
+    kernel.run("close", move || close(s)).unwrap();
     client.finish(&kernel);
 
     let (s, mut peer, client) = connected_pair(&kernel);
     assert_eq!(
         kernel
-            .run("abort", move || disconnect(s.get(), WSK_FLAG_ABORTIVE))
+            .run("abort", move || disconnect(s, WSK_FLAG_ABORTIVE))
             .unwrap(),
         STATUS_SUCCESS
     );
@@ -564,12 +214,10 @@ fn graceful_disconnect_is_a_fin_and_abortive_is_a_reset() {
         std::io::ErrorKind::ConnectionReset
     );
     let status = kernel
-        .run("send after abort", move || {
-            send(s.get(), &Buffer::new(4), 4).0
-        })
+        .run("send after abort", move || send(s, &Buffer::new(4), 4).0)
         .unwrap();
     assert_eq!(status, STATUS_CONNECTION_ABORTED);
-    kernel.run("close", move || close(s.get())).unwrap();
+    kernel.run("close", move || close(s)).unwrap();
     client.finish(&kernel);
     kernel.shutdown().unwrap();
 }
@@ -578,7 +226,7 @@ fn graceful_disconnect_is_a_fin_and_abortive_is_a_reset() {
 fn closing_without_disconnect_resets_and_peer_reset_is_reported() {
     let kernel = boot(CallbackSchedule::Random);
     let (s, mut peer, client) = connected_pair(&kernel);
-    kernel.run("close", move || close(s.get())).unwrap();
+    kernel.run("close", move || close(s)).unwrap();
     client.finish(&kernel);
     let mut buf = [0u8; 8];
     assert_eq!(
@@ -594,8 +242,8 @@ fn closing_without_disconnect_resets_and_peer_reset_is_reported() {
     let status = kernel
         .run("receive", move || {
             let b = Buffer::new(16);
-            let r = receive(s.get(), &b, 16).0;
-            close(s.get());
+            let r = receive(s, &b, 16).0;
+            close(s);
             r
         })
         .unwrap();
@@ -622,7 +270,7 @@ fn refused_and_address_in_use_are_reported_as_windows_does() {
             // SAFETY: a live listen socket and our address.
             let (in_use, _) = call(|irp| unsafe {
                 listen_dispatch(s).WskBind.unwrap()(
-                    s,
+                    s.raw(),
                     &mut local as *mut _ as *mut SOCKADDR,
                     0,
                     irp,
@@ -650,14 +298,14 @@ fn cancelling_a_pending_receive_completes_it_with_status_cancelled() {
                 let mut wsk = b.wsk(0, 64);
                 // SAFETY: a live connection socket; the buffer outlives the call.
                 let mut pending = Call::start(|irp| unsafe {
-                    conn(s.get()).WskReceive.unwrap()(s.get(), &mut wsk, 0, irp)
+                    conn(s).WskReceive.unwrap()(s.raw(), &mut wsk, 0, irp)
                 });
                 assert_eq!(pending.returned, STATUS_PENDING);
                 assert!(!pending.is_done());
                 assert!(pending.cancel());
                 let (status, _) = pending.wait();
-                assert_eq!(disconnect(s.get(), 0), STATUS_SUCCESS);
-                close(s.get());
+                assert_eq!(disconnect(s, 0), STATUS_SUCCESS);
+                close(s);
                 status
             })
             .unwrap();
@@ -686,8 +334,8 @@ fn deregister_waits_for_the_last_socket() {
             // SAFETY: paired with the capture in `register`; the socket stays usable.
             unsafe { WskReleaseProviderNPI(&mut *client.registration) };
             let reg = Box::into_raw(client.registration) as usize;
-            std::mem::forget(client._client);
-            (reg, Sock(s as usize))
+            std::mem::forget(client.client);
+            (reg, s)
         })
         .unwrap();
     let deregistered = std::sync::atomic::AtomicBool::new(false);
@@ -706,7 +354,7 @@ fn deregister_waits_for_the_last_socket() {
             !deregistered.load(std::sync::atomic::Ordering::SeqCst),
             "WskDeregister returned with a socket open"
         );
-        kernel.run("close", move || close(s.get())).unwrap();
+        kernel.run("close", move || close(s)).unwrap();
         waiter.join().unwrap();
         assert!(deregistered.load(std::sync::atomic::Ordering::SeqCst));
     });
@@ -725,18 +373,17 @@ fn a_thousand_concurrent_loopback_connections() {
                 let client = Client::register();
                 let (listener, port) = listen(&client);
                 tx.send(port).unwrap();
-                let sockets: Vec<Sock> =
-                    (0..N).map(|_| Sock(accept(listener).0 as usize)).collect();
+                let sockets: Vec<Sock> = (0..N).map(|_| accept(listener).0).collect();
                 // Every connection is open at once; each gets its index back.
                 let buffer = Buffer::new(8);
-                for s in &sockets {
-                    let (status, n) = receive(s.get(), &buffer, 8);
+                for &s in &sockets {
+                    let (status, n) = receive(s, &buffer, 8);
                     assert_eq!((status, n), (STATUS_SUCCESS, 8));
-                    assert_eq!(send(s.get(), &buffer, 8), (STATUS_SUCCESS, 8));
+                    assert_eq!(send(s, &buffer, 8), (STATUS_SUCCESS, 8));
                 }
                 for s in sockets {
-                    assert_eq!(disconnect(s.get(), 0), STATUS_SUCCESS);
-                    close(s.get());
+                    assert_eq!(disconnect(s, 0), STATUS_SUCCESS);
+                    close(s);
                 }
                 close(listener);
                 client.finish();
@@ -817,7 +464,7 @@ fn unsupported_kinds_and_event_callbacks_fail_clearly() {
             // SAFETY: a live listen socket; enabling events takes no IRP.
             let events = unsafe {
                 listen_dispatch(s).Basic.WskControlSocket.unwrap()(
-                    s,
+                    s.raw(),
                     WSK_SET_OPTION,
                     SO_WSK_EVENT_CALLBACK,
                     SOL_SOCKET,

@@ -249,8 +249,32 @@ struct ReceiveOp {
 struct SendOp {
     /// 0 for a graceful disconnect's final buffer.
     irp: usize,
-    data: Vec<u8>,
+    /// The driver's buffer, read in place (it must stay valid until completion).
+    segments: Vec<Segment>,
+    length: usize,
     written: usize,
+}
+
+impl SendOp {
+    /// The bytes still to write, as I/O slices over the driver's memory.
+    fn remaining(&self) -> Vec<std::io::IoSlice<'_>> {
+        let mut skip = self.written;
+        let mut out = Vec::with_capacity(self.segments.len());
+        for seg in &self.segments {
+            if skip >= seg.length {
+                skip -= seg.length;
+                continue;
+            }
+            // SAFETY: the segment lies in memory a live MDL describes; the driver keeps it
+            // until this send completes.
+            let bytes = unsafe {
+                std::slice::from_raw_parts((seg.address + skip) as *const u8, seg.length - skip)
+            };
+            out.push(std::io::IoSlice::new(bytes));
+            skip = 0;
+        }
+        out
+    }
 }
 
 struct ConnectOp {
@@ -411,17 +435,6 @@ unsafe fn segments(buf: *const WSK_BUF) -> Result<(Vec<Segment>, usize), NTSTATU
         mdl = next;
     }
     Ok((out, buf.Length))
-}
-
-fn gather(segments: &[Segment]) -> Vec<u8> {
-    let mut data = Vec::with_capacity(segments.iter().map(|s| s.length).sum());
-    for s in segments {
-        // SAFETY: the segment lies in memory a live MDL describes; the driver keeps it until completion.
-        data.extend_from_slice(unsafe {
-            std::slice::from_raw_parts(s.address as *const u8, s.length)
-        });
-    }
-    data
 }
 
 fn scatter(segments: &[Segment], mut offset: usize, mut data: &[u8]) {
@@ -620,8 +633,9 @@ fn progress(state: &mut super::NetState, socket: usize, out: &mut Vec<Done>) {
                 continue;
             }
             let mut failed = None;
-            while op.written < op.data.len() {
-                match stream.write(&op.data[op.written..]) {
+            while op.written < op.length {
+                let result = stream.write_vectored(&op.remaining());
+                match result {
                     Ok(n) => op.written += n,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -637,7 +651,7 @@ fn progress(state: &mut super::NetState, socket: usize, out: &mut Vec<Done>) {
                 }
                 continue;
             }
-            if op.written < op.data.len() {
+            if op.written < op.length {
                 if op.irp == 0 || rearm(socket, op.irp) {
                     s.sends.push_front(op);
                 } else {
@@ -1255,11 +1269,11 @@ unsafe extern "win64" fn wsk_send(
     if length == 0 {
         return respond(irp, STATUS_SUCCESS, 0);
     }
-    let data = gather(&segments);
     queue_and_progress("WskSend", socket, irp, |s| {
         s.sends.push_back(SendOp {
             irp: irp as usize,
-            data,
+            segments,
+            length,
             written: 0,
         })
     })
@@ -1356,20 +1370,21 @@ unsafe extern "win64" fn wsk_disconnect(
         finish(out, true);
         return respond(irp, STATUS_SUCCESS, 0);
     }
-    let final_data = if buf.is_null() {
-        Vec::new()
+    let (final_segments, final_length) = if buf.is_null() {
+        (Vec::new(), 0)
     } else {
         // SAFETY: the driver's WSK_BUF and MDLs.
         match unsafe { segments(buf) } {
-            Ok((segments, _)) => gather(&segments),
+            Ok(v) => v,
             Err(status) => return respond(irp, status, 0),
         }
     };
     queue_and_progress("WskDisconnect", socket, irp, |s| {
-        if !final_data.is_empty() {
+        if final_length > 0 {
             s.sends.push_back(SendOp {
                 irp: 0,
-                data: final_data,
+                segments: final_segments,
+                length: final_length,
                 written: 0,
             });
         }

@@ -6,6 +6,8 @@
 
 use std::process::Command;
 
+pub mod wsk;
+
 const CHILD_ENV: &str = "KEMU_ISOLATED_TEST";
 
 /// Runs `body` in a fresh process. `name` must be the test's full path as libtest knows it
