@@ -250,7 +250,7 @@ fn the_same_session_under_many_seeds() {
                     worker_delay: std::time::Duration::from_millis(2),
                     ..FaultPlan::default()
                 },
-                workers: 2,
+                ..KernelConfig::from_env()
             });
             kernel.load(wsktls()).unwrap();
             let handles: Vec<_> = (0..3)

@@ -8,7 +8,7 @@ use ksys::import::ImportEntry;
 
 use crate::io::{irp, mdl, workitem};
 use crate::ke::{pool, sync, timer};
-use crate::{netio, rtl, wdf};
+use crate::{ksecdd, netio, rtl, wdf};
 
 /// One exported routine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +34,9 @@ macro_rules! registry {
 pub fn exports() -> &'static [Export] {
     static EXPORTS: OnceLock<Vec<Export>> = OnceLock::new();
     EXPORTS.get_or_init(|| {
-        registry! {
+        // Exported by ksecdd but not imported by ksys until a real export table confirms it.
+        let requires_notify: unsafe extern "win64" fn(*mut ksys::sspi::SspiAsyncContext) -> u8 = ksecdd::sspi_async_context_requires_notify;
+        let mut all = registry! {
             "ntoskrnl.exe" {
                 "ExAllocatePool2": ExAllocatePool2 => pool::ex_allocate_pool2,
                 "ExFreePoolWithTag": ExFreePoolWithTag => pool::ex_free_pool_with_tag,
@@ -70,6 +72,25 @@ pub fn exports() -> &'static [Export] {
                 "RtlInitUnicodeString": RtlInitUnicodeString => rtl::rtl_init_unicode_string,
                 "vDbgPrintEx": vDbgPrintEx => rtl::v_dbg_print_ex,
             }
+            "ksecdd.sys" {
+                "SspiCreateAsyncContext": SspiCreateAsyncContext => ksecdd::sspi_create_async_context,
+                "SspiFreeAsyncContext": SspiFreeAsyncContext => ksecdd::sspi_free_async_context,
+                "SspiReinitAsyncContext": SspiReinitAsyncContext => ksecdd::sspi_reinit_async_context,
+                "SspiSetAsyncNotifyCallback": SspiSetAsyncNotifyCallback => ksecdd::sspi_set_async_notify_callback,
+                "SspiGetAsyncCallStatus": SspiGetAsyncCallStatus => ksecdd::sspi_get_async_call_status,
+                "SspiAcquireCredentialsHandleAsyncW": SspiAcquireCredentialsHandleAsyncW => ksecdd::sspi_acquire_credentials_handle_async_w,
+                "SspiFreeCredentialsHandleAsync": SspiFreeCredentialsHandleAsync => ksecdd::sspi_free_credentials_handle_async,
+                "SspiInitializeSecurityContextAsyncW": SspiInitializeSecurityContextAsyncW => ksecdd::sspi_initialize_security_context_async_w,
+                "SspiAcceptSecurityContextAsync": SspiAcceptSecurityContextAsync => ksecdd::sspi_accept_security_context_async,
+                "SspiDeleteSecurityContextAsync": SspiDeleteSecurityContextAsync => ksecdd::sspi_delete_security_context_async,
+                "QueryContextAttributesW": QueryContextAttributesW => ksecdd::query_context_attributes_w,
+                "FreeContextBuffer": FreeContextBuffer => ksecdd::free_context_buffer,
+                "DeleteSecurityContext": DeleteSecurityContext => ksecdd::delete_security_context,
+                "FreeCredentialsHandle": FreeCredentialsHandle => ksecdd::free_credentials_handle,
+                "ApplyControlToken": ApplyControlToken => ksecdd::apply_control_token,
+                "SealMessage": EncryptMessage => ksecdd::encrypt_message,
+                "UnsealMessage": DecryptMessage => ksecdd::decrypt_message,
+            }
             "NETIO.SYS" {
                 "WskRegister": WskRegister => netio::wsk_register,
                 "WskDeregister": WskDeregister => netio::wsk_deregister,
@@ -81,7 +102,9 @@ pub fn exports() -> &'static [Export] {
                 "WdfVersionBind": WdfVersionBind => wdf::bind::wdf_version_bind,
                 "WdfVersionUnbind": WdfVersionUnbind => wdf::bind::wdf_version_unbind,
             }
-        }
+        };
+        all.push(Export { module: "ksecdd.sys", name: "SspiAsyncContextRequiresNotify", address: requires_notify as usize });
+        all
     })
 }
 

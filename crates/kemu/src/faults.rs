@@ -47,6 +47,9 @@ pub struct FaultPlan {
     pub callback_irql: CallbackIrql,
     /// Upper bound of a random delay before a worker thread runs a work item.
     pub worker_delay: Duration,
+    /// Wedge the Nth asynchronous SSPI call (1-based): it fails after the context went pending
+    /// and no callback ever comes — the stuck-context failure mode of real ksecdd.
+    pub wedge_sspi_call: Option<u64>,
 }
 
 impl Default for FaultPlan {
@@ -57,6 +60,7 @@ impl Default for FaultPlan {
             callbacks: CallbackSchedule::Random,
             callback_irql: CallbackIrql::Random,
             worker_delay: Duration::ZERO,
+            wedge_sspi_call: None,
         }
     }
 }
@@ -87,6 +91,7 @@ pub(crate) struct Faults {
     rng: Mutex<fastrand::Rng>,
     counted_allocations: AtomicU64,
     injected_failures: AtomicU64,
+    sspi_calls: AtomicU64,
 }
 
 impl Faults {
@@ -97,6 +102,7 @@ impl Faults {
             rng: Mutex::new(fastrand::Rng::with_seed(seed)),
             counted_allocations: AtomicU64::new(0),
             injected_failures: AtomicU64::new(0),
+            sspi_calls: AtomicU64::new(0),
         }
     }
 
@@ -147,6 +153,12 @@ impl Faults {
                 CallbackIrql::Random => self.rng(|r| r.bool()),
             };
         Placement { inline, dispatch }
+    }
+
+    /// Counts one asynchronous SSPI call and says whether it must wedge.
+    pub fn sspi_call_wedges(&self) -> bool {
+        let n = self.sspi_calls.fetch_add(1, Ordering::AcqRel) + 1;
+        self.plan.wedge_sspi_call == Some(n)
     }
 
     /// The delay before a worker runs its next item.

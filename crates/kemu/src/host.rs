@@ -40,6 +40,9 @@ pub struct KernelConfig {
     pub faults: FaultPlan,
     /// Number of system worker threads.
     pub workers: usize,
+    /// The machine certificate store's folder; None: a fresh temporary store per kernel
+    /// (removed at shutdown).
+    pub cert_store: Option<std::path::PathBuf>,
 }
 
 impl KernelConfig {
@@ -57,6 +60,7 @@ impl KernelConfig {
             seed,
             faults: FaultPlan::default(),
             workers: 2,
+            cert_store: None,
         }
     }
 }
@@ -133,6 +137,7 @@ pub struct Kernel {
     loaded: Mutex<Option<Loaded>>,
     timer_thread: Mutex<Option<JoinHandle<()>>>,
     poller_thread: Mutex<Option<JoinHandle<()>>>,
+    temporary_store: Option<std::path::PathBuf>,
     shut_down: AtomicBool,
 }
 
@@ -227,6 +232,21 @@ impl Kernel {
             .workers
             .start(&shared, "worker", config.workers.max(1));
         shared.dpc.start(&shared, "dpc", 1);
+        shared.lsa.start(&shared, "lsa", 2);
+        let (store_dir, temporary_store) = match &config.cert_store {
+            Some(dir) => (dir.clone(), false),
+            None => (
+                std::env::temp_dir().join(format!(
+                    "kemu-store-{}-{}",
+                    std::process::id(),
+                    shared.id
+                )),
+                true,
+            ),
+        };
+        let store = crate::ksecdd::store::CertStore::open(&store_dir)
+            .expect("kemu: cannot create the certificate store");
+        shared.ksecdd.set_store(store);
         let k = shared.clone();
         let timer = thread::spawn(&shared, "timer", move || Timers::run(k));
         let poller = crate::netio::poller::PollerHandle::start(&shared)
@@ -236,6 +256,7 @@ impl Kernel {
             loaded: Mutex::new(None),
             timer_thread: Mutex::new(Some(timer)),
             poller_thread: Mutex::new(Some(poller)),
+            temporary_store: temporary_store.then_some(store_dir),
             shut_down: AtomicBool::new(false),
         }
     }
@@ -267,6 +288,11 @@ impl Kernel {
     /// The bugcheck, if the kernel stopped.
     pub fn bugcheck(&self) -> Option<Bugcheck> {
         self.shared.bugcheck.get().cloned()
+    }
+
+    /// The machine certificate store (import server certificates, trust roots).
+    pub fn cert_store(&self) -> crate::ksecdd::store::CertStore {
+        self.shared.ksecdd.store().clone()
     }
 
     /// Everything the driver printed.
@@ -420,6 +446,7 @@ impl Kernel {
         s.wait_for(Some(QUIESCE_TIMEOUT), || {
             (s.workers.is_idle()
                 && s.dpc.is_idle()
+                && s.lsa.is_idle()
                 && s.work_items.busy() == 0
                 && s.timers.no_dpc_queued())
             .then_some(())
@@ -456,6 +483,7 @@ impl Kernel {
         leaks.extend(s.timers.leaks());
         leaks.extend(s.io.leaks());
         leaks.extend(s.netio.leaks());
+        leaks.extend(s.ksecdd.leaks());
         leaks.sort_by_key(|l| l.site.sequence);
         LeakReport { leaks }
     }
@@ -516,6 +544,10 @@ impl Kernel {
         let join = self.shared.bugcheck.get().is_none();
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.workers.stop(join);
+        self.shared.lsa.stop(join);
+        if let Some(dir) = &self.temporary_store {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         self.shared.dpc.stop(join);
         self.shared.timers.stop();
         crate::netio::socket::free_quarantine(&mut self.shared.netio.lock());

@@ -14,6 +14,7 @@ use crate::ke::pool::Pool;
 use crate::ke::sync::Dispatcher;
 use crate::ke::timer::Timers;
 use crate::ke::workers::ThreadPool;
+use crate::ksecdd::Ksecdd;
 use crate::netio::Netio;
 use crate::rtl::DebugLog;
 use crate::wdf::Framework;
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     pub io: IoManager,
     pub wdf: Framework,
     pub netio: Netio,
+    pub ksecdd: Ksecdd,
+    pub lsa: Arc<ThreadPool>,
 }
 
 impl Shared {
@@ -65,6 +68,8 @@ impl Shared {
             io: IoManager::default(),
             wdf: Framework::default(),
             netio: Netio::default(),
+            ksecdd: Ksecdd::default(),
+            lsa: Arc::new(ThreadPool::default()),
         })
     }
 

@@ -63,6 +63,8 @@ pub enum LeakKind {
     Socket,
     /// A WSK registration never deregistered.
     WskRegistration,
+    /// An SSPI object: async context, credential or security context handle, context buffer.
+    Sspi,
 }
 
 /// One leaked object.

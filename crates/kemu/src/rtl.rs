@@ -39,6 +39,18 @@ impl DebugLog {
     }
 }
 
+/// Component id of kemu's own notes in the debugger log.
+pub const KEMU_COMPONENT: u32 = 0xFFFF;
+
+/// Writes a kemu note (fault injected, strict choice taken) into the calling kernel's log.
+pub(crate) fn note(text: &str) {
+    thread::kernel().log.push(LogLine {
+        component: KEMU_COMPONENT,
+        level: 1,
+        text: format!("kemu: {text}"),
+    });
+}
+
 /// Reads a NUL-terminated byte string.
 ///
 /// # Safety

@@ -6,6 +6,7 @@
 
 use std::process::Command;
 
+pub mod sspi;
 pub mod wsk;
 
 const CHILD_ENV: &str = "KEMU_ISOLATED_TEST";

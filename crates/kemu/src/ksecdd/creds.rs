@@ -1,0 +1,313 @@
+//! Credentials: SCH_CREDENTIALS (version 5) as kernel callers pass them, resolved against the
+//! emulated store, and the rustls configurations a context is built from.
+
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, Error, ProtocolVersion, RootCertStore,
+    ServerConfig, SignatureScheme,
+};
+
+use ksys::schannel::*;
+use ksys::sspi::*;
+
+use super::store::{CertStore, Identity, Thumbprint};
+
+/// What an ACH call established.
+pub(crate) struct Credential {
+    pub inbound: bool,
+    pub identity: Option<Arc<Identity>>,
+    pub flags: u32,
+    pub versions: Vec<&'static rustls::SupportedProtocolVersion>,
+    pub alpn: Vec<Vec<u8>>,
+}
+
+/// Reads the SCH_CREDENTIALS a caller passed and resolves its certificate.
+///
+/// # Safety
+/// `auth` must be NULL or point to an SCH_CREDENTIALS whose pointers are valid.
+pub(crate) unsafe fn parse(
+    auth: *const SCH_CREDENTIALS,
+    inbound: bool,
+    store: &CertStore,
+) -> Result<Credential, SECURITY_STATUS> {
+    if auth.is_null() {
+        return if inbound {
+            Err(SEC_E_NO_CREDENTIALS)
+        } else {
+            Ok(default_client())
+        };
+    }
+    // SAFETY: per the contract.
+    let c = unsafe { &*auth };
+    if c.dwVersion != SCH_CREDENTIALS_VERSION {
+        // SCHANNEL_CRED (version 4) cannot carry TLS 1.3 settings; kernel callers use version 5.
+        return Err(SEC_E_UNKNOWN_CREDENTIALS);
+    }
+    let mut thumbprint = None;
+    if c.cCreds > 0 {
+        if c.paCred.is_null() || c.cCreds != 1 {
+            return Err(SEC_E_UNKNOWN_CREDENTIALS);
+        }
+        let hash = match c.dwCredFormat {
+            // SAFETY: for the hash formats paCred points straight at the hash structure.
+            SCH_CRED_FORMAT_CERT_HASH => unsafe {
+                (*(c.paCred as *const SCHANNEL_CERT_HASH)).ShaHash
+            },
+            SCH_CRED_FORMAT_CERT_HASH_STORE => {
+                // SAFETY: as above.
+                let h = unsafe { &*(c.paCred as *const SCHANNEL_CERT_HASH_STORE) };
+                let name: String = String::from_utf16_lossy(
+                    &h.pwszStoreName[..h
+                        .pwszStoreName
+                        .iter()
+                        .position(|&u| u == 0)
+                        .unwrap_or(SCH_CRED_MAX_STORE_NAME_SIZE)],
+                );
+                if !name.eq_ignore_ascii_case("MY") {
+                    return Err(SEC_E_NO_CREDENTIALS);
+                }
+                h.ShaHash
+            }
+            // CERT_CONTEXT credentials do not exist in kernel mode.
+            _ => return Err(SEC_E_UNKNOWN_CREDENTIALS),
+        };
+        thumbprint = Some(Thumbprint(hash));
+    }
+    let identity = match thumbprint {
+        Some(t) => Some(Arc::new(store.find(&t).ok_or(SEC_E_NO_CREDENTIALS)?)),
+        None if inbound => return Err(SEC_E_NO_CREDENTIALS),
+        None => None,
+    };
+    let mut disabled = 0u32;
+    let mut alpn = Vec::new();
+    if c.cTlsParameters > 0 && !c.pTlsParameters.is_null() {
+        // SAFETY: cTlsParameters entries at pTlsParameters.
+        let params =
+            unsafe { std::slice::from_raw_parts(c.pTlsParameters, c.cTlsParameters as usize) };
+        for p in params {
+            disabled |= p.grbitDisabledProtocols;
+            if p.cAlpnIds > 0 && !p.rgstrAlpnIds.is_null() {
+                // SAFETY: cAlpnIds UNICODE_STRINGs.
+                let ids =
+                    unsafe { std::slice::from_raw_parts(p.rgstrAlpnIds, p.cAlpnIds as usize) };
+                for id in ids {
+                    // SAFETY: a valid UNICODE_STRING.
+                    if let Some(text) = unsafe { crate::rtl::unicode_text(id) } {
+                        alpn.push(text.into_bytes());
+                    }
+                }
+            }
+        }
+    }
+    let (tls12, tls13) = if inbound {
+        (SP_PROT_TLS1_2_SERVER, SP_PROT_TLS1_3_SERVER)
+    } else {
+        (SP_PROT_TLS1_2_CLIENT, SP_PROT_TLS1_3_CLIENT)
+    };
+    let mut versions = Vec::new();
+    if disabled & tls13 == 0 {
+        versions.push(&rustls::version::TLS13);
+    }
+    if disabled & tls12 == 0 {
+        versions.push(&rustls::version::TLS12);
+    }
+    if versions.is_empty() {
+        return Err(SEC_E_ALGORITHM_MISMATCH);
+    }
+    Ok(Credential {
+        inbound,
+        identity,
+        flags: c.dwFlags,
+        versions,
+        alpn,
+    })
+}
+
+fn default_client() -> Credential {
+    Credential {
+        inbound: false,
+        identity: None,
+        flags: 0,
+        versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
+        alpn: Vec::new(),
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(store: &CertStore) -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    for r in store.roots() {
+        let _ = roots.add(r);
+    }
+    roots
+}
+
+/// Server certificate checks: chain against the emulated Root store, name unless disabled, or
+/// nothing at all (manual validation: the caller inspects the chain itself).
+#[derive(Debug)]
+struct Verifier {
+    inner: Option<Arc<WebPkiServerVerifier>>,
+    check_name: bool,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Verifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let Some(inner) = &self.inner else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The client configuration of one ISC context.
+pub(crate) fn client_config(
+    cred: &Credential,
+    store: &CertStore,
+    requirements: u32,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ClientConfig>, SECURITY_STATUS> {
+    let provider = provider();
+    let manual = cred.flags & SCH_CRED_MANUAL_CRED_VALIDATION != 0
+        || u64::from(requirements) & ISC_REQ_MANUAL_CRED_VALIDATION != 0;
+    let inner = if manual {
+        None
+    } else {
+        let roots = Arc::new(roots(store));
+        Some(
+            WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|_| SEC_E_UNTRUSTED_ROOT)?,
+        )
+    };
+    let verifier = Arc::new(Verifier {
+        inner,
+        check_name: cred.flags & SCH_CRED_NO_SERVERNAME_CHECK == 0,
+        provider: provider.clone(),
+    });
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&cred.versions)
+        .map_err(|_| SEC_E_ALGORITHM_MISMATCH)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match &cred.identity {
+        Some(id) => builder
+            .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+            .map_err(|_| SEC_E_NO_CREDENTIALS)?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = if alpn.is_empty() {
+        cred.alpn.clone()
+    } else {
+        alpn
+    };
+    Ok(Arc::new(config))
+}
+
+/// The server configuration of one ASC context.
+pub(crate) fn server_config(
+    cred: &Credential,
+    store: &CertStore,
+    mutual: bool,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ServerConfig>, SECURITY_STATUS> {
+    let provider = provider();
+    let identity = cred.identity.as_ref().ok_or(SEC_E_NO_CREDENTIALS)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&cred.versions)
+        .map_err(|_| SEC_E_ALGORITHM_MISMATCH)?;
+    let builder = if mutual {
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots(store)), provider)
+                .build()
+                .map_err(|_| SEC_E_UNTRUSTED_ROOT)?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|_| SEC_E_NO_CREDENTIALS)?;
+    config.alpn_protocols = if alpn.is_empty() {
+        cred.alpn.clone()
+    } else {
+        alpn
+    };
+    Ok(Arc::new(config))
+}
+
+/// The server name an ISC target gives: SNI, name check and session-cache key.
+pub(crate) fn server_name(target: &str) -> ServerName<'static> {
+    if target.is_empty() {
+        // No target: no SNI, and a name check that cannot pass.
+        return ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
+    }
+    ServerName::try_from(target.to_owned())
+        .unwrap_or_else(|_| ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()))
+}
+
+/// Schannel's protocol bit for a version, as SecPkgContext_ConnectionInfo reports it.
+pub(crate) fn protocol_bit(version: Option<ProtocolVersion>, inbound: bool) -> u32 {
+    match (version, inbound) {
+        (Some(ProtocolVersion::TLSv1_3), true) => SP_PROT_TLS1_3_SERVER,
+        (Some(ProtocolVersion::TLSv1_3), false) => SP_PROT_TLS1_3_CLIENT,
+        (Some(ProtocolVersion::TLSv1_2), true) => SP_PROT_TLS1_2_SERVER,
+        (Some(ProtocolVersion::TLSv1_2), false) => SP_PROT_TLS1_2_CLIENT,
+        _ => 0,
+    }
+}

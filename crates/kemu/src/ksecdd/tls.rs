@@ -1,0 +1,486 @@
+//! Schannel's stream-TLS semantics on rustls's unbuffered API.
+//!
+//! kemu frames records itself (5-byte headers) so it always knows which bytes a call consumed:
+//! a handshake call only feeds complete records (and, in TLS 1.2, never application-data records),
+//! stops feeding once the handshake is complete, and reports the rest as SECBUFFER_EXTRA; a
+//! decrypt call feeds one record at a time and hands back its plaintext in place.
+
+use rustls::client::UnbufferedClientConnection;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::{AlertDescription, CertificateError, Error, ProtocolVersion};
+
+use ksys::sspi::*;
+
+/// Largest plaintext per record (and per EncryptMessage).
+pub(crate) const MAX_MESSAGE: usize = 16 * 1024;
+const HEADER: usize = 5;
+const CONTENT_APPLICATION_DATA: u8 = 23;
+
+/// A client or server connection.
+pub(crate) enum Conn {
+    Client(Box<UnbufferedClientConnection>),
+    Server(Box<UnbufferedServerConnection>),
+}
+
+/// Runs `$body` with `$c` bound to whichever connection this is.
+macro_rules! with_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            Conn::Client($c) => $body,
+            Conn::Server($c) => $body,
+        }
+    };
+}
+
+/// Outcome of one ISC/ASC step.
+#[derive(Debug, Default)]
+pub(crate) struct Step {
+    pub status: SECURITY_STATUS,
+    /// Bytes to send (handshake flight, or an alert after a failure).
+    pub output: Vec<u8>,
+    /// Input bytes consumed (the rest is SECBUFFER_EXTRA).
+    pub consumed: usize,
+    /// SEC_E_INCOMPLETE_MESSAGE: how many more bytes the next record needs.
+    pub missing: usize,
+}
+
+/// Outcome of one DecryptMessage.
+#[derive(Debug, Default)]
+pub(crate) struct Decrypted {
+    pub status: SECURITY_STATUS,
+    /// Offset of the record whose plaintext is returned.
+    pub record_start: usize,
+    pub header: usize,
+    pub plaintext: usize,
+    pub trailer: usize,
+    /// Input bytes consumed (the rest is SECBUFFER_EXTRA).
+    pub consumed: usize,
+    pub missing: usize,
+}
+
+/// Length of the complete record at the front of `buf`, if there is one.
+fn record_len(buf: &[u8]) -> Option<usize> {
+    if buf.len() < HEADER {
+        return None;
+    }
+    let len = HEADER + usize::from(u16::from_be_bytes([buf[3], buf[4]]));
+    (buf.len() >= len).then_some(len)
+}
+
+/// Bytes the record at the front of `buf` still needs.
+fn missing(buf: &[u8]) -> usize {
+    if buf.len() < HEADER {
+        return HEADER - buf.len();
+    }
+    (HEADER + usize::from(u16::from_be_bytes([buf[3], buf[4]])))
+        .saturating_sub(buf.len())
+        .max(1)
+}
+
+/// Length of the run of complete records at the front of `buf` (stopping before application
+/// data when `stop_at_app_data`).
+fn complete_records(buf: &[u8], stop_at_app_data: bool) -> usize {
+    let mut at = 0;
+    while let Some(len) = record_len(&buf[at..]) {
+        if stop_at_app_data && buf[at] == CONTENT_APPLICATION_DATA {
+            break;
+        }
+        at += len;
+    }
+    at
+}
+
+/// Maps a rustls error to the SECURITY_STATUS Schannel reports for it.
+pub(crate) fn status_of(e: &Error) -> SECURITY_STATUS {
+    match e {
+        Error::InvalidCertificate(c) => {
+            match c {
+                CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                    SEC_E_UNTRUSTED_ROOT
+                }
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => SEC_E_WRONG_PRINCIPAL,
+                CertificateError::Expired
+                | CertificateError::ExpiredContext { .. }
+                | CertificateError::NotValidYet
+                | CertificateError::NotValidYetContext { .. } => SEC_E_CERT_EXPIRED,
+                CertificateError::InvalidPurpose
+                | CertificateError::InvalidPurposeContext { .. } => SEC_E_CERT_WRONG_USAGE,
+                _ => SEC_E_CERT_UNKNOWN,
+            }
+        }
+        Error::NoApplicationProtocol => SEC_E_APPLICATION_PROTOCOL_MISMATCH,
+        Error::PeerIncompatible(_) => SEC_E_ALGORITHM_MISMATCH,
+        Error::AlertReceived(a) => match a {
+            AlertDescription::NoApplicationProtocol => SEC_E_APPLICATION_PROTOCOL_MISMATCH,
+            AlertDescription::HandshakeFailure
+            | AlertDescription::ProtocolVersion
+            | AlertDescription::InsufficientSecurity => SEC_E_ALGORITHM_MISMATCH,
+            AlertDescription::UnknownCA
+            | AlertDescription::BadCertificate
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateRequired => SEC_E_CERT_UNKNOWN,
+            _ => SEC_E_ILLEGAL_MESSAGE,
+        },
+        Error::DecryptError => SEC_E_MESSAGE_ALTERED,
+        Error::NoCertificatesPresented => SEC_E_CERT_UNKNOWN,
+        Error::EncryptError => SEC_E_ENCRYPT_FAILURE,
+        _ => SEC_E_ILLEGAL_MESSAGE,
+    }
+}
+
+fn encode_all<D>(
+    state: &mut rustls::unbuffered::EncodeTlsData<'_, D>,
+    out: &mut Vec<u8>,
+) -> Result<(), SECURITY_STATUS> {
+    let start = out.len();
+    let mut room = 4096;
+    loop {
+        out.resize(start + room, 0);
+        match state.encode(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(e)) => room = e.required_size,
+            Err(_) => {
+                out.truncate(start);
+                return Err(SEC_E_INTERNAL_ERROR);
+            }
+        }
+    }
+}
+
+/// One TLS session and what it still owes the peer.
+pub(crate) struct Session {
+    pub conn: Conn,
+    /// Post-handshake bytes (a KeyUpdate answer) the next ISC/ASC hands out.
+    pub pending_output: Vec<u8>,
+    /// The session failed or was closed: every further call fails.
+    pub dead: Option<SECURITY_STATUS>,
+}
+
+impl Session {
+    pub fn new(conn: Conn) -> Session {
+        Session {
+            conn,
+            pending_output: Vec::new(),
+            dead: None,
+        }
+    }
+
+    pub fn is_handshaking(&self) -> bool {
+        with_conn!(&self.conn, c => c.is_handshaking())
+    }
+
+    pub fn version(&self) -> Option<ProtocolVersion> {
+        with_conn!(&self.conn, c => c.protocol_version())
+    }
+
+    pub fn suite(&self) -> Option<rustls::SupportedCipherSuite> {
+        with_conn!(&self.conn, c => c.negotiated_cipher_suite())
+    }
+
+    pub fn alpn(&self) -> Option<Vec<u8>> {
+        with_conn!(&self.conn, c => c.alpn_protocol().map(|p| p.to_vec()))
+    }
+
+    pub fn peer_certificates(&self) -> Vec<Vec<u8>> {
+        with_conn!(&self.conn, c => c.peer_certificates().map(|v| v.iter().map(|d| d.as_ref().to_vec()).collect()).unwrap_or_default())
+    }
+
+    /// Bytes before and after the plaintext in one record of the negotiated suite.
+    pub fn framing(&self) -> (usize, usize) {
+        let tls12 = self.version() == Some(ProtocolVersion::TLSv1_2);
+        let chacha = self
+            .suite()
+            .is_some_and(|s| format!("{:?}", s.suite()).contains("CHACHA20"));
+        match (tls12, chacha) {
+            (true, false) => (HEADER + 8, 16),
+            (true, true) => (HEADER, 16),
+            (false, _) => (HEADER, 17),
+        }
+    }
+
+    /// Collects whatever the connection wants to send right now (an alert after a failure).
+    fn drain_output(&mut self, out: &mut Vec<u8>) {
+        for _ in 0..8 {
+            let more = with_conn!(&mut self.conn, c => {
+                let UnbufferedStatus { state, .. } = c.process_tls_records(&mut []);
+                match state {
+                    Ok(ConnectionState::EncodeTlsData(mut e)) => encode_all(&mut e, out).is_ok(),
+                    Ok(ConnectionState::TransmitTlsData(t)) => {
+                        t.done();
+                        true
+                    }
+                    _ => false,
+                }
+            });
+            if !more {
+                break;
+            }
+        }
+    }
+
+    /// One InitializeSecurityContext / AcceptSecurityContext step over `input` (modified in place
+    /// by rustls, as Schannel may).
+    pub fn handshake(&mut self, input: &mut [u8]) -> Step {
+        let mut step = Step {
+            output: std::mem::take(&mut self.pending_output),
+            ..Step::default()
+        };
+        if let Some(status) = self.dead {
+            step.status = status;
+            return step;
+        }
+        let mut consumed = 0;
+        loop {
+            let handshaking = self.is_handshaking();
+            let tls12 = self.version() == Some(ProtocolVersion::TLSv1_2);
+            let limit = if handshaking {
+                consumed + complete_records(&input[consumed..], tls12)
+            } else {
+                consumed
+            };
+            enum Next {
+                Continue,
+                Blocked,
+                Done,
+                Failed(SECURITY_STATUS),
+            }
+            let (discard, next) = with_conn!(&mut self.conn, c => {
+                let UnbufferedStatus { discard, state } = c.process_tls_records(&mut input[consumed..limit]);
+                let next = match state {
+                    Ok(ConnectionState::EncodeTlsData(mut e)) => match encode_all(&mut e, &mut step.output) {
+                        Ok(()) => Next::Continue,
+                        Err(s) => Next::Failed(s),
+                    },
+                    Ok(ConnectionState::TransmitTlsData(t)) => {
+                        t.done();
+                        Next::Continue
+                    }
+                    Ok(ConnectionState::BlockedHandshake) => Next::Blocked,
+                    Ok(ConnectionState::WriteTraffic(_)) => Next::Done,
+                    Ok(ConnectionState::ReadTraffic(_)) | Ok(ConnectionState::ReadEarlyData(_)) => Next::Failed(SEC_E_INTERNAL_ERROR),
+                    Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => Next::Failed(SEC_E_CONTEXT_EXPIRED),
+                    Ok(_) => Next::Failed(SEC_E_INTERNAL_ERROR),
+                    Err(e) => Next::Failed(status_of(&e)),
+                };
+                (discard, next)
+            });
+            consumed += discard;
+            match next {
+                Next::Continue => {}
+                Next::Done => {
+                    step.status = SEC_E_OK;
+                    step.consumed = consumed;
+                    return step;
+                }
+                Next::Blocked => {
+                    step.consumed = consumed;
+                    if consumed < input.len() && consumed == 0 && step.output.is_empty() {
+                        step.status = SEC_E_INCOMPLETE_MESSAGE;
+                        step.missing = missing(&input[complete_records(input, false)..]);
+                    } else {
+                        step.status = SEC_I_CONTINUE_NEEDED;
+                    }
+                    return step;
+                }
+                Next::Failed(status) => {
+                    self.drain_output(&mut step.output);
+                    self.dead = Some(status);
+                    step.status = status;
+                    step.consumed = consumed;
+                    return step;
+                }
+            }
+        }
+    }
+
+    /// Encrypts `data` (≤ MAX_MESSAGE) into exactly one record.
+    pub fn encrypt(&mut self, data: &[u8]) -> Result<Vec<u8>, SECURITY_STATUS> {
+        self.send_record(|w, out| w.encrypt(data, out), data.len())
+    }
+
+    /// Encrypts a close_notify alert into one record.
+    pub fn close_notify(&mut self) -> Result<Vec<u8>, SECURITY_STATUS> {
+        self.send_record(|w, out| w.queue_close_notify(out), 2)
+    }
+
+    fn send_record(
+        &mut self,
+        mut write: impl FnMut(&mut dyn WriteRecord, &mut [u8]) -> Result<usize, EncryptError>,
+        size_hint: usize,
+    ) -> Result<Vec<u8>, SECURITY_STATUS> {
+        if let Some(status) = self.dead {
+            return Err(status);
+        }
+        if !self.pending_output.is_empty() {
+            // A KeyUpdate answer must reach the peer before records under the new key.
+            return Err(SEC_E_OUT_OF_SEQUENCE);
+        }
+        let mut out = vec![0u8; size_hint + 64];
+        for _ in 0..8 {
+            let result = with_conn!(&mut self.conn, c => {
+                let UnbufferedStatus { state, .. } = c.process_tls_records(&mut []);
+                match state {
+                    Ok(ConnectionState::WriteTraffic(mut w)) => Some(write(&mut w, &mut out)),
+                    Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                        let _ = encode_all(&mut e, &mut self.pending_output);
+                        None
+                    }
+                    Ok(ConnectionState::TransmitTlsData(t)) => {
+                        t.done();
+                        None
+                    }
+                    Ok(ConnectionState::PeerClosed) => None,
+                    Ok(ConnectionState::Closed) => return Err(SEC_E_CONTEXT_EXPIRED),
+                    Ok(ConnectionState::BlockedHandshake) => return Err(SEC_E_INVALID_HANDLE),
+                    Ok(_) => return Err(SEC_E_INTERNAL_ERROR),
+                    Err(e) => return Err(status_of(&e)),
+                }
+            });
+            match result {
+                Some(Ok(n)) => {
+                    out.truncate(n);
+                    return Ok(out);
+                }
+                Some(Err(EncryptError::InsufficientSize(e))) => out.resize(e.required_size, 0),
+                Some(Err(_)) => return Err(SEC_E_ENCRYPT_FAILURE),
+                None => {
+                    if !self.pending_output.is_empty() {
+                        return Err(SEC_E_OUT_OF_SEQUENCE);
+                    }
+                }
+            }
+        }
+        Err(SEC_E_INTERNAL_ERROR)
+    }
+
+    /// Decrypts the first application record of `buf` in place.
+    pub fn decrypt(&mut self, buf: &mut [u8]) -> Decrypted {
+        let mut d = Decrypted::default();
+        if let Some(status) = self.dead {
+            d.status = status;
+            return d;
+        }
+        let mut consumed = 0;
+        let mut window = 1;
+        loop {
+            // Feed `window` complete records (more only if a handshake message spans records).
+            let mut end = consumed;
+            let mut last = 0;
+            for _ in 0..window {
+                match record_len(&buf[end..]) {
+                    Some(len) => {
+                        end += len;
+                        last = len;
+                    }
+                    None => break,
+                }
+            }
+            if end == consumed {
+                d.consumed = consumed;
+                if consumed == 0 || window > 1 {
+                    d.status = SEC_E_INCOMPLETE_MESSAGE;
+                    d.missing = missing(&buf[end..]);
+                } else {
+                    d.status = SEC_E_OK;
+                }
+                return d;
+            }
+            enum Next {
+                Data(Vec<u8>),
+                Handshake,
+                Progress,
+                Closed,
+                Failed(SECURITY_STATUS),
+            }
+            let (discard, next) = with_conn!(&mut self.conn, c => {
+                let UnbufferedStatus { discard, state } = c.process_tls_records(&mut buf[consumed..end]);
+                let next = match state {
+                    Ok(ConnectionState::ReadTraffic(mut r)) => match r.next_record() {
+                        Some(Ok(rec)) => Next::Data(rec.payload.to_vec()),
+                        Some(Err(e)) => Next::Failed(status_of(&e)),
+                        None => Next::Progress,
+                    },
+                    Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                        let _ = encode_all(&mut e, &mut self.pending_output);
+                        Next::Handshake
+                    }
+                    Ok(ConnectionState::TransmitTlsData(t)) => {
+                        t.done();
+                        Next::Handshake
+                    }
+                    Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => Next::Closed,
+                    Ok(ConnectionState::WriteTraffic(_)) | Ok(ConnectionState::BlockedHandshake) => Next::Progress,
+                    Ok(_) => Next::Failed(SEC_E_INTERNAL_ERROR),
+                    Err(e) => Next::Failed(status_of(&e)),
+                };
+                (discard, next)
+            });
+            match next {
+                Next::Data(plain) => {
+                    let (header, _) = self.framing();
+                    let record = last.min(discard);
+                    let start = consumed + discard - record;
+                    consumed += discard;
+                    let header = header.min(record);
+                    let n = plain.len().min(record - header);
+                    buf[start + header..start + header + n].copy_from_slice(&plain[..n]);
+                    d.status = SEC_E_OK;
+                    d.record_start = start;
+                    d.header = header;
+                    d.plaintext = n;
+                    d.trailer = record - header - n;
+                    d.consumed = consumed;
+                    return d;
+                }
+                Next::Handshake => {
+                    consumed += discard;
+                    if !self.pending_output.is_empty() {
+                        d.status = SEC_I_RENEGOTIATE;
+                        d.consumed = consumed;
+                        return d;
+                    }
+                }
+                Next::Progress => {
+                    if discard == 0 {
+                        window += 1;
+                    } else {
+                        consumed += discard;
+                        window = 1;
+                    }
+                }
+                Next::Closed => {
+                    consumed += discard;
+                    d.status = SEC_I_CONTEXT_EXPIRED;
+                    d.consumed = consumed;
+                    return d;
+                }
+                Next::Failed(status) => {
+                    self.dead = Some(status);
+                    d.status = status;
+                    d.consumed = consumed + discard;
+                    return d;
+                }
+            }
+        }
+    }
+}
+
+/// The two record writers of WriteTraffic, behind one signature.
+pub(crate) trait WriteRecord {
+    fn encrypt(&mut self, data: &[u8], out: &mut [u8]) -> Result<usize, EncryptError>;
+    fn queue_close_notify(&mut self, out: &mut [u8]) -> Result<usize, EncryptError>;
+}
+
+impl<D> WriteRecord for rustls::unbuffered::WriteTraffic<'_, D> {
+    fn encrypt(&mut self, data: &[u8], out: &mut [u8]) -> Result<usize, EncryptError> {
+        rustls::unbuffered::WriteTraffic::encrypt(self, data, out)
+    }
+    fn queue_close_notify(&mut self, out: &mut [u8]) -> Result<usize, EncryptError> {
+        rustls::unbuffered::WriteTraffic::queue_close_notify(self, out)
+    }
+}
