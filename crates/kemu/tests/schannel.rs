@@ -144,3 +144,238 @@ fn kemu_client_and_server_handshake_and_echo_tls13_and_tls12() {
             .unwrap_or_else(|e| panic!("{schedule:?}: {e}"));
     }
 }
+
+/// Reads at most `max` bytes per call (records arrive split across reads).
+struct Chunked<T> {
+    inner: T,
+    max: usize,
+    rng: Option<fastrand::Rng>,
+}
+
+impl<T: std::io::Read> std::io::Read for Chunked<T> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let limit = match &mut self.rng {
+            Some(r) => r.usize(1..=self.max),
+            None => self.max,
+        };
+        let n = buf.len().min(limit);
+        self.inner.read(&mut buf[..n])
+    }
+}
+
+impl<T: Write> Write for Chunked<T> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[test]
+fn records_fed_byte_by_byte_and_in_random_splits() {
+    let kernel = boot(CallbackSchedule::Random);
+    let (_ca, thumbprint, _) = server_identity(&kernel, &["localhost"], Validity::Current);
+    for (max, random) in [(1usize, false), (7, true), (1500, true)] {
+        let (c, s) = tcp_pair();
+        let message: Vec<u8> = (0..40_000u32).map(|i| (i * 13 % 256) as u8).collect();
+        let expected = message.clone();
+        std::thread::scope(|scope| {
+            let server = scope.spawn(|| {
+                kernel
+                    .run("server", move || {
+                        let mut io = Chunked {
+                            inner: s,
+                            max,
+                            rng: random.then(|| fastrand::Rng::with_seed(max as u64)),
+                        };
+                        let cred = acquire(&CredentialSpec {
+                            inbound: true,
+                            thumbprint: Some(thumbprint),
+                            ..Default::default()
+                        })
+                        .unwrap();
+                        let mut tls = Tls::server(cred, &[], 0);
+                        tls.handshake(&mut io).unwrap();
+                        let mut got = Vec::new();
+                        while let Some(p) = tls.read(&mut io).unwrap() {
+                            got.extend_from_slice(&p);
+                        }
+                        tls.delete();
+                        free_credential(cred);
+                        got
+                    })
+                    .unwrap()
+            });
+            kernel
+                .run("client", move || {
+                    let mut io = Chunked {
+                        inner: c,
+                        max,
+                        rng: random.then(|| fastrand::Rng::with_seed(max as u64 + 1)),
+                    };
+                    let cred = acquire(&CredentialSpec::default()).unwrap();
+                    let mut tls = Tls::client(cred, "localhost", &[], 0);
+                    tls.handshake(&mut io).unwrap();
+                    // Coalesced: many records in one write.
+                    let mut wire = tls.encrypt(&message).unwrap();
+                    wire.extend(tls.close_notify().unwrap());
+                    io.write_all(&wire).unwrap();
+                    tls.delete();
+                    free_credential(cred);
+                })
+                .unwrap();
+            assert_eq!(server.join().unwrap(), expected, "chunks of at most {max}");
+        });
+    }
+    kernel.shutdown().unwrap();
+}
+
+#[test]
+fn ten_megabytes_each_way_intact() {
+    let kernel = boot(CallbackSchedule::Random);
+    let (_ca, thumbprint, _) = server_identity(&kernel, &["localhost"], Validity::Current);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let message: Vec<u8> = (0..10 << 20).map(|_| rng.u8(..)).collect();
+    let (echoed, _) = kemu_to_kemu(&kernel, thumbprint, 0, message.clone());
+    assert!(echoed == message, "10 MiB came back altered");
+    kernel.shutdown().unwrap();
+}
+
+/// Client handshake against a kemu server; returns the client's status.
+fn client_status(
+    kernel: &Kernel,
+    server: Thumbprint,
+    target: &'static str,
+    spec: CredentialSpec,
+    client_alpn: &'static [&'static str],
+    server_alpn: &'static [&'static str],
+) -> (SECURITY_STATUS, SECURITY_STATUS) {
+    let (mut c, mut s) = tcp_pair();
+    std::thread::scope(|scope| {
+        let server = scope.spawn(|| {
+            kernel
+                .run("server", move || {
+                    let cred = acquire(&CredentialSpec {
+                        inbound: true,
+                        thumbprint: Some(server),
+                        ..Default::default()
+                    })
+                    .unwrap();
+                    let mut tls = Tls::server(cred, server_alpn, 0);
+                    let status = tls.handshake(&mut s).err().unwrap_or(SEC_E_OK);
+                    drop(s);
+                    tls.delete();
+                    free_credential(cred);
+                    status
+                })
+                .unwrap()
+        });
+        let client = kernel
+            .run("client", move || {
+                let cred = acquire(&spec).unwrap();
+                let mut tls = Tls::client(cred, target, client_alpn, 0);
+                let status = tls.handshake(&mut c).err().unwrap_or(SEC_E_OK);
+                if status == SEC_E_OK {
+                    let certs: SecPkgContext_Certificates =
+                        tls.query(SECPKG_ATTR_REMOTE_CERTIFICATES).unwrap();
+                    assert_eq!(certs.cCertificates, 2, "leaf and CA");
+                    // SAFETY: the chain SSPI allocated for us.
+                    assert_eq!(
+                        unsafe {
+                            ksys::imports::FreeContextBuffer(certs.pbCertificateChain as *mut _)
+                        },
+                        SEC_E_OK
+                    );
+                }
+                drop(c);
+                tls.delete();
+                free_credential(cred);
+                status
+            })
+            .unwrap();
+        (client, server.join().unwrap())
+    })
+}
+
+#[test]
+fn certificate_failures_are_reported_as_schannel_does() {
+    let kernel = boot(CallbackSchedule::Random);
+    let (_ca, good, _) = server_identity(&kernel, &["localhost"], Validity::Current);
+    let (_ca2, expired, _) = server_identity(&kernel, &["localhost"], Validity::Expired);
+    let stranger = {
+        let ca = TestCa::generate("not trusted").unwrap();
+        let issued = ca.issue(&["localhost"], Validity::Current).unwrap();
+        kernel
+            .cert_store()
+            .import_pem(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
+            .unwrap()
+    };
+    let default = CredentialSpec::default;
+    assert_eq!(
+        client_status(&kernel, good, "localhost", default(), &[], &[]).0,
+        SEC_E_OK
+    );
+    assert_eq!(
+        client_status(&kernel, stranger, "localhost", default(), &[], &[]).0,
+        SEC_E_UNTRUSTED_ROOT
+    );
+    assert_eq!(
+        client_status(&kernel, good, "other.example", default(), &[], &[]).0,
+        SEC_E_WRONG_PRINCIPAL
+    );
+    assert_eq!(
+        client_status(&kernel, expired, "localhost", default(), &[], &[]).0,
+        SEC_E_CERT_EXPIRED
+    );
+    let no_name_check = CredentialSpec {
+        flags: SCH_CRED_NO_SERVERNAME_CHECK,
+        ..default()
+    };
+    assert_eq!(
+        client_status(&kernel, good, "other.example", no_name_check, &[], &[]).0,
+        SEC_E_OK
+    );
+    let manual = CredentialSpec {
+        flags: SCH_CRED_MANUAL_CRED_VALIDATION,
+        ..default()
+    };
+    assert_eq!(
+        client_status(&kernel, stranger, "localhost", manual, &[], &[]).0,
+        SEC_E_OK,
+        "manual validation leaves the chain to the caller"
+    );
+    let (client, server) = client_status(
+        &kernel,
+        good,
+        "localhost",
+        default(),
+        &["http/1.1"],
+        &["h2"],
+    );
+    assert_eq!(
+        (client, server),
+        (
+            SEC_E_APPLICATION_PROTOCOL_MISMATCH,
+            SEC_E_APPLICATION_PROTOCOL_MISMATCH
+        )
+    );
+    kernel.shutdown().unwrap();
+}
+
+#[test]
+fn missing_server_certificate_is_no_credentials() {
+    let kernel = boot(CallbackSchedule::Random);
+    let status = kernel
+        .run("acquire", || {
+            acquire(&CredentialSpec {
+                inbound: true,
+                thumbprint: Some(Thumbprint([0xAB; 20])),
+                ..Default::default()
+            })
+            .unwrap_err()
+        })
+        .unwrap();
+    assert_eq!(status, SEC_E_NO_CREDENTIALS);
+    kernel.shutdown().unwrap();
+}

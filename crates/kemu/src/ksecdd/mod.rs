@@ -637,6 +637,7 @@ fn handshake(call: HandshakeCall) -> SECURITY_STATUS {
     // A first call that consumed nothing creates no context.
     if created.is_some() && status == SEC_E_INCOMPLETE_MESSAGE {
         write_back_input(call.input_desc, &step, token.len());
+        let _ = write_output(call.output_desc, &[], call.requirements, call.inbound);
         return status;
     }
     let id = match (&call.existing, created) {

@@ -159,6 +159,12 @@ pub(crate) struct Session {
     pub pending_output: Vec<u8>,
     /// The session failed or was closed: every further call fails.
     pub dead: Option<SECURITY_STATUS>,
+    /// Bytes at the front of the next input that rustls has already seen (and may have
+    /// decrypted in place) but not discarded — a handshake message spanning records. Schannel
+    /// callers hand the original bytes back; kemu substitutes rustls's view of them.
+    held: Vec<u8>,
+    /// During a decrypt: end of the bytes fed to rustls so far.
+    fed_end: usize,
 }
 
 impl Session {
@@ -167,6 +173,8 @@ impl Session {
             conn,
             pending_output: Vec::new(),
             dead: None,
+            held: Vec::new(),
+            fed_end: 0,
         }
     }
 
@@ -203,11 +211,24 @@ impl Session {
         }
     }
 
-    /// Collects whatever the connection wants to send right now (an alert after a failure).
-    fn drain_output(&mut self, out: &mut Vec<u8>) {
-        for _ in 0..8 {
+    /// Puts rustls's view of the held bytes back at the front of a caller's input.
+    fn restore_held(&self, input: &mut [u8]) -> Result<(), SECURITY_STATUS> {
+        if input.len() < self.held.len() {
+            return Err(SEC_E_INVALID_TOKEN);
+        }
+        input[..self.held.len()].copy_from_slice(&self.held);
+        Ok(())
+    }
+
+    /// After a failure: what rustls queued up to and including its fatal alert (in TLS 1.3 a
+    /// ServerHello may precede it). It is given back only the bytes it has already seen (the
+    /// held view, where a partly processed record's remaining messages live), so nothing new is
+    /// processed — a second failure would raise a second fatal alert.
+    fn take_alert(&mut self, out: &mut Vec<u8>) {
+        for _ in 0..16 {
+            let mut view = self.held.clone();
             let more = with_conn!(&mut self.conn, c => {
-                let UnbufferedStatus { state, .. } = c.process_tls_records(&mut []);
+                let UnbufferedStatus { state, .. } = c.process_tls_records(&mut view);
                 match state {
                     Ok(ConnectionState::EncodeTlsData(mut e)) => encode_all(&mut e, out).is_ok(),
                     Ok(ConnectionState::TransmitTlsData(t)) => {
@@ -224,7 +245,8 @@ impl Session {
     }
 
     /// One InitializeSecurityContext / AcceptSecurityContext step over `input` (modified in place
-    /// by rustls, as Schannel may).
+    /// by rustls, as Schannel may). Records are fed one at a time (more only while a handshake
+    /// message spans records), so at any point every fed byte has been seen by rustls.
     pub fn handshake(&mut self, input: &mut [u8]) -> Step {
         let mut step = Step {
             output: std::mem::take(&mut self.pending_output),
@@ -234,15 +256,29 @@ impl Session {
             step.status = status;
             return step;
         }
+        if let Err(status) = self.restore_held(input) {
+            step.status = status;
+            return step;
+        }
         let mut consumed = 0;
+        let mut fed_end = 0;
+        let mut window = 1;
         loop {
             let handshaking = self.is_handshaking();
             let tls12 = self.version() == Some(ProtocolVersion::TLSv1_2);
-            let limit = if handshaking {
+            let available = if handshaking {
                 consumed + complete_records(&input[consumed..], tls12)
             } else {
                 consumed
             };
+            let mut limit = consumed;
+            for _ in 0..window {
+                match record_len(&input[limit..available]) {
+                    Some(len) => limit += len,
+                    None => break,
+                }
+            }
+            fed_end = fed_end.max(limit);
             enum Next {
                 Continue,
                 Blocked,
@@ -270,6 +306,7 @@ impl Session {
                 (discard, next)
             });
             consumed += discard;
+            self.held = input[consumed..fed_end.max(consumed)].to_vec();
             match next {
                 Next::Continue => {}
                 Next::Done => {
@@ -277,6 +314,8 @@ impl Session {
                     step.consumed = consumed;
                     return step;
                 }
+                Next::Blocked if discard > 0 && consumed < available => window = 1,
+                Next::Blocked if discard == 0 && limit < available => window += 1,
                 Next::Blocked => {
                     step.consumed = consumed;
                     if consumed < input.len() && consumed == 0 && step.output.is_empty() {
@@ -288,7 +327,7 @@ impl Session {
                     return step;
                 }
                 Next::Failed(status) => {
-                    self.drain_output(&mut step.output);
+                    self.take_alert(&mut step.output);
                     self.dead = Some(status);
                     step.status = status;
                     step.consumed = consumed;
@@ -322,8 +361,9 @@ impl Session {
         }
         let mut out = vec![0u8; size_hint + 64];
         for _ in 0..8 {
+            let mut view = self.held.clone();
             let result = with_conn!(&mut self.conn, c => {
-                let UnbufferedStatus { state, .. } = c.process_tls_records(&mut []);
+                let UnbufferedStatus { state, .. } = c.process_tls_records(&mut view);
                 match state {
                     Ok(ConnectionState::WriteTraffic(mut w)) => Some(write(&mut w, &mut out)),
                     Ok(ConnectionState::EncodeTlsData(mut e)) => {
@@ -365,6 +405,19 @@ impl Session {
             d.status = status;
             return d;
         }
+        if let Err(status) = self.restore_held(buf) {
+            d.status = status;
+            return d;
+        }
+        let result = self.decrypt_records(buf);
+        let fed = self.fed_end.min(buf.len());
+        self.held = buf[result.consumed..fed.max(result.consumed)].to_vec();
+        result
+    }
+
+    fn decrypt_records(&mut self, buf: &mut [u8]) -> Decrypted {
+        let mut d = Decrypted::default();
+        self.fed_end = 0;
         let mut consumed = 0;
         let mut window = 1;
         loop {
@@ -397,6 +450,7 @@ impl Session {
                 Closed,
                 Failed(SECURITY_STATUS),
             }
+            self.fed_end = end;
             let (discard, next) = with_conn!(&mut self.conn, c => {
                 let UnbufferedStatus { discard, state } = c.process_tls_records(&mut buf[consumed..end]);
                 let next = match state {
