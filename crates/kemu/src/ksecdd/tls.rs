@@ -165,6 +165,10 @@ pub(crate) struct Session {
     held: Vec<u8>,
     /// During a decrypt: end of the bytes fed to rustls so far.
     fed_end: usize,
+    /// Reused buffer for the plaintext of the record being decrypted.
+    scratch: Vec<u8>,
+    /// Reused buffer for the record being encrypted.
+    outbuf: Vec<u8>,
 }
 
 impl Session {
@@ -175,6 +179,8 @@ impl Session {
             dead: None,
             held: Vec::new(),
             fed_end: 0,
+            scratch: Vec::new(),
+            outbuf: Vec::new(),
         }
     }
 
@@ -338,12 +344,12 @@ impl Session {
     }
 
     /// Encrypts `data` (≤ MAX_MESSAGE) into exactly one record.
-    pub fn encrypt(&mut self, data: &[u8]) -> Result<Vec<u8>, SECURITY_STATUS> {
+    pub fn encrypt(&mut self, data: &[u8]) -> Result<&[u8], SECURITY_STATUS> {
         self.send_record(|w, out| w.encrypt(data, out), data.len())
     }
 
     /// Encrypts a close_notify alert into one record.
-    pub fn close_notify(&mut self) -> Result<Vec<u8>, SECURITY_STATUS> {
+    pub fn close_notify(&mut self) -> Result<&[u8], SECURITY_STATUS> {
         self.send_record(|w, out| w.queue_close_notify(out), 2)
     }
 
@@ -351,7 +357,7 @@ impl Session {
         &mut self,
         mut write: impl FnMut(&mut dyn WriteRecord, &mut [u8]) -> Result<usize, EncryptError>,
         size_hint: usize,
-    ) -> Result<Vec<u8>, SECURITY_STATUS> {
+    ) -> Result<&[u8], SECURITY_STATUS> {
         if let Some(status) = self.dead {
             return Err(status);
         }
@@ -359,7 +365,10 @@ impl Session {
             // A KeyUpdate answer must reach the peer before records under the new key.
             return Err(SEC_E_OUT_OF_SEQUENCE);
         }
-        let mut out = vec![0u8; size_hint + 64];
+        let mut out = std::mem::take(&mut self.outbuf);
+        if out.len() < size_hint + 64 {
+            out.resize(size_hint + 64, 0);
+        }
         for _ in 0..8 {
             let mut view = self.held.clone();
             let result = with_conn!(&mut self.conn, c => {
@@ -383,8 +392,8 @@ impl Session {
             });
             match result {
                 Some(Ok(n)) => {
-                    out.truncate(n);
-                    return Ok(out);
+                    self.outbuf = out;
+                    return Ok(&self.outbuf[..n]);
                 }
                 Some(Err(EncryptError::InsufficientSize(e))) => out.resize(e.required_size, 0),
                 Some(Err(_)) => return Err(SEC_E_ENCRYPT_FAILURE),
@@ -444,18 +453,23 @@ impl Session {
                 return d;
             }
             enum Next {
-                Data(Vec<u8>),
+                Data,
                 Handshake,
                 Progress,
                 Closed,
                 Failed(SECURITY_STATUS),
             }
             self.fed_end = end;
+            let scratch = &mut self.scratch;
             let (discard, next) = with_conn!(&mut self.conn, c => {
                 let UnbufferedStatus { discard, state } = c.process_tls_records(&mut buf[consumed..end]);
                 let next = match state {
                     Ok(ConnectionState::ReadTraffic(mut r)) => match r.next_record() {
-                        Some(Ok(rec)) => Next::Data(rec.payload.to_vec()),
+                        Some(Ok(rec)) => {
+                            scratch.clear();
+                            scratch.extend_from_slice(rec.payload);
+                            Next::Data
+                        }
                         Some(Err(e)) => Next::Failed(status_of(&e)),
                         None => Next::Progress,
                     },
@@ -475,7 +489,8 @@ impl Session {
                 (discard, next)
             });
             match next {
-                Next::Data(plain) => {
+                Next::Data => {
+                    let plain = &self.scratch;
                     let (header, _) = self.framing();
                     let record = last.min(discard);
                     let start = consumed + discard - record;

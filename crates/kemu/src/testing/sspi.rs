@@ -439,6 +439,55 @@ impl Tls {
         self.sizes
     }
 
+    fn established(&mut self) -> Result<(), SECURITY_STATUS> {
+        // SAFETY: an established context and our structure.
+        let status = unsafe {
+            QueryContextAttributesW(
+                self.context.as_mut().unwrap(),
+                SECPKG_ATTR_STREAM_SIZES,
+                &mut self.sizes as *mut _ as *mut c_void,
+            )
+        };
+        if status == SEC_E_OK {
+            Ok(())
+        } else {
+            Err(status)
+        }
+    }
+
+    /// Handshakes a client and a server session with each other in memory (no sockets).
+    pub fn pump_handshake(client: &mut Tls, server: &mut Tls) -> Result<(), SECURITY_STATUS> {
+        let first = client.step(&[]);
+        if first.status != SEC_I_CONTINUE_NEEDED {
+            return Err(first.status);
+        }
+        let mut to_server = first.output;
+        let mut client_done = false;
+        for _ in 0..16 {
+            let s = server.step(&to_server);
+            if s.status < 0 {
+                return Err(s.status);
+            }
+            let server_done = s.status == SEC_E_OK;
+            if client_done && server_done {
+                client.incoming = s.output;
+                client.established()?;
+                return server.established();
+            }
+            let c = client.step(&s.output);
+            if c.status < 0 {
+                return Err(c.status);
+            }
+            client_done = c.status == SEC_E_OK;
+            to_server = c.output;
+            if client_done && server_done {
+                client.established()?;
+                return server.established();
+            }
+        }
+        Err(SEC_E_INTERNAL_ERROR)
+    }
+
     /// Encrypts `data` into records (one EncryptMessage per ≤ cbMaximumMessage chunk).
     pub fn encrypt(&mut self, data: &[u8]) -> Result<Vec<u8>, SECURITY_STATUS> {
         let mut wire = Vec::with_capacity(data.len() + 64);
@@ -462,11 +511,12 @@ impl Tls {
         wire: &mut Vec<u8>,
     ) -> Result<(), SECURITY_STATUS> {
         let (h, t) = (self.sizes.cbHeader as usize, self.sizes.cbTrailer as usize);
-        let mut record = vec![0u8; h + chunk.len() + t];
-        record[h..h + chunk.len()].copy_from_slice(chunk);
-        let base = record.as_mut_ptr();
-        // SAFETY: the three regions lie inside `record`.
+        let start = wire.len();
+        wire.resize(start + h + chunk.len() + t, 0);
+        wire[start + h..start + h + chunk.len()].copy_from_slice(chunk);
+        // SAFETY: the three regions lie inside the bytes just appended to `wire`.
         let mut bufs = unsafe {
+            let base = wire.as_mut_ptr().add(start);
             [
                 SecBuffer::new(SECBUFFER_STREAM_HEADER, base as *mut c_void, h as u32),
                 SecBuffer::new(
@@ -490,20 +540,20 @@ impl Tls {
         // SAFETY: an established context; the descriptor and buffers outlive the call.
         let status = unsafe { EncryptMessage(self.context.as_mut().unwrap(), qop, &mut desc, 0) };
         if status != SEC_E_OK {
+            wire.truncate(start);
             return Err(status);
         }
-        let len = (bufs[0].cbBuffer + bufs[1].cbBuffer + bufs[2].cbBuffer) as usize;
-        wire.extend_from_slice(&record[..len]);
+        wire.truncate(start + (bufs[0].cbBuffer + bufs[1].cbBuffer + bufs[2].cbBuffer) as usize);
         Ok(())
     }
 
-    /// Decrypts what `incoming` holds: Ok(Some(plaintext)) (maybe empty), Ok(None) at
-    /// close_notify, or Err(SEC_E_INCOMPLETE_MESSAGE) when more bytes are needed.
+    /// Decrypts what `incoming` holds (in place): Ok(Some(plaintext)) (maybe empty), Ok(None)
+    /// at close_notify, or Err(SEC_E_INCOMPLETE_MESSAGE) when more bytes are needed.
     pub fn decrypt_buffered(&mut self) -> Result<Option<Vec<u8>>, SECURITY_STATUS> {
-        let mut data = std::mem::take(&mut self.incoming);
-        let base = data.as_mut_ptr();
+        let base = self.incoming.as_mut_ptr();
+        let total = self.incoming.len();
         let mut bufs = [
-            SecBuffer::new(SECBUFFER_DATA, base as *mut c_void, data.len() as u32),
+            SecBuffer::new(SECBUFFER_DATA, base as *mut c_void, total as u32),
             SecBuffer::EMPTY,
             SecBuffer::EMPTY,
             SecBuffer::EMPTY,
@@ -513,7 +563,7 @@ impl Tls {
             cBuffers: 4,
             pBuffers: bufs.as_mut_ptr(),
         };
-        // SAFETY: an established context; `data` outlives the call.
+        // SAFETY: an established context; `incoming` outlives the call and is not moved.
         let status = unsafe {
             DecryptMessage(
                 self.context.as_mut().unwrap(),
@@ -522,33 +572,33 @@ impl Tls {
                 std::ptr::null_mut(),
             )
         };
-        let extra = bufs.iter().find(|b| b.kind() == SECBUFFER_EXTRA).map(|b| {
-            // SAFETY: EXTRA points into `data`.
-            unsafe { std::slice::from_raw_parts(b.pvBuffer as *const u8, b.cbBuffer as usize) }
-                .to_vec()
-        });
+        let offset = |b: &SecBuffer| b.pvBuffer as usize - base as usize;
+        let extra_at = bufs
+            .iter()
+            .find(|b| b.kind() == SECBUFFER_EXTRA)
+            .map(offset);
+        let plain = bufs
+            .iter()
+            .find(|b| b.kind() == SECBUFFER_DATA && status == SEC_E_OK)
+            .map(|b| self.incoming[offset(b)..offset(b) + b.cbBuffer as usize].to_vec());
+        let keep_extra = |incoming: &mut Vec<u8>| match extra_at {
+            Some(at) => {
+                incoming.drain(..at);
+            }
+            None => incoming.clear(),
+        };
         match status {
             SEC_E_OK => {
-                let plain = bufs.iter().find(|b| b.kind() == SECBUFFER_DATA).map(|b| {
-                    // SAFETY: DATA points into `data`.
-                    unsafe {
-                        std::slice::from_raw_parts(b.pvBuffer as *const u8, b.cbBuffer as usize)
-                    }
-                    .to_vec()
-                });
-                self.incoming = extra.unwrap_or_default();
+                keep_extra(&mut self.incoming);
                 Ok(Some(plain.unwrap_or_default()))
             }
-            SEC_E_INCOMPLETE_MESSAGE => {
-                self.incoming = data;
-                Err(SEC_E_INCOMPLETE_MESSAGE)
-            }
+            SEC_E_INCOMPLETE_MESSAGE => Err(SEC_E_INCOMPLETE_MESSAGE),
             SEC_I_CONTEXT_EXPIRED => {
-                self.incoming = extra.unwrap_or_default();
+                keep_extra(&mut self.incoming);
                 Ok(None)
             }
             SEC_I_RENEGOTIATE => {
-                self.incoming = extra.unwrap_or_default();
+                keep_extra(&mut self.incoming);
                 Err(SEC_I_RENEGOTIATE)
             }
             other => Err(other),
