@@ -2,6 +2,7 @@
 //! type-checked against the ksys declaration of the import it satisfies. Native mode binds the
 //! driver's ksys import slots through it; a PE loader binds an image's import table through it.
 
+use std::ffi::c_void;
 use std::sync::OnceLock;
 
 use ksys::import::ImportEntry;
@@ -104,6 +105,14 @@ pub fn exports() -> &'static [Export] {
             }
         };
         all.push(Export { module: "ksecdd.sys", name: "SspiAsyncContextRequiresNotify", address: requires_notify as usize });
+        // The C runtime a driver image imports from ntoskrnl.exe (PE mode only).
+        type Copy = unsafe extern "win64" fn(*mut c_void, *const c_void, usize) -> *mut c_void;
+        let (memcpy, memmove): (Copy, Copy) = (crate::crt::memcpy, crate::crt::memmove);
+        let memset: unsafe extern "win64" fn(*mut c_void, i32, usize) -> *mut c_void = crate::crt::memset;
+        let memcmp: unsafe extern "win64" fn(*const c_void, *const c_void, usize) -> i32 = crate::crt::memcmp;
+        for (name, address) in [("memcpy", memcpy as usize), ("memmove", memmove as usize), ("memset", memset as usize), ("memcmp", memcmp as usize), ("__chkstk", crate::crt::chkstk_address())] {
+            all.push(Export { module: "ntoskrnl.exe", name, address });
+        }
         all
     })
 }

@@ -125,6 +125,8 @@ struct Loaded {
     _registry: Box<[u16]>,
     registry_path: Box<UNICODE_STRING>,
     unbound_imports: Vec<String>,
+    /// The mapped image (PE mode); unmapped after unload.
+    image: Option<crate::pe::MappedImage>,
 }
 
 // SAFETY: the driver object and strings are only touched by kernel threads under the I/O
@@ -323,13 +325,56 @@ impl Kernel {
     /// Loads a natively linked driver: binds its imports, then runs its entry point on a
     /// system thread at PASSIVE_LEVEL. A failing DriverEntry must leave nothing behind.
     pub fn load(&self, driver: NativeDriver) -> Result<(), KernelError> {
+        if self.loaded.lock().unwrap().is_some() {
+            return Err(KernelError::Load(
+                "this kernel already has a driver loaded".into(),
+            ));
+        }
         if NATIVE_DRIVER_LOADED.swap(true, Ordering::AcqRel) {
             return Err(KernelError::Load(
                 "a native driver is already loaded in this process (one kernel per process)".into(),
             ));
         }
         let unbound_imports = crate::exports::bind_native(driver.imports);
-        let name = driver.service_name;
+        let result = self.start(driver.service_name, driver.entry, unbound_imports, None);
+        if result.is_err() {
+            NATIVE_DRIVER_LOADED.store(false, Ordering::Release);
+        }
+        result
+    }
+
+    /// Loads a driver image (`wsktls.sys` as shipped): maps it, binds its imports through the
+    /// export registry (an import kemu lacks fails the load, listing every missing one) and runs
+    /// its entry point. Each kernel can load its own copy: images carry their own statics.
+    pub fn load_image(
+        &self,
+        service_name: &str,
+        path: &std::path::Path,
+    ) -> Result<(), KernelError> {
+        if self.loaded.lock().unwrap().is_some() {
+            return Err(KernelError::Load(
+                "this kernel already has a driver loaded".into(),
+            ));
+        }
+        let data = std::fs::read(path)
+            .map_err(|e| KernelError::Load(format!("{}: {e}", path.display())))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let image = crate::pe::MappedImage::map(&name, &data)
+            .map_err(|e| KernelError::Load(e.to_string()))?;
+        let entry = image.entry();
+        self.start(service_name, entry, Vec::new(), Some(image))
+    }
+
+    fn start(
+        &self,
+        name: &str,
+        entry: DriverEntry,
+        unbound_imports: Vec<String>,
+        image: Option<crate::pe::MappedImage>,
+    ) -> Result<(), KernelError> {
         let mut tag_bytes = [b' '; 4];
         for (i, b) in name.bytes().take(4).enumerate() {
             tag_bytes[i] = b;
@@ -347,6 +392,10 @@ impl Kernel {
             MaximumLength: (driver_name.len() * 2) as u16,
             Buffer: Box::leak(driver_name).as_mut_ptr(),
         };
+        if let Some(image) = &image {
+            driver_object.DriverStart = image.range().start as *mut std::ffi::c_void;
+            driver_object.DriverSize = image.range().len() as u32;
+        }
         let mut registry_path = Box::new(UNICODE_STRING {
             Length: ((registry.len() - 1) * 2) as u16,
             MaximumLength: (registry.len() * 2) as u16,
@@ -360,7 +409,6 @@ impl Kernel {
         }
         let object_address = &mut *driver_object as *mut DRIVER_OBJECT as usize;
         let path_address = &mut *registry_path as *mut UNICODE_STRING as usize;
-        let entry = driver.entry;
         let status = self.run("DriverEntry", move || {
             // SAFETY: the driver object and registry path outlive the call (owned by `Loaded`).
             unsafe {
@@ -376,16 +424,19 @@ impl Kernel {
             _registry: registry,
             registry_path,
             unbound_imports,
+            image,
         };
         if !nt_success(status) {
             let leaks = self.driver_leaks();
             drop(loaded);
             self.shared.wdf.lock().driver_object = 0;
-            NATIVE_DRIVER_LOADED.store(false, Ordering::Release);
             if !leaks.is_empty() {
                 return Err(KernelError::Leaks(leaks));
             }
             return Err(KernelError::Status(status, "DriverEntry".into()));
+        }
+        if let Some(image) = &loaded.image {
+            image.discard_init();
         }
         let _ = &loaded.registry_path;
         *self.loaded.lock().unwrap() = Some(loaded);
@@ -507,9 +558,12 @@ impl Kernel {
         })?;
         self.quiesce()?;
         let leaks = self.driver_leaks();
+        let native = guard.as_ref().is_some_and(|l| l.image.is_none());
         *guard = None;
         self.shared.wdf.lock().driver_object = 0;
-        NATIVE_DRIVER_LOADED.store(false, Ordering::Release);
+        if native {
+            NATIVE_DRIVER_LOADED.store(false, Ordering::Release);
+        }
         if leaks.is_empty() {
             Ok(())
         } else {

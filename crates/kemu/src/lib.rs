@@ -17,6 +17,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 mod bugcheck;
+mod crt;
 pub mod exports;
 mod faults;
 mod host;
@@ -27,6 +28,7 @@ mod kernel;
 mod ksecdd;
 mod leaks;
 mod netio;
+pub mod pe;
 mod rtl;
 pub mod sddl;
 pub mod testing;
