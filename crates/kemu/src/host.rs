@@ -356,14 +356,8 @@ impl Kernel {
                 "this kernel already has a driver loaded".into(),
             ));
         }
-        let data = std::fs::read(path)
-            .map_err(|e| KernelError::Load(format!("{}: {e}", path.display())))?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let image = crate::pe::MappedImage::map(&name, &data)
-            .map_err(|e| KernelError::Load(e.to_string()))?;
+        let image =
+            crate::pe::MappedImage::map_file(path).map_err(|e| KernelError::Load(e.to_string()))?;
         let entry = image.entry();
         self.start(service_name, entry, Vec::new(), Some(image))
     }

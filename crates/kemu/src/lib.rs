@@ -19,6 +19,7 @@
 mod bugcheck;
 mod crt;
 pub mod exports;
+mod fault;
 mod faults;
 mod host;
 mod io;

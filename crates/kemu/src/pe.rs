@@ -78,6 +78,26 @@ fn page_round(n: usize) -> usize {
 }
 
 impl MappedImage {
+    /// Maps the image at `path`; its `.pdb` beside it (if any) names functions in fault reports.
+    pub fn map_file(path: &std::path::Path) -> Result<MappedImage, ImageError> {
+        let data =
+            std::fs::read(path).map_err(|e| malformed(format!("{}: {e}", path.display())))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let image = MappedImage::map(&name, &data)?;
+        let symbols = crate::fault::symbols_from_pdb(&path.with_extension("pdb"));
+        crate::fault::unregister(image.base as usize);
+        crate::fault::register(crate::fault::ImageRange {
+            start: image.base as usize,
+            end: image.base as usize + image.size,
+            name: image.name.clone(),
+            symbols,
+        });
+        Ok(image)
+    }
+
     /// Maps `data` (a whole .sys file) and binds its imports.
     pub fn map(name: &str, data: &[u8]) -> Result<MappedImage, ImageError> {
         let file = PeFile64::parse(data).map_err(malformed)?;
@@ -176,6 +196,13 @@ impl MappedImage {
                 discardable: flags & pe::IMAGE_SCN_MEM_DISCARDABLE != 0 && name == "INIT",
             });
         }
+        crate::fault::install();
+        crate::fault::register(crate::fault::ImageRange {
+            start: image.base as usize,
+            end: image.base as usize + size,
+            name: name.to_owned(),
+            symbols: Vec::new(),
+        });
         image.relocate(&file, data)?;
         image.bind(&file, data)?;
         image.protect()?;
@@ -312,6 +339,7 @@ impl MappedImage {
 
 impl Drop for MappedImage {
     fn drop(&mut self) {
+        crate::fault::unregister(self.base as usize);
         // SAFETY: the mapping this value owns.
         unsafe { libc::munmap(self.base as *mut c_void, self.size) };
     }
