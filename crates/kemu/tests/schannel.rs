@@ -469,9 +469,8 @@ mod async_rules {
                         )
                     });
                     let reinit = SspiReinitAsyncContext(a.context);
-                    // The only way out of a wedged context would be SspiFreeAsyncContext: kemu
-                    // stops that too while "pending", so the context is deliberately leaked.
-                    std::mem::forget(a);
+                    // The only way out of a wedged context: free it (allowed although "pending").
+                    drop(a);
                     (queued, status, again, reinit)
                 }
             })
@@ -480,9 +479,7 @@ mod async_rules {
         assert_eq!(status, SEC_I_ASYNC_CALL_PENDING);
         assert_eq!(again, SEC_E_INVALID_PARAMETER);
         assert_eq!(reinit, ksys::ntdef::STATUS_INVALID_PARAMETER);
-        assert!(
-            matches!(kernel.shutdown(), Err(kemu::KernelError::Leaks(r)) if r.leaks.iter().any(|l| l.tag.contains("pending")))
-        );
+        kernel.shutdown().unwrap();
     }
 
     fn expect_sspi_bugcheck<R: std::fmt::Debug>(r: Result<R, kemu::KernelError>, words: &str) {

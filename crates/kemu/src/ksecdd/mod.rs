@@ -47,6 +47,9 @@ struct AsyncContext {
     callback: SspiAsyncNotifyCallback,
     data: usize,
     pending: bool,
+    /// The queueing failed after the context went pending: no completion will ever come, and
+    /// freeing it is the only (documented) way out.
+    wedged: bool,
     site: Site,
 }
 
@@ -242,6 +245,7 @@ pub(crate) unsafe extern "win64" fn sspi_create_async_context() -> *mut SspiAsyn
         callback: None,
         data: 0,
         pending: false,
+        wedged: false,
         site: Site::here(kernel.next_sequence()),
     };
     kernel
@@ -263,7 +267,7 @@ pub(crate) unsafe extern "win64" fn sspi_free_async_context(context: *mut SspiAs
         let mut s = kernel.ksecdd.lock();
         match s.async_contexts.get(&(context as usize)) {
             None => Err("is not an async context (double free?)"),
-            Some(c) if c.pending => Err(
+            Some(c) if c.pending && !c.wedged => Err(
                 "is freed while its call is pending (the completion would write into freed memory)",
             ),
             Some(_) => Ok(s.async_contexts.remove(&(context as usize))),
@@ -362,6 +366,14 @@ fn start(
         c.pending = true;
     }
     if kernel.faults.sspi_call_wedges() {
+        if let Some(c) = kernel
+            .ksecdd
+            .lock()
+            .async_contexts
+            .get_mut(&(context as usize))
+        {
+            c.wedged = true;
+        }
         // The queueing failed after the context went PENDING: no callback will ever come.
         crate::rtl::note(&format!(
             "{routine}: injected queueing failure; the async context stays pending"
