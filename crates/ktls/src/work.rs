@@ -1,0 +1,152 @@
+//! One work item per session: completion paths (≤ DISPATCH_LEVEL) record event bits and schedule
+//! it; the work item runs at PASSIVE_LEVEL on a system worker and drains every pending event each
+//! time it runs, so no event is lost whatever order completions arrive in, and the session's code
+//! never runs twice at once.
+
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use ksys::imports::{IoAllocateWorkItem, IoFreeWorkItem, IoQueueWorkItem};
+use ksys::io::{DELAYED_WORK_QUEUE, DEVICE_OBJECT, IO_WORKITEM};
+use ksys::ntdef::{NTSTATUS, STATUS_INSUFFICIENT_RESOURCES};
+
+use crate::pool::PoolArc;
+
+/// What a session does with the events it was signalled (at PASSIVE_LEVEL, never concurrently).
+pub trait Drain: Send + Sync + Sized {
+    /// Handles `events` (the OR of every signal since the last drain).
+    fn drain(worker: &Worker<Self>, events: u32);
+}
+
+const IDLE: u32 = 0;
+const QUEUED: u32 = 1;
+const RUNNING: u32 = 2;
+
+/// The shared state of a worker (kept alive by references while queued or running).
+pub struct WorkerState<T> {
+    item: *mut IO_WORKITEM,
+    phase: AtomicU32,
+    events: AtomicU32,
+    runs: AtomicU32,
+    target: T,
+}
+
+// SAFETY: the work item is only handed to the I/O manager; the rest is atomics and T.
+unsafe impl<T: Send + Sync> Send for WorkerState<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send + Sync> Sync for WorkerState<T> {}
+
+impl<T> Drop for WorkerState<T> {
+    fn drop(&mut self) {
+        // SAFETY: the last reference is gone, so the item is neither queued nor running (queueing
+        // takes a reference that the routine gives back after its last use of the item).
+        unsafe { IoFreeWorkItem(self.item) };
+    }
+}
+
+/// A session's work item and the session it drives.
+pub struct Worker<T> {
+    state: PoolArc<WorkerState<T>>,
+}
+
+impl<T> Clone for Worker<T> {
+    fn clone(&self) -> Self {
+        Worker {
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl<T: Drain> Worker<T> {
+    /// Allocates the work item (on `device`, which it keeps referenced) and the shared state.
+    ///
+    /// # Safety
+    /// `device` must be a live device object of the calling driver.
+    pub unsafe fn try_new(device: *mut DEVICE_OBJECT, target: T) -> Result<Worker<T>, NTSTATUS> {
+        // SAFETY: per the contract.
+        let item = unsafe { IoAllocateWorkItem(device) };
+        if item.is_null() {
+            return Err(STATUS_INSUFFICIENT_RESOURCES);
+        }
+        match PoolArc::try_new(WorkerState {
+            item,
+            phase: AtomicU32::new(IDLE),
+            events: AtomicU32::new(0),
+            runs: AtomicU32::new(0),
+            target,
+        }) {
+            Ok(state) => Ok(Worker { state }),
+            Err(status) => {
+                // SAFETY: never queued; freed once.
+                unsafe { IoFreeWorkItem(item) };
+                Err(status)
+            }
+        }
+    }
+
+    /// The session.
+    pub fn target(&self) -> &T {
+        &self.state.target
+    }
+
+    /// How many times the routine has run (diagnostics and tests).
+    pub fn runs(&self) -> u32 {
+        self.state.runs.load(Ordering::Acquire)
+    }
+
+    /// Records `events` and makes sure the work item will run (≤ DISPATCH_LEVEL; never blocks).
+    pub fn signal(&self, events: u32) {
+        self.state.events.fetch_or(events, Ordering::AcqRel);
+        if self
+            .state
+            .phase
+            .compare_exchange(IDLE, QUEUED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.queue();
+        }
+    }
+
+    fn queue(&self) {
+        let context = PoolArc::into_raw(self.state.clone()) as *mut c_void;
+        // SAFETY: the item is allocated and not queued (phase was IDLE); the context carries a
+        // reference the routine gives back.
+        unsafe {
+            IoQueueWorkItem(
+                self.state.item,
+                Some(routine::<T>),
+                DELAYED_WORK_QUEUE,
+                context,
+            )
+        };
+    }
+}
+
+/// The work item routine: drains events until none are left, then goes idle (or runs again if
+/// an event raced in).
+unsafe extern "win64" fn routine<T: Drain>(_device: *mut DEVICE_OBJECT, context: *mut c_void) {
+    // SAFETY: the reference `queue` gave up for this run.
+    let state = unsafe { PoolArc::from_raw(context as *const WorkerState<T>) };
+    let worker = Worker { state };
+    worker.state.phase.store(RUNNING, Ordering::Release);
+    worker.state.runs.fetch_add(1, Ordering::AcqRel);
+    loop {
+        let events = worker.state.events.swap(0, Ordering::AcqRel);
+        if events != 0 {
+            T::drain(&worker, events);
+            continue;
+        }
+        worker.state.phase.store(IDLE, Ordering::Release);
+        // An event signalled between the swap and going idle found us RUNNING and did not
+        // queue: take it now (unless another signal already queued a new run).
+        if worker.state.events.load(Ordering::Acquire) == 0
+            || worker
+                .state
+                .phase
+                .compare_exchange(IDLE, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            break;
+        }
+    }
+}
