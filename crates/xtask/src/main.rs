@@ -172,6 +172,7 @@ fn run_tests(extra: &[String]) -> Result<(), String> {
     for seed in seeds.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         for selection in [
             &["-p", "kemu", "--tests"][..],
+            &["-p", "ktls", "--tests"][..],
             &["-p", "wsktls", "--test", "driver_in_kemu"][..],
         ] {
             println!(
