@@ -15,6 +15,7 @@
 pub mod pool;
 pub mod sspi;
 pub mod work;
+pub mod wsk;
 
 /// Pool tag of everything ktls allocates ("kTLS" in poolmon).
 pub const POOL_TAG: [u8; 4] = *b"kTLS";

@@ -1,0 +1,292 @@
+//! Winsock Kernel for sessions: the provider registration, reusable IRP operations whose
+//! completion routines only record the result and signal the session's work item (returning
+//! STATUS_MORE_PROCESSING_REQUIRED), and non-paged buffers with their MDLs.
+
+use core::cell::UnsafeCell;
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
+
+use ksys::imports::*;
+use ksys::io::{DEVICE_OBJECT, IRP, MDL, io_set_completion_routine};
+use ksys::ntdef::*;
+use ksys::wsk::*;
+
+use crate::pool::PoolArc;
+
+/// Who to tell when an operation completes: `signal(context, bit)` at ≤ DISPATCH_LEVEL.
+#[derive(Clone, Copy, Debug)]
+pub struct Notify {
+    pub context: *const c_void,
+    pub signal: unsafe fn(*const c_void, u32),
+    pub bit: u32,
+}
+
+// SAFETY: the context is a pool object kept alive by its owner for as long as operations exist.
+unsafe impl Send for Notify {}
+// SAFETY: as above.
+unsafe impl Sync for Notify {}
+
+const IDLE: u32 = 0;
+const PENDING: u32 = 1;
+const DONE: u32 = 2;
+
+/// One reusable IRP: at most one WSK call in flight at a time.
+pub struct IrpOp {
+    irp: *mut IRP,
+    phase: AtomicU32,
+    status: AtomicI32,
+    information: AtomicUsize,
+    notify: Notify,
+}
+
+// SAFETY: the IRP is only touched by its single in-flight call and its completion routine.
+unsafe impl Send for IrpOp {}
+// SAFETY: as above.
+unsafe impl Sync for IrpOp {}
+
+impl Drop for IrpOp {
+    fn drop(&mut self) {
+        // SAFETY: the last reference is gone, so no call is in flight (a pending call holds one).
+        unsafe { IoFreeIrp(self.irp) };
+    }
+}
+
+unsafe extern "win64" fn completed(
+    _device: *mut DEVICE_OBJECT,
+    irp: *mut IRP,
+    context: *mut c_void,
+) -> NTSTATUS {
+    // SAFETY: the reference `start` gave up for this call.
+    let op = unsafe { PoolArc::from_raw(context as *const IrpOp) };
+    // SAFETY: the IRP is ours and completing.
+    let (status, information) = unsafe { ((*irp).IoStatus.Status, (*irp).IoStatus.Information) };
+    op.status.store(status, Ordering::Release);
+    op.information.store(information, Ordering::Release);
+    op.phase.store(DONE, Ordering::Release);
+    // SAFETY: the owner's signal function and context.
+    unsafe { (op.notify.signal)(op.notify.context, op.notify.bit) };
+    STATUS_MORE_PROCESSING_REQUIRED
+}
+
+impl IrpOp {
+    /// Allocates the IRP (one stack location, as WSK needs).
+    pub fn try_new(notify: Notify) -> Result<PoolArc<IrpOp>, NTSTATUS> {
+        // SAFETY: plain allocation.
+        let irp = unsafe { IoAllocateIrp(1, 0) };
+        if irp.is_null() {
+            return Err(STATUS_INSUFFICIENT_RESOURCES);
+        }
+        PoolArc::try_new(IrpOp {
+            irp,
+            phase: AtomicU32::new(IDLE),
+            status: AtomicI32::new(0),
+            information: AtomicUsize::new(0),
+            notify,
+        })
+        .inspect_err(|_| {
+            // SAFETY: never used; freed once.
+            unsafe { IoFreeIrp(irp) };
+        })
+    }
+
+    /// Starts a WSK call with this IRP; `call` gets the prepared IRP. Err if one is in flight.
+    pub fn start(
+        this: &PoolArc<IrpOp>,
+        call: impl FnOnce(*mut IRP) -> NTSTATUS,
+    ) -> Result<(), NTSTATUS> {
+        if this
+            .phase
+            .compare_exchange(IDLE, PENDING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(STATUS_INVALID_DEVICE_STATE);
+        }
+        let context = PoolArc::into_raw(this.clone()) as *mut c_void;
+        // SAFETY: the IRP is idle (no call in flight): reset it and set the completion routine.
+        unsafe {
+            IoReuseIrp(this.irp, STATUS_UNSUCCESSFUL);
+            io_set_completion_routine(this.irp, Some(completed), context, true, true, true);
+        }
+        // The completion routine runs in every case (maybe before `call` returns); its result is
+        // authoritative, the return value is only informative.
+        let _ = call(this.irp);
+        Ok(())
+    }
+
+    /// The result of the completed call, if it completed (and makes the IRP reusable).
+    pub fn take(&self) -> Option<(NTSTATUS, usize)> {
+        if self
+            .phase
+            .compare_exchange(DONE, IDLE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            Some((
+                self.status.load(Ordering::Acquire),
+                self.information.load(Ordering::Acquire),
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Whether a call is in flight.
+    pub fn is_pending(&self) -> bool {
+        self.phase.load(Ordering::Acquire) == PENDING
+    }
+
+    /// IoCancelIrp on the call in flight (it completes with STATUS_CANCELLED).
+    pub fn cancel(&self) {
+        if self.is_pending() {
+            // SAFETY: the IRP is in flight, so it is live.
+            unsafe { IoCancelIrp(self.irp) };
+        }
+    }
+}
+
+/// A non-paged buffer described by an MDL (for WSK_BUF).
+pub struct Buffer {
+    data: *mut u8,
+    len: usize,
+    mdl: *mut MDL,
+}
+
+// SAFETY: plain memory owned by this value.
+unsafe impl Send for Buffer {}
+// SAFETY: as above.
+unsafe impl Sync for Buffer {}
+
+impl Buffer {
+    /// Allocates `len` zeroed bytes of non-paged pool and their MDL.
+    pub fn try_new(len: usize) -> Result<Buffer, NTSTATUS> {
+        if len == 0 || len > u32::MAX as usize {
+            return Err(STATUS_INVALID_PARAMETER);
+        }
+        // SAFETY: plain pool allocation and MDL for it.
+        unsafe {
+            let data = ExAllocatePool2(
+                POOL_FLAG_NON_PAGED,
+                len,
+                u32::from_le_bytes(crate::POOL_TAG),
+            ) as *mut u8;
+            if data.is_null() {
+                return Err(STATUS_INSUFFICIENT_RESOURCES);
+            }
+            let mdl = IoAllocateMdl(data as *mut c_void, len as u32, 0, 0, core::ptr::null_mut());
+            if mdl.is_null() {
+                ExFreePoolWithTag(data as *mut c_void, u32::from_le_bytes(crate::POOL_TAG));
+                return Err(STATUS_INSUFFICIENT_RESOURCES);
+            }
+            MmBuildMdlForNonPagedPool(mdl);
+            Ok(Buffer { data, len, mdl })
+        }
+    }
+
+    /// The WSK_BUF for `[offset, offset + length)`.
+    pub fn wsk(&self, offset: usize, length: usize) -> WSK_BUF {
+        debug_assert!(offset + length <= self.len);
+        WSK_BUF {
+            Mdl: self.mdl,
+            Offset: offset as u32,
+            Length: length,
+        }
+    }
+
+    /// The bytes (the caller must not touch a range an in-flight call uses).
+    pub fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: `len` bytes of our pool block.
+        unsafe { core::slice::from_raw_parts_mut(self.data, self.len) }
+    }
+
+    /// Capacity in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer is empty (never: zero-length buffers are refused).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `try_new`, freed once; no call uses it any more (the owner's duty).
+        unsafe {
+            IoFreeMdl(self.mdl);
+            ExFreePoolWithTag(
+                self.data as *mut c_void,
+                u32::from_le_bytes(crate::POOL_TAG),
+            );
+        }
+    }
+}
+
+struct Registration {
+    registration: UnsafeCell<WSK_REGISTRATION>,
+    dispatch: WSK_CLIENT_DISPATCH,
+    client: UnsafeCell<WSK_CLIENT_NPI>,
+    provider: UnsafeCell<WSK_PROVIDER_NPI>,
+}
+
+/// The driver's WSK registration with a captured provider NPI. Dropping it releases the NPI and
+/// deregisters — which waits until every socket is closed.
+pub struct Provider {
+    inner: PoolArc<Registration>,
+}
+
+// SAFETY: the registration is pinned in pool; WSK synchronizes itself.
+unsafe impl Send for Registration {}
+// SAFETY: as above.
+unsafe impl Sync for Registration {}
+
+impl Provider {
+    /// Registers as a WSK 1.0 client and captures the provider (waiting up to `wait_ms`).
+    pub fn register(wait_ms: u32) -> Result<Provider, NTSTATUS> {
+        let inner = PoolArc::try_new(Registration {
+            // SAFETY: WSK_REGISTRATION is opaque plain data; WskRegister initializes it.
+            registration: UnsafeCell::new(unsafe { core::mem::zeroed() }),
+            dispatch: WSK_CLIENT_DISPATCH {
+                Version: make_wsk_version(1, 0),
+                Reserved: 0,
+                WskClientEvent: core::ptr::null(),
+            },
+            client: UnsafeCell::new(WSK_CLIENT_NPI {
+                ClientContext: core::ptr::null_mut(),
+                Dispatch: core::ptr::null(),
+            }),
+            // SAFETY: WSK_PROVIDER_NPI is plain data; the capture fills it.
+            provider: UnsafeCell::new(unsafe { core::mem::zeroed() }),
+        })?;
+        // SAFETY: the registration lives in pool (pinned) until Drop deregisters.
+        unsafe {
+            (*inner.client.get()).Dispatch = &inner.dispatch;
+            let status = WskRegister(inner.client.get(), inner.registration.get());
+            if !nt_success(status) {
+                return Err(status);
+            }
+            let status =
+                WskCaptureProviderNPI(inner.registration.get(), wait_ms, inner.provider.get());
+            if !nt_success(status) {
+                WskDeregister(inner.registration.get());
+                return Err(status);
+            }
+        }
+        Ok(Provider { inner })
+    }
+
+    /// The provider dispatch and the client pointer its calls take.
+    pub fn npi(&self) -> WSK_PROVIDER_NPI {
+        // SAFETY: written once by the capture.
+        unsafe { *self.inner.provider.get() }
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        // SAFETY: paired with the successful capture and registration (PASSIVE_LEVEL).
+        unsafe {
+            WskReleaseProviderNPI(self.inner.registration.get());
+            WskDeregister(self.inner.registration.get());
+        }
+    }
+}
