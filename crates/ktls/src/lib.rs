@@ -14,6 +14,7 @@
 
 pub mod pool;
 pub mod sspi;
+pub mod sync;
 pub mod work;
 pub mod wsk;
 

@@ -10,6 +10,7 @@
 
 #![no_std]
 
+pub mod session;
 pub mod version;
 
 pub use version::{DriverVersion, GetVersionResponse, validate_get_version_input};
@@ -128,6 +129,29 @@ impl<'a> Reader<'a> {
     pub(crate) fn u32(&mut self) -> Option<u32> {
         self.take::<4>().map(u32::from_le_bytes)
     }
+    pub(crate) fn u8(&mut self) -> Option<u8> {
+        self.take::<1>().map(|b| b[0])
+    }
+    pub(crate) fn u64(&mut self) -> Option<u64> {
+        self.take::<8>().map(u64::from_le_bytes)
+    }
+    pub(crate) fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take::<N>()
+    }
+    pub(crate) fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let chunk = self.bytes.get(self.at..end)?;
+        self.at = end;
+        Some(chunk)
+    }
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        let rest = self.bytes.get(self.at..).unwrap_or(&[]);
+        self.at = self.bytes.len();
+        rest
+    }
+    pub(crate) fn remaining(&self) -> usize {
+        self.bytes.len().saturating_sub(self.at)
+    }
 }
 
 /// Little-endian writer into a fixed array.
@@ -154,5 +178,17 @@ impl<'a> Writer<'a> {
     }
     pub(crate) fn u32(&mut self, v: u32) {
         self.put(&v.to_le_bytes());
+    }
+    pub(crate) fn u8(&mut self, v: u8) {
+        self.put(&[v]);
+    }
+    pub(crate) fn u64(&mut self, v: u64) {
+        self.put(&v.to_le_bytes());
+    }
+    pub(crate) fn bytes(&mut self, data: &[u8]) {
+        self.put(data);
+    }
+    pub(crate) fn written(&self) -> usize {
+        self.at
     }
 }
