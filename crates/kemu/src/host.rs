@@ -493,7 +493,8 @@ impl Kernel {
                 && s.dpc.is_idle()
                 && s.lsa.is_idle()
                 && s.work_items.busy() == 0
-                && s.timers.no_dpc_queued())
+                && s.timers.no_dpc_queued()
+                && s.irps.no_completion_running())
             .then_some(())
         })
         .map_err(KernelError::Bugcheck)?;

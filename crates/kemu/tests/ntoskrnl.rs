@@ -509,6 +509,54 @@ fn irp_completion_runs_the_routine_and_stops_on_more_processing_required() {
     kernel.shutdown().unwrap();
 }
 
+extern "win64" fn reuse_before_returning(
+    _d: *mut DEVICE_OBJECT,
+    irp: *mut IRP,
+    context: *mut c_void,
+) -> NTSTATUS {
+    // SAFETY: the routine owns the IRP once it runs: it reuses it for a second request and
+    // completes that one (as a waiter woken by this routine might, before the routine returns).
+    unsafe {
+        IoReuseIrp(irp, STATUS_SUCCESS);
+        io_set_completion_routine(irp, Some(more_processing), context, true, true, true);
+        (*irp).CurrentLocation -= 1;
+        (*irp).Tail.CurrentStackLocation = (*irp).Tail.CurrentStackLocation.sub(1);
+        (*irp).IoStatus = IO_STATUS_BLOCK::new(STATUS_SUCCESS, 99);
+        IofCompleteRequest(irp, 0);
+    }
+    STATUS_MORE_PROCESSING_REQUIRED
+}
+
+#[test]
+fn an_irp_may_be_reused_while_its_completion_routine_is_still_running() {
+    let kernel = boot();
+    let seen = Box::leak(Box::new(AtomicUsize::new(0)));
+    let seen_addr = Addr(seen as *mut AtomicUsize as usize);
+    kernel
+        .run("irp", move || {
+            // SAFETY: a driver-allocated IRP completed by the test acting as the lower driver.
+            unsafe {
+                let irp = IoAllocateIrp(1, 0);
+                io_set_completion_routine(
+                    irp,
+                    Some(reuse_before_returning),
+                    seen_addr.0 as *mut c_void,
+                    true,
+                    true,
+                    true,
+                );
+                (*irp).CurrentLocation -= 1;
+                (*irp).Tail.CurrentStackLocation = (*irp).Tail.CurrentStackLocation.sub(1);
+                (*irp).IoStatus = IO_STATUS_BLOCK::new(STATUS_SUCCESS, 1);
+                IofCompleteRequest(irp, 0);
+                IoFreeIrp(irp);
+            }
+        })
+        .unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), 99);
+    kernel.shutdown().unwrap();
+}
+
 #[test]
 fn driver_irp_completed_past_its_last_location_is_a_bugcheck() {
     let kernel = boot();

@@ -13,64 +13,70 @@ use ksys::wsk::*;
 
 use crate::pool::PoolArc;
 
-/// Who to tell when an operation completes: `signal(context, bit)` at ≤ DISPATCH_LEVEL.
-#[derive(Clone, Copy, Debug)]
-pub struct Notify {
-    pub context: *const c_void,
-    pub signal: unsafe fn(*const c_void, u32),
-    pub bit: u32,
+/// Whoever must hear that an operation completed (a session's worker, a test's event).
+///
+/// The in-flight call holds its own clone of the waker until it has signalled, so the waker
+/// stays alive through the signal even if its owner tears down the moment it sees the result.
+pub trait Wake: Send + Sync {
+    /// Called at ≤ DISPATCH_LEVEL from the completion routine; must not block.
+    fn wake(&self, bit: u32);
 }
-
-// SAFETY: the context is a pool object kept alive by its owner for as long as operations exist.
-unsafe impl Send for Notify {}
-// SAFETY: as above.
-unsafe impl Sync for Notify {}
 
 const IDLE: u32 = 0;
 const PENDING: u32 = 1;
 const DONE: u32 = 2;
 
 /// One reusable IRP: at most one WSK call in flight at a time.
-pub struct IrpOp {
+pub struct IrpOp<W: Wake> {
     irp: *mut IRP,
     phase: AtomicU32,
     status: AtomicI32,
     information: AtomicUsize,
-    notify: Notify,
+    bit: u32,
+    /// Only the in-flight call touches this: `start` fills it, the completion routine empties it.
+    waker: UnsafeCell<Option<W>>,
 }
 
-// SAFETY: the IRP is only touched by its single in-flight call and its completion routine.
-unsafe impl Send for IrpOp {}
+// SAFETY: the IRP and the waker slot are only touched by the single in-flight call and its
+// completion routine (ordered by `phase`); the rest is atomics.
+unsafe impl<W: Wake> Send for IrpOp<W> {}
 // SAFETY: as above.
-unsafe impl Sync for IrpOp {}
+unsafe impl<W: Wake> Sync for IrpOp<W> {}
 
-impl Drop for IrpOp {
+impl<W: Wake> Drop for IrpOp<W> {
     fn drop(&mut self) {
-        // SAFETY: the last reference is gone, so no call is in flight (a pending call holds one).
+        // SAFETY: the last reference is gone, so no call is in flight (a pending call holds one);
+        // freeing from inside the IRP's own completion routine is allowed, since it returns
+        // STATUS_MORE_PROCESSING_REQUIRED.
         unsafe { IoFreeIrp(self.irp) };
     }
 }
 
-unsafe extern "win64" fn completed(
+unsafe extern "win64" fn completed<W: Wake>(
     _device: *mut DEVICE_OBJECT,
     irp: *mut IRP,
     context: *mut c_void,
 ) -> NTSTATUS {
     // SAFETY: the reference `start` gave up for this call.
-    let op = unsafe { PoolArc::from_raw(context as *const IrpOp) };
+    let op = unsafe { PoolArc::from_raw(context as *const IrpOp<W>) };
+    // SAFETY: the slot belongs to the in-flight call, which is this one.
+    let waker = unsafe { (*op.waker.get()).take() };
     // SAFETY: the IRP is ours and completing.
     let (status, information) = unsafe { ((*irp).IoStatus.Status, (*irp).IoStatus.Information) };
     op.status.store(status, Ordering::Release);
     op.information.store(information, Ordering::Release);
     op.phase.store(DONE, Ordering::Release);
-    // SAFETY: the owner's signal function and context.
-    unsafe { (op.notify.signal)(op.notify.context, op.notify.bit) };
+    if let Some(waker) = waker {
+        waker.wake(op.bit);
+    }
+    // Dropping `op` here may free the IRP (if the owner let go meanwhile): allowed, since the
+    // I/O manager no longer touches an IRP whose routine returns this status.
     STATUS_MORE_PROCESSING_REQUIRED
 }
 
-impl IrpOp {
-    /// Allocates the IRP (one stack location, as WSK needs).
-    pub fn try_new(notify: Notify) -> Result<PoolArc<IrpOp>, NTSTATUS> {
+impl<W: Wake> IrpOp<W> {
+    /// Allocates the IRP (one stack location, as WSK needs); completions wake with `bit`.
+    pub fn try_new(bit: u32) -> Result<PoolArc<IrpOp<W>>, NTSTATUS> {
         // SAFETY: plain allocation.
         let irp = unsafe { IoAllocateIrp(1, 0) };
         if irp.is_null() {
@@ -81,7 +87,8 @@ impl IrpOp {
             phase: AtomicU32::new(IDLE),
             status: AtomicI32::new(0),
             information: AtomicUsize::new(0),
-            notify,
+            bit,
+            waker: UnsafeCell::new(None),
         })
         .inspect_err(|_| {
             // SAFETY: never used; freed once.
@@ -89,9 +96,11 @@ impl IrpOp {
         })
     }
 
-    /// Starts a WSK call with this IRP; `call` gets the prepared IRP. Err if one is in flight.
+    /// Starts a WSK call with this IRP; `call` gets the prepared IRP, `waker` hears of the
+    /// completion. Err (and nothing happens) if a call is already in flight.
     pub fn start(
-        this: &PoolArc<IrpOp>,
+        this: &PoolArc<IrpOp<W>>,
+        waker: W,
         call: impl FnOnce(*mut IRP) -> NTSTATUS,
     ) -> Result<(), NTSTATUS> {
         if this
@@ -101,11 +110,13 @@ impl IrpOp {
         {
             return Err(STATUS_INVALID_DEVICE_STATE);
         }
+        // SAFETY: the phase was IDLE, so no call or completion touches the slot.
+        unsafe { *this.waker.get() = Some(waker) };
         let context = PoolArc::into_raw(this.clone()) as *mut c_void;
         // SAFETY: the IRP is idle (no call in flight): reset it and set the completion routine.
         unsafe {
             IoReuseIrp(this.irp, STATUS_UNSUCCESSFUL);
-            io_set_completion_routine(this.irp, Some(completed), context, true, true, true);
+            io_set_completion_routine(this.irp, Some(completed::<W>), context, true, true, true);
         }
         // The completion routine runs in every case (maybe before `call` returns); its result is
         // authoritative, the return value is only informative.
@@ -134,10 +145,17 @@ impl IrpOp {
         self.phase.load(Ordering::Acquire) == PENDING
     }
 
+    /// Whether no call is in flight and no result waits to be taken.
+    pub fn is_idle(&self) -> bool {
+        self.phase.load(Ordering::Acquire) == IDLE
+    }
+
     /// IoCancelIrp on the call in flight (it completes with STATUS_CANCELLED).
     pub fn cancel(&self) {
         if self.is_pending() {
-            // SAFETY: the IRP is in flight, so it is live.
+            // SAFETY: the IRP is allocated for as long as this op lives; cancelling an IRP that
+            // completed in the meantime is harmless (IoCancelIrp on a driver-owned IRP only
+            // marks it and runs a cancel routine if one is set).
             unsafe { IoCancelIrp(self.irp) };
         }
     }

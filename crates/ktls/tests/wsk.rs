@@ -4,6 +4,7 @@
 use std::ffi::c_void;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
+use std::sync::Arc;
 
 use kemu::{CallbackSchedule, FaultPlan, Kernel, KernelConfig};
 use ksys::imports::*;
@@ -11,7 +12,7 @@ use ksys::io::{EXECUTIVE, KERNEL_MODE, KEVENT, SYNCHRONIZATION_EVENT};
 use ksys::ntdef::*;
 use ksys::wsk::*;
 use ktls::pool::PoolArc;
-use ktls::wsk::{Buffer, IrpOp, Notify, Provider};
+use ktls::wsk::{Buffer, IrpOp, Provider, Wake};
 
 fn boot(callbacks: CallbackSchedule) -> Kernel {
     kemu::exports::bind_native(IMPORT_DIRECTORY);
@@ -24,60 +25,73 @@ fn boot(callbacks: CallbackSchedule) -> Kernel {
     })
 }
 
-unsafe fn set_event(context: *const c_void, _bit: u32) {
-    // SAFETY: the test's live event.
-    unsafe { KeSetEvent(context as *mut KEVENT, 0, 0) };
+/// A KEVENT the completion sets (shared so the in-flight call keeps it alive while it signals).
+struct Event(Box<KEVENT>);
+
+// SAFETY: a KEVENT is meant to be signalled from any thread.
+unsafe impl Send for Event {}
+// SAFETY: as above.
+unsafe impl std::marker::Sync for Event {}
+
+impl Event {
+    fn raw(&self) -> *mut KEVENT {
+        &*self.0 as *const KEVENT as *mut KEVENT
+    }
+}
+
+#[derive(Clone)]
+struct Waker(Arc<Event>);
+
+impl Wake for Waker {
+    fn wake(&self, _bit: u32) {
+        // SAFETY: the event lives while this waker does.
+        unsafe { KeSetEvent(self.0.raw(), 0, 0) };
+    }
 }
 
 /// An IrpOp plus the event its completion sets; `run` starts a call and waits for its result.
 struct Sync {
-    op: PoolArc<IrpOp>,
-    event: Box<KEVENT>,
+    op: PoolArc<IrpOp<Waker>>,
+    waker: Waker,
 }
 
 impl Sync {
     fn new() -> Sync {
         // SAFETY: KEVENT is plain data, initialized next.
-        let event: Box<KEVENT> = Box::new(unsafe { std::mem::zeroed() });
+        let event = Event(Box::new(unsafe { std::mem::zeroed() }));
         // SAFETY: the boxed event never moves.
-        unsafe {
-            KeInitializeEvent(
-                &*event as *const KEVENT as *mut KEVENT,
-                SYNCHRONIZATION_EVENT,
-                0,
-            )
-        };
-        let notify = Notify {
-            context: &*event as *const KEVENT as *const c_void,
-            signal: set_event,
-            bit: 1,
-        };
+        unsafe { KeInitializeEvent(event.raw(), SYNCHRONIZATION_EVENT, 0) };
         Sync {
-            op: IrpOp::try_new(notify).unwrap(),
-            event,
+            op: IrpOp::try_new(1).unwrap(),
+            waker: Waker(Arc::new(event)),
         }
     }
 
+    fn start(&self, call: impl FnOnce(*mut ksys::io::IRP) -> NTSTATUS) -> Result<(), NTSTATUS> {
+        IrpOp::start(&self.op, self.waker.clone(), call)
+    }
+
+    /// Waits for the completion's signal, then takes the result.
     fn wait(&self) -> (NTSTATUS, usize) {
         loop {
-            if let Some(r) = self.op.take() {
-                return r;
-            }
             // SAFETY: our event.
             unsafe {
                 KeWaitForSingleObject(
-                    &*self.event as *const KEVENT as *mut c_void,
+                    self.waker.0.raw() as *mut c_void,
                     EXECUTIVE,
                     KERNEL_MODE,
                     0,
                     std::ptr::null(),
                 )
             };
+            if let Some(r) = self.op.take() {
+                return r;
+            }
         }
     }
 
     fn run(&self, call: impl FnOnce(*mut ksys::io::IRP) -> NTSTATUS) -> (NTSTATUS, usize) {
-        IrpOp::start(&self.op, call).unwrap();
+        self.start(call).unwrap();
         self.wait()
     }
 }
@@ -298,12 +312,12 @@ fn a_pending_receive_is_cancelled_and_the_irp_reused() {
             let buffer = Buffer::try_new(64).unwrap();
             let mut wsk = buffer.wsk(0, 64);
             // SAFETY: a live connection socket; the buffer outlives the call.
-            IrpOp::start(&op.op, |irp| unsafe {
+            op.start(|irp| unsafe {
                 conn(s).WskReceive.unwrap()(s as *mut WSK_SOCKET, &mut wsk, 0, irp)
             })
             .unwrap();
             assert!(
-                IrpOp::start(&op.op, |_| STATUS_SUCCESS).is_err(),
+                op.start(|_| STATUS_SUCCESS).is_err(),
                 "one call in flight per operation"
             );
             op.op.cancel();

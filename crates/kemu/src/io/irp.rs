@@ -36,8 +36,10 @@ struct IrpInfo {
     site: Site,
     /// Passed down to a provider and not yet completed.
     in_flight: bool,
-    /// Inside IofCompleteRequest.
+    /// Inside IofCompleteRequest (but not inside a completion routine, which owns the IRP).
     completing: bool,
+    /// Counts passes down to a provider, so completion can tell whether a routine reused the IRP.
+    generation: u64,
     cancel: Option<CancelHandler>,
     final_completion: Option<FinalCompletion>,
     /// Host I/O: identifies the request (addresses are reused after free).
@@ -48,6 +50,28 @@ struct IrpInfo {
 #[derive(Default)]
 pub(crate) struct Irps {
     live: Mutex<HashMap<usize, IrpInfo>>,
+    /// IofCompleteRequest calls still running (a completion routine may still be releasing
+    /// memory after it signalled its owner): leak checks wait for zero.
+    completions: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts one running IofCompleteRequest; the kernel is told when it ends.
+struct CompletionInProgress<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> CompletionInProgress<'a> {
+    fn enter(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        CompletionInProgress(counter)
+    }
+}
+
+impl Drop for CompletionInProgress<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if let Some(state) = thread::try_state() {
+            state.kernel.notify();
+        }
+    }
 }
 
 fn not_live(routine: &str, irp: *mut IRP) -> ! {
@@ -102,6 +126,7 @@ impl Irps {
             site: Site::here(kernel.next_sequence()),
             in_flight: false,
             completing: false,
+            generation: 0,
             cancel: None,
             final_completion,
             id: 0,
@@ -159,6 +184,7 @@ impl Irps {
                 return Err(());
             }
             info.in_flight = true;
+            info.generation += 1;
             Ok(())
         })
         .unwrap_or_else(|()| {
@@ -221,8 +247,14 @@ impl Irps {
             .collect()
     }
 
+    /// Whether no IofCompleteRequest is running anywhere.
+    pub fn no_completion_running(&self) -> bool {
+        self.completions.load(std::sync::atomic::Ordering::Acquire) == 0
+    }
+
     /// IofCompleteRequest: runs completion routines from the current location upwards.
     pub fn complete(&self, irp: *mut IRP) {
+        let _running = CompletionInProgress::enter(&self.completions);
         let status_now = self.with("IofCompleteRequest", irp, |info| {
             if info.completing {
                 return Err(());
@@ -289,23 +321,36 @@ impl Irps {
                 || (cancelled && control & SL_INVOKE_ON_CANCEL != 0);
             match (routine, invoke) {
                 (Some(r), true) => {
+                    // While its routine runs the IRP belongs to that driver: it may signal a
+                    // waiter that reuses the IRP before the routine has even returned, so kemu
+                    // must not hold the IRP as "being completed" across the call, nor touch it
+                    // after STATUS_MORE_PROCESSING_REQUIRED.
+                    let generation = self.with("IofCompleteRequest", irp, |info| {
+                        info.completing = false;
+                        info.generation
+                    });
                     // SAFETY: the routine and context the driver installed for this location.
                     let result = unsafe { r(device, irp, context) };
                     thread::check_balanced("IRP completion routine", irql);
                     if result == STATUS_MORE_PROCESSING_REQUIRED {
-                        // The routine owns the IRP again (it may have freed or reused it).
-                        let mut live = self.live.lock().unwrap();
-                        if let Some(info) = live.get_mut(&(irp as usize)) {
-                            info.completing = false;
-                        }
                         return;
                     }
-                    if !self.live.lock().unwrap().contains_key(&(irp as usize)) {
+                    let resumed = {
+                        let mut live = self.live.lock().unwrap();
+                        match live.get_mut(&(irp as usize)) {
+                            Some(info) if info.generation == generation && !info.completing => {
+                                info.completing = true;
+                                true
+                            }
+                            _ => false,
+                        }
+                    };
+                    if !resumed {
                         bugcheck(
                             codes::DRIVER_VERIFIER_IOMANAGER_VIOLATION,
                             [verifier::IRP_NOT_LIVE, irp as usize, 2, 0],
                             format!(
-                                "IRP {:#x} freed by a completion routine that did not return STATUS_MORE_PROCESSING_REQUIRED",
+                                "IRP {:#x} freed, reused or completed again by a completion routine that did not return STATUS_MORE_PROCESSING_REQUIRED",
                                 irp as usize
                             ),
                         );
