@@ -12,7 +12,12 @@
 
 #![no_std]
 
+extern crate alloc;
+
+pub mod credential;
+pub mod listener;
 pub mod pool;
+pub mod session;
 pub mod sspi;
 pub mod sync;
 pub mod work;

@@ -89,6 +89,27 @@ impl<T: Drain> Worker<T> {
         &self.state.target
     }
 
+    /// Gives up this reference as a raw pointer (an SSPI notify context); see [`Self::from_raw`].
+    pub fn into_raw(self) -> *const c_void {
+        PoolArc::into_raw(self.state) as *const c_void
+    }
+
+    /// Takes back a reference given up by [`Self::into_raw`].
+    ///
+    /// # Safety
+    /// `p` must come from `into_raw` of a `Worker<T>` (same `T`), and be taken back once.
+    pub unsafe fn from_raw(p: *const c_void) -> Worker<T> {
+        Worker {
+            // SAFETY: per the contract.
+            state: unsafe { PoolArc::from_raw(p as *const WorkerState<T>) },
+        }
+    }
+
+    /// The address `into_raw` gives (stable for the worker's life), without giving up a reference.
+    pub fn as_raw(&self) -> *const c_void {
+        &*self.state as *const WorkerState<T> as *const c_void
+    }
+
     /// How many times the routine has run (diagnostics and tests).
     pub fn runs(&self) -> u32 {
         self.state.runs.load(Ordering::Acquire)
@@ -119,6 +140,12 @@ impl<T: Drain> Worker<T> {
                 context,
             )
         };
+    }
+}
+
+impl<T: Drain> crate::wsk::Wake for Worker<T> {
+    fn wake(&self, bit: u32) {
+        self.signal(bit);
     }
 }
 

@@ -1,0 +1,432 @@
+//! A TLS listener: a WSK listen socket and an accept loop run by one work item, starting a
+//! server [`Session`] for each accepted connection and queueing it for the owner.
+//!
+//! Accepting pauses while `backlog` sessions wait to be taken, so a slow owner bounds what a
+//! flood of connections can cost. Dropping the [`Listener`] closes the socket and aborts every
+//! session not yet taken.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+
+use ksys::io::{DEVICE_OBJECT, IRP};
+use ksys::ntdef::*;
+use ksys::wsk::*;
+
+use crate::credential::Credential;
+use crate::pool::PoolArc;
+use crate::session::{Config, Observer, Role, Session};
+use crate::sync::SpinLock;
+use crate::work::{Drain, Worker};
+use crate::wsk::IrpOp;
+
+const EV_OP: u32 = 1;
+const EV_USER: u32 = 2;
+
+/// How a listener behaves.
+pub struct ListenerConfig {
+    /// The provider to listen through.
+    pub npi: WSK_PROVIDER_NPI,
+    /// Address and port to bind (port 0: any free port; see [`Listener::local_port`]).
+    pub local: SOCKADDR_STORAGE,
+    /// ALPN ids the server accepts (wire format), empty for none.
+    pub alpn: Vec<u8>,
+    /// Require client certificates.
+    pub require_client_certificate: bool,
+    /// Per-session send queue limit (plaintext bytes).
+    pub max_queued: usize,
+    /// Per-session receive window (plaintext bytes).
+    pub receive_window: usize,
+    /// Sessions accepted and not yet taken before accepting pauses.
+    pub backlog: usize,
+}
+
+/// Where the listener is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenState {
+    /// Creating and binding the socket.
+    Starting,
+    /// Accepting on [`Listener::local_port`].
+    Listening,
+    /// Could not listen (the status says why), or closed.
+    Closed(NTSTATUS),
+}
+
+struct Mailbox<O: Observer> {
+    state: ListenState,
+    port: u16,
+    accepted: VecDeque<Session<O>>,
+    close_requested: bool,
+    accepted_total: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Step {
+    Create,
+    Bind,
+    Address,
+    Accept,
+    Reject,
+    Close,
+}
+
+type Op<O> = PoolArc<IrpOp<Worker<Shared<O>>>>;
+
+struct Engine<O: Observer + Clone> {
+    socket: *mut WSK_SOCKET,
+    op: Op<O>,
+    step: Option<Step>,
+    local: SOCKADDR_STORAGE,
+    credential: Option<PoolArc<Credential>>,
+    alpn: Vec<u8>,
+    closing: bool,
+    done: bool,
+}
+
+/// The listener's shared state.
+pub struct Shared<O: Observer + Clone> {
+    mailbox: SpinLock<Mailbox<O>>,
+    engine: UnsafeCell<Engine<O>>,
+    device: *mut DEVICE_OBJECT,
+    npi: WSK_PROVIDER_NPI,
+    require_client_certificate: bool,
+    max_queued: usize,
+    receive_window: usize,
+    backlog: usize,
+    observer: O,
+}
+
+// SAFETY: the mailbox is spin-locked; the engine is touched only by the (never concurrent)
+// drain; the device and NPI are kernel objects usable from any thread.
+unsafe impl<O: Observer + Clone> Send for Shared<O> {}
+// SAFETY: as above.
+unsafe impl<O: Observer + Clone> Sync for Shared<O> {}
+
+/// The owner's handle to a listener.
+pub struct Listener<O: Observer + Clone> {
+    worker: Worker<Shared<O>>,
+}
+
+impl<O: Observer + Clone> Listener<O> {
+    /// Starts listening; every session (and the listener itself) reports to `observer`.
+    ///
+    /// # Safety
+    /// `device` must be a live device object of the calling driver, kept until the listener and
+    /// its sessions have finished; `config.npi` must stay captured as long.
+    pub unsafe fn start(
+        device: *mut DEVICE_OBJECT,
+        config: ListenerConfig,
+        credential: PoolArc<Credential>,
+        observer: O,
+    ) -> Result<Listener<O>, NTSTATUS> {
+        let shared = Shared {
+            mailbox: SpinLock::new(Mailbox {
+                state: ListenState::Starting,
+                port: 0,
+                accepted: VecDeque::new(),
+                close_requested: false,
+                accepted_total: 0,
+            }),
+            engine: UnsafeCell::new(Engine {
+                socket: core::ptr::null_mut(),
+                op: IrpOp::try_new(EV_OP)?,
+                step: None,
+                local: config.local,
+                credential: Some(credential),
+                alpn: config.alpn,
+                closing: false,
+                done: false,
+            }),
+            device,
+            npi: config.npi,
+            require_client_certificate: config.require_client_certificate,
+            max_queued: config.max_queued,
+            receive_window: config.receive_window,
+            backlog: config.backlog.max(1),
+            observer,
+        };
+        // SAFETY: per the contract.
+        let worker = unsafe { Worker::try_new(device, shared) }?;
+        worker.signal(EV_USER);
+        Ok(Listener { worker })
+    }
+
+    /// Where the listener is.
+    pub fn state(&self) -> ListenState {
+        self.worker.target().mailbox.lock().state
+    }
+
+    /// The bound port (host order), once listening.
+    pub fn local_port(&self) -> u16 {
+        self.worker.target().mailbox.lock().port
+    }
+
+    /// The next accepted session (still handshaking, maybe), if one waits.
+    pub fn next(&self) -> Option<Session<O>> {
+        let session = self.worker.target().mailbox.lock().accepted.pop_front();
+        if session.is_some() {
+            // Room in the backlog: accepting may resume.
+            self.worker.signal(EV_USER);
+        }
+        session
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted_total(&self) -> u64 {
+        self.worker.target().mailbox.lock().accepted_total
+    }
+
+    /// Stops listening (sessions already taken are unaffected).
+    pub fn close(&self) {
+        self.worker.target().mailbox.lock().close_requested = true;
+        self.worker.signal(EV_USER);
+    }
+}
+
+impl<O: Observer + Clone> Drop for Listener<O> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl<O: Observer + Clone> Drain for Shared<O> {
+    fn drain(worker: &Worker<Self>, _events: u32) {
+        let shared = worker.target();
+        // SAFETY: only the drain touches the engine, never concurrently.
+        let e = unsafe { &mut *shared.engine.get() };
+        if !e.done {
+            e.drain(shared, worker);
+        }
+        shared.observer.changed();
+    }
+}
+
+impl<O: Observer + Clone> Engine<O> {
+    fn drain(&mut self, shared: &Shared<O>, worker: &Worker<Shared<O>>) {
+        if let Some((status, information)) = self.op.take() {
+            let step = self.step.take();
+            self.completed(shared, worker, step, status, information);
+        }
+        let close = shared.mailbox.lock().close_requested;
+        if close && !self.closing {
+            self.closing = true;
+            // Abort the sessions no one took.
+            let waiting = core::mem::take(&mut shared.mailbox.lock().accepted);
+            drop(waiting);
+        }
+        if self.closing {
+            self.close_step(shared, worker);
+            return;
+        }
+        if self.step.is_some() {
+            return;
+        }
+        if self.socket.is_null() {
+            self.create(shared, worker);
+        } else if shared.mailbox.lock().accepted.len() < shared.backlog {
+            self.accept(worker);
+        }
+    }
+
+    fn fail(&mut self, shared: &Shared<O>, status: NTSTATUS) {
+        shared.mailbox.lock().state = ListenState::Closed(status);
+        self.closing = true;
+    }
+
+    fn listen_dispatch(&self) -> &'static WSK_PROVIDER_LISTEN_DISPATCH {
+        // SAFETY: a live listen socket's dispatch table (provider-owned, static).
+        unsafe { &*((*self.socket).Dispatch as *const WSK_PROVIDER_LISTEN_DISPATCH) }
+    }
+
+    fn start(
+        &mut self,
+        worker: &Worker<Shared<O>>,
+        step: Step,
+        call: impl FnOnce(*mut IRP) -> NTSTATUS,
+    ) {
+        if IrpOp::start(&self.op, worker.clone(), call).is_ok() {
+            self.step = Some(step);
+        }
+    }
+
+    fn create(&mut self, shared: &Shared<O>, worker: &Worker<Shared<O>>) {
+        let npi = shared.npi;
+        let family = self.local.ss_family;
+        self.start(worker, Step::Create, |irp| {
+            // SAFETY: a captured provider; IRP mode (no event callbacks).
+            unsafe {
+                (*npi.Dispatch).WskSocket.unwrap()(
+                    npi.Client,
+                    family,
+                    SOCK_STREAM as u16,
+                    IPPROTO_TCP,
+                    WSK_FLAG_LISTEN_SOCKET,
+                    core::ptr::null_mut(),
+                    core::ptr::null(),
+                    core::ptr::null_mut(),
+                    core::ptr::null_mut(),
+                    core::ptr::null_mut(),
+                    irp,
+                )
+            }
+        });
+    }
+
+    fn accept(&mut self, worker: &Worker<Shared<O>>) {
+        let socket = self.socket;
+        let accept = self.listen_dispatch().WskAccept.unwrap();
+        self.start(worker, Step::Accept, |irp| {
+            // SAFETY: a live listen socket; no address buffers wanted.
+            unsafe {
+                accept(
+                    socket,
+                    0,
+                    core::ptr::null_mut(),
+                    core::ptr::null(),
+                    core::ptr::null_mut(),
+                    core::ptr::null_mut(),
+                    irp,
+                )
+            }
+        });
+    }
+
+    fn completed(
+        &mut self,
+        shared: &Shared<O>,
+        worker: &Worker<Shared<O>>,
+        step: Option<Step>,
+        status: NTSTATUS,
+        information: usize,
+    ) {
+        match step {
+            Some(Step::Create) => {
+                if !nt_success(status) || information == 0 {
+                    self.fail(shared, status);
+                    return;
+                }
+                self.socket = information as *mut WSK_SOCKET;
+                if self.closing {
+                    return;
+                }
+                let socket = self.socket;
+                let bind = self.listen_dispatch().WskBind.unwrap();
+                let local = &mut self.local as *mut SOCKADDR_STORAGE as *mut SOCKADDR;
+                self.start(worker, Step::Bind, |irp| {
+                    // SAFETY: a live listen socket; the address lives in the engine.
+                    unsafe { bind(socket, local, 0, irp) }
+                });
+            }
+            Some(Step::Bind) => {
+                if !nt_success(status) {
+                    self.fail(shared, status);
+                    return;
+                }
+                let socket = self.socket;
+                let get = self.listen_dispatch().WskGetLocalAddress.unwrap();
+                let local = &mut self.local as *mut SOCKADDR_STORAGE as *mut SOCKADDR;
+                self.start(worker, Step::Address, |irp| {
+                    // SAFETY: as above.
+                    unsafe { get(socket, local, irp) }
+                });
+            }
+            Some(Step::Address) => {
+                if !nt_success(status) {
+                    self.fail(shared, status);
+                    return;
+                }
+                // Both SOCKADDR_IN and SOCKADDR_IN6 keep the port (network order) at bytes 2..4.
+                let port = u16::from_be_bytes([self.local.data[0], self.local.data[1]]);
+                let mut m = shared.mailbox.lock();
+                m.port = port;
+                m.state = ListenState::Listening;
+            }
+            Some(Step::Accept) => {
+                if !nt_success(status) || information == 0 {
+                    if status == STATUS_CANCELLED || self.closing {
+                        return;
+                    }
+                    // A failed accept (e.g. the peer reset first) does not stop the listener.
+                    return;
+                }
+                self.started_session(shared, worker, information as *mut WSK_SOCKET);
+            }
+            Some(Step::Reject) => {}
+            Some(Step::Close) => {
+                self.socket = core::ptr::null_mut();
+            }
+            None => {}
+        }
+    }
+
+    fn started_session(
+        &mut self,
+        shared: &Shared<O>,
+        worker: &Worker<Shared<O>>,
+        socket: *mut WSK_SOCKET,
+    ) {
+        let mut alpn = Vec::new();
+        let (Some(credential), Ok(())) =
+            (self.credential.clone(), alpn.try_reserve(self.alpn.len()))
+        else {
+            self.reject(worker, socket);
+            return;
+        };
+        alpn.extend_from_slice(&self.alpn);
+        let config = Config {
+            role: Role::Server { socket },
+            alpn,
+            require_client_certificate: shared.require_client_certificate,
+            max_queued: shared.max_queued,
+            receive_window: shared.receive_window,
+        };
+        // SAFETY: the device outlives the listener's sessions (the listener's contract); the
+        // accepted socket is ours alone.
+        match unsafe { Session::start(shared.device, config, credential, shared.observer.clone()) }
+        {
+            Ok(session) => {
+                let mut m = shared.mailbox.lock();
+                m.accepted_total += 1;
+                if m.accepted.try_reserve(1).is_ok() {
+                    m.accepted.push_back(session);
+                }
+            }
+            Err(_) => self.reject(worker, socket),
+        }
+    }
+
+    /// Closes (resets) an accepted socket no session could take.
+    fn reject(&mut self, worker: &Worker<Shared<O>>, socket: *mut WSK_SOCKET) {
+        // SAFETY: a live connection socket that nothing else uses.
+        let dispatch = unsafe { &*((*socket).Dispatch as *const WSK_PROVIDER_CONNECTION_DISPATCH) };
+        let close = dispatch.Basic.WskCloseSocket.unwrap();
+        self.start(worker, Step::Reject, |irp| {
+            // SAFETY: as above; nothing is in flight on it.
+            unsafe { close(socket, irp) }
+        });
+    }
+
+    fn close_step(&mut self, shared: &Shared<O>, worker: &Worker<Shared<O>>) {
+        if self.step.is_some() {
+            if self.step == Some(Step::Accept) {
+                self.op.cancel();
+            }
+            return;
+        }
+        if !self.socket.is_null() {
+            let socket = self.socket;
+            let close = self.listen_dispatch().Basic.WskCloseSocket.unwrap();
+            self.start(worker, Step::Close, |irp| {
+                // SAFETY: a live listen socket with nothing in flight.
+                unsafe { close(socket, irp) }
+            });
+            return;
+        }
+        self.credential = None;
+        self.done = true;
+        let mut m = shared.mailbox.lock();
+        if !matches!(m.state, ListenState::Closed(_)) {
+            m.state = ListenState::Closed(STATUS_SUCCESS);
+        }
+    }
+}

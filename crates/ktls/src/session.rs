@@ -1,0 +1,1297 @@
+//! A TLS connection in the kernel: a WSK connection socket, kernel Schannel driven through its
+//! asynchronous calls, and one work item that advances both.
+//!
+//! Shape:
+//! - [`Session`] is the owner's handle (an IOCTL layer, a test). Its methods only touch the
+//!   *mailbox* (a spin-locked queue of plaintext each way plus requests) and signal the work item;
+//!   they never block and never call WSK or SSPI.
+//! - The *engine* (socket, IRPs, buffers, security context) is touched only by the work item's
+//!   drain, which never runs twice at once; completions (WSK IRPs at ≤ DISPATCH_LEVEL, SSPI notify
+//!   callbacks, maybe inline) only record a result and signal it.
+//! - Every in-flight call holds a reference to the session, so the owner may drop its handle at
+//!   any moment: that aborts the connection, and the last reference goes once every call has come
+//!   back. Resources that need PASSIVE_LEVEL (security context, async context, credential, socket)
+//!   are released by the drain itself, never by a completion.
+//!
+//! Handshake: the client connects, then calls InitializeSecurityContext (target name = SNI) with
+//! no input; the server calls AcceptSecurityContext on what the peer sent. Each step: send the
+//! output token, keep SECBUFFER_EXTRA at the front of the receive buffer, receive more on
+//! SEC_E_INCOMPLETE_MESSAGE, and on failure send the alert token before closing. Records:
+//! EncryptMessage per ≤ cbMaximumMessage chunk (up to four records per WskSend), DecryptMessage in
+//! place with EXTRA carried over, TLS 1.3 post-handshake messages, close_notify via
+//! EncryptMessage(SECQOP_WRAP_OOB_DATA, {1, 0}) then a graceful WskDisconnect.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::ffi::c_void;
+
+use ksys::imports::*;
+use ksys::io::{DEVICE_OBJECT, IRP};
+use ksys::ntdef::*;
+use ksys::schannel::{SecPkgContext_CipherInfo, SecPkgContext_ConnectionInfo};
+use ksys::sspi::*;
+use ksys::wsk::*;
+
+use crate::credential::Credential;
+use crate::pool::PoolArc;
+use crate::sspi::AsyncOp;
+use crate::sync::SpinLock;
+use crate::work::{Drain, Worker};
+use crate::wsk::{Buffer, IrpOp};
+
+/// Event bits of a session's work item.
+const EV_SSPI: u32 = 1;
+const EV_SEND: u32 = 2;
+const EV_RECV: u32 = 4;
+const EV_CONTROL: u32 = 8;
+const EV_USER: u32 = 16;
+
+/// Most ciphertext one TLS record takes on the wire (16 KiB + 256 expansion + 5 header).
+const MAX_RECORD: usize = 16384 + 256 + 5;
+/// Receive buffer: one maximum record plus room for the start of the next.
+const RX_CAPACITY: usize = 2 * MAX_RECORD;
+/// Records packed into one WskSend.
+const RECORDS_PER_SEND: usize = 4;
+/// Send buffer: handshake flights and up to four records with header and trailer.
+const TX_CAPACITY: usize = RECORDS_PER_SEND * (16384 + 64);
+/// Room for an alert SSPI may return separately from the token.
+const ALERT_CAPACITY: usize = 64;
+
+/// NTSTATUS of a connection that failed in TLS (the SECURITY_STATUS says why).
+pub const STATUS_TLS_FAILURE: NTSTATUS = STATUS_UNSUCCESSFUL;
+
+/// Hears that something the owner can see changed (called from the work item, PASSIVE_LEVEL).
+pub trait Observer: Send + Sync + 'static {
+    /// Handshake finished or failed, data arrived, send room opened, or the connection closed.
+    fn changed(&self);
+}
+
+/// Which side of the handshake.
+pub enum Role {
+    /// AcceptSecurityContext on an accepted socket.
+    Server {
+        /// The socket WskAccept returned (the session owns and closes it).
+        socket: *mut WSK_SOCKET,
+    },
+    /// WskSocketConnect, then InitializeSecurityContext.
+    Client {
+        /// The provider to connect through.
+        npi: WSK_PROVIDER_NPI,
+        /// Where to connect (SOCKADDR_IN or SOCKADDR_IN6, Windows layout).
+        remote: SOCKADDR_STORAGE,
+        /// The target name (SNI and the name validated), UTF-16 without NUL; may be empty.
+        target: Vec<u16>,
+    },
+}
+
+// SAFETY: the socket and NPI pointers are kernel objects usable from any thread.
+unsafe impl Send for Role {}
+
+/// How a session behaves.
+pub struct Config {
+    /// Server or client, with what each needs.
+    pub role: Role,
+    /// ALPN protocol ids in wire format (length-prefixed), empty for none.
+    pub alpn: Vec<u8>,
+    /// Server: require a client certificate (ASC_REQ_MUTUAL_AUTH).
+    pub require_client_certificate: bool,
+    /// Plaintext bytes accepted by [`Session::send`] and not yet sent.
+    pub max_queued: usize,
+    /// Plaintext bytes received and not yet read before receiving pauses.
+    pub receive_window: usize,
+}
+
+/// What the handshake settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    /// SP_PROT_* of the protocol (SECPKG_ATTR_CONNECTION_INFO).
+    pub protocol: u32,
+    /// IANA cipher suite (SECPKG_ATTR_CIPHER_INFO).
+    pub cipher_suite: u32,
+    /// Bytes of `alpn` in use.
+    pub alpn_len: u8,
+    /// The negotiated ALPN id.
+    pub alpn: [u8; 255],
+}
+
+impl Negotiated {
+    /// The negotiated ALPN id (empty if none).
+    pub fn alpn(&self) -> &[u8] {
+        &self.alpn[..self.alpn_len as usize]
+    }
+}
+
+/// Why a connection ended badly: the NTSTATUS and, for TLS failures, the SECURITY_STATUS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// STATUS_TLS_FAILURE for TLS, else the network or resource status.
+    pub status: NTSTATUS,
+    /// The SSPI status (SEC_E_OK when the failure was not TLS's).
+    pub sspi: SECURITY_STATUS,
+}
+
+impl Failure {
+    fn tls(sspi: SECURITY_STATUS) -> Failure {
+        Failure {
+            status: STATUS_TLS_FAILURE,
+            sspi,
+        }
+    }
+    fn net(status: NTSTATUS) -> Failure {
+        Failure {
+            status,
+            sspi: SEC_E_OK,
+        }
+    }
+}
+
+/// Where the connection is, as its owner sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Connecting or handshaking.
+    Handshaking,
+    /// Application data flows.
+    Open,
+    /// Ended (gracefully, or with the failure [`Session::failure`] reports); resources released.
+    Closed,
+}
+
+/// Result of [`Session::recv`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// This many plaintext bytes were copied out.
+    Data(usize),
+    /// Nothing yet: wait for [`Observer::changed`].
+    Pending,
+    /// The peer ended its side (close_notify or TCP FIN) and every byte was read.
+    End,
+    /// The connection failed.
+    Failed(Failure),
+}
+
+/// Counters of one session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Plaintext bytes encrypted and handed to WSK.
+    pub sent: u64,
+    /// Plaintext bytes decrypted.
+    pub received: u64,
+}
+
+struct Mailbox {
+    state: State,
+    negotiated: Option<Negotiated>,
+    failure: Option<Failure>,
+    outgoing: VecDeque<u8>,
+    incoming: VecDeque<u8>,
+    peer_ended: bool,
+    shutdown_requested: bool,
+    shutdown_done: bool,
+    abort_requested: bool,
+    counters: Counters,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Connecting,
+    Handshaking,
+    Open,
+    /// Tearing down: waiting for calls in flight, then closing the socket.
+    Releasing,
+    Done,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Control {
+    None,
+    Connect,
+    Disconnect,
+    Close,
+}
+
+/// The storage one ISC/ASC call writes at completion: it must stay put until the callback.
+struct SspiCall {
+    input: [SecBuffer; 3],
+    input_desc: SecBufferDesc,
+    output: [SecBuffer; 3],
+    output_desc: SecBufferDesc,
+    new_context: SecHandle,
+    attributes: u32,
+    expiry: TimeStamp,
+    target: UNICODE_STRING,
+    alert: [u8; ALERT_CAPACITY],
+}
+
+type Op<O> = PoolArc<IrpOp<Worker<Conn<O>>>>;
+
+struct Engine<O: Observer> {
+    phase: Phase,
+    socket: *mut WSK_SOCKET,
+    client: Option<(WSK_PROVIDER_NPI, SOCKADDR_STORAGE, SOCKADDR_STORAGE)>,
+    target: Vec<u16>,
+    alpn_blob: Vec<u8>,
+    send: Op<O>,
+    recv: Op<O>,
+    control: Op<O>,
+    control_kind: Control,
+    tx: Buffer,
+    rx: Buffer,
+    rx_len: usize,
+    sspi: Option<AsyncOp>,
+    sspi_pending: bool,
+    sspi_status: SECURITY_STATUS,
+    credential: Option<PoolArc<Credential>>,
+    context: SecHandle,
+    call: SspiCall,
+    handshake_started: bool,
+    /// The handshake needs more bytes than `rx` holds.
+    need_input: bool,
+    /// A post-handshake exchange (KeyUpdate answer) must be fetched before encrypting.
+    renegotiate: bool,
+    sizes: SecPkgContext_StreamSizes,
+    failure: Option<Failure>,
+    close_notify_sent: bool,
+    disconnected: bool,
+    peer_ended: bool,
+    /// Send the handshake token waiting in `tx` (this many bytes) before anything else.
+    pending_token: usize,
+    /// Send the pending token (an alert) before releasing.
+    release_after_send: bool,
+}
+
+/// The session's shared state: the owner's mailbox and the drain's engine.
+pub struct Conn<O: Observer> {
+    mailbox: SpinLock<Mailbox>,
+    engine: UnsafeCell<Engine<O>>,
+    server: bool,
+    require_client_certificate: bool,
+    max_queued: usize,
+    receive_window: usize,
+    observer: O,
+}
+
+// SAFETY: the mailbox is behind a spin lock; the engine is only touched by the drain, which the
+// worker never runs twice at once.
+unsafe impl<O: Observer> Send for Conn<O> {}
+// SAFETY: as above.
+unsafe impl<O: Observer> Sync for Conn<O> {}
+
+/// The owner's handle to a TLS connection. Dropping it aborts the connection if it is still up.
+pub struct Session<O: Observer> {
+    worker: Worker<Conn<O>>,
+}
+
+unsafe extern "win64" fn sspi_done<O: Observer>(
+    _context: *mut SspiAsyncContext,
+    data: *mut c_void,
+) {
+    // SAFETY: the reference the issuing drain gave up for this call (one per queued call).
+    let worker = unsafe { Worker::<Conn<O>>::from_raw(data) };
+    worker.signal(EV_SSPI);
+}
+
+impl<O: Observer> Session<O> {
+    /// Starts a session: a client connects first, a server handshakes on its accepted socket.
+    /// On error nothing was started (and a server's socket is still the caller's).
+    ///
+    /// # Safety
+    /// `device` must be a live device object of the calling driver, kept until the session
+    /// has finished (its work item references it); a server socket must be a connection socket
+    /// no one else uses.
+    pub unsafe fn start(
+        device: *mut DEVICE_OBJECT,
+        config: Config,
+        credential: PoolArc<Credential>,
+        observer: O,
+    ) -> Result<Session<O>, NTSTATUS> {
+        let (server, socket, client, target) = match config.role {
+            Role::Server { socket } => (true, socket, None, Vec::new()),
+            Role::Client {
+                npi,
+                remote,
+                target,
+            } => {
+                let mut local = SOCKADDR_STORAGE {
+                    ss_family: remote.ss_family,
+                    data: [0; 126],
+                };
+                local.ss_family = remote.ss_family;
+                (
+                    false,
+                    core::ptr::null_mut(),
+                    Some((npi, local, remote)),
+                    target,
+                )
+            }
+        };
+        let alpn_blob = alpn_blob(&config.alpn)?;
+        let engine = Engine {
+            phase: if server {
+                Phase::Handshaking
+            } else {
+                Phase::Connecting
+            },
+            socket,
+            client,
+            target,
+            alpn_blob,
+            send: IrpOp::try_new(EV_SEND)?,
+            recv: IrpOp::try_new(EV_RECV)?,
+            control: IrpOp::try_new(EV_CONTROL)?,
+            control_kind: Control::None,
+            tx: Buffer::try_new(TX_CAPACITY)?,
+            rx: Buffer::try_new(RX_CAPACITY)?,
+            rx_len: 0,
+            sspi: None,
+            sspi_pending: false,
+            sspi_status: SEC_E_OK,
+            credential: Some(credential),
+            context: SecHandle::INVALID,
+            call: SspiCall {
+                input: [SecBuffer::EMPTY; 3],
+                input_desc: SecBufferDesc {
+                    ulVersion: SECBUFFER_VERSION,
+                    cBuffers: 0,
+                    pBuffers: core::ptr::null_mut(),
+                },
+                output: [SecBuffer::EMPTY; 3],
+                output_desc: SecBufferDesc {
+                    ulVersion: SECBUFFER_VERSION,
+                    cBuffers: 0,
+                    pBuffers: core::ptr::null_mut(),
+                },
+                new_context: SecHandle::INVALID,
+                attributes: 0,
+                expiry: 0,
+                target: UNICODE_STRING {
+                    Length: 0,
+                    MaximumLength: 0,
+                    Buffer: core::ptr::null_mut(),
+                },
+                alert: [0; ALERT_CAPACITY],
+            },
+            handshake_started: false,
+            need_input: server,
+            renegotiate: false,
+            sizes: SecPkgContext_StreamSizes::default(),
+            failure: None,
+            close_notify_sent: false,
+            disconnected: false,
+            peer_ended: false,
+            pending_token: 0,
+            release_after_send: false,
+        };
+        let conn = Conn {
+            mailbox: SpinLock::new(Mailbox {
+                state: State::Handshaking,
+                negotiated: None,
+                failure: None,
+                outgoing: VecDeque::new(),
+                incoming: VecDeque::new(),
+                peer_ended: false,
+                shutdown_requested: false,
+                shutdown_done: false,
+                abort_requested: false,
+                counters: Counters::default(),
+            }),
+            engine: UnsafeCell::new(engine),
+            server,
+            require_client_certificate: config.require_client_certificate,
+            max_queued: config.max_queued.max(1),
+            receive_window: config.receive_window.max(1),
+            observer,
+        };
+        // SAFETY: per the contract.
+        let worker = unsafe { Worker::try_new(device, conn) }?;
+        worker.signal(EV_USER);
+        Ok(Session { worker })
+    }
+
+    /// Where the connection is.
+    pub fn state(&self) -> State {
+        self.worker.target().mailbox.lock().state
+    }
+
+    /// What was negotiated, once open.
+    pub fn negotiated(&self) -> Option<Negotiated> {
+        self.worker.target().mailbox.lock().negotiated
+    }
+
+    /// Why the connection failed, if it did.
+    pub fn failure(&self) -> Option<Failure> {
+        self.worker.target().mailbox.lock().failure
+    }
+
+    /// Bytes moved so far.
+    pub fn counters(&self) -> Counters {
+        self.worker.target().mailbox.lock().counters
+    }
+
+    /// Queues plaintext: returns how many bytes were taken (0 when the queue is full — wait for
+    /// [`Observer::changed`]). Err once the connection is closed, failed or shut down.
+    pub fn send(&self, data: &[u8]) -> Result<usize, NTSTATUS> {
+        let conn = self.worker.target();
+        let taken = {
+            let mut m = conn.mailbox.lock();
+            if let Some(f) = m.failure {
+                return Err(f.status);
+            }
+            if m.state == State::Closed || m.shutdown_requested || m.abort_requested {
+                return Err(STATUS_INVALID_DEVICE_STATE);
+            }
+            let room = conn.max_queued.saturating_sub(m.outgoing.len());
+            let n = room.min(data.len());
+            if m.outgoing.try_reserve(n).is_err() {
+                return Err(STATUS_INSUFFICIENT_RESOURCES);
+            }
+            m.outgoing.extend(&data[..n]);
+            n
+        };
+        if taken > 0 {
+            self.worker.signal(EV_USER);
+        }
+        Ok(taken)
+    }
+
+    /// Plaintext accepted but not yet handed to WSK.
+    pub fn queued(&self) -> usize {
+        self.worker.target().mailbox.lock().outgoing.len()
+    }
+
+    /// Copies received plaintext into `out`.
+    pub fn recv(&self, out: &mut [u8]) -> Received {
+        let conn = self.worker.target();
+        let result = {
+            let mut m = conn.mailbox.lock();
+            if !m.incoming.is_empty() && !out.is_empty() {
+                let n = out.len().min(m.incoming.len());
+                for (slot, byte) in out.iter_mut().zip(m.incoming.drain(..n)) {
+                    *slot = byte;
+                }
+                Received::Data(n)
+            } else if m.peer_ended {
+                Received::End
+            } else if let Some(f) = m.failure {
+                Received::Failed(f)
+            } else if m.state == State::Closed {
+                Received::End
+            } else {
+                Received::Pending
+            }
+        };
+        if matches!(result, Received::Data(_)) {
+            // Room in the window: the drain may post a receive again.
+            self.worker.signal(EV_USER);
+        }
+        result
+    }
+
+    /// Sends close_notify once everything queued is out, then disconnects gracefully; the
+    /// peer may still send until it closes. [`Self::is_shut_down`] tells when it is done.
+    pub fn shutdown(&self) {
+        self.worker.target().mailbox.lock().shutdown_requested = true;
+        self.worker.signal(EV_USER);
+    }
+
+    /// Whether close_notify and the graceful disconnect went out.
+    pub fn is_shut_down(&self) -> bool {
+        self.worker.target().mailbox.lock().shutdown_done
+    }
+
+    /// Ends the connection now (pending calls cancelled, the socket reset if still connected).
+    pub fn abort(&self) {
+        self.worker.target().mailbox.lock().abort_requested = true;
+        self.worker.signal(EV_USER);
+    }
+
+    /// The owner-supplied observer.
+    pub fn observer(&self) -> &O {
+        &self.worker.target().observer
+    }
+}
+
+impl<O: Observer> Drop for Session<O> {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// SEC_APPLICATION_PROTOCOLS for an ALPN wire list (empty stays empty).
+fn alpn_blob(wire: &[u8]) -> Result<Vec<u8>, NTSTATUS> {
+    let mut blob = Vec::new();
+    if wire.is_empty() {
+        return Ok(blob);
+    }
+    if wire.len() > u16::MAX as usize {
+        return Err(STATUS_INVALID_PARAMETER);
+    }
+    blob.try_reserve(10 + wire.len())
+        .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+    blob.extend_from_slice(
+        &((SEC_APPLICATION_PROTOCOL_LIST_HEADER + wire.len()) as u32).to_le_bytes(),
+    );
+    blob.extend_from_slice(&SEC_APPLICATION_PROTOCOL_NEGOTIATION_EXT_ALPN.to_le_bytes());
+    blob.extend_from_slice(&(wire.len() as u16).to_le_bytes());
+    blob.extend_from_slice(wire);
+    Ok(blob)
+}
+
+impl<O: Observer> Drain for Conn<O> {
+    fn drain(worker: &Worker<Self>, events: u32) {
+        let conn = worker.target();
+        // SAFETY: only the drain touches the engine, and the worker never runs it concurrently.
+        let e = unsafe { &mut *conn.engine.get() };
+        e.drain(conn, worker, events);
+        conn.observer.changed();
+    }
+}
+
+impl<O: Observer> Engine<O> {
+    fn drain(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>, events: u32) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        if events & EV_SSPI != 0 && self.sspi_pending {
+            if let Some(op) = &self.sspi {
+                let status = op.status();
+                if status != SEC_I_ASYNC_CALL_PENDING {
+                    self.sspi_pending = false;
+                    self.sspi_status = status;
+                    self.sspi_completed(conn, status);
+                }
+            }
+        }
+        if let Some((status, n)) = self.control.take() {
+            self.control_completed(conn, status, n);
+        }
+        if let Some((status, _)) = self.send.take() {
+            self.send_completed(conn, status);
+        }
+        if let Some((status, n)) = self.recv.take() {
+            self.receive_completed(conn, status, n);
+        }
+        let (abort, shutdown) = {
+            let m = conn.mailbox.lock();
+            (m.abort_requested, m.shutdown_requested)
+        };
+        if abort && self.phase != Phase::Releasing {
+            self.fail_or_end(conn, None);
+        }
+        self.advance(conn, worker, shutdown);
+    }
+
+    /// Starts whatever can start now.
+    fn advance(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>, shutdown: bool) {
+        match self.phase {
+            Phase::Connecting => {
+                if self.control_kind == Control::None {
+                    self.start_connect(worker);
+                }
+            }
+            Phase::Handshaking => {
+                if self.pending_token > 0 {
+                    if self.send.is_idle() {
+                        let len = core::mem::take(&mut self.pending_token);
+                        self.start_send(worker, len);
+                    }
+                } else if !self.sspi_pending && self.send.is_idle() {
+                    if self.need_input {
+                        self.start_receive(worker);
+                    } else {
+                        self.handshake_step(conn, worker);
+                    }
+                }
+            }
+            Phase::Open => {
+                if self.renegotiate && !self.sspi_pending && self.send.is_idle() {
+                    self.handshake_step(conn, worker);
+                }
+                if !self.renegotiate && self.send.is_idle() && !self.release_after_send {
+                    self.fill_send(conn, worker);
+                }
+                if self.phase == Phase::Open && shutdown {
+                    self.shutdown_step(conn, worker);
+                }
+                if self.phase == Phase::Open && !self.peer_ended && self.window_open(conn) {
+                    self.start_receive(worker);
+                }
+            }
+            Phase::Releasing => self.release_step(conn, worker),
+            Phase::Done => {}
+        }
+    }
+
+    fn window_open(&self, conn: &Conn<O>) -> bool {
+        conn.mailbox.lock().incoming.len() < conn.receive_window
+    }
+
+    // ---- the socket -------------------------------------------------------------------
+
+    fn start_connect(&mut self, worker: &Worker<Conn<O>>) {
+        let Some((npi, mut local, mut remote)) = self.client else {
+            return;
+        };
+        self.control_kind = Control::Connect;
+        let local_ptr = &mut local as *mut SOCKADDR_STORAGE as *mut SOCKADDR;
+        let remote_ptr = &mut remote as *mut SOCKADDR_STORAGE as *mut SOCKADDR;
+        let started = IrpOp::start(&self.control, worker.clone(), |irp| {
+            // SAFETY: a captured provider; WSK copies both addresses during the call; IRP mode.
+            unsafe {
+                (*npi.Dispatch).WskSocketConnect.unwrap()(
+                    npi.Client,
+                    SOCK_STREAM as u16,
+                    IPPROTO_TCP,
+                    local_ptr,
+                    remote_ptr,
+                    0,
+                    core::ptr::null_mut(),
+                    core::ptr::null(),
+                    core::ptr::null_mut(),
+                    core::ptr::null_mut(),
+                    core::ptr::null_mut(),
+                    irp,
+                )
+            }
+        });
+        if started.is_err() {
+            self.control_kind = Control::None;
+        }
+    }
+
+    fn dispatch(&self) -> &'static WSK_PROVIDER_CONNECTION_DISPATCH {
+        // SAFETY: a live connection socket's dispatch table (provider-owned, static).
+        unsafe { &*((*self.socket).Dispatch as *const WSK_PROVIDER_CONNECTION_DISPATCH) }
+    }
+
+    fn start_receive(&mut self, worker: &Worker<Conn<O>>) {
+        if self.socket.is_null() || !self.recv.is_idle() || self.rx_len >= RX_CAPACITY {
+            return;
+        }
+        let socket = self.socket;
+        let receive = self.dispatch().WskReceive.unwrap();
+        let mut buf = self.rx.wsk(self.rx_len, RX_CAPACITY - self.rx_len);
+        let _ = IrpOp::start(&self.recv, worker.clone(), |irp| {
+            // SAFETY: a live connection socket; the buffer lives in the engine until completion
+            // (the drain never touches this range while the receive is in flight).
+            unsafe { receive(socket, &mut buf, 0, irp) }
+        });
+    }
+
+    fn start_send(&mut self, worker: &Worker<Conn<O>>, len: usize) {
+        let socket = self.socket;
+        let send = self.dispatch().WskSend.unwrap();
+        let mut buf = self.tx.wsk(0, len);
+        let _ = IrpOp::start(&self.send, worker.clone(), |irp| {
+            // SAFETY: as in start_receive, for the send buffer.
+            unsafe { send(socket, &mut buf, 0, irp) }
+        });
+    }
+
+    fn start_control(
+        &mut self,
+        worker: &Worker<Conn<O>>,
+        kind: Control,
+        call: impl FnOnce(*mut IRP) -> NTSTATUS,
+    ) {
+        if IrpOp::start(&self.control, worker.clone(), call).is_ok() {
+            self.control_kind = kind;
+        }
+    }
+
+    fn control_completed(&mut self, conn: &Conn<O>, status: NTSTATUS, information: usize) {
+        let kind = core::mem::replace(&mut self.control_kind, Control::None);
+        match kind {
+            Control::Connect => {
+                if nt_success(status) && information != 0 {
+                    self.socket = information as *mut WSK_SOCKET;
+                    if self.phase == Phase::Connecting {
+                        self.phase = Phase::Handshaking;
+                    }
+                } else if nt_success(status) {
+                    self.fail_or_end(conn, Some(Failure::net(STATUS_UNSUCCESSFUL)));
+                } else if self.phase == Phase::Connecting {
+                    self.fail_or_end(conn, Some(Failure::net(status)));
+                }
+            }
+            Control::Disconnect => {
+                self.disconnected = true;
+                if nt_success(status) {
+                    conn.mailbox.lock().shutdown_done = true;
+                } else {
+                    self.fail_or_end(conn, Some(Failure::net(status)));
+                }
+            }
+            Control::Close => {
+                // Closing always releases the socket, whatever the status says.
+                self.socket = core::ptr::null_mut();
+            }
+            Control::None => {}
+        }
+    }
+
+    fn send_completed(&mut self, conn: &Conn<O>, status: NTSTATUS) {
+        if !nt_success(status) {
+            self.fail_or_end(conn, Some(Failure::net(status)));
+        }
+    }
+
+    fn receive_completed(&mut self, conn: &Conn<O>, status: NTSTATUS, n: usize) {
+        if self.phase == Phase::Releasing {
+            return;
+        }
+        if !nt_success(status) {
+            self.fail_or_end(conn, Some(Failure::net(status)));
+            return;
+        }
+        if n == 0 {
+            self.peer_ended = true;
+            if self.phase != Phase::Open {
+                // The peer left mid-handshake.
+                self.fail_or_end(conn, Some(Failure::net(STATUS_CONNECTION_DISCONNECTED)));
+            } else {
+                conn.mailbox.lock().peer_ended = true;
+            }
+            return;
+        }
+        self.rx_len += n;
+        match self.phase {
+            Phase::Handshaking => self.need_input = false,
+            Phase::Open => self.decrypt_all(conn),
+            _ => {}
+        }
+    }
+
+    // ---- the handshake ----------------------------------------------------------------
+
+    fn handshake_step(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
+        if self.sspi.is_none() {
+            match AsyncOp::try_new(sspi_done::<O>, worker.as_raw() as *mut c_void) {
+                Ok(op) => self.sspi = Some(op),
+                Err(status) => {
+                    self.fail_or_end(conn, Some(Failure::net(status)));
+                    return;
+                }
+            }
+        }
+        let Some(Ok(async_context)) = self.sspi.as_mut().map(AsyncOp::begin) else {
+            self.fail_or_end(conn, Some(Failure::net(STATUS_INSUFFICIENT_RESOURCES)));
+            return;
+        };
+        let Some(credential) = self.credential.as_ref().map(|c| c.handle()) else {
+            return;
+        };
+        let first = !self.handshake_started;
+        self.handshake_started = true;
+        let rx = self.rx.bytes().as_mut_ptr();
+        // After the handshake (a KeyUpdate answer) the input is empty: a receive may be
+        // filling `rx` meanwhile.
+        let input_len = if self.phase == Phase::Open {
+            0
+        } else {
+            self.rx_len
+        };
+        let c = &mut self.call;
+        c.input = [
+            SecBuffer::new(SECBUFFER_TOKEN, rx as *mut c_void, input_len as u32),
+            SecBuffer::EMPTY,
+            SecBuffer::EMPTY,
+        ];
+        let mut inputs = 2;
+        let offer_alpn = !self.alpn_blob.is_empty() && (conn.server || first);
+        if offer_alpn {
+            c.input[2] = SecBuffer::new(
+                SECBUFFER_APPLICATION_PROTOCOLS,
+                self.alpn_blob.as_mut_ptr() as *mut c_void,
+                self.alpn_blob.len() as u32,
+            );
+            inputs = 3;
+        }
+        c.input_desc = SecBufferDesc {
+            ulVersion: SECBUFFER_VERSION,
+            cBuffers: inputs,
+            pBuffers: c.input.as_mut_ptr(),
+        };
+        let tx = self.tx.bytes().as_mut_ptr();
+        c.output = [
+            SecBuffer::new(SECBUFFER_TOKEN, tx as *mut c_void, TX_CAPACITY as u32),
+            SecBuffer::new(
+                SECBUFFER_ALERT,
+                c.alert.as_mut_ptr() as *mut c_void,
+                ALERT_CAPACITY as u32,
+            ),
+            SecBuffer::EMPTY,
+        ];
+        c.output_desc = SecBufferDesc {
+            ulVersion: SECBUFFER_VERSION,
+            cBuffers: 3,
+            pBuffers: c.output.as_mut_ptr(),
+        };
+        c.new_context = SecHandle::INVALID;
+        c.attributes = 0;
+        c.expiry = 0;
+        c.target = UNICODE_STRING {
+            Length: (self.target.len() * 2) as u16,
+            MaximumLength: (self.target.len() * 2) as u16,
+            Buffer: self.target.as_mut_ptr(),
+        };
+        let existing: *mut SecHandle = if self.context.is_valid() {
+            &mut self.context
+        } else {
+            core::ptr::null_mut()
+        };
+        let input_desc: *mut SecBufferDesc = if first && !conn.server && !offer_alpn {
+            core::ptr::null_mut()
+        } else {
+            &mut c.input_desc
+        };
+        // The in-flight call holds a reference to the session until its callback.
+        let reference = worker.clone().into_raw();
+        self.sspi_pending = true;
+        let queued = if conn.server {
+            let mut requirements = (ASC_REQ_REPLAY_DETECT
+                | ASC_REQ_SEQUENCE_DETECT
+                | ASC_REQ_CONFIDENTIALITY
+                | ASC_REQ_EXTENDED_ERROR
+                | ASC_REQ_STREAM) as u32;
+            if conn.require_client_certificate {
+                requirements |= ASC_REQ_MUTUAL_AUTH as u32;
+            }
+            // SAFETY: every buffer, descriptor and out-parameter lives in the pool-resident
+            // engine, untouched until the callback; the credential is held by the engine.
+            unsafe {
+                SspiAcceptSecurityContextAsync(
+                    async_context,
+                    credential,
+                    existing,
+                    input_desc,
+                    requirements,
+                    0,
+                    &mut c.new_context,
+                    &mut c.output_desc,
+                    &mut c.attributes,
+                    &mut c.expiry,
+                )
+            }
+        } else {
+            let requirements = (ISC_REQ_REPLAY_DETECT
+                | ISC_REQ_SEQUENCE_DETECT
+                | ISC_REQ_CONFIDENTIALITY
+                | ISC_REQ_EXTENDED_ERROR
+                | ISC_REQ_STREAM) as u32;
+            // SAFETY: as above; the target name is never NULL (an empty name is an empty string).
+            unsafe {
+                SspiInitializeSecurityContextAsyncW(
+                    async_context,
+                    credential,
+                    existing,
+                    &c.target,
+                    requirements,
+                    0,
+                    SECURITY_NATIVE_DREP,
+                    input_desc,
+                    0,
+                    &mut c.new_context,
+                    &mut c.output_desc,
+                    &mut c.attributes,
+                    &mut c.expiry,
+                )
+            }
+        };
+        let issued = self.sspi.as_mut().map(|op| op.issued(queued));
+        if let Some(Err(status)) = issued {
+            // No callback will come: take back its reference.
+            // SAFETY: the reference given up above, never handed to a callback.
+            drop(unsafe { Worker::<Conn<O>>::from_raw(reference) });
+            self.sspi_pending = false;
+            self.fail_or_end(conn, Some(Failure::tls(status)));
+        }
+    }
+
+    fn sspi_completed(&mut self, conn: &Conn<O>, status: SECURITY_STATUS) {
+        let c = &self.call;
+        if c.new_context.is_valid() && !self.context.is_valid() {
+            self.context = c.new_context;
+        }
+        let token = if c.output[0].kind() == SECBUFFER_TOKEN {
+            (c.output[0].cbBuffer as usize).min(TX_CAPACITY)
+        } else {
+            0
+        };
+        let mut extra = None;
+        for b in &c.input {
+            if b.kind() == SECBUFFER_EXTRA {
+                extra = Some((b.cbBuffer as usize).min(self.rx_len));
+            }
+        }
+        match status {
+            SEC_E_OK | SEC_I_CONTINUE_NEEDED => {
+                if self.phase == Phase::Handshaking {
+                    self.keep_extra(extra.unwrap_or(0));
+                }
+                if token > 0 {
+                    self.pending_token = token;
+                }
+                if status == SEC_E_OK {
+                    if self.phase == Phase::Handshaking {
+                        self.established(conn);
+                    }
+                    self.renegotiate = false;
+                } else {
+                    self.need_input = self.rx_len == 0;
+                }
+            }
+            SEC_E_INCOMPLETE_MESSAGE => self.need_input = true,
+            error => {
+                if token > 0 {
+                    self.pending_token = token;
+                    self.release_after_send = true;
+                }
+                self.fail_or_end(conn, Some(Failure::tls(error)));
+            }
+        }
+    }
+
+    /// Drops the consumed front of `rx`, keeping its last `extra` bytes.
+    fn keep_extra(&mut self, extra: usize) {
+        let start = self.rx_len - extra;
+        self.rx.bytes().copy_within(start..self.rx_len, 0);
+        self.rx_len = extra;
+    }
+
+    fn established(&mut self, conn: &Conn<O>) {
+        let mut sizes = SecPkgContext_StreamSizes::default();
+        let mut info = SecPkgContext_ConnectionInfo::default();
+        // SAFETY: an established context; each structure is the one its attribute fills.
+        let status = unsafe {
+            QueryContextAttributesW(
+                &mut self.context,
+                SECPKG_ATTR_STREAM_SIZES,
+                &mut sizes as *mut _ as *mut c_void,
+            )
+        };
+        if status != SEC_E_OK
+            || sizes.cbMaximumMessage == 0
+            || (sizes.cbHeader + sizes.cbTrailer) as usize > 64
+        {
+            self.fail_or_end(
+                conn,
+                Some(Failure::tls(if status == SEC_E_OK {
+                    SEC_E_INTERNAL_ERROR
+                } else {
+                    status
+                })),
+            );
+            return;
+        }
+        self.sizes = sizes;
+        // SAFETY: as above.
+        unsafe {
+            QueryContextAttributesW(
+                &mut self.context,
+                SECPKG_ATTR_CONNECTION_INFO,
+                &mut info as *mut _ as *mut c_void,
+            )
+        };
+        // SAFETY: plain data, filled by the query.
+        let mut cipher: SecPkgContext_CipherInfo = unsafe { core::mem::zeroed() };
+        cipher.dwVersion = 1;
+        // SAFETY: as above.
+        unsafe {
+            QueryContextAttributesW(
+                &mut self.context,
+                SECPKG_ATTR_CIPHER_INFO,
+                &mut cipher as *mut _ as *mut c_void,
+            )
+        };
+        let mut negotiated = Negotiated {
+            protocol: info.dwProtocol,
+            cipher_suite: cipher.dwCipherSuite,
+            alpn_len: 0,
+            alpn: [0; 255],
+        };
+        // SAFETY: plain data, filled by the query.
+        let mut protocol: SecPkgContext_ApplicationProtocol = unsafe { core::mem::zeroed() };
+        // SAFETY: as above.
+        let alpn_status = unsafe {
+            QueryContextAttributesW(
+                &mut self.context,
+                SECPKG_ATTR_APPLICATION_PROTOCOL,
+                &mut protocol as *mut _ as *mut c_void,
+            )
+        };
+        if alpn_status == SEC_E_OK
+            && protocol.ProtoNegoStatus == SEC_APPLICATION_PROTOCOL_NEGOTIATION_STATUS_SUCCESS
+        {
+            negotiated.alpn_len = protocol.ProtocolIdSize;
+            negotiated.alpn = protocol.ProtocolId;
+        }
+        self.phase = Phase::Open;
+        self.need_input = false;
+        {
+            let mut m = conn.mailbox.lock();
+            m.state = State::Open;
+            m.negotiated = Some(negotiated);
+        }
+        // Application records that came with the last flight.
+        if self.rx_len > 0 {
+            self.decrypt_all(conn);
+        }
+    }
+
+    // ---- records ----------------------------------------------------------------------
+
+    fn decrypt_all(&mut self, conn: &Conn<O>) {
+        while self.rx_len > 0 && self.phase == Phase::Open {
+            let base = self.rx.bytes().as_mut_ptr();
+            let mut buffers = [
+                SecBuffer::new(SECBUFFER_DATA, base as *mut c_void, self.rx_len as u32),
+                SecBuffer::EMPTY,
+                SecBuffer::EMPTY,
+                SecBuffer::EMPTY,
+            ];
+            let mut desc = SecBufferDesc {
+                ulVersion: SECBUFFER_VERSION,
+                cBuffers: 4,
+                pBuffers: buffers.as_mut_ptr(),
+            };
+            // SAFETY: an established context; the buffers describe `rx`, which stays put.
+            let status =
+                unsafe { DecryptMessage(&mut self.context, &mut desc, 0, core::ptr::null_mut()) };
+            let offset = |b: &SecBuffer| (b.pvBuffer as usize).wrapping_sub(base as usize);
+            let extra = buffers
+                .iter()
+                .find(|b| b.kind() == SECBUFFER_EXTRA)
+                .map(|b| (b.cbBuffer as usize).min(self.rx_len));
+            match status {
+                SEC_E_OK | SEC_I_RENEGOTIATE | SEC_I_CONTEXT_EXPIRED => {
+                    if status == SEC_E_OK {
+                        if let Some(data) = buffers.iter().find(|b| b.kind() == SECBUFFER_DATA) {
+                            let (at, len) = (offset(data), data.cbBuffer as usize);
+                            if at.checked_add(len).is_none_or(|end| end > self.rx_len) {
+                                self.fail_or_end(conn, Some(Failure::tls(SEC_E_INTERNAL_ERROR)));
+                                return;
+                            }
+                            if len > 0 && !self.deliver(conn, at, len) {
+                                return;
+                            }
+                        }
+                    }
+                    self.keep_extra(extra.unwrap_or(0));
+                    if status == SEC_I_RENEGOTIATE {
+                        self.renegotiate = true;
+                        return;
+                    }
+                    if status == SEC_I_CONTEXT_EXPIRED {
+                        self.peer_ended = true;
+                        conn.mailbox.lock().peer_ended = true;
+                        return;
+                    }
+                }
+                SEC_E_INCOMPLETE_MESSAGE => {
+                    if self.rx_len >= RX_CAPACITY {
+                        self.fail_or_end(conn, Some(Failure::tls(SEC_E_ILLEGAL_MESSAGE)));
+                    }
+                    return;
+                }
+                error => {
+                    self.fail_or_end(conn, Some(Failure::tls(error)));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Moves decrypted bytes to the owner; false if the session failed.
+    fn deliver(&mut self, conn: &Conn<O>, at: usize, len: usize) -> bool {
+        let bytes = &self.rx.bytes()[at..at + len];
+        let mut m = conn.mailbox.lock();
+        if m.incoming.try_reserve(len).is_err() {
+            drop(m);
+            self.fail_or_end(conn, Some(Failure::net(STATUS_INSUFFICIENT_RESOURCES)));
+            return false;
+        }
+        m.incoming.extend(bytes);
+        m.counters.received += len as u64;
+        true
+    }
+
+    /// Encrypts queued plaintext into up to four records and sends them.
+    fn fill_send(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
+        if self.pending_token > 0 {
+            let len = core::mem::take(&mut self.pending_token);
+            self.start_send(worker, len);
+            return;
+        }
+        if self.phase != Phase::Open {
+            return;
+        }
+        let (header, trailer) = (self.sizes.cbHeader as usize, self.sizes.cbTrailer as usize);
+        let max = self.sizes.cbMaximumMessage as usize;
+        let mut used = 0;
+        let mut plain = 0u64;
+        for _ in 0..RECORDS_PER_SEND {
+            if used + header + trailer + 1 > TX_CAPACITY {
+                break;
+            }
+            let room = (TX_CAPACITY - used - header - trailer).min(max);
+            let tx = self.tx.bytes();
+            let n = {
+                let mut m = conn.mailbox.lock();
+                let n = room.min(m.outgoing.len());
+                for (slot, byte) in tx[used + header..used + header + n]
+                    .iter_mut()
+                    .zip(m.outgoing.drain(..n))
+                {
+                    *slot = byte;
+                }
+                n
+            };
+            if n == 0 {
+                break;
+            }
+            match self.encrypt_in_place(used, n, 0) {
+                Ok(len) => {
+                    used += len;
+                    plain += n as u64;
+                }
+                Err(status) => {
+                    self.fail_or_end(conn, Some(Failure::tls(status)));
+                    return;
+                }
+            }
+        }
+        if used > 0 {
+            conn.mailbox.lock().counters.sent += plain;
+            self.start_send(worker, used);
+        }
+    }
+
+    /// EncryptMessage of `n` bytes already at `at + header` in `tx`: the record's wire length.
+    fn encrypt_in_place(
+        &mut self,
+        at: usize,
+        n: usize,
+        qop: u32,
+    ) -> Result<usize, SECURITY_STATUS> {
+        let (header, trailer) = (self.sizes.cbHeader as usize, self.sizes.cbTrailer as usize);
+        let base = self.tx.bytes()[at..].as_mut_ptr();
+        // SAFETY: the three regions lie inside `tx` (the caller checked the room).
+        let mut buffers = unsafe {
+            [
+                SecBuffer::new(SECBUFFER_STREAM_HEADER, base as *mut c_void, header as u32),
+                SecBuffer::new(SECBUFFER_DATA, base.add(header) as *mut c_void, n as u32),
+                SecBuffer::new(
+                    SECBUFFER_STREAM_TRAILER,
+                    base.add(header + n) as *mut c_void,
+                    trailer as u32,
+                ),
+                SecBuffer::EMPTY,
+            ]
+        };
+        let mut desc = SecBufferDesc {
+            ulVersion: SECBUFFER_VERSION,
+            cBuffers: 4,
+            pBuffers: buffers.as_mut_ptr(),
+        };
+        // SAFETY: an established context; the descriptor and buffers outlive the call.
+        let status = unsafe { EncryptMessage(&mut self.context, qop, &mut desc, 0) };
+        if status != SEC_E_OK {
+            return Err(status);
+        }
+        let len = (buffers[0].cbBuffer + buffers[1].cbBuffer + buffers[2].cbBuffer) as usize;
+        Ok(len.min(header + n + trailer))
+    }
+
+    /// close_notify after the queue drained, then the graceful disconnect.
+    fn shutdown_step(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
+        if !self.send.is_idle() || self.pending_token > 0 || self.renegotiate {
+            return;
+        }
+        if !conn.mailbox.lock().outgoing.is_empty() {
+            return;
+        }
+        if !self.close_notify_sent {
+            self.close_notify_sent = true;
+            let header = self.sizes.cbHeader as usize;
+            self.tx.bytes()[header..header + 2].copy_from_slice(&[1, 0]);
+            match self.encrypt_in_place(0, 2, SECQOP_WRAP_OOB_DATA) {
+                Ok(len) => self.start_send(worker, len),
+                Err(status) => self.fail_or_end(conn, Some(Failure::tls(status))),
+            }
+            return;
+        }
+        if !self.disconnected && self.control_kind == Control::None && !self.socket.is_null() {
+            let socket = self.socket;
+            let disconnect = self.dispatch().WskDisconnect.unwrap();
+            self.start_control(worker, Control::Disconnect, |irp| {
+                // SAFETY: a live connection socket; no final buffer.
+                unsafe { disconnect(socket, core::ptr::null_mut(), 0, irp) }
+            });
+        }
+    }
+
+    // ---- the end ----------------------------------------------------------------------
+
+    /// Ends the connection: `Some(failure)` records why (the first reason wins).
+    fn fail_or_end(&mut self, conn: &Conn<O>, failure: Option<Failure>) {
+        if let Some(f) = failure {
+            if self.failure.is_none() {
+                self.failure = Some(f);
+                conn.mailbox.lock().failure = Some(f);
+            }
+        }
+        if self.phase == Phase::Releasing || self.phase == Phase::Done {
+            return;
+        }
+        // An alert still to send goes out first (release_step sees to it).
+        self.phase = Phase::Releasing;
+    }
+
+    fn release_step(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
+        if self.release_after_send {
+            if self.pending_token > 0 && self.send.is_idle() && !self.socket.is_null() {
+                let len = core::mem::take(&mut self.pending_token);
+                self.start_send(worker, len);
+            }
+            if self.pending_token == 0 && self.send.is_idle() {
+                self.release_after_send = false;
+            } else {
+                return;
+            }
+        }
+        // Cancel what is in flight and wait for it to come back.
+        self.send.cancel();
+        self.recv.cancel();
+        if self.control_kind == Control::Connect || self.control_kind == Control::Disconnect {
+            self.control.cancel();
+        }
+        if !self.send.is_idle() || !self.recv.is_idle() || self.sspi_pending {
+            return;
+        }
+        if self.control_kind != Control::None {
+            return;
+        }
+        if !self.socket.is_null() {
+            let socket = self.socket;
+            let close = self.dispatch().Basic.WskCloseSocket.unwrap();
+            self.start_control(worker, Control::Close, |irp| {
+                // SAFETY: a live socket with nothing in flight; closing it resets the connection
+                // unless it was disconnected gracefully.
+                unsafe { close(socket, irp) }
+            });
+            return;
+        }
+        if self.context.is_valid() {
+            // SAFETY: our context, deleted once at PASSIVE_LEVEL.
+            unsafe { DeleteSecurityContext(&mut self.context) };
+            self.context = SecHandle::INVALID;
+        }
+        self.sspi = None;
+        self.credential = None;
+        self.phase = Phase::Done;
+        let mut m = conn.mailbox.lock();
+        m.state = State::Closed;
+        m.outgoing.clear();
+    }
+}
