@@ -15,6 +15,7 @@
 extern crate alloc;
 
 pub mod credential;
+pub mod deadline;
 pub mod listener;
 pub mod pool;
 pub mod session;

@@ -39,6 +39,8 @@ pub struct ListenerConfig {
     pub receive_window: usize,
     /// Sessions accepted and not yet taken before accepting pauses.
     pub backlog: usize,
+    /// Per-session handshake limit in milliseconds (0: none).
+    pub handshake_timeout_ms: u32,
 }
 
 /// Where the listener is.
@@ -93,6 +95,7 @@ pub struct Shared<O: Observer + Clone> {
     max_queued: usize,
     receive_window: usize,
     backlog: usize,
+    handshake_timeout_ms: u32,
     observer: O,
 }
 
@@ -143,6 +146,7 @@ impl<O: Observer + Clone> Listener<O> {
             max_queued: config.max_queued,
             receive_window: config.receive_window,
             backlog: config.backlog.max(1),
+            handshake_timeout_ms: config.handshake_timeout_ms,
             observer,
         };
         // SAFETY: per the contract.
@@ -379,6 +383,7 @@ impl<O: Observer + Clone> Engine<O> {
             require_client_certificate: shared.require_client_certificate,
             max_queued: shared.max_queued,
             receive_window: shared.receive_window,
+            handshake_timeout_ms: shared.handshake_timeout_ms,
         };
         // SAFETY: the device outlives the listener's sessions (the listener's contract); the
         // accepted socket is ours alone.

@@ -34,6 +34,7 @@ use ksys::sspi::*;
 use ksys::wsk::*;
 
 use crate::credential::Credential;
+use crate::deadline::Deadline;
 use crate::pool::PoolArc;
 use crate::sspi::AsyncOp;
 use crate::sync::SpinLock;
@@ -46,6 +47,7 @@ const EV_SEND: u32 = 2;
 const EV_RECV: u32 = 4;
 const EV_CONTROL: u32 = 8;
 const EV_USER: u32 = 16;
+const EV_TIMER: u32 = 32;
 
 /// Most ciphertext one TLS record takes on the wire (16 KiB + 256 expansion + 5 header).
 const MAX_RECORD: usize = 16384 + 256 + 5;
@@ -100,6 +102,9 @@ pub struct Config {
     pub max_queued: usize,
     /// Plaintext bytes received and not yet read before receiving pauses.
     pub receive_window: usize,
+    /// Connect plus handshake must finish within this many milliseconds (0: no limit);
+    /// otherwise the session fails with STATUS_IO_TIMEOUT.
+    pub handshake_timeout_ms: u32,
 }
 
 /// What the handshake settled.
@@ -258,6 +263,9 @@ struct Engine<O: Observer> {
     pending_token: usize,
     /// Send the pending token (an alert) before releasing.
     release_after_send: bool,
+    deadline: PoolArc<Deadline<Worker<Conn<O>>>>,
+    deadline_armed: bool,
+    handshake_timeout_ms: u32,
 }
 
 /// The session's shared state: the owner's mailbox and the drain's engine.
@@ -381,6 +389,9 @@ impl<O: Observer> Session<O> {
             peer_ended: false,
             pending_token: 0,
             release_after_send: false,
+            deadline: Deadline::try_new(EV_TIMER)?,
+            deadline_armed: false,
+            handshake_timeout_ms: config.handshake_timeout_ms,
         };
         let conn = Conn {
             mailbox: SpinLock::new(Mailbox {
@@ -551,6 +562,14 @@ impl<O: Observer> Engine<O> {
     fn drain(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>, events: u32) {
         if self.phase == Phase::Done {
             return;
+        }
+        let handshaking = matches!(self.phase, Phase::Connecting | Phase::Handshaking);
+        if handshaking && !self.deadline_armed && self.handshake_timeout_ms > 0 {
+            self.deadline_armed =
+                Deadline::arm(&self.deadline, worker.clone(), self.handshake_timeout_ms).is_ok();
+        }
+        if events & EV_TIMER != 0 && handshaking && self.deadline.expired() {
+            self.fail_or_end(conn, Some(Failure::net(STATUS_IO_TIMEOUT)));
         }
         if events & EV_SSPI != 0 && self.sspi_pending {
             if let Some(op) = &self.sspi {
@@ -1028,6 +1047,7 @@ impl<O: Observer> Engine<O> {
         }
         self.phase = Phase::Open;
         self.need_input = false;
+        Deadline::disarm(&self.deadline);
         {
             let mut m = conn.mailbox.lock();
             m.state = State::Open;
@@ -1287,6 +1307,7 @@ impl<O: Observer> Engine<O> {
             unsafe { DeleteSecurityContext(&mut self.context) };
             self.context = SecHandle::INVALID;
         }
+        Deadline::disarm(&self.deadline);
         self.sspi = None;
         self.credential = None;
         self.phase = Phase::Done;

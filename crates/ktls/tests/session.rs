@@ -2,16 +2,22 @@
 //! kernel Schannel on WSK sockets and one work item each — against each other and against
 //! openssl, with the verifier checking that nothing leaks.
 
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use kemu::testing::isolated;
 use kemu::{Kernel, KernelConfig, NativeDriver, TestCa, Thumbprint, Validity};
+use ksys::ntdef::{STATUS_CONNECTION_DISCONNECTED, STATUS_IO_TIMEOUT};
 use ksys::schannel::*;
+use ksys::sspi::{SEC_E_UNTRUSTED_ROOT, SEC_E_WRONG_PRINCIPAL};
 use ksys::wsk::*;
 use ktls::credential::{Credential, CredentialSpec, Versions};
 use ktls::listener::{ListenState, Listener, ListenerConfig};
-use ktls::session::{Config, Observer, Received, Role, Session, State};
+use ktls::session::{
+    Config, Failure, Observer, Received, Role, STATUS_TLS_FAILURE, Session, State,
+};
 use ktls::wsk::Provider;
 
 mod test_driver {
@@ -90,10 +96,21 @@ impl Changes {
     }
 }
 
-fn boot(seed_offset: u64) -> (Kernel, Thumbprint, String) {
-    let mut config = KernelConfig::from_env();
-    config.seed = config.seed.wrapping_add(seed_offset);
-    let kernel = Kernel::boot(config);
+/// The test PKI: a CA the kernel trusts with a localhost server certificate in the store, and
+/// the same as files for peer programs.
+struct Pki {
+    thumbprint: Thumbprint,
+    dir: std::path::PathBuf,
+}
+
+impl Pki {
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+fn boot(name: &str) -> (Kernel, Pki) {
+    let kernel = Kernel::boot(KernelConfig::from_env());
     let ca = TestCa::generate("ktls session CA").unwrap();
     let issued = ca.issue(&["localhost"], Validity::Current).unwrap();
     let store = kernel.cert_store();
@@ -101,6 +118,11 @@ fn boot(seed_offset: u64) -> (Kernel, Thumbprint, String) {
         .import_pem(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
         .unwrap();
     store.add_root_pem(ca.cert_pem().as_bytes()).unwrap();
+    let dir = std::env::temp_dir().join(format!("ktls-session-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    std::fs::write(dir.join("chain.pem"), &issued.chain_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &issued.key_pem).unwrap();
     kernel
         .load(NativeDriver {
             service_name: "ktlssession",
@@ -108,7 +130,7 @@ fn boot(seed_offset: u64) -> (Kernel, Thumbprint, String) {
             imports: ksys::imports::IMPORT_DIRECTORY,
         })
         .unwrap();
-    (kernel, thumbprint, ca.cert_pem())
+    (kernel, Pki { thumbprint, dir })
 }
 
 fn v4(ip: [u8; 4], port: u16) -> SOCKADDR_STORAGE {
@@ -164,6 +186,7 @@ fn listen(
                 max_queued: 256 * 1024,
                 receive_window: 256 * 1024,
                 backlog: 8,
+                handshake_timeout_ms: 2000,
             },
             credential,
             changes.clone(),
@@ -198,6 +221,7 @@ fn connect(
                 require_client_certificate: false,
                 max_queued: 256 * 1024,
                 receive_window: 256 * 1024,
+                handshake_timeout_ms: 10_000,
             },
             credential,
             changes.clone(),
@@ -272,7 +296,8 @@ fn pattern(len: usize, salt: u8) -> Vec<u8> {
 }
 
 fn driver_to_driver(versions: Versions, expect_protocol: u32) {
-    let (kernel, thumbprint, _) = boot(0);
+    let (kernel, pki) = boot("driver-to-driver");
+    let thumbprint = pki.thumbprint;
     kernel
         .run("driver-to-driver", move || {
             let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
@@ -356,4 +381,481 @@ fn driver_server_and_driver_client_tls12() {
             SP_PROT_TLS1_2_CLIENT,
         )
     });
+}
+
+/// Tears down what a test started and checks the listener closed.
+fn finish(listener: Listener<Changes>, changes: &Changes, provider: Provider) {
+    listener.close();
+    changes.wait("listener closed", || {
+        matches!(listener.state(), ListenState::Closed(_)).then_some(())
+    });
+    drop(listener);
+    drop(provider);
+}
+
+/// Starts a peer program with `input` on its stdin (kept open).
+fn spawn_peer(mut command: Command, input: &[u8]) -> std::process::Child {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("peer program");
+    child.stdin.as_mut().unwrap().write_all(input).unwrap();
+    child
+}
+
+/// stdout + stderr of a peer once it exits (killed after 20 s).
+fn collect(mut child: std::process::Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    format!("{out}\n--stderr--\n{err}")
+}
+
+/// Receives until a newline.
+fn recv_line(session: &Session<Changes>, changes: &Changes) -> Vec<u8> {
+    let mut line = Vec::new();
+    let mut buf = [0u8; 256];
+    while !line.ends_with(b"\n") {
+        let n = changes.wait("a line", || match session.recv(&mut buf) {
+            Received::Data(n) => Some(n),
+            Received::Pending => None,
+            other => panic!("{other:?} after {line:?}"),
+        });
+        line.extend_from_slice(&buf[..n]);
+    }
+    line
+}
+
+#[test]
+fn driver_server_with_openssl_s_client() {
+    isolated("driver_server_with_openssl_s_client", || {
+        let (kernel, pki) = boot("s_client");
+        for flag in ["-tls1_3", "-tls1_2"] {
+            let ca = pki.path("ca.pem");
+            let thumbprint = pki.thumbprint;
+            let output = kernel
+                .run("server", move || {
+                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                    let changes = Changes::default();
+                    let listener = listen(
+                        &provider,
+                        server_credential(thumbprint),
+                        b"\x02h2",
+                        &changes,
+                    );
+                    let mut command = Command::new("openssl");
+                    command.args([
+                        "s_client",
+                        "-connect",
+                        &format!("127.0.0.1:{}", listener.local_port()),
+                        "-CAfile",
+                        &ca,
+                        "-servername",
+                        "localhost",
+                        "-verify_return_error",
+                        "-verify_hostname",
+                        "localhost",
+                        "-alpn",
+                        "h2",
+                        flag,
+                        "-quiet",
+                    ]);
+                    let child = spawn_peer(command, b"hello from openssl\n");
+                    let server = changes.wait("an accepted session", || listener.next());
+                    open(&server, &changes);
+                    assert_eq!(server.negotiated().unwrap().alpn(), b"h2");
+                    let line = recv_line(&server, &changes);
+                    assert_eq!(line, b"hello from openssl\n");
+                    let mut reply = b"echo: ".to_vec();
+                    reply.extend_from_slice(&line);
+                    assert_eq!(server.send(&reply), Ok(reply.len()));
+                    server.shutdown();
+                    changes.wait("shutdown", || server.is_shut_down().then_some(()));
+                    let output = collect(child);
+                    drop(server);
+                    finish(listener, &changes, provider);
+                    output
+                })
+                .unwrap();
+            assert!(
+                output.contains("echo: hello from openssl"),
+                "{flag}: {output}"
+            );
+        }
+        kernel.shutdown().unwrap();
+    });
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).is_err() {
+        assert!(Instant::now() < deadline, "peer never listened on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn driver_client_with_openssl_s_server() {
+    isolated("driver_client_with_openssl_s_server", || {
+        let (kernel, pki) = boot("s_server");
+        for (flag, versions, protocol) in [
+            (
+                "-tls1_3",
+                Versions {
+                    tls12: false,
+                    tls13: true,
+                },
+                SP_PROT_TLS1_3_CLIENT,
+            ),
+            (
+                "-tls1_2",
+                Versions {
+                    tls12: true,
+                    tls13: false,
+                },
+                SP_PROT_TLS1_2_CLIENT,
+            ),
+        ] {
+            let port = free_port();
+            let mut server = Command::new("openssl")
+                .args([
+                    "s_server",
+                    "-accept",
+                    &format!("127.0.0.1:{port}"),
+                    "-cert",
+                    &pki.path("chain.pem"),
+                    "-key",
+                    &pki.path("key.pem"),
+                    "-www",
+                    "-alpn",
+                    "http/1.1",
+                    flag,
+                    "-quiet",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("openssl s_server");
+            wait_listening(port);
+            let (response, negotiated) = kernel
+                .run("client", move || {
+                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                    let changes = Changes::default();
+                    let client = connect(
+                        &provider,
+                        client_credential(versions, 0),
+                        port,
+                        "localhost",
+                        b"\x08http/1.1",
+                        &changes,
+                    );
+                    open(&client, &changes);
+                    let request = b"GET / HTTP/1.0\r\n\r\n";
+                    assert_eq!(client.send(request), Ok(request.len()));
+                    let mut response = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    changes.wait("the response", || {
+                        loop {
+                            match client.recv(&mut buf) {
+                                Received::Data(n) => response.extend_from_slice(&buf[..n]),
+                                Received::Pending => return None,
+                                Received::End => return Some(()),
+                                Received::Failed(f) => panic!("{f:?}"),
+                            }
+                        }
+                    });
+                    let negotiated = client.negotiated().unwrap();
+                    drop(client);
+                    drop(provider);
+                    (String::from_utf8_lossy(&response).into_owned(), negotiated)
+                })
+                .unwrap();
+            let _ = server.kill();
+            let _ = server.wait();
+            assert!(
+                response.starts_with("HTTP/1.0 200 ok"),
+                "{flag}: {response}"
+            );
+            assert_eq!(negotiated.protocol, protocol);
+            assert_eq!(negotiated.alpn(), b"http/1.1");
+        }
+        kernel.shutdown().unwrap();
+    });
+}
+
+/// Waits until the session closed and returns its failure.
+fn failure_of(session: &Session<Changes>, changes: &Changes) -> Option<Failure> {
+    changes.wait(&format!("close (state {:?})", session.state()), || {
+        (session.state() == State::Closed).then_some(())
+    });
+    session.failure()
+}
+
+#[test]
+fn a_wrong_name_fails_the_client_handshake_with_its_sspi_status() {
+    isolated(
+        "a_wrong_name_fails_the_client_handshake_with_its_sspi_status",
+        || {
+            let (kernel, pki) = boot("wrong-name");
+            let thumbprint = pki.thumbprint;
+            let (client_failure, server_failure) = kernel
+                .run("wrong-name", move || {
+                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                    let changes = Changes::default();
+                    let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                    let client = connect(
+                        &provider,
+                        client_credential(ALL, 0),
+                        listener.local_port(),
+                        "not-localhost.example",
+                        b"",
+                        &changes,
+                    );
+                    let server = changes.wait("an accepted session", || listener.next());
+                    let c = failure_of(&client, &changes);
+                    let s = failure_of(&server, &changes);
+                    drop((client, server));
+                    finish(listener, &changes, provider);
+                    (c, s)
+                })
+                .unwrap();
+            assert_eq!(
+                client_failure,
+                Some(Failure {
+                    status: STATUS_TLS_FAILURE,
+                    sspi: SEC_E_WRONG_PRINCIPAL
+                })
+            );
+            // The client's alert reached the server, which failed too (never opened).
+            assert!(server_failure.is_some(), "{server_failure:?}");
+            kernel.shutdown().unwrap();
+        },
+    );
+}
+
+#[test]
+fn an_untrusted_server_fails_unless_validation_is_manual() {
+    isolated(
+        "an_untrusted_server_fails_unless_validation_is_manual",
+        || {
+            let (kernel, _) = boot("untrusted");
+            // A server certificate from a CA the kernel does not trust.
+            let rogue = TestCa::generate("rogue CA").unwrap();
+            let issued = rogue.issue(&["localhost"], Validity::Current).unwrap();
+            let thumbprint = kernel
+                .cert_store()
+                .import_pem(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
+                .unwrap();
+            let (strict, manual) = kernel
+                .run("untrusted", move || {
+                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                    let changes = Changes::default();
+                    let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                    let port = listener.local_port();
+                    let strict = connect(
+                        &provider,
+                        client_credential(ALL, 0),
+                        port,
+                        "localhost",
+                        b"",
+                        &changes,
+                    );
+                    let strict_failure = failure_of(&strict, &changes);
+                    let manual = connect(
+                        &provider,
+                        client_credential(ALL, SCH_CRED_MANUAL_CRED_VALIDATION),
+                        port,
+                        "localhost",
+                        b"",
+                        &changes,
+                    );
+                    open(&manual, &changes);
+                    let manual_state = manual.state();
+                    let sessions: Vec<_> = std::iter::from_fn(|| listener.next()).collect();
+                    drop((strict, manual, sessions));
+                    finish(listener, &changes, provider);
+                    (strict_failure, manual_state)
+                })
+                .unwrap();
+            assert_eq!(strict.map(|f| f.sspi), Some(SEC_E_UNTRUSTED_ROOT));
+            assert_eq!(manual, State::Open);
+            kernel.shutdown().unwrap();
+        },
+    );
+}
+
+#[test]
+fn peers_that_abort_mid_handshake_or_trickle_bytes_are_handled() {
+    isolated(
+        "peers_that_abort_mid_handshake_or_trickle_bytes_are_handled",
+        || {
+            let (kernel, pki) = boot("hostile");
+            let thumbprint = pki.thumbprint;
+            kernel
+                .run("hostile", move || {
+                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                    let changes = Changes::default();
+                    let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                    let port = listener.local_port();
+                    // 1. A peer that sends half a ClientHello and leaves.
+                    let mut peer = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    peer.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+                        .unwrap();
+                    let server = changes.wait("an accepted session", || listener.next());
+                    drop(peer);
+                    let f = failure_of(&server, &changes).expect("a failure");
+                    assert_eq!(f.status, STATUS_CONNECTION_DISCONNECTED, "{f:?}");
+                    drop(server);
+                    // 2. Garbage instead of TLS that announces a long record and then stalls: either
+                    //    Schannel rejects it at once or the handshake deadline (2 s here) ends it.
+                    let mut peer = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    peer.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                        .unwrap();
+                    let server = changes.wait("an accepted session", || listener.next());
+                    let f = failure_of(&server, &changes).expect("a failure");
+                    assert!(
+                        f.status == STATUS_TLS_FAILURE || f.status == STATUS_IO_TIMEOUT,
+                        "{f:?}"
+                    );
+                    drop(server);
+                    drop(peer);
+                    // 3. A peer that connects and says nothing: the deadline ends it.
+                    let peer = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    let server = changes.wait("an accepted session", || listener.next());
+                    let f = failure_of(&server, &changes).expect("a failure");
+                    assert_eq!(f.status, STATUS_IO_TIMEOUT, "{f:?}");
+                    drop(server);
+                    drop(peer);
+                    // 4. A ktls client whose bytes reach the server one at a time is exercised by
+                    //    the proxy below: every byte the client sends is forwarded alone.
+                    let proxy = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+                    let proxy_port = proxy.local_addr().unwrap().port();
+                    let forwarder = std::thread::spawn(move || {
+                        let (mut from_client, _) = proxy.accept().unwrap();
+                        let mut to_server =
+                            std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                        to_server.set_nodelay(true).unwrap();
+                        let mut back_client = from_client.try_clone().unwrap();
+                        let mut back_server = to_server.try_clone().unwrap();
+                        let reverse = std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut back_server, &mut back_client);
+                            let _ = back_client.shutdown(std::net::Shutdown::Write);
+                        });
+                        let mut byte = [0u8; 1];
+                        while let Ok(1) = from_client.read(&mut byte) {
+                            if to_server.write_all(&byte).is_err() {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_micros(50));
+                        }
+                        let _ = to_server.shutdown(std::net::Shutdown::Write);
+                        reverse.join().unwrap();
+                    });
+                    let client = connect(
+                        &provider,
+                        client_credential(ALL, 0),
+                        proxy_port,
+                        "localhost",
+                        b"",
+                        &changes,
+                    );
+                    let server = changes.wait("an accepted session", || listener.next());
+                    open(&client, &changes);
+                    open(&server, &changes);
+                    let data = pattern(3000, 7);
+                    let got = echo(&client, &server, &changes, &data);
+                    assert!(got == data, "trickled echo differs");
+                    client.shutdown();
+                    changes.wait("end of stream", || {
+                        (server.recv(&mut [0u8; 1]) == Received::End).then_some(())
+                    });
+                    drop((client, server));
+                    forwarder.join().unwrap();
+                    finish(listener, &changes, provider);
+                })
+                .unwrap();
+            kernel.shutdown().unwrap();
+        },
+    );
+}
+
+#[test]
+fn dropping_sessions_mid_handshake_and_mid_transfer_leaks_nothing() {
+    isolated(
+        "dropping_sessions_mid_handshake_and_mid_transfer_leaks_nothing",
+        || {
+            let (kernel, pki) = boot("drop");
+            let thumbprint = pki.thumbprint;
+            kernel
+                .run("drop", move || {
+                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                    let changes = Changes::default();
+                    let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                    let credential = client_credential(ALL, 0);
+                    // Handshakes abandoned at once, in flight.
+                    for _ in 0..8 {
+                        let c = connect(
+                            &provider,
+                            credential.clone(),
+                            listener.local_port(),
+                            "localhost",
+                            b"",
+                            &changes,
+                        );
+                        drop(c);
+                    }
+                    // A transfer abandoned halfway, from both sides.
+                    let client = connect(
+                        &provider,
+                        credential.clone(),
+                        listener.local_port(),
+                        "localhost",
+                        b"",
+                        &changes,
+                    );
+                    open(&client, &changes);
+                    let big = pattern(512 * 1024, 3);
+                    let mut sent = 0;
+                    while sent < 200_000 {
+                        sent += client.send(&big[sent..]).unwrap();
+                    }
+                    drop(client);
+                    drop(credential);
+                    // Whatever the listener accepted is dropped with it.
+                    finish(listener, &changes, provider);
+                })
+                .unwrap();
+            // Unload and the verifier's leak check run in shutdown.
+            kernel.shutdown().unwrap();
+        },
+    );
 }
