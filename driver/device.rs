@@ -3,10 +3,11 @@
 
 use ksys::kmdf::{
     self, ControlDeviceConfig, DPFLTR_ERROR_LEVEL, DPFLTR_INFO_LEVEL, DriverEntryArgs,
+    FileCallbacks, Request,
 };
-use ksys::ntdef::NTSTATUS;
+use ksys::ntdef::{NTSTATUS, STATUS_SUCCESS};
 use ksys::utf16;
-use ksys::wdf::types::WDFDRIVER;
+use ksys::wdf::types::{WDFDEVICE, WDFDRIVER, WDFFILEOBJECT, WDFREQUEST};
 
 /// NT name of the control device.
 pub const DEVICE_NAME: &[u16] = utf16!("\\Device\\WskTls");
@@ -19,8 +20,22 @@ const CONTROL_DEVICE: ControlDeviceConfig = ControlDeviceConfig {
     name: DEVICE_NAME,
     symbolic_link: DOS_DEVICE_NAME,
     sddl: SDDL_SYSTEM_AND_ADMINISTRATORS,
-    file_callbacks: None,
+    file_callbacks: Some(FileCallbacks {
+        create: Some(evt_file_create),
+        cleanup: Some(evt_file_cleanup),
+        close: None,
+    }),
 };
+
+/// EvtDeviceFileCreate: every open succeeds (the device's SDDL already decided who may open).
+extern "win64" fn evt_file_create(_device: WDFDEVICE, request: WDFREQUEST, _file: WDFFILEOBJECT) {
+    Request::from_presented(request).complete(STATUS_SUCCESS, 0);
+}
+
+/// EvtFileCleanup: the handle is closing — its listeners and connections go with it.
+extern "win64" fn evt_file_cleanup(file: WDFFILEOBJECT) {
+    crate::service::cleanup(file);
+}
 
 /// DriverEntry proper (after the KMDF bind): on any failure everything created so far is
 /// released (the framework deletes the driver object and its children at unbind).
@@ -45,6 +60,7 @@ fn create_everything(args: &DriverEntryArgs) -> Result<(), NTSTATUS> {
         kmdf::delete_object(device.as_object());
         return Err(status);
     }
+    crate::service::set_device(kmdf::wdm_device_object(device));
     kmdf::finish_initializing(device);
     Ok(())
 }
@@ -52,4 +68,5 @@ fn create_everything(args: &DriverEntryArgs) -> Result<(), NTSTATUS> {
 /// EvtDriverUnload: the framework deletes the control device (and its queue) after this returns.
 extern "win64" fn evt_driver_unload(_driver: WDFDRIVER) {
     kmdf::debug_print(DPFLTR_INFO_LEVEL, "unloading");
+    crate::service::shutdown();
 }

@@ -13,10 +13,13 @@
 #[cfg(not(windows))]
 extern crate std;
 
+extern crate alloc;
+
 mod device;
 #[cfg(windows)]
 mod image;
 mod ioctl;
+mod service;
 
 pub use device::{DEVICE_NAME, DOS_DEVICE_NAME, SDDL_SYSTEM_AND_ADMINISTRATORS};
 

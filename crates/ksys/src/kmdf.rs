@@ -99,6 +99,12 @@ pub fn create_non_pnp_driver(
     Ok(driver)
 }
 
+/// The WDM DEVICE_OBJECT behind a framework device (what IoAllocateWorkItem takes).
+pub fn wdm_device_object(device: WDFDEVICE) -> *mut crate::io::DEVICE_OBJECT {
+    // SAFETY: a live framework device handle; the call only reads the framework's object.
+    unsafe { WdfDeviceWdmGetDeviceObject(device) }
+}
+
 /// File-object callbacks of a control device (per-handle state lives behind them).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FileCallbacks {
@@ -290,10 +296,95 @@ impl Request {
         Ok(data.len())
     }
 
+    /// The file object (open handle) the request came through.
+    pub fn file(&self) -> WDFFILEOBJECT {
+        // SAFETY: the request is ours and not completed.
+        unsafe { WdfRequestGetFileObject(self.handle) }
+    }
+
+    /// The caller's output buffer length (0 if none).
+    pub fn output_length(&self) -> usize {
+        let mut buffer: *mut c_void = ptr::null_mut();
+        let mut length = 0usize;
+        // SAFETY: the request is ours and not completed; out-params are locals.
+        match unsafe { WdfRequestRetrieveOutputBuffer(self.handle, 0, &mut buffer, &mut length) } {
+            status if nt_success(status) && !buffer.is_null() => length,
+            _ => 0,
+        }
+    }
+
+    /// Lets `fill` write up to `limit` bytes straight into the output buffer; it returns how
+    /// many it wrote, which is what to complete with.
+    pub fn fill_output(
+        &self,
+        limit: usize,
+        fill: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<usize, NTSTATUS> {
+        let mut buffer: *mut c_void = ptr::null_mut();
+        let mut length = 0usize;
+        // SAFETY: as in `read_input`.
+        check(unsafe { WdfRequestRetrieveOutputBuffer(self.handle, 1, &mut buffer, &mut length) })?;
+        if buffer.is_null() {
+            return Err(STATUS_BUFFER_TOO_SMALL);
+        }
+        // SAFETY: the framework guarantees `length` writable bytes at `buffer` while the request
+        // is ours; the slice does not outlive this call.
+        let out = unsafe { core::slice::from_raw_parts_mut(buffer as *mut u8, length.min(limit)) };
+        Ok(fill(out).min(out.len()))
+    }
+
+    /// Makes a request the driver keeps pending cancelable: `cancel` runs (and must complete
+    /// it) if the caller cancels or closes its handle. Err(STATUS_CANCELLED): already cancelled —
+    /// complete it now.
+    pub fn mark_cancelable(&self, cancel: PFN_WDF_REQUEST_CANCEL) -> Result<(), NTSTATUS> {
+        // SAFETY: the request is ours, not completed and not cancelable yet.
+        check(unsafe { WdfRequestMarkCancelableEx(self.handle, cancel) })
+    }
+
+    /// Takes back a cancelable request before completing it. Err(STATUS_CANCELLED): the cancel
+    /// routine runs (or ran) and completes it — do not touch it any more.
+    pub fn unmark_cancelable(&self) -> Result<(), NTSTATUS> {
+        // SAFETY: the request is ours and was marked cancelable.
+        check(unsafe { WdfRequestUnmarkCancelable(self.handle) })
+    }
+
     /// Completes the request; `information` is the number of output bytes to return.
     pub fn complete(self, status: NTSTATUS, information: usize) {
         // SAFETY: the request is ours and, consuming `self`, is completed exactly once here.
         unsafe { WdfRequestCompleteWithInformation(self.handle, status, information) }
+    }
+}
+
+/// A request the driver keeps pending (marked cancelable) in its own tables: only its handle,
+/// so it can sit in any structure; [`ParkedRequest::resume`] gives the [`Request`] back.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParkedRequest {
+    handle: usize,
+}
+
+impl Request {
+    /// Parks the request (the driver must resume and complete it, or let its cancel routine).
+    pub fn park(self) -> ParkedRequest {
+        ParkedRequest {
+            handle: self.handle.as_raw() as usize,
+        }
+    }
+}
+
+impl ParkedRequest {
+    /// Whether this is the request the framework names by `handle` (e.g. in a cancel routine).
+    pub fn is(&self, handle: WDFREQUEST) -> bool {
+        self.handle == handle.as_raw() as usize
+    }
+
+    /// The request again, to unmark and complete.
+    pub fn resume(self) -> Request {
+        Request {
+            // SAFETY: the handle came from a live Request in `park`; a parked request stays live
+            // until completed, which only the holder of this value (or the cancel routine, which
+            // then never finds this value) does.
+            handle: unsafe { WDFREQUEST::from_raw(self.handle as *mut c_void) },
+        }
     }
 }
 

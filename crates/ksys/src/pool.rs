@@ -7,6 +7,15 @@ use core::ffi::c_void;
 use crate::imports::{ExAllocatePool2, ExFreePoolWithTag};
 use crate::ntdef::{POOL_FLAG_NON_PAGED, POOL_FLAG_UNINITIALIZED};
 
+/// Bytes currently allocated through every [`PoolAllocator`] of this image (what a driver's
+/// statistics report as the pool it holds).
+static BYTES_IN_USE: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Bytes currently allocated through the pool allocators of this image.
+pub fn bytes_in_use() -> usize {
+    BYTES_IN_USE.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// Alignment every pool block has on x64 (page-sized and larger blocks are page aligned).
 const POOL_ALIGNMENT: usize = 16;
 
@@ -31,6 +40,14 @@ impl PoolAllocator {
     }
 
     fn allocate(&self, layout: Layout, flags: u64) -> *mut u8 {
+        let block = self.allocate_block(layout, flags);
+        if !block.is_null() {
+            BYTES_IN_USE.fetch_add(layout.size(), core::sync::atomic::Ordering::Relaxed);
+        }
+        block
+    }
+
+    fn allocate_block(&self, layout: Layout, flags: u64) -> *mut u8 {
         if layout.align() <= POOL_ALIGNMENT {
             // SAFETY: plain pool allocation; a NULL result is passed on as allocation failure.
             return unsafe { ExAllocatePool2(flags, layout.size().max(1), self.tag) } as *mut u8;
@@ -66,6 +83,7 @@ unsafe impl GlobalAlloc for PoolAllocator {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        BYTES_IN_USE.fetch_sub(layout.size(), core::sync::atomic::Ordering::Relaxed);
         let block = if layout.align() <= POOL_ALIGNMENT {
             ptr
         } else {

@@ -470,6 +470,12 @@ impl<O: Observer> Session<O> {
         self.worker.target().mailbox.lock().outgoing.len()
     }
 
+    /// Whether [`Self::recv`] would return something other than `Pending` (nothing is consumed).
+    pub fn readable(&self) -> bool {
+        let m = self.worker.target().mailbox.lock();
+        !m.incoming.is_empty() || m.peer_ended || m.failure.is_some() || m.state == State::Closed
+    }
+
     /// Copies received plaintext into `out`.
     pub fn recv(&self, out: &mut [u8]) -> Received {
         let conn = self.worker.target();

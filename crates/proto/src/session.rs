@@ -616,7 +616,7 @@ impl ConnectionInfo {
     }
 }
 
-/// LISTEN's response: the listener id.
+/// A response carrying one object id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdResponse {
     pub id: u64,
@@ -652,6 +652,54 @@ impl IdResponse {
             return Err(WireError::InvalidField("id"));
         }
         Ok(IdResponse { id })
+    }
+}
+
+/// LISTEN's response: the listener id and the port it bound (useful when the request asked
+/// for port 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenResponse {
+    pub id: u64,
+    /// Host byte order.
+    pub port: u16,
+}
+
+impl ListenResponse {
+    /// Size on the wire (id, port, 6 reserved zero bytes).
+    pub const SIZE: usize = HEADER + 16;
+
+    /// Encodes the response.
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        let mut w = Writer::new(&mut out);
+        w.u32(MAGIC);
+        w.u32(Self::SIZE as u32);
+        w.u64(self.id);
+        w.u16(self.port);
+        out
+    }
+
+    /// Decodes and validates.
+    pub fn decode(bytes: &[u8]) -> Result<ListenResponse, WireError> {
+        let got = bytes.len();
+        if got > Self::SIZE {
+            return Err(WireError::TooLong {
+                allowed: Self::SIZE,
+                got,
+            });
+        }
+        let mut r = Reader::new(bytes);
+        response_header(&mut r, Self::SIZE, got)?;
+        let id = r.u64().ok_or(short(Self::SIZE, got))?;
+        let port = r.u16().ok_or(short(Self::SIZE, got))?;
+        let reserved: [u8; 6] = r.array().ok_or(short(Self::SIZE, got))?;
+        if id == 0 || port == 0 {
+            return Err(WireError::InvalidField(if id == 0 { "id" } else { "port" }));
+        }
+        if reserved != [0; 6] {
+            return Err(WireError::InvalidField("reserved"));
+        }
+        Ok(ListenResponse { id, port })
     }
 }
 

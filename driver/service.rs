@@ -1,0 +1,752 @@
+//! The driver's TLS service: listeners and connections (ktls) owned by file handles, and the
+//! IOCTLs that wait on them.
+//!
+//! - One table, behind a spin lock, holds every object (with the file object that created it)
+//!   and every pending request. Requests that cannot finish at once are marked cancelable and
+//!   parked there.
+//! - Every ktls session and listener reports changes to [`Notify`], which re-examines the parked
+//!   requests (`service`). Readiness is decided under the lock; the request is removed, taken
+//!   back from the cancel machinery (WdfRequestUnmarkCancelable) and only then completed — so a
+//!   cancel racing with completion completes it exactly once.
+//! - A handle's objects close when the handle is cleaned up; unload closes everything and waits
+//!   until every socket is closed before releasing WSK.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use ksys::io::DEVICE_OBJECT;
+use ksys::kmdf::{ParkedRequest, Request};
+use ksys::ntdef::*;
+use ksys::wdf::types::{WDFFILEOBJECT, WDFREQUEST};
+use ksys::wsk::*;
+use ktls::credential::{Credential, CredentialSpec, Versions};
+use ktls::listener::{ListenState, Listener, ListenerConfig};
+use ktls::session::{Config, Failure, Observer, Received, Role, Session, State};
+use ktls::sync::SpinLock;
+use ktls::wsk::Provider;
+use proto::session::{
+    ConnectRequest, ConnectionInfo, Endpoint, ListenRequest, ListenResponse, Stats, TlsVersion,
+    Validation, VersionRange,
+};
+
+/// Connections (and listeners) the driver holds at most.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections and listeners one handle may hold.
+pub const MAX_CONNECTIONS_PER_HANDLE: usize = 512;
+/// Plaintext a connection queues for sending before SEND pends.
+pub const MAX_QUEUED_BYTES: usize = 1 << 20;
+/// Plaintext a connection buffers for RECV before it stops reading the socket.
+pub const RECEIVE_WINDOW: usize = 1 << 20;
+/// Connect plus handshake limit.
+pub const HANDSHAKE_TIMEOUT_MS: u32 = 10_000;
+/// Accepted connections a listener holds (handshaking or waiting for ACCEPT) before it pauses.
+pub const LISTEN_BACKLOG: usize = 64;
+
+/// Observer of every ktls object: a change may let a parked request finish.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Notify;
+
+impl Observer for Notify {
+    fn changed(&self) {
+        service();
+    }
+}
+
+enum Kind {
+    Listener {
+        listener: Listener<Notify>,
+        /// Accepted, still handshaking (or open and waiting for an ACCEPT).
+        accepted: Vec<Session<Notify>>,
+    },
+    Connection {
+        session: Session<Notify>,
+    },
+}
+
+struct Object {
+    id: u64,
+    owner: usize,
+    kind: Kind,
+}
+
+/// What a parked request waits for.
+pub enum Op {
+    Accept,
+    Connect,
+    Send { data: Vec<u8>, at: usize },
+    Recv { max: usize },
+    Shutdown,
+}
+
+struct Parked {
+    request: ParkedRequest,
+    owner: usize,
+    id: u64,
+    op: Op,
+}
+
+struct Table {
+    objects: Vec<Object>,
+    parked: Vec<Parked>,
+}
+
+static TABLE: SpinLock<Table> = SpinLock::new(Table {
+    objects: Vec::new(),
+    parked: Vec::new(),
+});
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+static DEVICE: AtomicUsize = AtomicUsize::new(0);
+static PROVIDER: SpinLock<Option<Provider>> = SpinLock::new(None);
+
+static HANDSHAKES_OK: AtomicU64 = AtomicU64::new(0);
+static HANDSHAKES_FAILED: AtomicU64 = AtomicU64::new(0);
+static BYTES_SENT_CLOSED: AtomicU64 = AtomicU64::new(0);
+static BYTES_RECEIVED_CLOSED: AtomicU64 = AtomicU64::new(0);
+
+/// Remembers the control device's DEVICE_OBJECT (work items reference it).
+pub fn set_device(device: *mut DEVICE_OBJECT) {
+    DEVICE.store(device as usize, Ordering::Release);
+}
+
+fn device() -> *mut DEVICE_OBJECT {
+    DEVICE.load(Ordering::Acquire) as *mut DEVICE_OBJECT
+}
+
+/// The captured WSK provider, registered at first use (PASSIVE_LEVEL).
+fn provider_npi() -> Result<WSK_PROVIDER_NPI, NTSTATUS> {
+    if let Some(p) = PROVIDER.lock().as_ref() {
+        return Ok(p.npi());
+    }
+    let fresh = Provider::register(WSK_INFINITE_WAIT)?;
+    let mut slot = PROVIDER.lock();
+    if slot.is_none() {
+        *slot = Some(fresh);
+    } else {
+        // Another request registered first: ours is released outside the lock below.
+        drop(slot);
+        drop(fresh);
+        slot = PROVIDER.lock();
+    }
+    slot.as_ref().map(Provider::npi).ok_or(STATUS_UNSUCCESSFUL)
+}
+
+fn sockaddr(endpoint: &Endpoint) -> SOCKADDR_STORAGE {
+    let mut s = SOCKADDR_STORAGE {
+        ss_family: if endpoint.v6 {
+            AF_INET6 as u16
+        } else {
+            AF_INET as u16
+        },
+        data: [0; 126],
+    };
+    s.data[0..2].copy_from_slice(&endpoint.port.to_be_bytes());
+    if endpoint.v6 {
+        // flowinfo (4 bytes) then the address, then scope id.
+        s.data[6..22].copy_from_slice(&endpoint.ip);
+    } else {
+        s.data[2..6].copy_from_slice(&endpoint.ip[..4]);
+    }
+    s
+}
+
+fn versions(range: VersionRange) -> Versions {
+    Versions {
+        tls12: range.min <= TlsVersion::Tls12,
+        tls13: range.max >= TlsVersion::Tls13,
+    }
+}
+
+fn copy(bytes: &[u8]) -> Result<Vec<u8>, NTSTATUS> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(bytes.len())
+        .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+    v.extend_from_slice(bytes);
+    Ok(v)
+}
+
+/// Whether `owner` may create one more object.
+fn check_limits(table: &Table, owner: usize) -> Result<(), NTSTATUS> {
+    if table.objects.len() >= MAX_CONNECTIONS
+        || table.objects.iter().filter(|o| o.owner == owner).count() >= MAX_CONNECTIONS_PER_HANDLE
+    {
+        return Err(STATUS_QUOTA_EXCEEDED);
+    }
+    Ok(())
+}
+
+fn insert(owner: usize, kind: Kind) -> Result<u64, (NTSTATUS, Kind)> {
+    let mut t = TABLE.lock();
+    if let Err(status) = check_limits(&t, owner) {
+        return Err((status, kind));
+    }
+    if t.objects.try_reserve(1).is_err() {
+        return Err((STATUS_INSUFFICIENT_RESOURCES, kind));
+    }
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    t.objects.push(Object { id, owner, kind });
+    Ok(id)
+}
+
+/// LISTEN: acquires the certificate's credential, starts a listener → its id.
+pub fn listen(request: &ListenRequest<'_>, owner: usize) -> Result<ListenResponse, NTSTATUS> {
+    check_limits(&TABLE.lock(), owner)?;
+    let credential = Credential::acquire(&CredentialSpec {
+        inbound: true,
+        thumbprint: Some(request.thumbprint),
+        flags: 0,
+        versions: versions(request.versions),
+    })
+    .map_err(sspi_to_status)?;
+    let config = ListenerConfig {
+        npi: provider_npi()?,
+        local: sockaddr(&request.endpoint),
+        alpn: copy(request.alpn)?,
+        require_client_certificate: request.require_client_certificate,
+        max_queued: MAX_QUEUED_BYTES,
+        receive_window: RECEIVE_WINDOW,
+        backlog: LISTEN_BACKLOG,
+        handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS,
+    };
+    // SAFETY: the control device lives until unload, which closes every listener first; the
+    // provider stays captured until then too.
+    let listener = unsafe { Listener::start(device(), config, credential, Notify) }?;
+    // Wait (briefly, at PASSIVE_LEVEL) for the bind so LISTEN reports its outcome.
+    let state = wait_listening(&listener);
+    if let ListenState::Closed(status) = state {
+        return Err(if nt_success(status) {
+            STATUS_UNSUCCESSFUL
+        } else {
+            status
+        });
+    }
+    let port = listener.local_port();
+    let kind = Kind::Listener {
+        listener,
+        accepted: Vec::new(),
+    };
+    let id = insert(owner, kind).map_err(|(status, _)| status)?;
+    Ok(ListenResponse { id, port })
+}
+
+fn wait_listening(listener: &Listener<Notify>) -> ListenState {
+    let delay: i64 = -10_000; // 1 ms
+    for _ in 0..5000 {
+        let state = listener.state();
+        if state != ListenState::Starting {
+            return state;
+        }
+        // SAFETY: a PASSIVE_LEVEL delay in a dispatch routine.
+        unsafe { ksys::imports::KeDelayExecutionThread(0, 0, &delay) };
+    }
+    listener.state()
+}
+
+/// CONNECT: starts a client session; the request parks until the handshake ends.
+pub fn connect(request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTATUS> {
+    check_limits(&TABLE.lock(), owner)?;
+    if request.endpoint.ip.iter().all(|&b| b == 0) {
+        // Name resolution (WskGetAddressInfo) is not wired in yet: an address is required.
+        return Err(STATUS_NOT_SUPPORTED);
+    }
+    let flags = match request.validation {
+        Validation::SystemRoots => 0,
+        Validation::Insecure => {
+            ksys::schannel::SCH_CRED_MANUAL_CRED_VALIDATION
+                | ksys::schannel::SCH_CRED_NO_SERVERNAME_CHECK
+        }
+        // Pinning needs the peer certificate's SHA-256, which the driver cannot compute yet.
+        Validation::Pinned(_) => return Err(STATUS_NOT_SUPPORTED),
+    };
+    let credential = Credential::acquire(&CredentialSpec {
+        inbound: false,
+        thumbprint: None,
+        flags,
+        versions: versions(request.versions),
+    })
+    .map_err(sspi_to_status)?;
+    let name = if request.sni.is_empty() {
+        request.host
+    } else {
+        request.sni
+    };
+    let mut target = Vec::new();
+    target
+        .try_reserve_exact(name.len())
+        .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+    target.extend(name.iter().map(|&b| u16::from(b)));
+    let config = Config {
+        role: Role::Client {
+            npi: provider_npi()?,
+            remote: sockaddr(&request.endpoint),
+            target,
+        },
+        alpn: copy(request.alpn)?,
+        require_client_certificate: false,
+        max_queued: MAX_QUEUED_BYTES,
+        receive_window: RECEIVE_WINDOW,
+        handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS,
+    };
+    // SAFETY: as in `listen`.
+    let session = unsafe { Session::start(device(), config, credential, Notify) }?;
+    insert(owner, Kind::Connection { session }).map_err(|(status, _)| status)
+}
+
+/// Maps a credential failure to the NTSTATUS LISTEN/CONNECT complete with.
+fn sspi_to_status(status: i32) -> NTSTATUS {
+    match status {
+        ksys::sspi::SEC_E_NO_CREDENTIALS | ksys::sspi::SEC_E_UNKNOWN_CREDENTIALS => {
+            STATUS_NOT_FOUND
+        }
+        ksys::sspi::SEC_E_INSUFFICIENT_MEMORY => STATUS_INSUFFICIENT_RESOURCES,
+        _ => STATUS_INVALID_PARAMETER,
+    }
+}
+
+/// What a parked or immediate operation needs of its id.
+fn check_owner(t: &Table, id: u64, owner: usize) -> Result<(), NTSTATUS> {
+    match t.objects.iter().find(|o| o.id == id) {
+        Some(o) if o.owner == owner => Ok(()),
+        _ => Err(STATUS_INVALID_HANDLE),
+    }
+}
+
+/// Parks a request: marks it cancelable, then services it at once (it may be ready already).
+pub fn park(request: Request, id: u64, op: Op) {
+    let owner = request.file().as_raw() as usize;
+    {
+        let mut t = TABLE.lock();
+        let kind_ok = match (&op, t.objects.iter().find(|o| o.id == id)) {
+            (_, Some(o)) if o.owner != owner => Err(STATUS_INVALID_HANDLE),
+            (_, None) => Err(STATUS_INVALID_HANDLE),
+            (
+                Op::Accept,
+                Some(Object {
+                    kind: Kind::Listener { .. },
+                    ..
+                }),
+            ) => Ok(()),
+            (Op::Accept, _) => Err(STATUS_INVALID_HANDLE),
+            (
+                _,
+                Some(Object {
+                    kind: Kind::Connection { .. },
+                    ..
+                }),
+            ) => Ok(()),
+            (_, _) => Err(STATUS_INVALID_HANDLE),
+        };
+        if let Err(status) = kind_ok {
+            drop(t);
+            request.complete(status, 0);
+            return;
+        }
+        if t.parked.try_reserve(1).is_err() {
+            drop(t);
+            request.complete(STATUS_INSUFFICIENT_RESOURCES, 0);
+            return;
+        }
+        if let Err(status) = request.mark_cancelable(Some(cancel)) {
+            drop(t);
+            request.complete(status, 0);
+            return;
+        }
+        if let Op::Shutdown = op {
+            if let Some(Object {
+                kind: Kind::Connection { session },
+                ..
+            }) = t.objects.iter().find(|o| o.id == id)
+            {
+                session.shutdown();
+            }
+        }
+        t.parked.push(Parked {
+            request: request.park(),
+            owner,
+            id,
+            op,
+        });
+    }
+    service();
+}
+
+/// EvtRequestCancel: the caller cancelled, or its handle is closing.
+extern "win64" fn cancel(request: WDFREQUEST) {
+    let removed = {
+        let mut t = TABLE.lock();
+        let at = t.parked.iter().position(|p| p.request.is(request));
+        at.map(|i| t.parked.swap_remove(i))
+    };
+    if let Some(p) = removed {
+        // The cancelled request is completed below through the framework's handle.
+        if let Op::Connect = p.op {
+            // A cancelled CONNECT abandons its connection.
+            close_object(p.id, p.owner);
+        }
+    }
+    Request::from_presented(request).complete(STATUS_CANCELLED, 0);
+}
+
+// Outcomes only travel in a heap Vec, so the larger variant costs nothing on the stack.
+#[allow(clippy::large_enum_variant)]
+enum Outcome {
+    Status(NTSTATUS),
+    Info(ConnectionInfo),
+    Recv,
+}
+
+/// Re-examines every parked request; completes those whose condition now holds.
+pub fn service() {
+    let mut ready: Vec<(Parked, Outcome)> = Vec::new();
+    let mut retired: Vec<Session<Notify>> = Vec::new();
+    let mut promoted: Vec<Object> = Vec::new();
+    {
+        let mut t = TABLE.lock();
+        let Table { objects, parked } = &mut *t;
+        // Listeners: collect accepted sessions; drop those whose handshake failed.
+        for o in objects.iter_mut() {
+            if let Kind::Listener { listener, accepted } = &mut o.kind {
+                while accepted.len() < LISTEN_BACKLOG && accepted.try_reserve(1).is_ok() {
+                    match listener.next() {
+                        Some(s) => accepted.push(s),
+                        None => break,
+                    }
+                }
+                let mut i = 0;
+                while i < accepted.len() {
+                    if accepted[i].state() == State::Closed {
+                        HANDSHAKES_FAILED.fetch_add(1, Ordering::Relaxed);
+                        retired.push(accepted.swap_remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+        }
+        let mut i = 0;
+        while i < parked.len() {
+            let outcome = examine(objects, &mut parked[i], &mut promoted);
+            match outcome {
+                Some(o) => {
+                    if ready.try_reserve(1).is_err() {
+                        i += 1;
+                        continue;
+                    }
+                    ready.push((parked.swap_remove(i), o));
+                }
+                None => i += 1,
+            }
+        }
+        // Sessions handed out by ACCEPT become connection objects of the accepting handle.
+        if objects.try_reserve(promoted.len()).is_ok() {
+            objects.append(&mut promoted);
+        }
+    }
+    drop(retired);
+    for (p, outcome) in ready {
+        let request = p.request.resume();
+        if request.unmark_cancelable().is_err() {
+            // The cancel routine completes it.
+            continue;
+        }
+        match outcome {
+            Outcome::Status(status) => request.complete(status, 0),
+            Outcome::Info(info) => match request.write_output(&info.encode()) {
+                Ok(n) => request.complete(STATUS_SUCCESS, n),
+                Err(status) => request.complete(status, 0),
+            },
+            Outcome::Recv => {
+                let Op::Recv { max } = p.op else {
+                    request.complete(STATUS_INTERNAL_ERROR, 0);
+                    continue;
+                };
+                complete_recv(request, p.id, p.owner, max);
+            }
+        }
+    }
+}
+
+fn complete_recv(request: Request, id: u64, owner: usize, max: usize) {
+    let t = TABLE.lock();
+    let Some(Object {
+        kind: Kind::Connection { session },
+        ..
+    }) = t.objects.iter().find(|o| o.id == id && o.owner == owner)
+    else {
+        drop(t);
+        request.complete(STATUS_INVALID_HANDLE, 0);
+        return;
+    };
+    let mut result = Received::Pending;
+    let filled = request.fill_output(max, |out| {
+        result = session.recv(out);
+        match result {
+            Received::Data(n) => n,
+            _ => 0,
+        }
+    });
+    drop(t);
+    match (filled, result) {
+        (Err(status), _) => request.complete(status, 0),
+        (Ok(n), Received::Data(_)) => request.complete(STATUS_SUCCESS, n),
+        (Ok(_), Received::End) => request.complete(STATUS_SUCCESS, 0),
+        (Ok(_), Received::Failed(f)) => request.complete(f.status, 0),
+        // Raced with another RECV on the same connection: nothing to give; end it empty-handed
+        // rather than re-park (the caller sees 0 bytes only at end of stream otherwise).
+        (Ok(_), Received::Pending) => request.complete(STATUS_RETRY, 0),
+    }
+}
+
+fn info_of(session: &Session<Notify>, id: u64) -> ConnectionInfo {
+    let mut info = ConnectionInfo {
+        status: STATUS_SUCCESS,
+        sspi_status: 0,
+        id,
+        version: None,
+        cipher_suite: 0,
+        peer_certificate: None,
+        alpn_len: 0,
+        alpn: [0; 255],
+    };
+    if let Some(n) = session.negotiated() {
+        use ksys::schannel::*;
+        info.version = match n.protocol {
+            p if p & (SP_PROT_TLS1_3_CLIENT | SP_PROT_TLS1_3_SERVER) != 0 => {
+                Some(TlsVersion::Tls13)
+            }
+            p if p & (SP_PROT_TLS1_2_CLIENT | SP_PROT_TLS1_2_SERVER) != 0 => {
+                Some(TlsVersion::Tls12)
+            }
+            _ => None,
+        };
+        info.cipher_suite = n.cipher_suite as u16;
+        info.alpn_len = n.alpn_len;
+        info.alpn = n.alpn;
+    }
+    if let Some(Failure { status, sspi }) = session.failure() {
+        info.status = status;
+        info.sspi_status = sspi;
+    }
+    info
+}
+
+/// Decides whether a parked request can finish now (never consumes received data).
+fn examine(objects: &mut [Object], p: &mut Parked, promoted: &mut Vec<Object>) -> Option<Outcome> {
+    let Some(object) = objects.iter_mut().find(|o| o.id == p.id) else {
+        return Some(Outcome::Status(STATUS_CANCELLED));
+    };
+    match (&mut p.op, &mut object.kind) {
+        (Op::Accept, Kind::Listener { accepted, listener }) => {
+            if let Some(at) = accepted.iter().position(|s| s.state() == State::Open) {
+                if promoted.try_reserve(1).is_err() {
+                    return None;
+                }
+                let session = accepted.swap_remove(at);
+                HANDSHAKES_OK.fetch_add(1, Ordering::Relaxed);
+                let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                let info = info_of(&session, id);
+                promoted.push(Object {
+                    id,
+                    owner: p.owner,
+                    kind: Kind::Connection { session },
+                });
+                return Some(Outcome::Info(info));
+            }
+            match listener.state() {
+                ListenState::Closed(status) => Some(Outcome::Status(if nt_success(status) {
+                    STATUS_CANCELLED
+                } else {
+                    status
+                })),
+                _ => None,
+            }
+        }
+        (Op::Connect, Kind::Connection { session }) => match session.state() {
+            State::Handshaking => None,
+            State::Open => {
+                HANDSHAKES_OK.fetch_add(1, Ordering::Relaxed);
+                Some(Outcome::Info(info_of(session, p.id)))
+            }
+            State::Closed => {
+                HANDSHAKES_FAILED.fetch_add(1, Ordering::Relaxed);
+                Some(Outcome::Info(info_of(session, p.id)))
+            }
+        },
+        (Op::Send { data, at }, Kind::Connection { session }) => match session.send(&data[*at..]) {
+            Ok(n) => {
+                *at += n;
+                (*at == data.len()).then_some(Outcome::Status(STATUS_SUCCESS))
+            }
+            Err(status) => Some(Outcome::Status(status)),
+        },
+        (Op::Recv { .. }, Kind::Connection { session }) => {
+            session.readable().then_some(Outcome::Recv)
+        }
+        (Op::Shutdown, Kind::Connection { session }) => {
+            if session.is_shut_down() {
+                Some(Outcome::Status(STATUS_SUCCESS))
+            } else if session.state() == State::Closed {
+                Some(Outcome::Status(
+                    session.failure().map_or(STATUS_SUCCESS, |f| f.status),
+                ))
+            } else {
+                None
+            }
+        }
+        _ => Some(Outcome::Status(STATUS_INVALID_HANDLE)),
+    }
+}
+
+/// CLOSE: releases a listener or connection (abortively if it is still up); its parked requests
+/// complete with STATUS_CANCELLED.
+pub fn close(id: u64, owner: usize) -> Result<(), NTSTATUS> {
+    check_owner(&TABLE.lock(), id, owner)?;
+    close_object(id, owner);
+    service();
+    Ok(())
+}
+
+fn close_object(id: u64, owner: usize) {
+    let removed = {
+        let mut t = TABLE.lock();
+        let at = t
+            .objects
+            .iter()
+            .position(|o| o.id == id && o.owner == owner);
+        at.map(|i| t.objects.swap_remove(i))
+    };
+    if let Some(o) = removed {
+        retire(o);
+    }
+}
+
+fn retire(o: Object) {
+    if let Kind::Connection { session } = &o.kind {
+        let c = session.counters();
+        BYTES_SENT_CLOSED.fetch_add(c.sent, Ordering::Relaxed);
+        BYTES_RECEIVED_CLOSED.fetch_add(c.received, Ordering::Relaxed);
+    }
+    // Dropping a session aborts it; dropping a listener closes it and its untaken sessions.
+    drop(o);
+}
+
+/// EvtFileCleanup: the handle's objects close and its parked requests are cancelled.
+pub fn cleanup(file: WDFFILEOBJECT) {
+    let owner = file.as_raw() as usize;
+    let (objects, parked) = {
+        let mut t = TABLE.lock();
+        let mut objects = Vec::new();
+        let mut parked = Vec::new();
+        let mut i = 0;
+        while i < t.objects.len() {
+            if t.objects[i].owner == owner && objects.try_reserve(1).is_ok() {
+                objects.push(t.objects.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        let mut i = 0;
+        while i < t.parked.len() {
+            if t.parked[i].owner == owner && parked.try_reserve(1).is_ok() {
+                parked.push(t.parked.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        (objects, parked)
+    };
+    for p in parked {
+        let request = p.request.resume();
+        if request.unmark_cancelable().is_ok() {
+            request.complete(STATUS_CANCELLED, 0);
+        }
+    }
+    for o in objects {
+        retire(o);
+    }
+}
+
+/// STATS.
+pub fn stats() -> Stats {
+    let t = TABLE.lock();
+    let mut s = Stats {
+        connections_open: 0,
+        listeners_open: 0,
+        handshakes_ok: HANDSHAKES_OK.load(Ordering::Relaxed),
+        handshakes_failed: HANDSHAKES_FAILED.load(Ordering::Relaxed),
+        bytes_sent: BYTES_SENT_CLOSED.load(Ordering::Relaxed),
+        bytes_received: BYTES_RECEIVED_CLOSED.load(Ordering::Relaxed),
+        pending_operations: t.parked.len() as u64,
+        pool_bytes: ksys::pool::bytes_in_use() as u64,
+        max_connections: MAX_CONNECTIONS as u64,
+        max_connections_per_handle: MAX_CONNECTIONS_PER_HANDLE as u64,
+        max_queued_bytes: MAX_QUEUED_BYTES as u64,
+        handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS as u64,
+    };
+    for o in t.objects.iter() {
+        match &o.kind {
+            Kind::Listener { .. } => s.listeners_open += 1,
+            Kind::Connection { session } => {
+                s.connections_open += 1;
+                let c = session.counters();
+                s.bytes_sent += c.sent;
+                s.bytes_received += c.received;
+            }
+        }
+    }
+    s
+}
+
+/// Unload: cancels every parked request, closes every object and waits (PASSIVE_LEVEL, bounded)
+/// until each has released its socket, then releases WSK.
+pub fn shutdown() {
+    let (objects, parked) = {
+        let mut t = TABLE.lock();
+        (
+            core::mem::take(&mut t.objects),
+            core::mem::take(&mut t.parked),
+        )
+    };
+    for p in parked {
+        let request = p.request.resume();
+        if request.unmark_cancelable().is_ok() {
+            request.complete(STATUS_CANCELLED, 0);
+        }
+    }
+    let mut sessions: Vec<Session<Notify>> = Vec::new();
+    let mut listeners: Vec<Listener<Notify>> = Vec::new();
+    for o in objects {
+        match o.kind {
+            Kind::Connection { session } => {
+                session.abort();
+                let _ = sessions.try_reserve(1);
+                sessions.push(session);
+            }
+            Kind::Listener { listener, accepted } => {
+                listener.close();
+                for s in accepted {
+                    s.abort();
+                    let _ = sessions.try_reserve(1);
+                    sessions.push(s);
+                }
+                listeners.push(listener);
+            }
+        }
+    }
+    let delay: i64 = -10_000;
+    for _ in 0..30_000 {
+        let busy = sessions.iter().any(|s| s.state() != State::Closed)
+            || listeners
+                .iter()
+                .any(|l| !matches!(l.state(), ListenState::Closed(_)));
+        if !busy {
+            break;
+        }
+        // SAFETY: a PASSIVE_LEVEL delay in the unload routine.
+        unsafe { ksys::imports::KeDelayExecutionThread(0, 0, &delay) };
+    }
+    drop(sessions);
+    drop(listeners);
+    // WskDeregister waits for any socket still closing.
+    let provider = PROVIDER.lock().take();
+    drop(provider);
+}

@@ -1,0 +1,488 @@
+//! The driver's TLS IOCTLs, linked natively, in kemu: LISTEN/ACCEPT/CONNECT/SEND/RECV/SHUTDOWN/
+//! CLOSE/STATS between handles, ownership of ids, cancellation of every kind of pending request,
+//! handle close and unload with live connections — all ending with zero leaks.
+
+use std::time::Duration;
+
+use kemu::testing::isolated;
+use kemu::{
+    Caller, Handle, Kernel, KernelConfig, NativeDriver, PendingIo, TestCa, Thumbprint, Validity,
+};
+use ksys::ntdef::*;
+use proto::session::*;
+
+const DEVICE_PATH: &str = r"\\.\WskTls";
+
+fn boot() -> (Kernel, Thumbprint) {
+    let kernel = Kernel::boot(KernelConfig::from_env());
+    let ca = TestCa::generate("wsktls test CA").unwrap();
+    let issued = ca.issue(&["localhost"], Validity::Current).unwrap();
+    let store = kernel.cert_store();
+    let thumbprint = store
+        .import_pem(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
+        .unwrap();
+    store.add_root_pem(ca.cert_pem().as_bytes()).unwrap();
+    kernel
+        .load(NativeDriver {
+            service_name: "wsktls",
+            entry: wsktls::FxDriverEntry,
+            imports: ksys::imports::IMPORT_DIRECTORY,
+        })
+        .unwrap();
+    (kernel, thumbprint)
+}
+
+fn open(kernel: &Kernel) -> Handle {
+    kernel.open(DEVICE_PATH, Caller::Administrator).unwrap()
+}
+
+fn listen(kernel: &Kernel, h: Handle, thumbprint: Thumbprint, alpn: &[u8]) -> ListenResponse {
+    let request = ListenRequest {
+        endpoint: Endpoint::loopback_v4(0),
+        thumbprint: thumbprint.0,
+        versions: VersionRange::ALL,
+        require_client_certificate: false,
+        alpn,
+    };
+    let mut buf = vec![0u8; ListenRequest::FIXED + alpn.len()];
+    let n = request.encode(&mut buf).unwrap();
+    let r = kernel
+        .ioctl(h, IOCTL_WSKTLS_LISTEN, &buf[..n], ListenResponse::SIZE)
+        .unwrap();
+    assert_eq!(r.status, STATUS_SUCCESS, "LISTEN: {:#x}", r.status);
+    ListenResponse::decode(&r.output[..r.information]).unwrap()
+}
+
+fn connect_request(port: u16, sni: &[u8], alpn: &[u8], validation: Validation) -> Vec<u8> {
+    let request = ConnectRequest {
+        endpoint: Endpoint::loopback_v4(port),
+        host: b"localhost",
+        sni,
+        alpn,
+        versions: VersionRange::ALL,
+        validation,
+    };
+    let mut buf = vec![0u8; ConnectRequest::FIXED + 9 + sni.len() + alpn.len()];
+    let n = request.encode(&mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn connect_async(kernel: &Kernel, h: Handle, port: u16, sni: &[u8], alpn: &[u8]) -> PendingIo {
+    let input = connect_request(port, sni, alpn, Validation::SystemRoots);
+    kernel
+        .ioctl_async(h, IOCTL_WSKTLS_CONNECT, &input, ConnectionInfo::SIZE)
+        .unwrap()
+}
+
+fn accept_async(kernel: &Kernel, h: Handle, id: u64) -> PendingIo {
+    kernel
+        .ioctl_async(
+            h,
+            IOCTL_WSKTLS_ACCEPT,
+            &IdRequest { id }.encode(),
+            ConnectionInfo::SIZE,
+        )
+        .unwrap()
+}
+
+fn info(io: PendingIo) -> ConnectionInfo {
+    let r = io
+        .wait_timeout(Duration::from_secs(30))
+        .unwrap()
+        .expect("completes");
+    assert_eq!(r.status, STATUS_SUCCESS, "{:#x}", r.status);
+    ConnectionInfo::decode(&r.output[..r.information]).unwrap()
+}
+
+fn send(kernel: &Kernel, h: Handle, id: u64, data: &[u8]) -> NTSTATUS {
+    let mut buf = vec![0u8; SendRequest::FIXED + data.len()];
+    let n = SendRequest { id, data }.encode(&mut buf).unwrap();
+    kernel
+        .ioctl(h, IOCTL_WSKTLS_SEND, &buf[..n], 0)
+        .unwrap()
+        .status
+}
+
+fn recv_async(kernel: &Kernel, h: Handle, id: u64, max: u32) -> PendingIo {
+    kernel
+        .ioctl_async(
+            h,
+            IOCTL_WSKTLS_RECV,
+            &RecvRequest { id, max }.encode(),
+            max as usize,
+        )
+        .unwrap()
+}
+
+/// RECV until `len` bytes arrived.
+fn recv_exact(kernel: &Kernel, h: Handle, id: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < len {
+        let r = recv_async(kernel, h, id, 65536)
+            .wait_timeout(Duration::from_secs(30))
+            .unwrap()
+            .expect("RECV completes");
+        assert_eq!(r.status, STATUS_SUCCESS, "RECV: {:#x}", r.status);
+        assert!(
+            r.information > 0,
+            "end of stream after {} of {len}",
+            out.len()
+        );
+        out.extend_from_slice(&r.output[..r.information]);
+    }
+    out
+}
+
+fn id_call(kernel: &Kernel, h: Handle, code: u32, id: u64) -> NTSTATUS {
+    kernel
+        .ioctl(h, code, &IdRequest { id }.encode(), 0)
+        .unwrap()
+        .status
+}
+
+fn stats(kernel: &Kernel, h: Handle) -> Stats {
+    let r = kernel
+        .ioctl(h, IOCTL_WSKTLS_STATS, &[], Stats::SIZE)
+        .unwrap();
+    assert_eq!(r.status, STATUS_SUCCESS);
+    Stats::decode(&r.output[..r.information]).unwrap()
+}
+
+fn pattern(len: usize, salt: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(salt))
+        .collect()
+}
+
+#[test]
+fn driver_server_and_client_echo_through_ioctls() {
+    isolated("driver_server_and_client_echo_through_ioctls", || {
+        let (kernel, thumbprint) = boot();
+        let server_handle = open(&kernel);
+        let client_handle = open(&kernel);
+        let listener = listen(&kernel, server_handle, thumbprint, b"\x02h2");
+        assert_ne!(listener.port, 0);
+        let accept = accept_async(&kernel, server_handle, listener.id);
+        let connect = connect_async(
+            &kernel,
+            client_handle,
+            listener.port,
+            b"localhost",
+            b"\x02h2",
+        );
+        let client = info(connect);
+        let server = info(accept);
+        assert_eq!((client.status, client.sspi_status), (STATUS_SUCCESS, 0));
+        assert_eq!(client.version, Some(TlsVersion::Tls13));
+        assert_eq!(client.alpn(), b"h2");
+        assert_eq!(server.alpn(), b"h2");
+        assert_ne!(client.cipher_suite, 0);
+        // Ids belong to the handle that made them.
+        assert_eq!(
+            id_call(&kernel, client_handle, IOCTL_WSKTLS_CLOSE, server.id),
+            STATUS_INVALID_HANDLE
+        );
+        assert_eq!(
+            send(&kernel, server_handle, client.id, b"x"),
+            STATUS_INVALID_HANDLE
+        );
+        // Echo through the server, several sizes up to 256 KiB.
+        for (i, len) in [1usize, 1000, 65536, 256 * 1024].into_iter().enumerate() {
+            let data = pattern(len, i as u8);
+            for chunk in data.chunks(MAX_SEND) {
+                assert_eq!(
+                    send(&kernel, client_handle, client.id, chunk),
+                    STATUS_SUCCESS
+                );
+            }
+            let at_server = recv_exact(&kernel, server_handle, server.id, len);
+            assert!(at_server == data, "server received different bytes ({len})");
+            for chunk in at_server.chunks(MAX_SEND) {
+                assert_eq!(
+                    send(&kernel, server_handle, server.id, chunk),
+                    STATUS_SUCCESS
+                );
+            }
+            let back = recv_exact(&kernel, client_handle, client.id, len);
+            assert!(back == data, "client received different bytes ({len})");
+        }
+        let s = stats(&kernel, server_handle);
+        assert_eq!((s.connections_open, s.listeners_open), (2, 1));
+        assert!(s.handshakes_ok >= 2, "{s:?}");
+        assert!(s.bytes_sent >= 2 * (1 + 1000 + 65536 + 256 * 1024), "{s:?}");
+        assert!(s.pool_bytes > 0);
+        // Graceful close: SHUTDOWN completes after close_notify and the disconnect; the server
+        // then reads the end of the stream (0 bytes).
+        assert_eq!(
+            id_call(&kernel, client_handle, IOCTL_WSKTLS_SHUTDOWN, client.id),
+            STATUS_SUCCESS
+        );
+        let end = recv_async(&kernel, server_handle, server.id, 16)
+            .wait()
+            .unwrap();
+        assert_eq!((end.status, end.information), (STATUS_SUCCESS, 0));
+        assert_eq!(
+            id_call(&kernel, server_handle, IOCTL_WSKTLS_CLOSE, server.id),
+            STATUS_SUCCESS
+        );
+        assert_eq!(
+            id_call(&kernel, client_handle, IOCTL_WSKTLS_CLOSE, client.id),
+            STATUS_SUCCESS
+        );
+        assert_eq!(
+            id_call(&kernel, server_handle, IOCTL_WSKTLS_CLOSE, listener.id),
+            STATUS_SUCCESS
+        );
+        assert_eq!(
+            id_call(&kernel, server_handle, IOCTL_WSKTLS_CLOSE, listener.id),
+            STATUS_INVALID_HANDLE,
+            "closed ids are gone"
+        );
+        kernel.close(server_handle).unwrap();
+        kernel.close(client_handle).unwrap();
+        kernel.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn every_pending_request_kind_can_be_cancelled_and_handle_close_cleans_up() {
+    isolated(
+        "every_pending_request_kind_can_be_cancelled_and_handle_close_cleans_up",
+        || {
+            let (kernel, thumbprint) = boot();
+            let a = open(&kernel);
+            let b = open(&kernel);
+            let listener = listen(&kernel, a, thumbprint, b"");
+            // ACCEPT with nobody connecting: cancel.
+            let accept = accept_async(&kernel, a, listener.id);
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(!accept.is_complete());
+            accept.cancel().unwrap();
+            assert_eq!(accept.wait().unwrap().status, STATUS_CANCELLED);
+            // A connection; RECV with nothing to read: cancel.
+            let accept = accept_async(&kernel, a, listener.id);
+            let client = info(connect_async(&kernel, b, listener.port, b"localhost", b""));
+            let server = info(accept);
+            let recv = recv_async(&kernel, b, client.id, 100);
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(!recv.is_complete());
+            recv.cancel().unwrap();
+            assert_eq!(recv.wait().unwrap().status, STATUS_CANCELLED);
+            // The connection still works after a cancelled RECV.
+            assert_eq!(send(&kernel, a, server.id, b"still here"), STATUS_SUCCESS);
+            assert_eq!(recv_exact(&kernel, b, client.id, 10), b"still here");
+            // CONNECT to a listener that never answers ACCEPT... handshakes anyway (the listener
+            // handshakes before ACCEPT); so cancel a CONNECT to a silent TCP server instead.
+            let silent = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+            let silent_port = silent.local_addr().unwrap().port();
+            let connect = connect_async(&kernel, b, silent_port, b"localhost", b"");
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!connect.is_complete());
+            connect.cancel().unwrap();
+            assert_eq!(connect.wait().unwrap().status, STATUS_CANCELLED);
+            // Closing a handle with parked requests completes them and releases its objects.
+            let pending_recv = recv_async(&kernel, b, client.id, 100);
+            let pending_accept = accept_async(&kernel, a, listener.id);
+            std::thread::sleep(Duration::from_millis(20));
+            kernel.close(b).unwrap();
+            assert_eq!(pending_recv.wait().unwrap().status, STATUS_CANCELLED);
+            // The server side sees its peer go away.
+            let end = recv_async(&kernel, a, server.id, 100).wait().unwrap();
+            assert!(
+                end.status != STATUS_SUCCESS || end.information == 0,
+                "after the client's handle closed: {:#x} {}",
+                end.status,
+                end.information
+            );
+            kernel.close(a).unwrap();
+            assert_eq!(pending_accept.wait().unwrap().status, STATUS_CANCELLED);
+            drop(silent);
+            kernel.shutdown().unwrap();
+        },
+    );
+}
+
+/// Live connections with traffic queued, RECVs parked, a handshake in flight and an ACCEPT
+/// waiting, on two handles.
+fn busy(kernel: &Kernel, thumbprint: Thumbprint) -> (Handle, Handle, Vec<PendingIo>) {
+    let a = open(kernel);
+    let b = open(kernel);
+    let listener = listen(kernel, a, thumbprint, b"");
+    let mut pending = Vec::new();
+    for _ in 0..4 {
+        let accept = accept_async(kernel, a, listener.id);
+        let client = info(connect_async(kernel, b, listener.port, b"localhost", b""));
+        let _server = info(accept);
+        assert_eq!(
+            send(kernel, b, client.id, &pattern(MAX_SEND, 1)),
+            STATUS_SUCCESS
+        );
+        pending.push(recv_async(kernel, b, client.id, 1000));
+    }
+    pending.push(accept_async(kernel, a, listener.id));
+    pending.push(connect_async(kernel, b, listener.port, b"localhost", b""));
+    (a, b, pending)
+}
+
+#[test]
+fn process_exit_with_live_connections_then_unload_leaks_nothing() {
+    isolated(
+        "process_exit_with_live_connections_then_unload_leaks_nothing",
+        || {
+            let (kernel, thumbprint) = boot();
+            let (a, b, pending) = busy(&kernel, thumbprint);
+            // The process exits: both handles close with everything still open.
+            kernel.close(b).unwrap();
+            kernel.close(a).unwrap();
+            for io in pending {
+                let r = io
+                    .wait_timeout(Duration::from_secs(30))
+                    .unwrap()
+                    .expect("completes");
+                assert!(
+                    r.status == STATUS_CANCELLED || r.status == STATUS_SUCCESS,
+                    "{:#x}",
+                    r.status
+                );
+            }
+            kernel.shutdown().unwrap();
+        },
+    );
+}
+
+#[test]
+fn unload_with_open_handles_and_live_connections_leaks_nothing() {
+    isolated(
+        "unload_with_open_handles_and_live_connections_leaks_nothing",
+        || {
+            let (kernel, thumbprint) = boot();
+            let (_a, _b, _pending) = busy(&kernel, thumbprint);
+            // `sc stop` while a process still holds both handles: the driver aborts everything,
+            // WskDeregister returns, and the only things left are the caller's two handles (which
+            // Windows would keep the driver loaded for).
+            match kernel.shutdown() {
+                Err(kemu::KernelError::Leaks(report)) => {
+                    assert_eq!(report.leaks.len(), 2, "{report:?}");
+                    assert!(
+                        report
+                            .leaks
+                            .iter()
+                            .all(|l| l.kind == kemu::LeakKind::Handle),
+                        "{report:?}"
+                    );
+                }
+                other => panic!("expected exactly the two open handles to be reported: {other:?}"),
+            }
+        },
+    );
+}
+
+#[test]
+fn malformed_and_unauthorised_requests_change_nothing() {
+    isolated("malformed_and_unauthorised_requests_change_nothing", || {
+        let (kernel, thumbprint) = boot();
+        let h = open(&kernel);
+        let call =
+            |code: u32, input: &[u8], out: usize| kernel.ioctl(h, code, input, out).unwrap().status;
+        // LISTEN: short, wrong magic, unknown certificate, output too small.
+        assert_eq!(
+            call(IOCTL_WSKTLS_LISTEN, &[1, 2, 3], 64),
+            STATUS_BUFFER_TOO_SMALL
+        );
+        let mut good = vec![0u8; ListenRequest::FIXED];
+        let n = ListenRequest {
+            endpoint: Endpoint::loopback_v4(0),
+            thumbprint: thumbprint.0,
+            versions: VersionRange::ALL,
+            require_client_certificate: false,
+            alpn: b"",
+        }
+        .encode(&mut good)
+        .unwrap();
+        let mut bad_magic = good[..n].to_vec();
+        bad_magic[0] ^= 0xFF;
+        assert_eq!(
+            call(IOCTL_WSKTLS_LISTEN, &bad_magic, 64),
+            STATUS_REVISION_MISMATCH
+        );
+        let mut unknown = vec![0u8; ListenRequest::FIXED];
+        let m = ListenRequest {
+            endpoint: Endpoint::loopback_v4(0),
+            thumbprint: [0xAB; 20],
+            versions: VersionRange::ALL,
+            require_client_certificate: false,
+            alpn: b"",
+        }
+        .encode(&mut unknown)
+        .unwrap();
+        assert_eq!(
+            call(IOCTL_WSKTLS_LISTEN, &unknown[..m], 64),
+            STATUS_NOT_FOUND
+        );
+        assert_eq!(
+            call(IOCTL_WSKTLS_LISTEN, &good[..n], 4),
+            STATUS_BUFFER_TOO_SMALL
+        );
+        // Unknown ids, id 0, oversized and empty requests.
+        for code in [
+            IOCTL_WSKTLS_ACCEPT,
+            IOCTL_WSKTLS_SHUTDOWN,
+            IOCTL_WSKTLS_CLOSE,
+        ] {
+            assert_eq!(
+                call(code, &IdRequest { id: 777 }.encode(), ConnectionInfo::SIZE),
+                STATUS_INVALID_HANDLE,
+                "{code:#x}"
+            );
+            assert_eq!(
+                call(code, &[], ConnectionInfo::SIZE),
+                STATUS_BUFFER_TOO_SMALL,
+                "{code:#x}"
+            );
+        }
+        assert_eq!(
+            call(
+                IOCTL_WSKTLS_RECV,
+                &RecvRequest { id: 777, max: 10 }.encode(),
+                10
+            ),
+            STATUS_INVALID_HANDLE
+        );
+        assert_eq!(
+            call(
+                IOCTL_WSKTLS_RECV,
+                &RecvRequest { id: 777, max: 10 }.encode(),
+                0
+            ),
+            STATUS_BUFFER_TOO_SMALL
+        );
+        let mut too_big = vec![0u8; SendRequest::FIXED + MAX_SEND + 1];
+        too_big[..8].copy_from_slice(&good[..8]);
+        assert_eq!(
+            call(IOCTL_WSKTLS_SEND, &too_big, 0),
+            STATUS_INVALID_BUFFER_SIZE
+        );
+        assert_eq!(
+            call(IOCTL_WSKTLS_STATS, &[0], Stats::SIZE),
+            STATUS_INVALID_BUFFER_SIZE
+        );
+        assert_eq!(call(IOCTL_WSKTLS_STATS, &[], 8), STATUS_BUFFER_TOO_SMALL);
+        // CONNECT: pinning is refused explicitly (not supported yet); name-only endpoints too.
+        let pinned = connect_request(443, b"", b"", Validation::Pinned([7; 32]));
+        assert_eq!(
+            call(IOCTL_WSKTLS_CONNECT, &pinned, ConnectionInfo::SIZE),
+            STATUS_NOT_SUPPORTED
+        );
+        // Nothing was created by any of it.
+        let s = stats(&kernel, h);
+        assert_eq!(
+            (s.connections_open, s.listeners_open, s.pending_operations),
+            (0, 0, 0)
+        );
+        // A caller that is not an administrator cannot open the device at all.
+        assert!(kernel.open(DEVICE_PATH, Caller::User).is_err());
+        kernel.close(h).unwrap();
+        kernel.shutdown().unwrap();
+    });
+}
