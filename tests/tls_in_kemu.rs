@@ -1,6 +1,9 @@
 //! The driver's TLS IOCTLs, linked natively, in kemu: LISTEN/ACCEPT/CONNECT/SEND/RECV/SHUTDOWN/
 //! CLOSE/STATS between handles, ownership of ids, cancellation of every kind of pending request,
 //! handle close and unload with live connections — all ending with zero leaks.
+//!
+//! `WSKTLS_IMAGE=path/to/wsktls.sys` runs the same suite against the shipped image loaded by
+//! kemu's PE loader (`cargo xtask test` does so for the debug and release images).
 
 use std::time::Duration;
 
@@ -22,13 +25,18 @@ fn boot() -> (Kernel, Thumbprint) {
         .import_pem(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
         .unwrap();
     store.add_root_pem(ca.cert_pem().as_bytes()).unwrap();
-    kernel
-        .load(NativeDriver {
-            service_name: "wsktls",
-            entry: wsktls::FxDriverEntry,
-            imports: ksys::imports::IMPORT_DIRECTORY,
-        })
-        .unwrap();
+    match std::env::var_os("WSKTLS_IMAGE") {
+        Some(image) => kernel
+            .load_image("wsktls", std::path::Path::new(&image))
+            .unwrap(),
+        None => kernel
+            .load(NativeDriver {
+                service_name: "wsktls",
+                entry: wsktls::FxDriverEntry,
+                imports: ksys::imports::IMPORT_DIRECTORY,
+            })
+            .unwrap(),
+    }
     (kernel, thumbprint)
 }
 

@@ -1,5 +1,5 @@
 //! The C runtime routines a driver image imports from ntoskrnl.exe (built with no default
-//! libraries, LLVM emits calls to them): memcpy, memmove, memset, memcmp and __chkstk, with the
+//! libraries, LLVM emits calls to them): memcpy, memmove, memset, memcmp, strlen and __chkstk, with the
 //! Windows x64 calling convention the image uses. Only the PE loader binds them; natively linked
 //! drivers use the host's.
 
@@ -32,6 +32,16 @@ pub(crate) unsafe extern "win64" fn memset(dst: *mut c_void, value: i32, n: usiz
     // SAFETY: the image's contract for memset (a valid range).
     unsafe { std::ptr::write_bytes(dst as *mut u8, value as u8, n) };
     dst
+}
+
+/// ntoskrnl!strlen.
+pub(crate) unsafe extern "win64" fn strlen(s: *const u8) -> usize {
+    let mut n = 0;
+    // SAFETY: the image's contract for strlen (a NUL-terminated string).
+    while unsafe { *s.add(n) } != 0 {
+        n += 1;
+    }
+    n
 }
 
 /// ntoskrnl!memcmp.

@@ -110,7 +110,8 @@ pub fn exports() -> &'static [Export] {
         let (memcpy, memmove): (Copy, Copy) = (crate::crt::memcpy, crate::crt::memmove);
         let memset: unsafe extern "win64" fn(*mut c_void, i32, usize) -> *mut c_void = crate::crt::memset;
         let memcmp: unsafe extern "win64" fn(*const c_void, *const c_void, usize) -> i32 = crate::crt::memcmp;
-        for (name, address) in [("memcpy", memcpy as usize), ("memmove", memmove as usize), ("memset", memset as usize), ("memcmp", memcmp as usize), ("__chkstk", crate::crt::chkstk_address())] {
+        let strlen: unsafe extern "win64" fn(*const u8) -> usize = crate::crt::strlen;
+        for (name, address) in [("memcpy", memcpy as usize), ("memmove", memmove as usize), ("memset", memset as usize), ("memcmp", memcmp as usize), ("strlen", strlen as usize), ("__chkstk", crate::crt::chkstk_address())] {
             all.push(Export { module: "ntoskrnl.exe", name, address });
         }
         all

@@ -97,7 +97,8 @@ kernel_imports! {
     }
 }
 
-// Routines LLVM emits calls to on its own (copies, zeroing, stack probes). With no default
+// Routines LLVM emits calls to on its own (copies, zeroing, stack probes), and strlen, which
+// liballoc's C-string support references. With no default
 // libraries they must come from ntoskrnl.exe; only the ones actually referenced are imported.
 #[cfg(windows)]
 #[allow(dead_code)]
@@ -107,5 +108,6 @@ unsafe extern "C" {
     fn memmove(dst: *mut c_void, src: *const c_void, n: usize) -> *mut c_void;
     fn memset(dst: *mut c_void, value: i32, n: usize) -> *mut c_void;
     fn memcmp(a: *const c_void, b: *const c_void, n: usize) -> i32;
+    fn strlen(s: *const u8) -> usize;
     fn __chkstk();
 }

@@ -174,6 +174,7 @@ fn run_tests(extra: &[String]) -> Result<(), String> {
             &["-p", "kemu", "--tests"][..],
             &["-p", "ktls", "--tests"][..],
             &["-p", "wsktls", "--test", "driver_in_kemu"][..],
+            &["-p", "wsktls", "--test", "tls_in_kemu"][..],
         ] {
             println!(
                 "xtask: kemu suites with KEMU_SEED={seed}: cargo test {}",
@@ -188,6 +189,23 @@ fn run_tests(extra: &[String]) -> Result<(), String> {
                 .arg("--quiet");
             run(command)?;
         }
+    }
+    // The TLS suite once more against each shipped image (what Windows would load).
+    for profile in ["debug", "release"] {
+        let image = workspace_root()
+            .join("target/x86_64-pc-windows-msvc")
+            .join(profile)
+            .join("wsktls.sys");
+        println!(
+            "xtask: TLS suite against {}: cargo test -p wsktls --test tls_in_kemu",
+            image.display()
+        );
+        let mut command = cargo();
+        command
+            .current_dir(workspace_root())
+            .env("WSKTLS_IMAGE", &image)
+            .args(["test", "-p", "wsktls", "--test", "tls_in_kemu", "--quiet"]);
+        run(command)?;
     }
     Ok(())
 }
