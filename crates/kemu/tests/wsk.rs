@@ -546,3 +546,51 @@ fn address_info_resolves_localhost_and_must_be_freed() {
     );
     kernel.shutdown().unwrap();
 }
+
+#[test]
+fn a_failed_socket_connect_leaves_no_socket_behind() {
+    for schedule in SCHEDULES {
+        let kernel = boot(schedule);
+        let closed_port = {
+            let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let (status, information) = kernel
+            .run("socket-connect", move || {
+                let client = Client::register();
+                let mut local = loopback(0);
+                let mut remote = loopback(closed_port);
+                let npi_client = client.npi.Client;
+                let dispatch = client.dispatch();
+                // SAFETY: a registered client; addresses outlive the call.
+                let result = call(|irp| unsafe {
+                    dispatch.WskSocketConnect.unwrap()(
+                        npi_client,
+                        SOCK_STREAM as u16,
+                        IPPROTO_TCP,
+                        &mut local as *mut _ as *mut SOCKADDR,
+                        &mut remote as *mut _ as *mut SOCKADDR,
+                        0,
+                        std::ptr::null_mut(),
+                        std::ptr::null(),
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        irp,
+                    )
+                });
+                // WskDeregister returns only once no socket is left.
+                client.finish();
+                result
+            })
+            .unwrap();
+        assert_eq!(
+            (status, information),
+            (STATUS_CONNECTION_REFUSED, 0),
+            "{schedule:?}"
+        );
+        kernel
+            .shutdown()
+            .unwrap_or_else(|e| panic!("{schedule:?}: {e}"));
+    }
+}

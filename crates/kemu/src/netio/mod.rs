@@ -333,6 +333,8 @@ pub(crate) unsafe extern "win64" fn wsk_deregister(reg: *mut WSK_REGISTRATION) {
             }
         }
     }
+    let started = std::time::Instant::now();
+    let mut reported = false;
     loop {
         {
             let mut state = kernel.netio.lock();
@@ -343,6 +345,28 @@ pub(crate) unsafe extern "win64" fn wsk_deregister(reg: *mut WSK_REGISTRATION) {
             if done {
                 state.registrations.remove(&id);
                 break;
+            }
+            // Windows would wait silently; kemu says once what it is waiting for.
+            if !reported && started.elapsed() > DEREGISTER_REPORT_AFTER {
+                reported = true;
+                let open: Vec<String> = state
+                    .sockets
+                    .values()
+                    .filter(|s| s.registration == id)
+                    .map(|s| {
+                        format!(
+                            "{} (created #{} during {})",
+                            s.describe_open(),
+                            s.site.sequence,
+                            s.site.activity
+                        )
+                    })
+                    .collect();
+                eprintln!(
+                    "kemu: WskDeregister has waited {:?} for {} socket(s) to close: {open:?}",
+                    DEREGISTER_REPORT_AFTER,
+                    open.len()
+                );
             }
         }
         if kernel.bugcheck.get().is_some() {
@@ -356,6 +380,9 @@ pub(crate) unsafe extern "win64" fn wsk_deregister(reg: *mut WSK_REGISTRATION) {
         (*reg).ReservedRegistrationContext = std::ptr::null_mut();
     }
 }
+
+/// How long WskDeregister waits before kemu reports the sockets it is waiting for.
+const DEREGISTER_REPORT_AFTER: Duration = Duration::from_secs(15);
 
 /// WskControlClient: no client-level control kemu supports (static event callbacks, transport
 /// lists) — STATUS_NOT_SUPPORTED, completed through the IRP when one is given.

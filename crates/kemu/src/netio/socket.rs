@@ -315,6 +315,29 @@ impl Socket {
         format!("{:?} socket ({state}), never closed", self.category)
     }
 
+    /// One line for diagnostics about a socket still open: its state and what is pending.
+    pub fn describe_open(&self) -> String {
+        format!(
+            "{:?} socket {} [accepts {}, receives {}, sends {}, connect {}, disconnect {}, fin sent {}, fin received {}]",
+            self.category,
+            match &self.io {
+                Io::Fresh(_) => "unbound",
+                Io::Bound(_) => "bound",
+                Io::Listener(_) => "listening",
+                Io::Connecting(_) => "connecting",
+                Io::Stream(_) => "connected",
+                Io::Dead => "reset",
+            },
+            self.accepts.len(),
+            self.receives.len(),
+            self.sends.len(),
+            self.connect.is_some(),
+            self.disconnect.is_some(),
+            self.fin_sent,
+            self.fin_received
+        )
+    }
+
     fn pending_irps(&self) -> Vec<usize> {
         let mut irps: Vec<usize> = self.accepts.iter().map(|o| o.irp).collect();
         irps.extend(self.receives.iter().map(|o| o.irp));
@@ -344,9 +367,13 @@ impl Socket {
 
 /// A completion decided under the provider lock, run after it is released.
 pub(crate) struct Done {
+    /// 0: nothing to complete (only a socket to drop).
     irp: usize,
     status: NTSTATUS,
     information: usize,
+    /// A socket WskSocketConnect created that its caller will never own (the connect failed
+    /// or was cancelled): freed before the completion runs.
+    drop_socket: usize,
 }
 
 fn done(irp: usize, status: NTSTATUS, information: usize) -> Done {
@@ -354,6 +381,7 @@ fn done(irp: usize, status: NTSTATUS, information: usize) -> Done {
         irp,
         status,
         information,
+        drop_socket: 0,
     }
 }
 
@@ -458,6 +486,12 @@ fn scatter(segments: &[Segment], mut offset: usize, mut data: &[u8]) {
 /// from the poller (at DISPATCH_LEVEL on the poller thread).
 fn finish(completions: Vec<Done>, from_call: bool) {
     for c in completions {
+        if c.drop_socket != 0 {
+            drop_socket(c.drop_socket);
+        }
+        if c.irp == 0 {
+            continue;
+        }
         let irp = c.irp as *mut IRP;
         if from_call {
             let kernel = thread::kernel();
@@ -508,8 +542,20 @@ fn rearm(socket: usize, irp: usize) -> bool {
 /// Cancel routine of a queued WSK IRP (runs at DISPATCH_LEVEL inside IoCancelIrp).
 fn cancel_pending(socket: usize, irp: usize) {
     let kernel = thread::kernel();
-    if let Some(s) = kernel.netio.lock().sockets.get_mut(&socket) {
-        s.remove_op(irp);
+    let orphaned = match kernel.netio.lock().sockets.get_mut(&socket) {
+        Some(s) => {
+            let socket_connect = s
+                .connect
+                .as_ref()
+                .is_some_and(|c| c.irp == irp && c.socket_connect);
+            s.remove_op(irp);
+            socket_connect
+        }
+        None => false,
+    };
+    // A cancelled WskSocketConnect never hands its socket to the caller: free it.
+    if orphaned {
+        drop_socket(socket);
     }
     super::complete_now(irp as *mut IRP, STATUS_CANCELLED, 0);
 }
@@ -574,8 +620,20 @@ fn progress(state: &mut super::NetState, socket: usize, out: &mut Vec<Done>) {
                                     let info = if op.socket_connect { socket } else { 0 };
                                     out.push(done(op.irp, STATUS_SUCCESS, info));
                                 }
-                                Err(e) => out.push(done(op.irp, status_of(&e), 0)),
+                                Err(e) => {
+                                    let mut d = done(op.irp, status_of(&e), 0);
+                                    // WskSocketConnect closes its socket when the connect fails.
+                                    if op.socket_connect {
+                                        d.drop_socket = socket;
+                                    }
+                                    out.push(d);
+                                }
                             }
+                        } else if op.socket_connect {
+                            // Cancelled as it finished: the caller never gets the socket.
+                            let mut d = done(0, STATUS_CANCELLED, 0);
+                            d.drop_socket = socket;
+                            out.push(d);
                         }
                         let old = std::mem::replace(&mut s.io, Io::Dead);
                         if let (true, Io::Connecting(stream)) = (connected, old) {
