@@ -5,7 +5,8 @@
 //!   profiles when neither flag is given).
 //! - `test [ARGS...]` — builds both images, then runs `cargo test --workspace ARGS...` (the image
 //!   tests check the images just built); without ARGS, the kemu suites run again under each seed
-//!   of `KEMU_SEEDS` (default 1,2,3).
+//!   of `KEMU_SEEDS` (default 1,2,3), `wsktls selftest` runs on the native driver and on both
+//!   images, and the TLS suite runs against both images.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -88,11 +89,15 @@ fn build_driver(profiles: &[Profile]) -> Result<Vec<PathBuf>, String> {
     let mut images = Vec::new();
     for &profile in profiles {
         let mut command = cargo();
+        // The package's lib is an rlib (what kemu links natively); the kernel image is the same
+        // crate built as a cdylib for the Windows target.
         command.current_dir(&root).args([
-            "build",
+            "rustc",
             "--package",
             "wsktls",
             "--lib",
+            "--crate-type",
+            "cdylib",
             "--target",
             DRIVER_TARGET,
         ]);
@@ -189,6 +194,29 @@ fn run_tests(extra: &[String]) -> Result<(), String> {
                 .arg("--quiet");
             run(command)?;
         }
+    }
+    // The main job, as README.md runs it: on the natively linked driver and on both images.
+    for driver in [None, Some("debug"), Some("release")] {
+        let mut command = cargo();
+        command.current_dir(workspace_root()).args([
+            "run",
+            "--quiet",
+            "-p",
+            "wsktls-harness",
+            "--bin",
+            "wsktls",
+            "--",
+            "selftest",
+        ]);
+        if let Some(profile) = driver {
+            let image = workspace_root()
+                .join("target/x86_64-pc-windows-msvc")
+                .join(profile)
+                .join("wsktls.sys");
+            command.arg("--driver").arg(image);
+        }
+        println!("xtask: wsktls selftest ({})", driver.unwrap_or("native"));
+        run(command)?;
     }
     // The TLS suite once more against each shipped image (what Windows would load).
     for profile in ["debug", "release"] {

@@ -1,0 +1,74 @@
+//! The device layer: one interface over `\\.\WskTls`, whichever world it lives in. Everything
+//! above it (selftest, serve, connect, stats) is the same code on Windows and under kemu.
+
+use std::time::Duration;
+
+/// How a device-control request ended.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The NTSTATUS.
+    pub status: i32,
+    /// The output bytes the driver returned (IoStatus.Information of them).
+    pub output: Vec<u8>,
+}
+
+/// A failure of the device layer itself (not of the request).
+#[derive(Debug)]
+pub struct DeviceError(pub String);
+
+impl std::fmt::Display for DeviceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DeviceError {}
+
+/// A request in flight.
+pub trait Pending: Send {
+    /// Waits up to `timeout` for completion (None: still pending).
+    fn wait(&self, timeout: Duration) -> Result<Option<Completion>, DeviceError>;
+    /// Asks for cancellation (CancelIoEx); the request still completes, usually as cancelled.
+    fn cancel(&self) -> Result<(), DeviceError>;
+}
+
+/// One open handle to the driver; several requests may be in flight on it at once.
+pub trait Device: Send + Sync {
+    /// Sends a request without waiting for it.
+    fn submit(
+        &self,
+        code: u32,
+        input: &[u8],
+        output_length: usize,
+    ) -> Result<Box<dyn Pending>, DeviceError>;
+
+    /// Sends a request and waits (up to `timeout`) for it.
+    fn call(
+        &self,
+        code: u32,
+        input: &[u8],
+        output_length: usize,
+        timeout: Duration,
+    ) -> Result<Completion, DeviceError> {
+        let pending = self.submit(code, input, output_length)?;
+        match pending.wait(timeout)? {
+            Some(c) => Ok(c),
+            None => {
+                pending.cancel()?;
+                Err(DeviceError(format!(
+                    "IOCTL {code:#x} did not complete within {timeout:?} (cancelled)"
+                )))
+            }
+        }
+    }
+}
+
+/// Where the driver runs: opens handles and, at the end, reports how it went.
+pub trait Machine {
+    /// Opens `\\.\WskTls`.
+    fn open(&self) -> Result<Box<dyn Device>, DeviceError>;
+    /// One line describing the machine (for reports).
+    fn describe(&self) -> String;
+    /// Closes handles and (under kemu) unloads the driver: Ok(verdict) or what went wrong.
+    fn finish(self: Box<Self>) -> Result<String, DeviceError>;
+}

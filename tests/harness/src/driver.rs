@@ -1,0 +1,233 @@
+//! The driver's IOCTLs as typed calls over a [`Device`], with errors that name the NTSTATUS.
+
+use std::time::Duration;
+
+use proto::session::*;
+use proto::{GetVersionResponse, IOCTL_WSKTLS_GET_VERSION};
+
+use crate::device::{Device, DeviceError, Pending};
+
+/// Longest a call the harness expects to finish promptly may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A driver call that failed, with the NTSTATUS (and SECURITY_STATUS for handshakes).
+#[derive(Debug)]
+pub enum CallError {
+    /// The device layer failed.
+    Device(DeviceError),
+    /// The request completed with this NTSTATUS.
+    Status { what: &'static str, status: i32 },
+    /// A handshake failed.
+    Handshake { status: i32, sspi: i32 },
+    /// The response did not decode.
+    Wire(proto::WireError),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Device(e) => write!(f, "device: {e}"),
+            CallError::Status { what, status } => {
+                write!(f, "{what} failed with NTSTATUS {:#010x}", *status as u32)
+            }
+            CallError::Handshake { status, sspi } => write!(
+                f,
+                "handshake failed: NTSTATUS {:#010x}, SECURITY_STATUS {:#010x}",
+                *status as u32, *sspi as u32
+            ),
+            CallError::Wire(e) => write!(f, "malformed response: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+impl From<DeviceError> for CallError {
+    fn from(e: DeviceError) -> Self {
+        CallError::Device(e)
+    }
+}
+
+fn ok(what: &'static str, status: i32) -> Result<(), CallError> {
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(CallError::Status { what, status })
+    }
+}
+
+/// A handshake in flight (ACCEPT or CONNECT).
+pub struct PendingHandshake {
+    io: Box<dyn Pending>,
+}
+
+impl PendingHandshake {
+    /// Waits for the handshake: the connection's parameters, or why it failed.
+    pub fn wait(self, timeout: Duration) -> Result<ConnectionInfo, CallError> {
+        let Some(c) = self.io.wait(timeout)? else {
+            self.io.cancel()?;
+            return Err(CallError::Device(DeviceError(format!(
+                "no handshake within {timeout:?} (cancelled)"
+            ))));
+        };
+        ok("handshake", c.status)?;
+        let info = ConnectionInfo::decode(&c.output).map_err(CallError::Wire)?;
+        if info.status != 0 {
+            return Err(CallError::Handshake {
+                status: info.status,
+                sspi: info.sspi_status,
+            });
+        }
+        Ok(info)
+    }
+}
+
+/// Typed calls on one handle.
+pub struct Driver {
+    device: Box<dyn Device>,
+}
+
+impl Driver {
+    /// Wraps an open handle.
+    pub fn new(device: Box<dyn Device>) -> Driver {
+        Driver { device }
+    }
+
+    /// GET_VERSION.
+    pub fn version(&self) -> Result<GetVersionResponse, CallError> {
+        let c = self.device.call(
+            IOCTL_WSKTLS_GET_VERSION,
+            &[],
+            GetVersionResponse::SIZE,
+            CALL_TIMEOUT,
+        )?;
+        ok("GET_VERSION", c.status)?;
+        GetVersionResponse::decode(&c.output).map_err(CallError::Wire)
+    }
+
+    /// LISTEN.
+    pub fn listen(&self, request: &ListenRequest<'_>) -> Result<ListenResponse, CallError> {
+        let mut buf = vec![0u8; ListenRequest::FIXED + request.alpn.len()];
+        let n = request
+            .encode(&mut buf)
+            .ok_or(CallError::Wire(proto::WireError::InvalidField("alpn")))?;
+        let c = self.device.call(
+            IOCTL_WSKTLS_LISTEN,
+            &buf[..n],
+            ListenResponse::SIZE,
+            CALL_TIMEOUT,
+        )?;
+        ok("LISTEN", c.status)?;
+        ListenResponse::decode(&c.output).map_err(CallError::Wire)
+    }
+
+    /// ACCEPT (returns at once; wait on the result).
+    pub fn accept(&self, listener: u64) -> Result<PendingHandshake, CallError> {
+        let io = self.device.submit(
+            IOCTL_WSKTLS_ACCEPT,
+            &IdRequest { id: listener }.encode(),
+            ConnectionInfo::SIZE,
+        )?;
+        Ok(PendingHandshake { io })
+    }
+
+    /// CONNECT (returns at once; wait on the result).
+    pub fn connect(&self, request: &ConnectRequest<'_>) -> Result<PendingHandshake, CallError> {
+        let mut buf =
+            vec![
+                0u8;
+                ConnectRequest::FIXED + request.host.len() + request.sni.len() + request.alpn.len()
+            ];
+        let n = request
+            .encode(&mut buf)
+            .ok_or(CallError::Wire(proto::WireError::InvalidField("connect")))?;
+        let io = self
+            .device
+            .submit(IOCTL_WSKTLS_CONNECT, &buf[..n], ConnectionInfo::SIZE)?;
+        Ok(PendingHandshake { io })
+    }
+
+    /// SEND all of `data` (in MAX_SEND pieces; each completes once queued in the driver).
+    pub fn send(&self, id: u64, data: &[u8]) -> Result<(), CallError> {
+        let mut buf = vec![0u8; SendRequest::FIXED + MAX_SEND];
+        for chunk in data.chunks(MAX_SEND) {
+            let n = SendRequest { id, data: chunk }
+                .encode(&mut buf)
+                .ok_or(CallError::Wire(proto::WireError::InvalidField("data")))?;
+            let c = self
+                .device
+                .call(IOCTL_WSKTLS_SEND, &buf[..n], 0, CALL_TIMEOUT)?;
+            ok("SEND", c.status)?;
+        }
+        Ok(())
+    }
+
+    /// RECV up to `max` bytes; an empty result is the end of the stream.
+    pub fn recv(&self, id: u64, max: u32, timeout: Duration) -> Result<Vec<u8>, CallError> {
+        let c = self.device.call(
+            IOCTL_WSKTLS_RECV,
+            &RecvRequest { id, max }.encode(),
+            max as usize,
+            timeout,
+        )?;
+        ok("RECV", c.status)?;
+        Ok(c.output)
+    }
+
+    /// SHUTDOWN: close_notify, then a graceful disconnect.
+    pub fn shutdown(&self, id: u64) -> Result<(), CallError> {
+        let c = self.device.call(
+            IOCTL_WSKTLS_SHUTDOWN,
+            &IdRequest { id }.encode(),
+            0,
+            CALL_TIMEOUT,
+        )?;
+        ok("SHUTDOWN", c.status)
+    }
+
+    /// CLOSE a listener or connection.
+    pub fn close(&self, id: u64) -> Result<(), CallError> {
+        let c = self.device.call(
+            IOCTL_WSKTLS_CLOSE,
+            &IdRequest { id }.encode(),
+            0,
+            CALL_TIMEOUT,
+        )?;
+        ok("CLOSE", c.status)
+    }
+
+    /// STATS.
+    pub fn stats(&self) -> Result<Stats, CallError> {
+        let c = self
+            .device
+            .call(IOCTL_WSKTLS_STATS, &[], Stats::SIZE, CALL_TIMEOUT)?;
+        ok("STATS", c.status)?;
+        Stats::decode(&c.output).map_err(CallError::Wire)
+    }
+}
+
+/// A readable cipher suite name (IANA number otherwise).
+pub fn cipher_name(suite: u16) -> String {
+    let name = match suite {
+        0x1301 => "TLS_AES_128_GCM_SHA256",
+        0x1302 => "TLS_AES_256_GCM_SHA384",
+        0x1303 => "TLS_CHACHA20_POLY1305_SHA256",
+        0xC02B => "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        0xC02C => "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        0xC02F => "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        0xC030 => "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        0xCCA8 => "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+        0xCCA9 => "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        _ => return format!("cipher suite {suite:#06x}"),
+    };
+    format!("{name} ({suite:#06x})")
+}
+
+/// "TLS 1.3" / "TLS 1.2".
+pub fn version_name(v: Option<TlsVersion>) -> &'static str {
+    match v {
+        Some(TlsVersion::Tls13) => "TLS 1.3",
+        Some(TlsVersion::Tls12) => "TLS 1.2",
+        None => "unknown version",
+    }
+}

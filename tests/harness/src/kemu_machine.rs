@@ -1,0 +1,142 @@
+//! The kemu backend: boots a user-mode Windows kernel in this process, loads the driver (linked
+//! natively, or the shipped `.sys` with `--driver`), and opens the device as an administrator.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kemu::{
+    Caller, Handle, Kernel, KernelConfig, KernelError, NativeDriver, PendingIo, TestCa, Validity,
+};
+
+use crate::device::{Completion, Device, DeviceError, Machine, Pending};
+
+/// A kernel with the driver loaded.
+pub struct KemuMachine {
+    kernel: Arc<Kernel>,
+    handles: std::sync::Mutex<Vec<Handle>>,
+    driver: String,
+}
+
+fn err(e: impl std::fmt::Display) -> DeviceError {
+    DeviceError(e.to_string())
+}
+
+impl KemuMachine {
+    /// Boots a kernel and loads the driver: the shipped image at `image`, else the native one.
+    pub fn boot(image: Option<&Path>) -> Result<KemuMachine, DeviceError> {
+        let kernel = Kernel::boot(KernelConfig::from_env());
+        let driver = match image {
+            Some(path) => {
+                kernel.load_image("wsktls", path).map_err(err)?;
+                format!("image {}", path.display())
+            }
+            None => {
+                kernel
+                    .load(NativeDriver {
+                        service_name: "wsktls",
+                        entry: wsktls::FxDriverEntry,
+                        imports: ksys::imports::IMPORT_DIRECTORY,
+                    })
+                    .map_err(err)?;
+                "natively linked driver".to_string()
+            }
+        };
+        Ok(KemuMachine {
+            kernel: Arc::new(kernel),
+            handles: std::sync::Mutex::new(Vec::new()),
+            driver,
+        })
+    }
+
+    /// A throwaway CA the machine trusts and a server certificate for `names` in its store:
+    /// the certificate's SHA-1 thumbprint (what LISTEN names) and the CA in PEM.
+    pub fn make_server_certificate(
+        &self,
+        names: &[&str],
+    ) -> Result<([u8; 20], String), DeviceError> {
+        let ca = TestCa::generate("wsktls selftest CA").map_err(err)?;
+        let issued = ca.issue(names, Validity::Current).map_err(err)?;
+        let store = self.kernel.cert_store();
+        let thumbprint = store
+            .import_pem(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
+            .map_err(err)?;
+        store.add_root_pem(ca.cert_pem().as_bytes()).map_err(err)?;
+        Ok((thumbprint.0, ca.cert_pem()))
+    }
+}
+
+struct KemuDevice {
+    kernel: Arc<Kernel>,
+    handle: Handle,
+}
+
+struct KemuPending {
+    io: PendingIo,
+}
+
+impl Pending for KemuPending {
+    fn wait(&self, timeout: Duration) -> Result<Option<Completion>, DeviceError> {
+        Ok(self
+            .io
+            .wait_timeout(timeout)
+            .map_err(err)?
+            .map(|r| Completion {
+                status: r.status,
+                output: r.output[..r.information.min(r.output.len())].to_vec(),
+            }))
+    }
+
+    fn cancel(&self) -> Result<(), DeviceError> {
+        self.io.cancel().map(|_| ()).map_err(err)
+    }
+}
+
+impl Device for KemuDevice {
+    fn submit(
+        &self,
+        code: u32,
+        input: &[u8],
+        output_length: usize,
+    ) -> Result<Box<dyn Pending>, DeviceError> {
+        let io = self
+            .kernel
+            .ioctl_async(self.handle, code, input, output_length)
+            .map_err(err)?;
+        Ok(Box::new(KemuPending { io }))
+    }
+}
+
+impl Machine for KemuMachine {
+    fn open(&self) -> Result<Box<dyn Device>, DeviceError> {
+        let handle = self
+            .kernel
+            .open(r"\\.\WskTls", Caller::Administrator)
+            .map_err(err)?;
+        self.handles.lock().unwrap().push(handle);
+        Ok(Box::new(KemuDevice {
+            kernel: self.kernel.clone(),
+            handle,
+        }))
+    }
+
+    fn describe(&self) -> String {
+        format!("kemu (seed {:#x}), {}", self.kernel.seed(), self.driver)
+    }
+
+    fn finish(self: Box<Self>) -> Result<String, DeviceError> {
+        for h in self.handles.lock().unwrap().drain(..) {
+            self.kernel.close(h).map_err(err)?;
+        }
+        let kernel = Arc::try_unwrap(self.kernel)
+            .map_err(|_| DeviceError("a device is still in use".into()))?;
+        match kernel.shutdown() {
+            Ok(()) => Ok("verifier clean: driver unloaded, no leaks, no violations".into()),
+            Err(KernelError::Leaks(report)) => Err(DeviceError(format!(
+                "verifier: {} leak(s) at unload: {report:?}",
+                report.leaks.len()
+            ))),
+            Err(e) => Err(DeviceError(format!("verifier: {e}"))),
+        }
+    }
+}

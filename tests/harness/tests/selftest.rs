@@ -1,0 +1,69 @@
+//! The `wsktls` command as a user runs it: the selftest passes under kemu (natively linked driver,
+//! and the shipped image when one is built), and bad arguments are refused clearly.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn wsktls() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wsktls"))
+}
+
+fn run(command: &mut Command) -> (i32, String) {
+    let out = command.output().expect("runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn selftest_passes_on_the_natively_linked_driver() {
+    let (code, text) = run(wsktls().arg("selftest"));
+    assert_eq!(code, 0, "{text}");
+    for expected in [
+        "ok   TLS 1.3",
+        "ok   TLS 1.2",
+        "ALPN wsktls/01",
+        "verifier clean",
+        "PASS",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("FAIL"), "{text}");
+}
+
+#[test]
+fn selftest_passes_on_the_shipped_image_when_built() {
+    for profile in ["debug", "release"] {
+        let image = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/x86_64-pc-windows-msvc")
+            .join(profile)
+            .join("wsktls.sys");
+        if !image.exists() {
+            // `cargo xtask test` builds both images first; a plain `cargo test` may not have.
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{} not built in CI",
+                image.display()
+            );
+            continue;
+        }
+        let (code, text) = run(wsktls().arg("selftest").arg("--driver").arg(&image));
+        assert_eq!(code, 0, "{profile}: {text}");
+        assert!(text.contains("PASS") && text.contains("image"), "{text}");
+    }
+}
+
+#[test]
+fn bad_arguments_are_refused_with_a_reason() {
+    let (code, text) = run(wsktls().args(["selftest", "--thumbprint", "00"]));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("--thumbprint"), "{text}");
+    let (code, text) = run(wsktls().args(["selftest", "--driver", "/nonexistent/wsktls.sys"]));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("cannot start the driver"), "{text}");
+    let (code, _) = run(wsktls().arg("no-such-command"));
+    assert_eq!(code, 2);
+}
