@@ -491,7 +491,7 @@ fn driver_server_with_openssl_s_client() {
                     reply.extend_from_slice(&line);
                     assert_eq!(server.send(&reply), Ok(reply.len()));
                     server.shutdown();
-                    changes.wait("shutdown", || server.is_shut_down().then_some(()));
+                    wait_shut_down(&server, &changes);
                     let output = collect(child);
                     drop(server);
                     finish(listener, &changes, provider);
@@ -609,6 +609,14 @@ fn driver_client_with_openssl_s_server() {
             assert_eq!(negotiated.alpn(), b"http/1.1");
         }
         kernel.shutdown().unwrap();
+    });
+}
+
+/// Waits until close_notify and the disconnect went out — or the peer, done reading, closed
+/// first (curl and s_client close as soon as they have the response).
+fn wait_shut_down(session: &Session<Changes>, changes: &Changes) {
+    changes.wait("shutdown", || {
+        (session.is_shut_down() || session.state() == State::Closed).then_some(())
     });
 }
 
@@ -858,4 +866,232 @@ fn dropping_sessions_mid_handshake_and_mid_transfer_leaks_nothing() {
             kernel.shutdown().unwrap();
         },
     );
+}
+
+/// Serves one HTTP/1.1 request on `server` with `body`, then shuts down: the request line.
+fn serve_one_http(server: &Session<Changes>, changes: &Changes, body: &str) -> String {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = changes.wait("an HTTP request", || match server.recv(&mut buf) {
+            Received::Data(n) => Some(n),
+            Received::Pending => None,
+            other => panic!("{other:?} after {} request bytes", request.len()),
+        });
+        request.extend_from_slice(&buf[..n]);
+    }
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(server.send(response.as_bytes()), Ok(response.len()));
+    server.shutdown();
+    wait_shut_down(&server, &changes);
+    String::from_utf8_lossy(&request)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn driver_server_answers_curl_over_https() {
+    isolated("driver_server_answers_curl_over_https", || {
+        let (kernel, pki) = boot("curl");
+        for flags in [&["--tlsv1.3"][..], &["--tlsv1.2", "--tls-max", "1.2"][..]] {
+            let ca = pki.path("ca.pem");
+            let thumbprint = pki.thumbprint;
+            let (output, request_line) = kernel
+                .run("https", move || {
+                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                    let changes = Changes::default();
+                    let listener = listen(
+                        &provider,
+                        server_credential(thumbprint),
+                        b"\x08http/1.1",
+                        &changes,
+                    );
+                    let mut command = Command::new("curl");
+                    command
+                        .args(["--silent", "--show-error", "--http1.1", "--cacert", &ca])
+                        .args(flags)
+                        .arg("--resolve")
+                        .arg(format!("localhost:{}:127.0.0.1", listener.local_port()))
+                        .arg(format!("https://localhost:{}/hello", listener.local_port()));
+                    let child = spawn_peer(command, b"");
+                    let server = changes.wait("an accepted session", || listener.next());
+                    open(&server, &changes);
+                    let line = serve_one_http(&server, &changes, "hello from the kernel\n");
+                    let output = collect(child);
+                    drop(server);
+                    finish(listener, &changes, provider);
+                    (output, line)
+                })
+                .unwrap();
+            assert_eq!(request_line, "GET /hello HTTP/1.1", "{flags:?}");
+            assert!(
+                output.starts_with("hello from the kernel\n"),
+                "{flags:?}: {output}"
+            );
+        }
+        kernel.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn driver_server_with_gnutls_cli_and_driver_client_with_gnutls_serv() {
+    isolated(
+        "driver_server_with_gnutls_cli_and_driver_client_with_gnutls_serv",
+        || {
+            let (kernel, pki) = boot("gnutls");
+            // gnutls-cli → driver server (echo one line).
+            let ca = pki.path("ca.pem");
+            let thumbprint = pki.thumbprint;
+            let output = kernel
+                .run("gnutls-cli", move || {
+                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                    let changes = Changes::default();
+                    let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                    let mut command = Command::new("gnutls-cli");
+                    command.args([
+                        "--x509cafile",
+                        &ca,
+                        "--port",
+                        &listener.local_port().to_string(),
+                        "localhost",
+                    ]);
+                    let child = spawn_peer(command, b"hello from gnutls\n");
+                    let server = changes.wait("an accepted session", || listener.next());
+                    open(&server, &changes);
+                    let line = recv_line(&server, &changes);
+                    let mut reply = b"echo: ".to_vec();
+                    reply.extend_from_slice(&line);
+                    assert_eq!(server.send(&reply), Ok(reply.len()));
+                    server.shutdown();
+                    wait_shut_down(&server, &changes);
+                    let output = collect(child);
+                    drop(server);
+                    finish(listener, &changes, provider);
+                    output
+                })
+                .unwrap();
+            assert!(output.contains("echo: hello from gnutls"), "{output}");
+            // driver client → gnutls-serv --echo.
+            let port = free_port();
+            let mut server = Command::new("gnutls-serv")
+                .args([
+                    "--echo",
+                    "--x509certfile",
+                    &pki.path("chain.pem"),
+                    "--x509keyfile",
+                    &pki.path("key.pem"),
+                    "--port",
+                    &port.to_string(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("gnutls-serv");
+            wait_listening(port);
+            let echoed = kernel
+                .run("gnutls-serv", move || {
+                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                    let changes = Changes::default();
+                    let client = connect(
+                        &provider,
+                        client_credential(ALL, 0),
+                        port,
+                        "localhost",
+                        b"",
+                        &changes,
+                    );
+                    open(&client, &changes);
+                    assert_eq!(client.send(b"ping over gnutls\n"), Ok(17));
+                    let line = recv_line(&client, &changes);
+                    drop(client);
+                    drop(provider);
+                    line
+                })
+                .unwrap();
+            let _ = server.kill();
+            let _ = server.wait();
+            assert_eq!(echoed, b"ping over gnutls\n");
+            kernel.shutdown().unwrap();
+        },
+    );
+}
+
+#[test]
+fn a_hundred_megabytes_arrive_intact() {
+    isolated("a_hundred_megabytes_arrive_intact", || {
+        let (kernel, pki) = boot("bulk");
+        let thumbprint = pki.thumbprint;
+        const TOTAL: usize = 100 * 1000 * 1000;
+        let (sent, received, digest_sent, digest_received) = kernel
+            .run("bulk", move || {
+                let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                let changes = Changes::default();
+                let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                let client = connect(
+                    &provider,
+                    client_credential(ALL, 0),
+                    listener.local_port(),
+                    "localhost",
+                    b"",
+                    &changes,
+                );
+                let server = changes.wait("an accepted session", || listener.next());
+                open(&client, &changes);
+                open(&server, &changes);
+                // A running FNV-1a over both ends; data from a counter so every byte differs in
+                // position.
+                let fnv = |h: u64, bytes: &[u8]| {
+                    bytes
+                        .iter()
+                        .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+                };
+                let chunk: Vec<u8> = (0..65536u32).map(|i| (i * 7 + i / 251) as u8).collect();
+                let (mut sent, mut received) = (0usize, 0usize);
+                let (mut hs, mut hr) = (0xcbf2_9ce4_8422_2325u64, 0xcbf2_9ce4_8422_2325u64);
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut pending_from = 0usize;
+                changes.wait("100 MB", || {
+                    loop {
+                        let mut moved = false;
+                        if sent < TOTAL {
+                            let want = (TOTAL - sent).min(chunk.len() - pending_from);
+                            let n = client
+                                .send(&chunk[pending_from..pending_from + want])
+                                .unwrap();
+                            hs = fnv(hs, &chunk[pending_from..pending_from + n]);
+                            sent += n;
+                            pending_from = (pending_from + n) % chunk.len();
+                            moved |= n > 0;
+                        }
+                        match server.recv(&mut buf) {
+                            Received::Data(n) => {
+                                hr = fnv(hr, &buf[..n]);
+                                received += n;
+                                moved = true;
+                            }
+                            Received::Pending => {}
+                            other => panic!("{other:?} after {received}"),
+                        }
+                        if received >= TOTAL {
+                            return Some(());
+                        }
+                        if !moved {
+                            return None;
+                        }
+                    }
+                });
+                drop((client, server));
+                finish(listener, &changes, provider);
+                (sent, received, hs, hr)
+            })
+            .unwrap();
+        assert_eq!((sent, received), (TOTAL, TOTAL));
+        assert_eq!(digest_sent, digest_received, "the bytes differ");
+        kernel.shutdown().unwrap();
+    });
 }
