@@ -886,7 +886,7 @@ fn serve_one_http(server: &Session<Changes>, changes: &Changes, body: &str) -> S
     );
     assert_eq!(server.send(response.as_bytes()), Ok(response.len()));
     server.shutdown();
-    wait_shut_down(&server, &changes);
+    wait_shut_down(server, changes);
     String::from_utf8_lossy(&request)
         .lines()
         .next()
