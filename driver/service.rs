@@ -254,8 +254,15 @@ pub fn connect(request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTAT
             ksys::schannel::SCH_CRED_MANUAL_CRED_VALIDATION
                 | ksys::schannel::SCH_CRED_NO_SERVERNAME_CHECK
         }
-        // Pinning needs the peer certificate's SHA-256, which the driver cannot compute yet.
-        Validation::Pinned(_) => return Err(STATUS_NOT_SUPPORTED),
+        // The chain is not validated; the session compares the certificate's SHA-256.
+        Validation::Pinned(_) => {
+            ksys::schannel::SCH_CRED_MANUAL_CRED_VALIDATION
+                | ksys::schannel::SCH_CRED_NO_SERVERNAME_CHECK
+        }
+    };
+    let pinned = match request.validation {
+        Validation::Pinned(digest) => Some(digest),
+        _ => None,
     };
     let credential = Credential::acquire(&CredentialSpec {
         inbound: false,
@@ -285,6 +292,7 @@ pub fn connect(request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTAT
         max_queued: MAX_QUEUED_BYTES,
         receive_window: RECEIVE_WINDOW,
         handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS,
+        pinned,
     };
     // SAFETY: as in `listen`.
     let session = unsafe { Session::start(device(), config, credential, Notify) }?;
@@ -521,6 +529,7 @@ fn info_of(session: &Session<Notify>, id: u64) -> ConnectionInfo {
         info.cipher_suite = n.cipher_suite as u16;
         info.alpn_len = n.alpn_len;
         info.alpn = n.alpn;
+        info.peer_certificate = n.peer_certificate;
     }
     if let Some(Failure { status, sspi }) = session.failure() {
         info.status = status;

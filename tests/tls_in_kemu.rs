@@ -16,10 +16,15 @@ use proto::session::*;
 
 const DEVICE_PATH: &str = r"\\.\WskTls";
 
+/// SHA-256 of the server certificate of the last `boot` in this process.
+static SERVER_DIGEST: std::sync::Mutex<[u8; 32]> = std::sync::Mutex::new([0; 32]);
+
 fn boot() -> (Kernel, Thumbprint) {
     let kernel = Kernel::boot(KernelConfig::from_env());
     let ca = TestCa::generate("wsktls test CA").unwrap();
     let issued = ca.issue(&["localhost"], Validity::Current).unwrap();
+    let leaf = pem::parse(issued.chain_pem.as_bytes()).unwrap();
+    *SERVER_DIGEST.lock().unwrap() = ktls::sha256::sha256(leaf.contents());
     let store = kernel.cert_store();
     let thumbprint = store
         .import_pem(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
@@ -476,10 +481,20 @@ fn malformed_and_unauthorised_requests_change_nothing() {
             STATUS_INVALID_BUFFER_SIZE
         );
         assert_eq!(call(IOCTL_WSKTLS_STATS, &[], 8), STATUS_BUFFER_TOO_SMALL);
-        // CONNECT: pinning is refused explicitly (not supported yet); name-only endpoints too.
-        let pinned = connect_request(443, b"", b"", Validation::Pinned([7; 32]));
+        // CONNECT: name-only endpoints (resolution) are refused explicitly for now.
+        let mut unresolved = ConnectRequest {
+            endpoint: Endpoint::loopback_v4(443),
+            host: b"localhost",
+            sni: b"",
+            alpn: b"",
+            versions: VersionRange::ALL,
+            validation: Validation::SystemRoots,
+        };
+        unresolved.endpoint.ip = [0; 16];
+        let mut buf = vec![0u8; ConnectRequest::FIXED + 9];
+        let n = unresolved.encode(&mut buf).unwrap();
         assert_eq!(
-            call(IOCTL_WSKTLS_CONNECT, &pinned, ConnectionInfo::SIZE),
+            call(IOCTL_WSKTLS_CONNECT, &buf[..n], ConnectionInfo::SIZE),
             STATUS_NOT_SUPPORTED
         );
         // Nothing was created by any of it.
@@ -493,4 +508,55 @@ fn malformed_and_unauthorised_requests_change_nothing() {
         kernel.close(h).unwrap();
         kernel.shutdown().unwrap();
     });
+}
+
+#[test]
+fn pinned_connects_report_the_peer_certificate_and_refuse_other_certificates() {
+    isolated(
+        "pinned_connects_report_the_peer_certificate_and_refuse_other_certificates",
+        || {
+            let (kernel, thumbprint) = boot();
+            let digest = *SERVER_DIGEST.lock().unwrap();
+            let a = open(&kernel);
+            let b = open(&kernel);
+            let listener = listen(&kernel, a, thumbprint, b"");
+            let accept = accept_async(&kernel, a, listener.id);
+            let pinned =
+                connect_request(listener.port, b"any.name", b"", Validation::Pinned(digest));
+            let good = info(
+                kernel
+                    .ioctl_async(b, IOCTL_WSKTLS_CONNECT, &pinned, ConnectionInfo::SIZE)
+                    .unwrap(),
+            );
+            assert_eq!(good.peer_certificate, Some(digest));
+            let server = info(accept);
+            assert_eq!(
+                server.peer_certificate, None,
+                "the client sent no certificate"
+            );
+            let mut other = digest;
+            other[31] ^= 0x80;
+            let wrong =
+                connect_request(listener.port, b"localhost", b"", Validation::Pinned(other));
+            let bad = info(
+                kernel
+                    .ioctl_async(b, IOCTL_WSKTLS_CONNECT, &wrong, ConnectionInfo::SIZE)
+                    .unwrap(),
+            );
+            // A failed handshake completes CONNECT with the failure inside ConnectionInfo.
+            assert_eq!(
+                (bad.status, bad.sspi_status),
+                (STATUS_UNSUCCESSFUL, ksys::sspi::SEC_E_UNTRUSTED_ROOT)
+            );
+            assert_eq!(
+                id_call(&kernel, b, IOCTL_WSKTLS_CLOSE, bad.id),
+                STATUS_SUCCESS
+            );
+            let s = stats(&kernel, a);
+            assert!(s.handshakes_failed >= 1, "{s:?}");
+            kernel.close(a).unwrap();
+            kernel.close(b).unwrap();
+            kernel.shutdown().unwrap();
+        },
+    );
 }

@@ -19,6 +19,7 @@ pub mod deadline;
 pub mod listener;
 pub mod pool;
 pub mod session;
+pub mod sha256;
 pub mod sspi;
 pub mod sync;
 pub mod work;

@@ -384,6 +384,7 @@ impl<O: Observer + Clone> Engine<O> {
             max_queued: shared.max_queued,
             receive_window: shared.receive_window,
             handshake_timeout_ms: shared.handshake_timeout_ms,
+            pinned: None,
         };
         // SAFETY: the device outlives the listener's sessions (the listener's contract); the
         // accepted socket is ours alone.

@@ -29,7 +29,9 @@ use core::ffi::c_void;
 use ksys::imports::*;
 use ksys::io::{DEVICE_OBJECT, IRP};
 use ksys::ntdef::*;
-use ksys::schannel::{SecPkgContext_CipherInfo, SecPkgContext_ConnectionInfo};
+use ksys::schannel::{
+    SecPkgContext_Certificates, SecPkgContext_CipherInfo, SecPkgContext_ConnectionInfo,
+};
 use ksys::sspi::*;
 use ksys::wsk::*;
 
@@ -105,7 +107,15 @@ pub struct Config {
     /// Connect plus handshake must finish within this many milliseconds (0: no limit);
     /// otherwise the session fails with STATUS_IO_TIMEOUT.
     pub handshake_timeout_ms: u32,
+    /// Client: accept only a server certificate with this SHA-256 (the credential should then
+    /// skip chain validation, SCH_CRED_MANUAL_CRED_VALIDATION); a different one fails the
+    /// session with [`SEC_E_PIN_MISMATCH`].
+    pub pinned: Option<[u8; 32]>,
 }
+
+/// The SECURITY_STATUS a pinning failure reports (SEC_E_UNTRUSTED_ROOT: the certificate is
+/// not the one trusted).
+pub const SEC_E_PIN_MISMATCH: SECURITY_STATUS = SEC_E_UNTRUSTED_ROOT;
 
 /// What the handshake settled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +128,8 @@ pub struct Negotiated {
     pub alpn_len: u8,
     /// The negotiated ALPN id.
     pub alpn: [u8; 255],
+    /// SHA-256 of the peer's certificate (its leaf), if it presented one.
+    pub peer_certificate: Option<[u8; 32]>,
 }
 
 impl Negotiated {
@@ -266,6 +278,7 @@ struct Engine<O: Observer> {
     deadline: PoolArc<Deadline<Worker<Conn<O>>>>,
     deadline_armed: bool,
     handshake_timeout_ms: u32,
+    pinned: Option<[u8; 32]>,
 }
 
 /// The session's shared state: the owner's mailbox and the drain's engine.
@@ -392,6 +405,7 @@ impl<O: Observer> Session<O> {
             deadline: Deadline::try_new(EV_TIMER)?,
             deadline_armed: false,
             handshake_timeout_ms: config.handshake_timeout_ms,
+            pinned: config.pinned,
         };
         let conn = Conn {
             mailbox: SpinLock::new(Mailbox {
@@ -1034,7 +1048,14 @@ impl<O: Observer> Engine<O> {
             cipher_suite: cipher.dwCipherSuite,
             alpn_len: 0,
             alpn: [0; 255],
+            peer_certificate: self.peer_certificate_digest(),
         };
+        if let Some(pin) = self.pinned {
+            if negotiated.peer_certificate != Some(pin) {
+                self.fail_or_end(conn, Some(Failure::tls(SEC_E_PIN_MISMATCH)));
+                return;
+            }
+        }
         // SAFETY: plain data, filled by the query.
         let mut protocol: SecPkgContext_ApplicationProtocol = unsafe { core::mem::zeroed() };
         // SAFETY: as above.
@@ -1063,6 +1084,38 @@ impl<O: Observer> Engine<O> {
         if self.rx_len > 0 {
             self.decrypt_all(conn);
         }
+    }
+
+    /// SHA-256 of the leaf of SECPKG_ATTR_REMOTE_CERTIFICATES ([u32 length][DER] repeated).
+    fn peer_certificate_digest(&mut self) -> Option<[u8; 32]> {
+        let mut certs = SecPkgContext_Certificates {
+            cCertificates: 0,
+            cbCertificateChain: 0,
+            pbCertificateChain: core::ptr::null_mut(),
+        };
+        // SAFETY: an established context; the structure is the one the attribute fills.
+        let status = unsafe {
+            QueryContextAttributesW(
+                &mut self.context,
+                SECPKG_ATTR_REMOTE_CERTIFICATES,
+                &mut certs as *mut _ as *mut c_void,
+            )
+        };
+        if status != SEC_E_OK || certs.pbCertificateChain.is_null() {
+            return None;
+        }
+        // SAFETY: SSPI allocated `cbCertificateChain` bytes at `pbCertificateChain`; they stay
+        // valid until FreeContextBuffer below.
+        let chain = unsafe {
+            core::slice::from_raw_parts(certs.pbCertificateChain, certs.cbCertificateChain as usize)
+        };
+        let digest = chain.get(..4).and_then(|len| {
+            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            chain.get(4..4 + len).map(crate::sha256::sha256)
+        });
+        // SAFETY: the buffer SSPI allocated for this query, freed once.
+        unsafe { FreeContextBuffer(certs.pbCertificateChain as *mut c_void) };
+        digest
     }
 
     // ---- records ----------------------------------------------------------------------

@@ -11,7 +11,7 @@ use kemu::testing::isolated;
 use kemu::{Kernel, KernelConfig, NativeDriver, TestCa, Thumbprint, Validity};
 use ksys::ntdef::{STATUS_CONNECTION_DISCONNECTED, STATUS_IO_TIMEOUT};
 use ksys::schannel::*;
-use ksys::sspi::{SEC_E_UNTRUSTED_ROOT, SEC_E_WRONG_PRINCIPAL};
+use ksys::sspi::{SEC_E_CERT_EXPIRED, SEC_E_UNTRUSTED_ROOT, SEC_E_WRONG_PRINCIPAL};
 use ksys::wsk::*;
 use ktls::credential::{Credential, CredentialSpec, Versions};
 use ktls::listener::{ListenState, Listener, ListenerConfig};
@@ -101,6 +101,9 @@ impl Changes {
 struct Pki {
     thumbprint: Thumbprint,
     dir: std::path::PathBuf,
+    ca: TestCa,
+    /// SHA-256 of the server certificate (DER).
+    digest: [u8; 32],
 }
 
 impl Pki {
@@ -130,7 +133,17 @@ fn boot(name: &str) -> (Kernel, Pki) {
             imports: ksys::imports::IMPORT_DIRECTORY,
         })
         .unwrap();
-    (kernel, Pki { thumbprint, dir })
+    let leaf = pem::parse(issued.chain_pem.as_bytes()).unwrap();
+    let digest = ktls::sha256::sha256(leaf.contents());
+    (
+        kernel,
+        Pki {
+            thumbprint,
+            dir,
+            ca,
+            digest,
+        },
+    )
 }
 
 fn v4(ip: [u8; 4], port: u16) -> SOCKADDR_STORAGE {
@@ -165,6 +178,39 @@ fn client_credential(versions: Versions, flags: u32) -> ktls::pool::PoolArc<Cred
         flags,
         versions,
     })
+    .unwrap()
+}
+
+/// Starts a client session with every option spelled out.
+fn connect_with(
+    provider: &Provider,
+    credential: ktls::pool::PoolArc<Credential>,
+    port: u16,
+    target: &str,
+    pinned: Option<[u8; 32]>,
+    changes: &Changes,
+) -> Session<Changes> {
+    // SAFETY: as in `listen`.
+    unsafe {
+        Session::start(
+            device(),
+            Config {
+                role: Role::Client {
+                    npi: provider.npi(),
+                    remote: v4([127, 0, 0, 1], port),
+                    target: target.encode_utf16().collect(),
+                },
+                alpn: Vec::new(),
+                require_client_certificate: false,
+                max_queued: 64 * 1024,
+                receive_window: 64 * 1024,
+                handshake_timeout_ms: 10_000,
+                pinned,
+            },
+            credential,
+            changes.clone(),
+        )
+    }
     .unwrap()
 }
 
@@ -222,6 +268,7 @@ fn connect(
                 max_queued: 256 * 1024,
                 receive_window: 256 * 1024,
                 handshake_timeout_ms: 10_000,
+                pinned: None,
             },
             credential,
             changes.clone(),
@@ -1094,4 +1141,174 @@ fn a_hundred_megabytes_arrive_intact() {
         assert_eq!(digest_sent, digest_received, "the bytes differ");
         kernel.shutdown().unwrap();
     });
+}
+
+#[test]
+fn pinning_accepts_the_pinned_certificate_only_and_reports_the_peer_digest() {
+    isolated(
+        "pinning_accepts_the_pinned_certificate_only_and_reports_the_peer_digest",
+        || {
+            let (kernel, pki) = boot("pinning");
+            let (thumbprint, digest) = (pki.thumbprint, pki.digest);
+            let (reported, wrong) = kernel
+                .run("pinning", move || {
+                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                    let changes = Changes::default();
+                    let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                    let port = listener.local_port();
+                    let manual = client_credential(ALL, SCH_CRED_MANUAL_CRED_VALIDATION);
+                    // The right pin, and a name that would not validate: pinning replaces both.
+                    let good = connect_with(
+                        &provider,
+                        manual.clone(),
+                        port,
+                        "pinned.invalid",
+                        Some(digest),
+                        &changes,
+                    );
+                    open(&good, &changes);
+                    let reported = good.negotiated().unwrap().peer_certificate;
+                    let mut other = digest;
+                    other[0] ^= 1;
+                    let bad =
+                        connect_with(&provider, manual, port, "localhost", Some(other), &changes);
+                    let wrong = failure_of(&bad, &changes);
+                    let sessions: Vec<_> = std::iter::from_fn(|| listener.next()).collect();
+                    drop((good, bad, sessions));
+                    finish(listener, &changes, provider);
+                    (reported, wrong)
+                })
+                .unwrap();
+            assert_eq!(reported, Some(digest));
+            assert_eq!(
+                wrong,
+                Some(Failure {
+                    status: STATUS_TLS_FAILURE,
+                    sspi: ktls::session::SEC_E_PIN_MISMATCH
+                })
+            );
+            kernel.shutdown().unwrap();
+        },
+    );
+}
+
+#[test]
+fn an_expired_server_certificate_fails_validation() {
+    isolated("an_expired_server_certificate_fails_validation", || {
+        let (kernel, pki) = boot("expired");
+        let issued = pki.ca.issue(&["localhost"], Validity::Expired).unwrap();
+        let thumbprint = kernel
+            .cert_store()
+            .import_pem(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
+            .unwrap();
+        let failure = kernel
+            .run("expired", move || {
+                let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                let changes = Changes::default();
+                let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                let client = connect_with(
+                    &provider,
+                    client_credential(ALL, 0),
+                    listener.local_port(),
+                    "localhost",
+                    None,
+                    &changes,
+                );
+                let f = failure_of(&client, &changes);
+                let sessions: Vec<_> = std::iter::from_fn(|| listener.next()).collect();
+                drop((client, sessions));
+                finish(listener, &changes, provider);
+                f
+            })
+            .unwrap();
+        assert_eq!(failure.map(|f| f.sspi), Some(SEC_E_CERT_EXPIRED));
+        kernel.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn a_listener_that_requires_client_certificates_refuses_clients_without_one() {
+    isolated(
+        "a_listener_that_requires_client_certificates_refuses_clients_without_one",
+        || {
+            let (kernel, pki) = boot("mutual");
+            let client_cert = pki
+                .ca
+                .issue(&["client.example"], Validity::Current)
+                .unwrap();
+            let client_thumbprint = kernel
+                .cert_store()
+                .import_pem(
+                    client_cert.chain_pem.as_bytes(),
+                    client_cert.key_pem.as_bytes(),
+                )
+                .unwrap();
+            let client_leaf = pem::parse(client_cert.chain_pem.as_bytes()).unwrap();
+            let client_digest = ktls::sha256::sha256(client_leaf.contents());
+            let thumbprint = pki.thumbprint;
+            let (without, with_state, seen_by_server) = kernel
+                .run("mutual", move || {
+                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                    let changes = Changes::default();
+                    // SAFETY: as in `listen`.
+                    let listener = unsafe {
+                        Listener::start(
+                            device(),
+                            ListenerConfig {
+                                npi: provider.npi(),
+                                local: v4([127, 0, 0, 1], 0),
+                                alpn: Vec::new(),
+                                require_client_certificate: true,
+                                max_queued: 64 * 1024,
+                                receive_window: 64 * 1024,
+                                backlog: 8,
+                                handshake_timeout_ms: 5000,
+                            },
+                            server_credential(thumbprint),
+                            changes.clone(),
+                        )
+                    }
+                    .unwrap();
+                    changes.wait("listening", || {
+                        (listener.state() == ListenState::Listening).then_some(())
+                    });
+                    let port = listener.local_port();
+                    let anonymous = connect_with(
+                        &provider,
+                        client_credential(ALL, 0),
+                        port,
+                        "localhost",
+                        None,
+                        &changes,
+                    );
+                    let rejected = changes.wait("an accepted session", || listener.next());
+                    let server_failure = failure_of(&rejected, &changes);
+                    assert!(server_failure.is_some());
+                    // The client may have finished its side (TLS 1.3) before the server's alert.
+                    let _ = failure_of(&anonymous, &changes);
+                    let with_cert = Credential::acquire(&CredentialSpec {
+                        inbound: false,
+                        thumbprint: Some(client_thumbprint.0),
+                        flags: 0,
+                        versions: ALL,
+                    })
+                    .unwrap();
+                    let client =
+                        connect_with(&provider, with_cert, port, "localhost", None, &changes);
+                    let server = changes.wait("an accepted session", || listener.next());
+                    open(&client, &changes);
+                    open(&server, &changes);
+                    let seen = server.negotiated().unwrap().peer_certificate;
+                    let state = client.state();
+                    drop((anonymous, rejected, client, server));
+                    finish(listener, &changes, provider);
+                    (server_failure, state, seen)
+                })
+                .unwrap();
+            assert_eq!(without.map(|f| f.status), Some(STATUS_TLS_FAILURE));
+            assert_eq!(with_state, State::Open);
+            assert_eq!(seen_by_server, Some(client_digest));
+            kernel.shutdown().unwrap();
+        },
+    );
 }
