@@ -244,10 +244,19 @@ fn wait_listening(listener: &Listener<Notify>) -> ListenState {
 /// CONNECT: starts a client session; the request parks until the handshake ends.
 pub fn connect(request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTATUS> {
     check_limits(&TABLE.lock(), owner)?;
-    if request.endpoint.ip.iter().all(|&b| b == 0) {
-        // Name resolution (WskGetAddressInfo) is not wired in yet: an address is required.
-        return Err(STATUS_NOT_SUPPORTED);
-    }
+    // An unspecified address means "resolve the host name" (WskGetAddressInfo, in the session).
+    let resolve = if request.endpoint.ip.iter().all(|&b| b == 0) {
+        if request.host.is_empty() {
+            return Err(STATUS_INVALID_PARAMETER);
+        }
+        let mut name = Vec::new();
+        name.try_reserve_exact(request.host.len())
+            .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+        name.extend(request.host.iter().map(|&b| u16::from(b)));
+        Some(name)
+    } else {
+        None
+    };
     let flags = match request.validation {
         Validation::SystemRoots => 0,
         Validation::Insecure => {
@@ -286,6 +295,7 @@ pub fn connect(request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTAT
             npi: provider_npi()?,
             remote: sockaddr(&request.endpoint),
             target,
+            resolve,
         },
         alpn: copy(request.alpn)?,
         require_client_certificate: false,

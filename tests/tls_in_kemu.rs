@@ -481,21 +481,21 @@ fn malformed_and_unauthorised_requests_change_nothing() {
             STATUS_INVALID_BUFFER_SIZE
         );
         assert_eq!(call(IOCTL_WSKTLS_STATS, &[], 8), STATUS_BUFFER_TOO_SMALL);
-        // CONNECT: name-only endpoints (resolution) are refused explicitly for now.
+        // CONNECT: an unspecified address needs a host name to resolve.
         let mut unresolved = ConnectRequest {
             endpoint: Endpoint::loopback_v4(443),
-            host: b"localhost",
+            host: b"",
             sni: b"",
             alpn: b"",
             versions: VersionRange::ALL,
             validation: Validation::SystemRoots,
         };
         unresolved.endpoint.ip = [0; 16];
-        let mut buf = vec![0u8; ConnectRequest::FIXED + 9];
+        let mut buf = vec![0u8; ConnectRequest::FIXED];
         let n = unresolved.encode(&mut buf).unwrap();
         assert_eq!(
             call(IOCTL_WSKTLS_CONNECT, &buf[..n], ConnectionInfo::SIZE),
-            STATUS_NOT_SUPPORTED
+            STATUS_INVALID_PARAMETER
         );
         // Nothing was created by any of it.
         let s = stats(&kernel, h);
@@ -559,4 +559,38 @@ fn pinned_connects_report_the_peer_certificate_and_refuse_other_certificates() {
             kernel.shutdown().unwrap();
         },
     );
+}
+
+#[test]
+fn connect_by_host_name_resolves_it() {
+    isolated("connect_by_host_name_resolves_it", || {
+        let (kernel, thumbprint) = boot();
+        let a = open(&kernel);
+        let b = open(&kernel);
+        let listener = listen(&kernel, a, thumbprint, b"");
+        let accept = accept_async(&kernel, a, listener.id);
+        let mut request = ConnectRequest {
+            endpoint: Endpoint::loopback_v4(listener.port),
+            host: b"localhost",
+            sni: b"",
+            alpn: b"",
+            versions: VersionRange::ALL,
+            validation: Validation::SystemRoots,
+        };
+        request.endpoint.ip = [0; 16];
+        let mut buf = vec![0u8; ConnectRequest::FIXED + 9];
+        let n = request.encode(&mut buf).unwrap();
+        let client = info(
+            kernel
+                .ioctl_async(b, IOCTL_WSKTLS_CONNECT, &buf[..n], ConnectionInfo::SIZE)
+                .unwrap(),
+        );
+        let server = info(accept);
+        assert_eq!(client.status, STATUS_SUCCESS);
+        assert_eq!(send(&kernel, b, client.id, b"by name"), STATUS_SUCCESS);
+        assert_eq!(recv_exact(&kernel, a, server.id, 7), b"by name");
+        kernel.close(a).unwrap();
+        kernel.close(b).unwrap();
+        kernel.shutdown().unwrap();
+    });
 }

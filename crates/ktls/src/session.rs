@@ -86,6 +86,9 @@ pub enum Role {
         remote: SOCKADDR_STORAGE,
         /// The target name (SNI and the name validated), UTF-16 without NUL; may be empty.
         target: Vec<u16>,
+        /// A host name to resolve (WskGetAddressInfo) before connecting; `remote` then only
+        /// supplies the port. IPv4 answers are preferred, then IPv6.
+        resolve: Option<Vec<u16>>,
     },
 }
 
@@ -211,6 +214,7 @@ struct Mailbox {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
+    Resolving,
     Connecting,
     Handshaking,
     Open,
@@ -222,6 +226,7 @@ enum Phase {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Control {
     None,
+    Resolve,
     Connect,
     Disconnect,
     Close,
@@ -247,6 +252,10 @@ struct Engine<O: Observer> {
     socket: *mut WSK_SOCKET,
     client: Option<(WSK_PROVIDER_NPI, SOCKADDR_STORAGE, SOCKADDR_STORAGE)>,
     target: Vec<u16>,
+    /// Host name to resolve first (empty: none).
+    resolve_name: Vec<u16>,
+    /// WskGetAddressInfo's result while the call is in flight (freed at completion).
+    resolved: *mut ADDRINFOEXW,
     alpn_blob: Vec<u8>,
     send: Op<O>,
     recv: Op<O>,
@@ -327,32 +336,37 @@ impl<O: Observer> Session<O> {
         observer: O,
     ) -> Result<Session<O>, NTSTATUS> {
         let (server, socket, client, target) = match config.role {
-            Role::Server { socket } => (true, socket, None, Vec::new()),
+            Role::Server { socket } => (true, socket, None, (Vec::new(), None)),
             Role::Client {
                 npi,
                 remote,
                 target,
+                resolve,
             } => {
-                let mut local = SOCKADDR_STORAGE {
+                let local = SOCKADDR_STORAGE {
                     ss_family: remote.ss_family,
                     data: [0; 126],
                 };
-                local.ss_family = remote.ss_family;
                 (
                     false,
                     core::ptr::null_mut(),
                     Some((npi, local, remote)),
-                    target,
+                    (target, resolve),
                 )
             }
         };
+        let (target, resolve) = target;
         let alpn_blob = alpn_blob(&config.alpn)?;
         let engine = Engine {
             phase: if server {
                 Phase::Handshaking
+            } else if resolve.is_some() {
+                Phase::Resolving
             } else {
                 Phase::Connecting
             },
+            resolve_name: resolve.unwrap_or_default(),
+            resolved: core::ptr::null_mut(),
             socket,
             client,
             target,
@@ -583,7 +597,10 @@ impl<O: Observer> Engine<O> {
         if self.phase == Phase::Done {
             return;
         }
-        let handshaking = matches!(self.phase, Phase::Connecting | Phase::Handshaking);
+        let handshaking = matches!(
+            self.phase,
+            Phase::Resolving | Phase::Connecting | Phase::Handshaking
+        );
         if handshaking && !self.deadline_armed && self.handshake_timeout_ms > 0 {
             self.deadline_armed =
                 Deadline::arm(&self.deadline, worker.clone(), self.handshake_timeout_ms).is_ok();
@@ -623,6 +640,11 @@ impl<O: Observer> Engine<O> {
     /// Starts whatever can start now.
     fn advance(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>, shutdown: bool) {
         match self.phase {
+            Phase::Resolving => {
+                if self.control_kind == Control::None {
+                    self.start_resolve(conn, worker);
+                }
+            }
             Phase::Connecting => {
                 if self.control_kind == Control::None {
                     self.start_connect(worker);
@@ -666,6 +688,95 @@ impl<O: Observer> Engine<O> {
     }
 
     // ---- the socket -------------------------------------------------------------------
+
+    fn start_resolve(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
+        let Some((npi, _, _)) = self.client else {
+            return;
+        };
+        if self.resolve_name.is_empty() || self.resolve_name.len() > 255 {
+            self.fail_or_end(conn, Some(Failure::net(STATUS_INVALID_PARAMETER)));
+            return;
+        }
+        // The name lives in the engine; the provider reads it during the call.
+        let node = UNICODE_STRING {
+            Length: (self.resolve_name.len() * 2) as u16,
+            MaximumLength: (self.resolve_name.len() * 2) as u16,
+            Buffer: self.resolve_name.as_mut_ptr(),
+        };
+        let result = &mut self.resolved as *mut *mut ADDRINFOEXW;
+        self.start_control(worker, Control::Resolve, |irp| {
+            // SAFETY: a captured provider; `node` and `result` outlive the call (the result
+            // pointer lives in the pool-resident engine until completion).
+            unsafe {
+                (*npi.Dispatch).WskGetAddressInfo.unwrap()(
+                    npi.Client,
+                    &node,
+                    core::ptr::null(),
+                    0,
+                    core::ptr::null_mut(),
+                    core::ptr::null(),
+                    result,
+                    core::ptr::null_mut(),
+                    core::ptr::null_mut(),
+                    irp,
+                )
+            }
+        });
+    }
+
+    /// Takes the first IPv4 answer (else IPv6) into the remote address, keeping its port, and
+    /// frees the list.
+    fn take_resolved(&mut self) -> bool {
+        let Some((npi, local, remote)) = self.client.as_mut() else {
+            return false;
+        };
+        let list = core::mem::replace(&mut self.resolved, core::ptr::null_mut());
+        if list.is_null() {
+            return false;
+        }
+        let port = [remote.data[0], remote.data[1]];
+        let mut chosen: Option<SOCKADDR_STORAGE> = None;
+        for wanted in [AF_INET as u16, AF_INET6 as u16] {
+            let mut node = list;
+            while !node.is_null() && chosen.is_none() {
+                // SAFETY: a node of the provider's list, alive until WskFreeAddressInfo below.
+                let n = unsafe { &*node };
+                let len = n.ai_addrlen.min(core::mem::size_of::<SOCKADDR_STORAGE>());
+                if !n.ai_addr.is_null() && len >= 4 {
+                    let mut s = SOCKADDR_STORAGE {
+                        ss_family: 0,
+                        data: [0; 126],
+                    };
+                    // SAFETY: `len` bytes of the node's address into our storage (as large).
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            n.ai_addr as *const u8,
+                            &mut s as *mut SOCKADDR_STORAGE as *mut u8,
+                            len,
+                        )
+                    };
+                    if s.ss_family == wanted {
+                        chosen = Some(s);
+                    }
+                }
+                node = n.ai_next;
+            }
+        }
+        // SAFETY: the list WskGetAddressInfo returned, freed once.
+        unsafe { (*npi.Dispatch).WskFreeAddressInfo.unwrap()(npi.Client, list) };
+        match chosen {
+            Some(mut s) => {
+                s.data[0..2].copy_from_slice(&port);
+                *remote = s;
+                *local = SOCKADDR_STORAGE {
+                    ss_family: s.ss_family,
+                    data: [0; 126],
+                };
+                true
+            }
+            None => false,
+        }
+    }
 
     fn start_connect(&mut self, worker: &Worker<Conn<O>>) {
         let Some((npi, mut local, mut remote)) = self.client else {
@@ -741,6 +852,25 @@ impl<O: Observer> Engine<O> {
     fn control_completed(&mut self, conn: &Conn<O>, status: NTSTATUS, information: usize) {
         let kind = core::mem::replace(&mut self.control_kind, Control::None);
         match kind {
+            Control::Resolve => {
+                let found = nt_success(status) && self.take_resolved();
+                if !self.resolved.is_null() {
+                    // Failed call that still returned a list (not expected): free it anyway.
+                    self.take_resolved();
+                }
+                if self.phase == Phase::Resolving {
+                    if found {
+                        self.phase = Phase::Connecting;
+                    } else {
+                        let why = if nt_success(status) {
+                            STATUS_NOT_FOUND
+                        } else {
+                            status
+                        };
+                        self.fail_or_end(conn, Some(Failure::net(why)));
+                    }
+                }
+            }
             Control::Connect => {
                 if nt_success(status) && information != 0 {
                     self.socket = information as *mut WSK_SOCKET;
@@ -1342,7 +1472,10 @@ impl<O: Observer> Engine<O> {
         // Cancel what is in flight and wait for it to come back.
         self.send.cancel();
         self.recv.cancel();
-        if self.control_kind == Control::Connect || self.control_kind == Control::Disconnect {
+        if matches!(
+            self.control_kind,
+            Control::Resolve | Control::Connect | Control::Disconnect
+        ) {
             self.control.cancel();
         }
         if !self.send.is_idle() || !self.recv.is_idle() || self.sspi_pending {

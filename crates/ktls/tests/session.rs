@@ -199,6 +199,7 @@ fn connect_with(
                     npi: provider.npi(),
                     remote: v4([127, 0, 0, 1], port),
                     target: target.encode_utf16().collect(),
+                    resolve: None,
                 },
                 alpn: Vec::new(),
                 require_client_certificate: false,
@@ -262,6 +263,7 @@ fn connect(
                     npi: provider.npi(),
                     remote: v4([127, 0, 0, 1], port),
                     target: target.encode_utf16().collect(),
+                    resolve: None,
                 },
                 alpn: alpn.to_vec(),
                 require_client_certificate: false,
@@ -1311,4 +1313,54 @@ fn a_listener_that_requires_client_certificates_refuses_clients_without_one() {
             kernel.shutdown().unwrap();
         },
     );
+}
+
+#[test]
+fn a_client_resolves_its_host_name_first() {
+    isolated("a_client_resolves_its_host_name_first", || {
+        let (kernel, pki) = boot("resolve");
+        let thumbprint = pki.thumbprint;
+        let state = kernel
+            .run("resolve", move || {
+                let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                let changes = Changes::default();
+                let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                // Only the port of `remote` counts: the address comes from resolving the name.
+                // SAFETY: as in `listen`.
+                let client = unsafe {
+                    Session::start(
+                        device(),
+                        Config {
+                            role: Role::Client {
+                                npi: provider.npi(),
+                                remote: v4([0, 0, 0, 0], listener.local_port()),
+                                target: "localhost".encode_utf16().collect(),
+                                resolve: Some("localhost".encode_utf16().collect()),
+                            },
+                            alpn: Vec::new(),
+                            require_client_certificate: false,
+                            max_queued: 64 * 1024,
+                            receive_window: 64 * 1024,
+                            handshake_timeout_ms: 10_000,
+                            pinned: None,
+                        },
+                        client_credential(ALL, 0),
+                        changes.clone(),
+                    )
+                }
+                .unwrap();
+                let server = changes.wait("an accepted session", || listener.next());
+                open(&client, &changes);
+                let data = pattern(5000, 9);
+                let got = echo(&client, &server, &changes, &data);
+                assert!(got == data);
+                let state = client.state();
+                drop((client, server));
+                finish(listener, &changes, provider);
+                state
+            })
+            .unwrap();
+        assert_eq!(state, State::Open);
+        kernel.shutdown().unwrap();
+    });
 }
