@@ -594,3 +594,67 @@ fn connect_by_host_name_resolves_it() {
         kernel.shutdown().unwrap();
     });
 }
+
+#[test]
+fn send_and_shutdown_pend_on_a_full_queue_and_can_be_cancelled() {
+    isolated(
+        "send_and_shutdown_pend_on_a_full_queue_and_can_be_cancelled",
+        || {
+            let (kernel, thumbprint) = boot();
+            let a = open(&kernel);
+            let b = open(&kernel);
+            let listener = listen(&kernel, a, thumbprint, b"");
+            let accept = accept_async(&kernel, a, listener.id);
+            let client = info(connect_async(&kernel, b, listener.port, b"localhost", b""));
+            let _server = info(accept);
+            // The server never reads: the client's queue (1 MiB) fills after the receive window
+            // and the socket buffers, and a SEND then waits.
+            let chunk = pattern(MAX_SEND, 5);
+            let mut buf = vec![0u8; SendRequest::FIXED + MAX_SEND];
+            let n = SendRequest {
+                id: client.id,
+                data: &chunk,
+            }
+            .encode(&mut buf)
+            .unwrap();
+            let mut parked = None;
+            for _ in 0..2000 {
+                let io = kernel
+                    .ioctl_async(b, IOCTL_WSKTLS_SEND, &buf[..n], 0)
+                    .unwrap();
+                match io.wait_timeout(Duration::from_millis(300)).unwrap() {
+                    Some(r) => assert_eq!(r.status, STATUS_SUCCESS),
+                    None => {
+                        parked = Some(io);
+                        break;
+                    }
+                }
+            }
+            let send = parked.expect("a SEND pends once the queue is full");
+            assert_eq!(stats(&kernel, a).pending_operations, 1);
+            send.cancel().unwrap();
+            assert_eq!(send.wait().unwrap().status, STATUS_CANCELLED);
+            // SHUTDOWN waits for the queue to drain, which it cannot: cancel it too.
+            let shutdown = kernel
+                .ioctl_async(
+                    b,
+                    IOCTL_WSKTLS_SHUTDOWN,
+                    &IdRequest { id: client.id }.encode(),
+                    0,
+                )
+                .unwrap();
+            assert!(
+                shutdown
+                    .wait_timeout(Duration::from_millis(300))
+                    .unwrap()
+                    .is_none()
+            );
+            shutdown.cancel().unwrap();
+            assert_eq!(shutdown.wait().unwrap().status, STATUS_CANCELLED);
+            assert_eq!(stats(&kernel, a).pending_operations, 0);
+            kernel.close(a).unwrap();
+            kernel.close(b).unwrap();
+            kernel.shutdown().unwrap();
+        },
+    );
+}

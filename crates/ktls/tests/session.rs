@@ -1364,3 +1364,80 @@ fn a_client_resolves_its_host_name_first() {
         kernel.shutdown().unwrap();
     });
 }
+
+#[test]
+fn five_hundred_concurrent_connections() {
+    isolated("five_hundred_concurrent_connections", || {
+        const N: usize = 500;
+        let (kernel, pki) = boot("concurrent");
+        let thumbprint = pki.thumbprint;
+        let (opened, echoed) = kernel
+            .run("concurrent", move || {
+                let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                let changes = Changes::default();
+                let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                let port = listener.local_port();
+                let credential = client_credential(ALL, 0);
+                let clients: Vec<Session<Changes>> = (0..N)
+                    .map(|_| {
+                        connect_with(
+                            &provider,
+                            credential.clone(),
+                            port,
+                            "localhost",
+                            None,
+                            &changes,
+                        )
+                    })
+                    .collect();
+                let mut servers: Vec<Session<Changes>> = Vec::with_capacity(N);
+                changes.wait("every handshake", || {
+                    while let Some(s) = listener.next() {
+                        servers.push(s);
+                    }
+                    for s in clients.iter().chain(&servers) {
+                        if s.state() == State::Closed {
+                            panic!("a session failed: {:?}", s.failure());
+                        }
+                    }
+                    (servers.len() == N
+                        && clients
+                            .iter()
+                            .chain(&servers)
+                            .all(|s| s.state() == State::Open))
+                    .then_some(())
+                });
+                // Every client sends its number; every server echoes what it got.
+                for (i, c) in clients.iter().enumerate() {
+                    assert_eq!(c.send(&(i as u64).to_le_bytes()), Ok(8));
+                }
+                let mut got: Vec<Vec<u8>> = vec![Vec::new(); N];
+                let mut buf = [0u8; 64];
+                changes.wait("every echo", || {
+                    for s in &servers {
+                        if let Received::Data(n) = s.recv(&mut buf) {
+                            assert_eq!(s.send(&buf[..n]), Ok(n));
+                        }
+                    }
+                    for (i, c) in clients.iter().enumerate() {
+                        if let Received::Data(n) = c.recv(&mut buf) {
+                            got[i].extend_from_slice(&buf[..n]);
+                        }
+                    }
+                    got.iter().all(|g| g.len() >= 8).then_some(())
+                });
+                let echoed = got
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, g)| g[..] == (*i as u64).to_le_bytes())
+                    .count();
+                let opened = clients.len() + servers.len();
+                drop((clients, servers, credential));
+                finish(listener, &changes, provider);
+                (opened, echoed)
+            })
+            .unwrap();
+        assert_eq!((opened, echoed), (2 * N, N));
+        kernel.shutdown().unwrap();
+    });
+}
