@@ -64,11 +64,21 @@ pub struct PendingHandshake {
 impl PendingHandshake {
     /// Waits for the handshake: the connection's parameters, or why it failed.
     pub fn wait(self, timeout: Duration) -> Result<ConnectionInfo, CallError> {
+        match self.poll(timeout)? {
+            Some(info) => Ok(info),
+            None => {
+                self.cancel();
+                Err(CallError::Device(DeviceError(format!(
+                    "no handshake within {timeout:?} (cancelled)"
+                ))))
+            }
+        }
+    }
+
+    /// Waits up to `timeout`: None if the handshake is still going.
+    pub fn poll(&self, timeout: Duration) -> Result<Option<ConnectionInfo>, CallError> {
         let Some(c) = self.io.wait(timeout)? else {
-            self.io.cancel()?;
-            return Err(CallError::Device(DeviceError(format!(
-                "no handshake within {timeout:?} (cancelled)"
-            ))));
+            return Ok(None);
         };
         ok("handshake", c.status)?;
         let info = ConnectionInfo::decode(&c.output).map_err(CallError::Wire)?;
@@ -78,7 +88,12 @@ impl PendingHandshake {
                 sspi: info.sspi_status,
             });
         }
-        Ok(info)
+        Ok(Some(info))
+    }
+
+    /// Cancels the request (it completes as cancelled).
+    pub fn cancel(&self) {
+        let _ = self.io.cancel();
     }
 }
 

@@ -64,6 +64,23 @@ impl KemuMachine {
         store.add_root_pem(ca.cert_pem().as_bytes()).map_err(err)?;
         Ok((thumbprint.0, ca.cert_pem()))
     }
+
+    /// Imports a PEM chain and key into the machine store: the thumbprint LISTEN names.
+    pub fn import_certificate(&self, chain: &Path, key: &Path) -> Result<[u8; 20], DeviceError> {
+        Ok(self
+            .kernel
+            .cert_store()
+            .import_pem_files(chain, key)
+            .map_err(err)?
+            .0)
+    }
+
+    /// Trusts a CA (PEM file) for validating servers.
+    pub fn trust(&self, ca: &Path) -> Result<(), DeviceError> {
+        let pem = std::fs::read(ca).map_err(err)?;
+        self.kernel.cert_store().add_root_pem(&pem).map_err(err)?;
+        Ok(())
+    }
 }
 
 struct KemuDevice {

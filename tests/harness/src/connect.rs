@@ -1,0 +1,96 @@
+//! `wsktls connect`: a TLS client in the driver, like `openssl s_client`: stdin goes out, what
+//! arrives goes to stdout, the end of stdin shuts the connection down. The negotiated parameters
+//! go to stderr.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::session::*;
+
+use crate::driver::{CALL_TIMEOUT, Driver, cipher_name, version_name};
+
+/// Where and how to connect.
+pub struct ConnectOptions {
+    pub endpoint: Endpoint,
+    pub host: Vec<u8>,
+    pub sni: Vec<u8>,
+    pub alpn: Vec<u8>,
+    pub versions: VersionRange,
+    pub validation: Validation,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Connects, then pumps stdin → connection → stdout until both directions ended.
+pub fn run(driver: Arc<Driver>, options: &ConnectOptions) -> Result<(), String> {
+    let info = driver
+        .connect(&ConnectRequest {
+            endpoint: options.endpoint,
+            host: &options.host,
+            sni: &options.sni,
+            alpn: &options.alpn,
+            versions: options.versions,
+            validation: options.validation,
+        })
+        .and_then(|p| p.wait(CALL_TIMEOUT))
+        .map_err(|e| format!("CONNECT: {e}"))?;
+    eprintln!(
+        "connected: {} {} ALPN {} server certificate SHA-256 {}",
+        version_name(info.version),
+        cipher_name(info.cipher_suite),
+        String::from_utf8_lossy(info.alpn()),
+        info.peer_certificate.map_or("-".to_string(), |d| hex(&d))
+    );
+    let id = info.id;
+    let sender = {
+        let driver = driver.clone();
+        std::thread::spawn(move || -> Result<(), String> {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; MAX_SEND];
+            loop {
+                let n = stdin.read(&mut buf).map_err(|e| format!("stdin: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                driver
+                    .send(id, &buf[..n])
+                    .map_err(|e| format!("SEND: {e}"))?;
+            }
+            driver.shutdown(id).map_err(|e| format!("SHUTDOWN: {e}"))
+        })
+    };
+    let mut stdout = std::io::stdout().lock();
+    let received = loop {
+        match driver.recv(id, 65536, Duration::from_secs(24 * 3600)) {
+            Ok(data) if data.is_empty() => break Ok(()),
+            Ok(data) => {
+                if stdout
+                    .write_all(&data)
+                    .and_then(|()| stdout.flush())
+                    .is_err()
+                {
+                    break Ok(());
+                }
+            }
+            Err(e) => break Err(format!("RECV: {e}")),
+        }
+    };
+    // The server ended the stream; stdin may still be open (a terminal): wait a little for the
+    // sending side, not forever.
+    for _ in 0..100 {
+        if sender.is_finished() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if sender.is_finished() {
+        if let Ok(Err(e)) = sender.join() {
+            eprintln!("wsktls connect: {e}");
+        }
+    }
+    driver.close(id).map_err(|e| format!("CLOSE: {e}"))?;
+    received
+}

@@ -1,0 +1,137 @@
+//! `wsktls serve`: a TLS server in the driver. `--echo` echoes, `--http` answers each request
+//! with a small HTTP/1.1 response (for curl, browsers, scanners). One thread per connection on
+//! the harness side; the driver does the TLS. Stops after `--max-conns` connections or when
+//! interrupted, then closes everything and prints the driver's stats.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use proto::session::*;
+
+use crate::driver::{CallError, Driver, cipher_name, version_name};
+
+/// What the server does with each connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Send back every byte.
+    Echo,
+    /// Answer each HTTP/1.1 request with a small text page.
+    Http,
+}
+
+/// How to serve.
+pub struct ServeOptions {
+    pub endpoint: Endpoint,
+    pub thumbprint: [u8; 20],
+    pub alpn: Vec<u8>,
+    pub mode: Mode,
+    pub max_conns: Option<u64>,
+}
+
+fn handle(driver: &Driver, info: &ConnectionInfo, mode: Mode) -> Result<u64, CallError> {
+    let mut bytes = 0u64;
+    let mut request = Vec::new();
+    loop {
+        let data = driver.recv(info.id, 65536, Duration::from_secs(3600))?;
+        if data.is_empty() {
+            break;
+        }
+        bytes += data.len() as u64;
+        match mode {
+            Mode::Echo => driver.send(info.id, &data)?,
+            Mode::Http => {
+                request.extend_from_slice(&data);
+                while let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head: Vec<u8> = request.drain(..end + 4).collect();
+                    let line = String::from_utf8_lossy(&head)
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let body = format!(
+                        "wsktls: TLS in the Windows kernel\nrequest: {line}\nprotocol: {}\ncipher: {}\n",
+                        version_name(info.version),
+                        cipher_name(info.cipher_suite)
+                    );
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    driver.send(info.id, response.as_bytes())?;
+                }
+            }
+        }
+    }
+    // The peer ended its side: close_notify and FIN back, then release.
+    let _ = driver.shutdown(info.id);
+    driver.close(info.id)?;
+    Ok(bytes)
+}
+
+/// Runs the server until `stop` is set or `max_conns` connections were served.
+pub fn run(driver: Arc<Driver>, options: &ServeOptions, stop: &AtomicBool) -> Result<(), String> {
+    let listener = driver
+        .listen(&ListenRequest {
+            endpoint: options.endpoint,
+            thumbprint: options.thumbprint,
+            versions: VersionRange::ALL,
+            require_client_certificate: false,
+            alpn: &options.alpn,
+        })
+        .map_err(|e| format!("LISTEN: {e}"))?;
+    let ip = if options.endpoint.v6 {
+        format!("[{}]", std::net::Ipv6Addr::from(options.endpoint.ip))
+    } else {
+        let [a, b, c, d, ..] = options.endpoint.ip;
+        format!("{a}.{b}.{c}.{d}")
+    };
+    // The first stdout line is machine-readable for scripts and tests.
+    println!("listening on {ip}:{}", listener.port);
+    let mut served = 0u64;
+    let mut workers = Vec::new();
+    while !stop.load(Ordering::Acquire) && options.max_conns.is_none_or(|m| served < m) {
+        let accept = driver
+            .accept(listener.id)
+            .map_err(|e| format!("ACCEPT: {e}"))?;
+        // Wake up now and then to notice an interrupt.
+        let info = loop {
+            match accept.poll(Duration::from_millis(200)) {
+                Ok(Some(info)) => break Some(info),
+                Ok(None) if stop.load(Ordering::Acquire) => {
+                    accept.cancel();
+                    break None;
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    eprintln!("wsktls serve: {e}");
+                    break None;
+                }
+            }
+        };
+        let Some(info) = info else {
+            continue;
+        };
+        served += 1;
+        eprintln!(
+            "connection {}: {} {} ALPN {}",
+            info.id,
+            version_name(info.version),
+            cipher_name(info.cipher_suite),
+            String::from_utf8_lossy(info.alpn())
+        );
+        let d = driver.clone();
+        let mode = options.mode;
+        workers.push(std::thread::spawn(move || match handle(&d, &info, mode) {
+            Ok(bytes) => eprintln!("connection {}: closed after {bytes} bytes", info.id),
+            Err(e) => eprintln!("connection {}: {e}", info.id),
+        }));
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+    driver
+        .close(listener.id)
+        .map_err(|e| format!("CLOSE: {e}"))?;
+    Ok(())
+}
