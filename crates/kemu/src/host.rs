@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ksys::DRIVER_OBJECT;
 use ksys::import::ImportEntry;
@@ -174,17 +174,36 @@ impl PendingIo {
 
     /// Waits for completion (or a bugcheck) up to `timeout`.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<IoResult>, KernelError> {
-        self.shared
-            .wait_for(Some(timeout), || self.slot.result.lock().unwrap().clone())
-            .map_err(KernelError::Bugcheck)
+        self.wait_until(Some(Instant::now() + timeout))
     }
 
     /// Waits for completion (or a bugcheck).
     pub fn wait(&self) -> Result<IoResult, KernelError> {
-        self.shared
-            .wait_for(None, || self.slot.result.lock().unwrap().clone())
-            .map_err(KernelError::Bugcheck)
+        self.wait_until(None)
             .map(|r| r.expect("an unbounded wait returns a result"))
+    }
+
+    /// Waits on this request's own slot (not the kernel-wide signal, so completing one request
+    /// wakes only its waiter), looking for a bugcheck every BUGCHECK_POLL.
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<Option<IoResult>, KernelError> {
+        let mut result = self.slot.result.lock().unwrap();
+        loop {
+            if let Some(r) = result.as_ref() {
+                return Ok(Some(r.clone()));
+            }
+            if let Some(b) = self.shared.bugcheck.get() {
+                return Err(KernelError::Bugcheck(b.clone()));
+            }
+            let mut slice = BUGCHECK_POLL;
+            if let Some(d) = deadline {
+                let now = Instant::now();
+                if now >= d {
+                    return Ok(None);
+                }
+                slice = slice.min(d - now);
+            }
+            result = self.slot.done.wait_timeout(result, slice).unwrap().0;
+        }
     }
 
     /// CancelIoEx: asks the I/O manager to cancel the request (it completes however the driver
@@ -197,7 +216,7 @@ impl PendingIo {
     }
 }
 
-/// Runs `f` on a new kernel thread at PASSIVE_LEVEL and waits for it (or a bugcheck).
+/// Runs `f` on a caller thread at PASSIVE_LEVEL and waits for it (or a bugcheck).
 fn run_on<R: Send + 'static>(
     shared: &Arc<Shared>,
     activity: &str,
@@ -208,18 +227,34 @@ fn run_on<R: Send + 'static>(
     }
     let (tx, rx) = mpsc::channel();
     let label = activity.to_owned();
-    let k = shared.clone();
-    thread::spawn(shared, "caller", move || {
-        let result = thread::with_activity(&label, f);
-        thread::check_balanced(&label, PASSIVE);
-        let _ = tx.send(result);
-        k.notify();
-    });
-    shared
-        .wait_for(None, || rx.try_recv().ok())
-        .map_err(KernelError::Bugcheck)
-        .map(|r| r.expect("an unbounded wait returns a result"))
+    shared.callers.submit(
+        shared,
+        Box::new(move || {
+            // A panic is recorded as a bugcheck by the panic hook; the waiter sees that.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let result = thread::with_activity(&label, f);
+                thread::check_balanced(&label, PASSIVE);
+                result
+            }));
+            if let Ok(result) = result {
+                let _ = tx.send(result);
+            }
+        }),
+    );
+    loop {
+        match rx.recv_timeout(BUGCHECK_POLL) {
+            Ok(result) => return Ok(result),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        if let Some(b) = shared.bugcheck.get() {
+            return Err(KernelError::Bugcheck(b.clone()));
+        }
+    }
 }
+
+/// How often a host thread blocked on the kernel looks for a bugcheck.
+const BUGCHECK_POLL: Duration = Duration::from_millis(50);
 
 fn utf16(s: &str) -> Box<[u16]> {
     s.encode_utf16().chain(std::iter::once(0)).collect()
@@ -594,6 +629,7 @@ impl Kernel {
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.workers.stop(join);
         self.shared.lsa.stop(join);
+        self.shared.callers.stop();
         if let Some(dir) = &self.temporary_store {
             let _ = std::fs::remove_dir_all(dir);
         }

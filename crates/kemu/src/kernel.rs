@@ -44,6 +44,7 @@ pub(crate) struct Shared {
     pub netio: Netio,
     pub ksecdd: Ksecdd,
     pub lsa: Arc<ThreadPool>,
+    pub callers: crate::callers::Callers,
 }
 
 impl Shared {
@@ -70,6 +71,7 @@ impl Shared {
             netio: Netio::default(),
             ksecdd: Ksecdd::default(),
             lsa: Arc::new(ThreadPool::default()),
+            callers: Default::default(),
         })
     }
 

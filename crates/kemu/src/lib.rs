@@ -17,6 +17,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 mod bugcheck;
+mod callers;
 mod crt;
 pub mod exports;
 mod fault;

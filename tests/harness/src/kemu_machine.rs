@@ -9,7 +9,7 @@ use kemu::{
     Caller, Handle, Kernel, KernelConfig, KernelError, NativeDriver, PendingIo, TestCa, Validity,
 };
 
-use crate::device::{Completion, Device, DeviceError, Machine, Pending};
+use crate::device::{Completion, Device, DeviceError, Machine, Pending, ServerCertificate};
 
 /// A kernel with the driver loaded.
 pub struct KemuMachine {
@@ -25,7 +25,12 @@ fn err(e: impl std::fmt::Display) -> DeviceError {
 impl KemuMachine {
     /// Boots a kernel and loads the driver: the shipped image at `image`, else the native one.
     pub fn boot(image: Option<&Path>) -> Result<KemuMachine, DeviceError> {
-        let kernel = Kernel::boot(KernelConfig::from_env());
+        let mut config = KernelConfig::from_env();
+        if std::env::var_os("WSKTLS_BENCH_INLINE").is_some() {
+            config.faults.callbacks = kemu::CallbackSchedule::Inline;
+            config.faults.callback_irql = kemu::CallbackIrql::Lowest;
+        }
+        let kernel = Kernel::boot(config);
         let driver = match image {
             Some(path) => {
                 kernel.load_image("wsktls", path).map_err(err)?;
@@ -49,20 +54,29 @@ impl KemuMachine {
         })
     }
 
-    /// A throwaway CA the machine trusts and a server certificate for `names` in its store:
-    /// the certificate's SHA-1 thumbprint (what LISTEN names) and the CA in PEM.
-    pub fn make_server_certificate(
-        &self,
-        names: &[&str],
-    ) -> Result<([u8; 20], String), DeviceError> {
+    /// A throwaway CA the machine trusts and a server certificate for `names` in its store.
+    pub fn make_server_certificate(&self, names: &[&str]) -> Result<ServerCertificate, DeviceError> {
         let ca = TestCa::generate("wsktls selftest CA").map_err(err)?;
         let issued = ca.issue(names, Validity::Current).map_err(err)?;
+        let mut made = ServerCertificate {
+            thumbprint: [0; 20],
+            ca_pem: ca.cert_pem(),
+            chain_pem: issued.chain_pem,
+            key_pem: issued.key_pem,
+        };
+        made.thumbprint = self.install(&made)?;
+        Ok(made)
+    }
+
+    /// Puts a certificate made by another machine into this one's store (and trusts its CA):
+    /// the thumbprint LISTEN names.
+    pub fn install(&self, cert: &ServerCertificate) -> Result<[u8; 20], DeviceError> {
         let store = self.kernel.cert_store();
         let thumbprint = store
-            .import_pem(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
+            .import_pem(cert.chain_pem.as_bytes(), cert.key_pem.as_bytes())
             .map_err(err)?;
-        store.add_root_pem(ca.cert_pem().as_bytes()).map_err(err)?;
-        Ok((thumbprint.0, ca.cert_pem()))
+        store.add_root_pem(cert.ca_pem.as_bytes()).map_err(err)?;
+        Ok(thumbprint.0)
     }
 
     /// Imports a PEM chain and key into the machine store: the thumbprint LISTEN names.

@@ -6,6 +6,7 @@
 #![cfg_attr(windows, allow(dead_code))]
 
 mod args;
+mod bench;
 mod connect;
 mod device;
 mod driver;
@@ -110,6 +111,24 @@ enum Command {
         #[arg(long)]
         driver: Option<PathBuf>,
     },
+    /// Measure the driver against plain rustls over loopback in the same run: full handshakes/s
+    /// with N parallel clients, bulk MB/s on one connection, p50/p99 of a 1-byte echo, and the
+    /// pool one idle connection holds. With --driver, the image and the natively linked driver
+    /// are both measured.
+    Bench {
+        /// Parallel clients in the handshake phase.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+        connections: u16,
+        /// Seconds per timed phase.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Print the figures as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Also measure this wsktls.sys loaded into kemu, beside the natively linked driver.
+        #[arg(long)]
+        driver: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -168,6 +187,25 @@ fn main() -> ExitCode {
             driver,
         } => args::connect_options(&target, sni, &alpn, pin.as_deref(), insecure, tls12, tls13)
             .and_then(|options| platform::connect(driver, ca, options)),
+        Command::Bench {
+            connections,
+            seconds,
+            json,
+            driver,
+        } => {
+            if !(0.05..=3600.0).contains(&seconds) {
+                Err(format!("--seconds {seconds}: give 0.05 to 3600"))
+            } else {
+                platform::bench(
+                    driver,
+                    bench::BenchOptions {
+                        connections: connections.into(),
+                        seconds,
+                    },
+                    json,
+                )
+            }
+        }
     };
     match result {
         Ok(code) => code,
@@ -194,7 +232,7 @@ fn selftest(driver: Option<PathBuf>, thumbprint: Option<String>) -> ExitCode {
         }
     };
     let thumbprint = match machine.make_server_certificate(&["localhost"]) {
-        Ok((t, _ca)) => t,
+        Ok(made) => made.thumbprint,
         Err(e) => {
             eprintln!("wsktls: cannot make the test certificate: {e}");
             return ExitCode::from(2);
@@ -225,6 +263,7 @@ mod platform {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use crate::args::Certificate;
+    use crate::bench::{self, BenchOptions};
     use crate::connect::ConnectOptions;
     use crate::device::Machine;
     use crate::driver::Driver;
@@ -280,6 +319,48 @@ mod platform {
         finish(machine, driver, result.is_ok())
     }
 
+    /// Measures the image (if given) and the native driver, each in its own kernel, then plain
+    /// rustls; the kernels' verifiers must be clean for the figures to count.
+    pub fn bench(
+        image: Option<PathBuf>,
+        options: BenchOptions,
+        json: bool,
+    ) -> Result<ExitCode, String> {
+        let subjects: Vec<Option<PathBuf>> = match image {
+            Some(path) => vec![Some(path), None],
+            None => vec![None],
+        };
+        let bar = bench::progress(4 * subjects.len() as u64 + 3);
+        let mut certificate = None;
+        let mut drivers = Vec::new();
+        for subject in subjects {
+            let machine = boot(subject)?;
+            let cert = match certificate.take() {
+                None => machine
+                    .make_server_certificate(&["localhost"])
+                    .map_err(|e| format!("making the test certificate: {e}"))?,
+                Some(cert) => {
+                    machine.install(&cert).map_err(|e| e.to_string())?;
+                    cert
+                }
+            };
+            let measured = bench::measure_driver(&machine, &cert, &options, &bar);
+            let verdict = Box::new(machine).finish();
+            drivers.push(measured?);
+            verdict.map_err(|e| e.to_string())?;
+            certificate = Some(cert);
+        }
+        let cert = certificate.expect("at least one subject");
+        let anchor = bench::measure_rustls(&cert, &options, &bar)?;
+        bar.finish_and_clear();
+        if json {
+            println!("{}", bench::report_json(&drivers, &anchor, &options));
+        } else {
+            print!("{}", bench::report_text(&drivers, &anchor, &options));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
     pub fn connect(
         driver: Option<PathBuf>,
         ca: Option<PathBuf>,
@@ -321,6 +402,14 @@ mod platform {
         _: Option<PathBuf>,
         _: Option<PathBuf>,
         _: ConnectOptions,
+    ) -> Result<ExitCode, String> {
+        Err(MISSING.into())
+    }
+
+    pub fn bench(
+        _: Option<PathBuf>,
+        _: crate::bench::BenchOptions,
+        _: bool,
     ) -> Result<ExitCode, String> {
         Err(MISSING.into())
     }
