@@ -162,6 +162,9 @@ impl DriverBench<'_> {
                                     if !stop.load(Ordering::Acquire) {
                                         done.fetch_add(1, Ordering::Relaxed);
                                     }
+                                    // The client shuts down at once: wait for its close_notify
+                                    // so no reset races the end of its handshake.
+                                    let _ = server.recv(info.id, 16, CALL_TIMEOUT);
                                     server.close(info.id).map_err(e("CLOSE server"))?;
                                     break;
                                 }
@@ -195,7 +198,8 @@ impl DriverBench<'_> {
                         if first.is_none() {
                             first = Some(cipher_name(c.cipher_suite));
                         }
-                        // The server may already have closed: a failed SHUTDOWN is fine here.
+                        // The server closes once it reads close_notify, which may reset the
+                        // connection before the FIN went out: SHUTDOWN may report that.
                         let _ = client.shutdown(c.id);
                         client.close(c.id).map_err(e("CLOSE client"))?;
                     }
@@ -214,7 +218,10 @@ impl DriverBench<'_> {
                 }
             }
             for w in workers {
-                match w.join().map_err(|_| "an acceptor thread panicked".to_string()) {
+                match w
+                    .join()
+                    .map_err(|_| "an acceptor thread panicked".to_string())
+                {
                     Ok(Ok(())) => {}
                     Ok(Err(x)) | Err(x) => result = Err(x),
                 }
@@ -369,12 +376,13 @@ pub fn measure_driver(
 
 /// Client and server configurations as kemu's Schannel builds them (ring, TLS 1.3 only, the
 /// same certificate), with resumption off so every handshake is a full one.
-fn rustls_configs(cert: &ServerCertificate) -> Result<(Arc<ClientConfig>, Arc<ServerConfig>), String> {
+fn rustls_configs(
+    cert: &ServerCertificate,
+) -> Result<(Arc<ClientConfig>, Arc<ServerConfig>), String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut cert.chain_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|x| format!("certificate PEM: {x}"))?;
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert.chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|x| format!("certificate PEM: {x}"))?;
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut cert.key_pem.as_bytes())
         .map_err(|x| format!("key PEM: {x}"))?
         .ok_or("key PEM holds no key")?;
@@ -460,7 +468,10 @@ fn drain(stream: &mut ServerStream, mut each: impl FnMut(&[u8], &mut ServerStrea
     }
 }
 
-fn rustls_handshakes(cert: &ServerCertificate, options: &BenchOptions) -> Result<(f64, String), String> {
+fn rustls_handshakes(
+    cert: &ServerCertificate,
+    options: &BenchOptions,
+) -> Result<(f64, String), String> {
     let (client_config, server_config) = rustls_configs(cert)?;
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io("bind"))?;
     let port = listener.local_addr().map_err(io("bind"))?.port();
@@ -479,8 +490,12 @@ fn rustls_handshakes(cert: &ServerCertificate, options: &BenchOptions) -> Result
                     if stop.load(Ordering::Acquire) {
                         return;
                     }
-                    if rustls_server(server_config, tcp).is_ok() && !stop.load(Ordering::Acquire) {
-                        done.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut stream) = rustls_server(server_config, tcp) {
+                        if !stop.load(Ordering::Acquire) {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // As the driver's acceptors do: read to the client's close_notify.
+                        drain(&mut stream, |_, _| {});
                     }
                 }
             });
@@ -499,7 +514,10 @@ fn rustls_handshakes(cert: &ServerCertificate, options: &BenchOptions) -> Result
                     };
                     if first.is_none() {
                         let suite = stream.conn.negotiated_cipher_suite().map(|s| s.suite());
-                        let group = stream.conn.negotiated_key_exchange_group().map(|g| g.name());
+                        let group = stream
+                            .conn
+                            .negotiated_key_exchange_group()
+                            .map(|g| g.name());
                         first = Some(format!(
                             "{}, {:?}",
                             cipher_name(suite.map(u16::from).unwrap_or(0)),
@@ -657,7 +675,10 @@ pub fn report_text(drivers: &[DriverFigures], anchor: &Figures, options: &BenchO
         out += &format!(
             "ratio {} / rustls: handshakes {:.2}×, bulk {:.2}×, echo p50 {:.2}× the time\n",
             d.subject,
-            ratio(d.figures.handshakes_per_second, anchor.handshakes_per_second),
+            ratio(
+                d.figures.handshakes_per_second,
+                anchor.handshakes_per_second
+            ),
             ratio(d.figures.bulk_mb_per_second, anchor.bulk_mb_per_second),
             ratio(d.figures.echo_p50_us, anchor.echo_p50_us),
         );
@@ -665,8 +686,14 @@ pub fn report_text(drivers: &[DriverFigures], anchor: &Figures, options: &BenchO
     if let [image, native] = drivers {
         out += &format!(
             "ratio image / native: handshakes {:.2}×, bulk {:.2}×, echo p50 {:.2}× the time\n",
-            ratio(image.figures.handshakes_per_second, native.figures.handshakes_per_second),
-            ratio(image.figures.bulk_mb_per_second, native.figures.bulk_mb_per_second),
+            ratio(
+                image.figures.handshakes_per_second,
+                native.figures.handshakes_per_second
+            ),
+            ratio(
+                image.figures.bulk_mb_per_second,
+                native.figures.bulk_mb_per_second
+            ),
             ratio(image.figures.echo_p50_us, native.figures.echo_p50_us),
         );
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use proto::session::*;
 
 use crate::driver::{CALL_TIMEOUT, Driver, cipher_name, version_name};
+use crate::errors::Failure;
 
 /// Where and how to connect.
 pub struct ConnectOptions {
@@ -25,7 +26,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Connects, then pumps stdin → connection → stdout until both directions ended.
-pub fn run(driver: Arc<Driver>, options: &ConnectOptions) -> Result<(), String> {
+pub fn run(driver: Arc<Driver>, options: &ConnectOptions) -> Result<(), Failure> {
     let info = driver
         .connect(&ConnectRequest {
             endpoint: options.endpoint,
@@ -36,7 +37,7 @@ pub fn run(driver: Arc<Driver>, options: &ConnectOptions) -> Result<(), String> 
             validation: options.validation,
         })
         .and_then(|p| p.wait(CALL_TIMEOUT))
-        .map_err(|e| format!("CONNECT: {e}"))?;
+        .map_err(|e| e.failure("CONNECT"))?;
     eprintln!(
         "connected: {} {} ALPN {} server certificate SHA-256 {}",
         version_name(info.version),
@@ -47,19 +48,19 @@ pub fn run(driver: Arc<Driver>, options: &ConnectOptions) -> Result<(), String> 
     let id = info.id;
     let sender = {
         let driver = driver.clone();
-        std::thread::spawn(move || -> Result<(), String> {
+        std::thread::spawn(move || -> Result<(), Failure> {
             let mut stdin = std::io::stdin().lock();
             let mut buf = vec![0u8; MAX_SEND];
             loop {
-                let n = stdin.read(&mut buf).map_err(|e| format!("stdin: {e}"))?;
+                let n = stdin
+                    .read(&mut buf)
+                    .map_err(|e| Failure::usage(format!("stdin: {e}")))?;
                 if n == 0 {
                     break;
                 }
-                driver
-                    .send(id, &buf[..n])
-                    .map_err(|e| format!("SEND: {e}"))?;
+                driver.send(id, &buf[..n]).map_err(|e| e.failure("SEND"))?;
             }
-            driver.shutdown(id).map_err(|e| format!("SHUTDOWN: {e}"))
+            driver.shutdown(id).map_err(|e| e.failure("SHUTDOWN"))
         })
     };
     let mut stdout = std::io::stdout().lock();
@@ -75,7 +76,7 @@ pub fn run(driver: Arc<Driver>, options: &ConnectOptions) -> Result<(), String> 
                     break Ok(());
                 }
             }
-            Err(e) => break Err(format!("RECV: {e}")),
+            Err(e) => break Err(e.failure("RECV")),
         }
     };
     // The server ended the stream; stdin may still be open (a terminal): wait a little for the
@@ -91,6 +92,6 @@ pub fn run(driver: Arc<Driver>, options: &ConnectOptions) -> Result<(), String> 
             eprintln!("wsktls connect: {e}");
         }
     }
-    driver.close(id).map_err(|e| format!("CLOSE: {e}"))?;
+    driver.close(id).map_err(|e| e.failure("CLOSE"))?;
     received
 }

@@ -6,6 +6,7 @@ use proto::session::*;
 use proto::{GetVersionResponse, IOCTL_WSKTLS_GET_VERSION};
 
 use crate::device::{Device, DeviceError, Pending};
+use crate::errors::{self, Failure, Kind};
 
 /// Longest a call the harness expects to finish promptly may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -28,15 +29,36 @@ impl std::fmt::Display for CallError {
         match self {
             CallError::Device(e) => write!(f, "device: {e}"),
             CallError::Status { what, status } => {
-                write!(f, "{what} failed with NTSTATUS {:#010x}", *status as u32)
+                write!(f, "{what} failed: {}", errors::ntstatus(*status).0)
             }
-            CallError::Handshake { status, sspi } => write!(
+            CallError::Handshake { status, sspi } if *sspi != 0 => write!(
                 f,
-                "handshake failed: NTSTATUS {:#010x}, SECURITY_STATUS {:#010x}",
-                *status as u32, *sspi as u32
+                "handshake failed: {} [{}]",
+                errors::security_status(*sspi),
+                errors::ntstatus(*status).0
             ),
+            CallError::Handshake { status, .. } => {
+                write!(f, "handshake failed: {}", errors::ntstatus(*status).0)
+            }
             CallError::Wire(e) => write!(f, "malformed response: {e}"),
         }
+    }
+}
+
+impl CallError {
+    /// Which exit status this failure gives.
+    pub fn kind(&self) -> Kind {
+        match self {
+            CallError::Device(_) | CallError::Wire(_) => Kind::Driver,
+            CallError::Status { status, .. } => errors::ntstatus(*status).1,
+            CallError::Handshake { sspi, .. } if *sspi != 0 => Kind::Tls,
+            CallError::Handshake { status, .. } => errors::ntstatus(*status).1,
+        }
+    }
+
+    /// "CONNECT: the peer reset the connection (...)" with its kind.
+    pub fn failure(&self, context: &str) -> Failure {
+        Failure::new(self.kind(), format!("{context}: {self}"))
     }
 }
 

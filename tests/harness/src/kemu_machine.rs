@@ -10,12 +10,14 @@ use kemu::{
 };
 
 use crate::device::{Completion, Device, DeviceError, Machine, Pending, ServerCertificate};
+use crate::{Globals, LogLevel};
 
 /// A kernel with the driver loaded.
 pub struct KemuMachine {
     kernel: Arc<Kernel>,
     handles: std::sync::Mutex<Vec<Handle>>,
     driver: String,
+    log: LogLevel,
 }
 
 fn err(e: impl std::fmt::Display) -> DeviceError {
@@ -24,11 +26,10 @@ fn err(e: impl std::fmt::Display) -> DeviceError {
 
 impl KemuMachine {
     /// Boots a kernel and loads the driver: the shipped image at `image`, else the native one.
-    pub fn boot(image: Option<&Path>) -> Result<KemuMachine, DeviceError> {
+    pub fn boot(image: Option<&Path>, globals: &Globals) -> Result<KemuMachine, DeviceError> {
         let mut config = KernelConfig::from_env();
-        if std::env::var_os("WSKTLS_BENCH_INLINE").is_some() {
-            config.faults.callbacks = kemu::CallbackSchedule::Inline;
-            config.faults.callback_irql = kemu::CallbackIrql::Lowest;
+        if let Some(seed) = globals.seed {
+            config.seed = seed;
         }
         let kernel = Kernel::boot(config);
         let driver = match image {
@@ -51,11 +52,15 @@ impl KemuMachine {
             kernel: Arc::new(kernel),
             handles: std::sync::Mutex::new(Vec::new()),
             driver,
+            log: globals.log,
         })
     }
 
     /// A throwaway CA the machine trusts and a server certificate for `names` in its store.
-    pub fn make_server_certificate(&self, names: &[&str]) -> Result<ServerCertificate, DeviceError> {
+    pub fn make_server_certificate(
+        &self,
+        names: &[&str],
+    ) -> Result<ServerCertificate, DeviceError> {
         let ca = TestCa::generate("wsktls selftest CA").map_err(err)?;
         let issued = ca.issue(names, Validity::Current).map_err(err)?;
         let mut made = ServerCertificate {
@@ -138,6 +143,21 @@ impl Device for KemuDevice {
     }
 }
 
+impl KemuMachine {
+    /// The driver's DbgPrint lines up to the chosen level, on stderr.
+    fn print_log(&self) {
+        if self.log == LogLevel::Off {
+            return;
+        }
+        let most = self.log as u32 - 1; // Error = DPFLTR level 0
+        for line in self.kernel.debug_log() {
+            if line.level <= most {
+                eprintln!("[driver] {}", line.text);
+            }
+        }
+    }
+}
+
 impl Machine for KemuMachine {
     fn open(&self) -> Result<Box<dyn Device>, DeviceError> {
         let handle = self
@@ -159,6 +179,7 @@ impl Machine for KemuMachine {
         for h in self.handles.lock().unwrap().drain(..) {
             self.kernel.close(h).map_err(err)?;
         }
+        self.print_log();
         let kernel = Arc::try_unwrap(self.kernel)
             .map_err(|_| DeviceError("a device is still in use".into()))?;
         match kernel.shutdown() {

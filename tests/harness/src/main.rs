@@ -1,8 +1,8 @@
 //! `wsktls`: how people use and check the driver. Under kemu (the default on Linux) it boots a
 //! user-mode Windows kernel in this process and loads the driver into it; on Windows it talks to
-//! the installed driver through `\\.\WskTls` — that backend is not written yet, so on Windows
-//! the layers above the device compile but nothing reaches them.
+//! the installed driver through `\\.\WskTls`. Everything above the device layer is shared.
 
+#![deny(unsafe_code)]
 #![cfg_attr(windows, allow(dead_code))]
 
 mod args;
@@ -10,15 +10,21 @@ mod bench;
 mod connect;
 mod device;
 mod driver;
+mod errors;
 #[cfg(not(windows))]
 mod kemu_machine;
 mod selftest;
 mod serve;
+#[cfg(windows)]
+mod windows_machine;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use crate::device::DeviceError;
+use crate::errors::Failure;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +35,31 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    globals: Globals,
+}
+
+/// Options every command takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Globals {
+    /// kemu's fault-injection seed (where callbacks run, at which IRQL); default KEMU_SEED or a
+    /// fixed seed. Ignored on Windows.
+    #[arg(long, global = true)]
+    seed: Option<u64>,
+    /// Which of the driver's DbgPrint lines to show at the end (kemu; on Windows use DebugView
+    /// or WinDbg).
+    #[arg(long, global = true, value_enum, default_value_t = LogLevel::Off)]
+    log: LogLevel,
+}
+
+/// DbgPrintEx levels, most severe first.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Off,
+    Error,
+    Warning,
+    Trace,
+    Info,
 }
 
 #[derive(Subcommand)]
@@ -115,6 +146,9 @@ enum Command {
     /// with N parallel clients, bulk MB/s on one connection, p50/p99 of a 1-byte echo, and the
     /// pool one idle connection holds. With --driver, the image and the natively linked driver
     /// are both measured.
+    /// The driver's counters and limits (Windows; under kemu every command starts its own
+    /// kernel, so `serve` prints them when it stops).
+    Stats,
     Bench {
         /// Parallel clients in the handshake phase.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -133,8 +167,19 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Selftest { driver, thumbprint } => return selftest(driver, thumbprint),
+    match run(cli.command, &cli.globals) {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("wsktls: {failure}");
+            failure.kind.exit_code()
+        }
+    }
+}
+
+fn run(command: Command, globals: &Globals) -> Result<ExitCode, Failure> {
+    match command {
+        Command::Selftest { driver, thumbprint } => platform::selftest(globals, driver, thumbprint),
+        Command::Stats => platform::stats(),
         Command::Serve {
             port,
             addr,
@@ -147,7 +192,8 @@ fn main() -> ExitCode {
             http,
             max_conns,
             driver,
-        } => args::alpn(&alpn).and_then(|alpn| {
+        } => {
+            let alpn = args::alpn(&alpn)?;
             let mode = if http {
                 serve::Mode::Http
             } else {
@@ -159,11 +205,14 @@ fn main() -> ExitCode {
                     args::Certificate::Thumbprint(args::thumbprint(&t)?)
                 }
                 (None, None, Some(_)) => {
-                    return Err(format!("store {store:?}: only MY is supported"));
+                    return Err(Failure::usage(format!(
+                        "store {store:?}: only MY (LocalMachine\\My) is supported"
+                    )));
                 }
-                _ => return Err("give --cert and --key, or --thumbprint".into()),
+                _ => return Err(Failure::usage("give --cert and --key, or --thumbprint")),
             };
             platform::serve(
+                globals,
                 driver,
                 certificate,
                 serve::ServeOptions {
@@ -174,7 +223,7 @@ fn main() -> ExitCode {
                     max_conns,
                 },
             )
-        }),
+        }
         Command::Connect {
             target,
             sni,
@@ -185,8 +234,11 @@ fn main() -> ExitCode {
             tls12,
             tls13,
             driver,
-        } => args::connect_options(&target, sni, &alpn, pin.as_deref(), insecure, tls12, tls13)
-            .and_then(|options| platform::connect(driver, ca, options)),
+        } => {
+            let options =
+                args::connect_options(&target, sni, &alpn, pin.as_deref(), insecure, tls12, tls13)?;
+            platform::connect(globals, driver, ca, options)
+        }
         Command::Bench {
             connections,
             seconds,
@@ -194,138 +246,177 @@ fn main() -> ExitCode {
             driver,
         } => {
             if !(0.05..=3600.0).contains(&seconds) {
-                Err(format!("--seconds {seconds}: give 0.05 to 3600"))
-            } else {
-                platform::bench(
-                    driver,
-                    bench::BenchOptions {
-                        connections: connections.into(),
-                        seconds,
-                    },
-                    json,
-                )
+                return Err(Failure::usage(format!(
+                    "--seconds {seconds}: give 0.05 to 3600"
+                )));
             }
-        }
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("wsktls: {e}");
-            ExitCode::from(2)
+            let options = bench::BenchOptions {
+                connections: connections.into(),
+                seconds,
+            };
+            platform::bench(globals, driver, options, json)
         }
     }
 }
 
-#[cfg(not(windows))]
-fn selftest(driver: Option<PathBuf>, thumbprint: Option<String>) -> ExitCode {
-    if thumbprint.is_some() {
-        eprintln!(
-            "wsktls: --thumbprint names a certificate of a Windows machine; under kemu the selftest makes its own"
-        );
-        return ExitCode::from(2);
-    }
-    let machine = match kemu_machine::KemuMachine::boot(driver.as_deref()) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("wsktls: cannot start the driver under kemu: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let thumbprint = match machine.make_server_certificate(&["localhost"]) {
-        Ok(made) => made.thumbprint,
-        Err(e) => {
-            eprintln!("wsktls: cannot make the test certificate: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if selftest::run(Box::new(machine), thumbprint) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+/// The driver's counters and limits, one per line.
+fn stats_text(s: &proto::session::Stats) -> String {
+    [
+        ("connections open", s.connections_open),
+        ("listeners open", s.listeners_open),
+        ("handshakes ok", s.handshakes_ok),
+        ("handshakes failed", s.handshakes_failed),
+        ("bytes sent", s.bytes_sent),
+        ("bytes received", s.bytes_received),
+        ("pending requests", s.pending_operations),
+        ("pool bytes in use", s.pool_bytes),
+        ("limit: connections", s.max_connections),
+        ("limit: per handle", s.max_connections_per_handle),
+        ("limit: queued bytes", s.max_queued_bytes),
+        ("limit: handshake ms", s.handshake_timeout_ms),
+    ]
+    .iter()
+    .map(|(name, value)| format!("{name:<22}{value}\n"))
+    .collect()
 }
 
-#[cfg(windows)]
-fn selftest(_driver: Option<PathBuf>, _thumbprint: Option<String>) -> ExitCode {
-    eprintln!(
-        "wsktls: the Windows device backend is not built yet; run the selftest under kemu on Linux"
-    );
-    ExitCode::from(2)
+/// How a command that ran against the driver ends: its own failure (if any) decides the exit
+/// status, else the machine's verdict.
+fn conclude(
+    result: Result<(), Failure>,
+    verdict: Result<String, DeviceError>,
+) -> Result<ExitCode, Failure> {
+    match verdict {
+        Ok(v) => eprintln!("{v}"),
+        Err(e) => {
+            result?;
+            return Err(Failure::driver(e.to_string()));
+        }
+    }
+    result.map(|()| ExitCode::SUCCESS)
 }
 
 #[cfg(not(windows))]
 mod platform {
-    //! serve and connect on kemu.
+    //! The commands on kemu: each boots its own kernel with the driver.
 
     use std::path::PathBuf;
     use std::process::ExitCode;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    use super::{Globals, conclude};
     use crate::args::Certificate;
     use crate::bench::{self, BenchOptions};
     use crate::connect::ConnectOptions;
     use crate::device::Machine;
     use crate::driver::Driver;
+    use crate::errors::Failure;
     use crate::kemu_machine::KemuMachine;
     use crate::serve::ServeOptions;
 
-    fn boot(driver: Option<PathBuf>) -> Result<KemuMachine, String> {
-        KemuMachine::boot(driver.as_deref())
-            .map_err(|e| format!("cannot start the driver under kemu: {e}"))
+    fn boot(globals: &Globals, driver: Option<PathBuf>) -> Result<KemuMachine, Failure> {
+        KemuMachine::boot(driver.as_deref(), globals)
+            .map_err(|e| Failure::driver(format!("cannot start the driver under kemu: {e}")))
     }
 
-    /// Prints the stats, closes the handle and reports the verifier's verdict.
-    fn finish(machine: KemuMachine, driver: Arc<Driver>, ok: bool) -> Result<ExitCode, String> {
+    fn open(machine: &KemuMachine) -> Result<Arc<Driver>, Failure> {
+        Ok(Arc::new(Driver::new(
+            machine.open().map_err(|e| Failure::driver(e.to_string()))?,
+        )))
+    }
+
+    /// Prints the stats, closes the handle and concludes with the verifier's verdict.
+    fn finish(
+        machine: KemuMachine,
+        driver: Arc<Driver>,
+        result: Result<(), Failure>,
+    ) -> Result<ExitCode, Failure> {
         if let Ok(s) = driver.stats() {
-            eprintln!(
-                "stats: {} handshakes ok, {} failed, {} B sent, {} B received",
-                s.handshakes_ok, s.handshakes_failed, s.bytes_sent, s.bytes_received
-            );
+            eprint!("{}", super::stats_text(&s));
         }
-        drop(Arc::try_unwrap(driver).map_err(|_| "a connection is still in use".to_string())?);
-        let verdict = Box::new(machine).finish().map_err(|e| e.to_string())?;
-        eprintln!("{verdict}");
-        Ok(if ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        })
+        drop(Arc::try_unwrap(driver).map_err(|_| Failure::driver("a connection is still in use"))?);
+        conclude(result, Box::new(machine).finish())
+    }
+
+    pub fn selftest(
+        globals: &Globals,
+        driver: Option<PathBuf>,
+        thumbprint: Option<String>,
+    ) -> Result<ExitCode, Failure> {
+        if thumbprint.is_some() {
+            return Err(Failure::usage(
+                "--thumbprint names a certificate of a Windows machine; under kemu the selftest makes its own",
+            ));
+        }
+        let machine = boot(globals, driver)?;
+        let made = machine
+            .make_server_certificate(&["localhost"])
+            .map_err(|e| Failure::driver(format!("cannot make the test certificate: {e}")))?;
+        Ok(
+            if crate::selftest::run(Box::new(machine), made.thumbprint) {
+                ExitCode::SUCCESS
+            } else {
+                crate::errors::Kind::Check.exit_code()
+            },
+        )
+    }
+
+    pub fn stats() -> Result<ExitCode, Failure> {
+        Err(Failure::usage(
+            "under kemu every command boots its own kernel, so there is no running driver to ask; `wsktls serve` prints the stats when it stops",
+        ))
     }
 
     pub fn serve(
+        globals: &Globals,
         driver: Option<PathBuf>,
         certificate: Certificate,
         mut options: ServeOptions,
-    ) -> Result<ExitCode, String> {
-        let machine = boot(driver)?;
+    ) -> Result<ExitCode, Failure> {
+        let machine = boot(globals, driver)?;
         options.thumbprint = match certificate {
             Certificate::Pem(chain, key) => machine
                 .import_certificate(&chain, &key)
-                .map_err(|e| format!("importing {}: {e}", chain.display()))?,
+                .map_err(|e| Failure::usage(format!("importing {}: {e}", chain.display())))?,
             Certificate::Thumbprint(t) => t,
         };
         let stop = Arc::new(AtomicBool::new(false));
         {
             let stop = stop.clone();
             ctrlc::set_handler(move || stop.store(true, Ordering::Release))
-                .map_err(|e| format!("installing the interrupt handler: {e}"))?;
+                .map_err(|e| Failure::driver(format!("installing the interrupt handler: {e}")))?;
         }
-        let driver = Arc::new(Driver::new(machine.open().map_err(|e| e.to_string())?));
+        let driver = open(&machine)?;
         let result = crate::serve::run(driver.clone(), &options, &stop);
-        if let Err(e) = &result {
-            eprintln!("wsktls serve: {e}");
+        finish(machine, driver, result)
+    }
+
+    pub fn connect(
+        globals: &Globals,
+        driver: Option<PathBuf>,
+        ca: Option<PathBuf>,
+        options: ConnectOptions,
+    ) -> Result<ExitCode, Failure> {
+        let machine = boot(globals, driver)?;
+        if let Some(ca) = ca {
+            machine
+                .trust(&ca)
+                .map_err(|e| Failure::usage(format!("trusting {}: {e}", ca.display())))?;
         }
-        finish(machine, driver, result.is_ok())
+        let driver = open(&machine)?;
+        let result = crate::connect::run(driver.clone(), &options);
+        finish(machine, driver, result)
     }
 
     /// Measures the image (if given) and the native driver, each in its own kernel, then plain
-    /// rustls; the kernels' verifiers must be clean for the figures to count.
+    /// rustls; a kernel whose verifier objects fails the run.
     pub fn bench(
+        globals: &Globals,
         image: Option<PathBuf>,
         options: BenchOptions,
         json: bool,
-    ) -> Result<ExitCode, String> {
+    ) -> Result<ExitCode, Failure> {
         let subjects: Vec<Option<PathBuf>> = match image {
             Some(path) => vec![Some(path), None],
             None => vec![None],
@@ -334,24 +425,26 @@ mod platform {
         let mut certificate = None;
         let mut drivers = Vec::new();
         for subject in subjects {
-            let machine = boot(subject)?;
+            let machine = boot(globals, subject)?;
             let cert = match certificate.take() {
                 None => machine
                     .make_server_certificate(&["localhost"])
-                    .map_err(|e| format!("making the test certificate: {e}"))?,
+                    .map_err(|e| Failure::driver(format!("making the test certificate: {e}")))?,
                 Some(cert) => {
-                    machine.install(&cert).map_err(|e| e.to_string())?;
+                    machine
+                        .install(&cert)
+                        .map_err(|e| Failure::driver(e.to_string()))?;
                     cert
                 }
             };
             let measured = bench::measure_driver(&machine, &cert, &options, &bar);
             let verdict = Box::new(machine).finish();
-            drivers.push(measured?);
-            verdict.map_err(|e| e.to_string())?;
+            drivers.push(measured.map_err(Failure::driver)?);
+            verdict.map_err(|e| Failure::driver(e.to_string()))?;
             certificate = Some(cert);
         }
         let cert = certificate.expect("at least one subject");
-        let anchor = bench::measure_rustls(&cert, &options, &bar)?;
+        let anchor = bench::measure_rustls(&cert, &options, &bar).map_err(Failure::driver)?;
         bar.finish_and_clear();
         if json {
             println!("{}", bench::report_json(&drivers, &anchor, &options));
@@ -360,57 +453,131 @@ mod platform {
         }
         Ok(ExitCode::SUCCESS)
     }
-
-    pub fn connect(
-        driver: Option<PathBuf>,
-        ca: Option<PathBuf>,
-        options: ConnectOptions,
-    ) -> Result<ExitCode, String> {
-        let machine = boot(driver)?;
-        if let Some(ca) = ca {
-            machine
-                .trust(&ca)
-                .map_err(|e| format!("trusting {}: {e}", ca.display()))?;
-        }
-        let driver = Arc::new(Driver::new(machine.open().map_err(|e| e.to_string())?));
-        let result = crate::connect::run(driver.clone(), &options);
-        if let Err(e) = &result {
-            eprintln!("wsktls connect: {e}");
-        }
-        finish(machine, driver, result.is_ok())
-    }
 }
 
 #[cfg(windows)]
 mod platform {
-    //! The Windows device backend is not written yet.
+    //! The commands on Windows, against the installed driver.
 
     use std::path::PathBuf;
     use std::process::ExitCode;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
+    use super::{Globals, conclude};
     use crate::args::Certificate;
+    use crate::bench::BenchOptions;
     use crate::connect::ConnectOptions;
+    use crate::device::Machine;
+    use crate::driver::Driver;
+    use crate::errors::{Failure, Kind};
     use crate::serve::ServeOptions;
+    use crate::windows_machine::WindowsMachine;
 
-    const MISSING: &str = "the Windows device backend is not built yet";
+    fn no_image(driver: Option<PathBuf>) -> Result<(), Failure> {
+        match driver {
+            Some(_) => Err(Failure::usage(
+                "--driver loads an image into kemu; on Windows the installed driver is used",
+            )),
+            None => Ok(()),
+        }
+    }
 
-    pub fn serve(_: Option<PathBuf>, _: Certificate, _: ServeOptions) -> Result<ExitCode, String> {
-        Err(MISSING.into())
+    fn machine() -> Result<WindowsMachine, Failure> {
+        WindowsMachine::connect().map_err(|e| Failure::driver(e.to_string()))
+    }
+
+    fn open(machine: &WindowsMachine) -> Result<Arc<Driver>, Failure> {
+        Ok(Arc::new(Driver::new(
+            machine.open().map_err(|e| Failure::driver(e.to_string()))?,
+        )))
+    }
+
+    pub fn selftest(
+        _: &Globals,
+        driver: Option<PathBuf>,
+        thumbprint: Option<String>,
+    ) -> Result<ExitCode, Failure> {
+        no_image(driver)?;
+        let thumbprint = thumbprint.ok_or_else(|| {
+            Failure::usage(
+                "give --thumbprint of a server certificate for \"localhost\" in LocalMachine\\My (see docs/windows.md)",
+            )
+        })?;
+        let thumbprint = crate::args::thumbprint(&thumbprint)?;
+        Ok(if crate::selftest::run(Box::new(machine()?), thumbprint) {
+            ExitCode::SUCCESS
+        } else {
+            Kind::Check.exit_code()
+        })
+    }
+
+    pub fn stats() -> Result<ExitCode, Failure> {
+        let machine = machine()?;
+        let driver = open(&machine)?;
+        let stats = driver.stats().map_err(|e| e.failure("STATS"))?;
+        print!("{}", super::stats_text(&stats));
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub fn serve(
+        _: &Globals,
+        driver: Option<PathBuf>,
+        certificate: Certificate,
+        mut options: ServeOptions,
+    ) -> Result<ExitCode, Failure> {
+        no_image(driver)?;
+        options.thumbprint = match certificate {
+            Certificate::Thumbprint(t) => t,
+            Certificate::Pem(..) => {
+                return Err(Failure::usage(
+                    "--cert/--key import into kemu's store; on Windows import the certificate into LocalMachine\\My and give --thumbprint",
+                ));
+            }
+        };
+        let machine = machine()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let stop = stop.clone();
+            ctrlc::set_handler(move || stop.store(true, Ordering::Release))
+                .map_err(|e| Failure::driver(format!("installing the interrupt handler: {e}")))?;
+        }
+        let driver = open(&machine)?;
+        let result = crate::serve::run(driver.clone(), &options, &stop);
+        if let Ok(s) = driver.stats() {
+            eprint!("{}", super::stats_text(&s));
+        }
+        drop(driver);
+        conclude(result, Box::new(machine).finish())
     }
 
     pub fn connect(
-        _: Option<PathBuf>,
-        _: Option<PathBuf>,
-        _: ConnectOptions,
-    ) -> Result<ExitCode, String> {
-        Err(MISSING.into())
+        _: &Globals,
+        driver: Option<PathBuf>,
+        ca: Option<PathBuf>,
+        options: ConnectOptions,
+    ) -> Result<ExitCode, Failure> {
+        no_image(driver)?;
+        if ca.is_some() {
+            return Err(Failure::usage(
+                "--ca imports into kemu's Root store; on Windows trust the CA in LocalMachine\\Root, or use --pin",
+            ));
+        }
+        let machine = machine()?;
+        let driver = open(&machine)?;
+        let result = crate::connect::run(driver.clone(), &options);
+        drop(driver);
+        conclude(result, Box::new(machine).finish())
     }
 
     pub fn bench(
+        _: &Globals,
         _: Option<PathBuf>,
-        _: crate::bench::BenchOptions,
+        _: BenchOptions,
         _: bool,
-    ) -> Result<ExitCode, String> {
-        Err(MISSING.into())
+    ) -> Result<ExitCode, Failure> {
+        Err(Failure::usage(
+            "bench runs under kemu (it needs the server key in PEM for its plain-rustls anchor); it is not built for Windows yet",
+        ))
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use proto::session::*;
 
 use crate::driver::{CallError, Driver, cipher_name, version_name};
+use crate::errors::Failure;
 
 /// What the server does with each connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,7 +71,7 @@ fn handle(driver: &Driver, info: &ConnectionInfo, mode: Mode) -> Result<u64, Cal
 }
 
 /// Runs the server until `stop` is set or `max_conns` connections were served.
-pub fn run(driver: Arc<Driver>, options: &ServeOptions, stop: &AtomicBool) -> Result<(), String> {
+pub fn run(driver: Arc<Driver>, options: &ServeOptions, stop: &AtomicBool) -> Result<(), Failure> {
     let listener = driver
         .listen(&ListenRequest {
             endpoint: options.endpoint,
@@ -79,7 +80,7 @@ pub fn run(driver: Arc<Driver>, options: &ServeOptions, stop: &AtomicBool) -> Re
             require_client_certificate: false,
             alpn: &options.alpn,
         })
-        .map_err(|e| format!("LISTEN: {e}"))?;
+        .map_err(|e| e.failure("LISTEN"))?;
     let ip = if options.endpoint.v6 {
         format!("[{}]", std::net::Ipv6Addr::from(options.endpoint.ip))
     } else {
@@ -93,7 +94,7 @@ pub fn run(driver: Arc<Driver>, options: &ServeOptions, stop: &AtomicBool) -> Re
     while !stop.load(Ordering::Acquire) && options.max_conns.is_none_or(|m| served < m) {
         let accept = driver
             .accept(listener.id)
-            .map_err(|e| format!("ACCEPT: {e}"))?;
+            .map_err(|e| e.failure("ACCEPT"))?;
         // Wake up now and then to notice an interrupt.
         let info = loop {
             match accept.poll(Duration::from_millis(200)) {
@@ -130,8 +131,6 @@ pub fn run(driver: Arc<Driver>, options: &ServeOptions, stop: &AtomicBool) -> Re
     for w in workers {
         let _ = w.join();
     }
-    driver
-        .close(listener.id)
-        .map_err(|e| format!("CLOSE: {e}"))?;
+    driver.close(listener.id).map_err(|e| e.failure("CLOSE"))?;
     Ok(())
 }

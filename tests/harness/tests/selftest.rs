@@ -1,6 +1,8 @@
 //! The `wsktls` command as a user runs it: the selftest passes under kemu (natively linked driver,
 //! and the shipped image when one is built), and bad arguments are refused clearly.
 
+#![cfg(not(windows))]
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -62,8 +64,44 @@ fn bad_arguments_are_refused_with_a_reason() {
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("--thumbprint"), "{text}");
     let (code, text) = run(wsktls().args(["selftest", "--driver", "/nonexistent/wsktls.sys"]));
-    assert_eq!(code, 2, "{text}");
+    assert_eq!(
+        code, 5,
+        "a driver that cannot load is a driver error: {text}"
+    );
     assert!(text.contains("cannot start the driver"), "{text}");
     let (code, _) = run(wsktls().arg("no-such-command"));
     assert_eq!(code, 2);
+    let (code, text) = run(wsktls().args(["bench", "--seconds", "0"]));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("--seconds"), "{text}");
+}
+
+#[test]
+fn bench_measures_the_driver_and_rustls_and_reports_json() {
+    let out = wsktls()
+        .args(["bench", "--seconds", "0.3", "--connections", "2", "--json"])
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&text).expect("JSON on stdout");
+    let driver = &report["drivers"][0];
+    assert!(
+        driver["subject"]
+            .as_str()
+            .unwrap()
+            .contains("natively linked")
+    );
+    for subject in [&driver["figures"], &report["rustls"]] {
+        for figure in ["handshakes_per_second", "bulk_mb_per_second", "echo_p50_us"] {
+            let value = subject[figure].as_f64().unwrap_or(0.0);
+            assert!(value > 0.0, "{figure} = {value} in {text}");
+        }
+        assert!(subject["negotiated"].as_str().unwrap().contains("TLS 1.3"));
+    }
+    assert!(driver["ratio_to_rustls"]["handshakes"].as_f64().unwrap() > 0.0);
 }

@@ -1,6 +1,8 @@
 //! `wsktls serve` and `wsktls connect` as separate processes — two machines, each its own kemu
 //! kernel with its own copy of the driver, talking TLS over loopback; and curl against `serve`.
 
+#![cfg(not(windows))]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -135,8 +137,43 @@ fn serve_and_connect_in_two_processes() {
     wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
     let wrong = String::from_utf8(wrong).unwrap();
     let (code, _, err) = connect(&[&target, "--pin", &wrong], b"x");
-    assert_ne!(code, 0);
-    assert!(err.contains("SECURITY_STATUS 0x80090325"), "{err}");
+    assert_eq!(code, 4, "a TLS failure exits with 4: {err}");
+    assert!(
+        err.contains("not trusted (or not the pinned one) (SEC_E_UNTRUSTED_ROOT, 0x80090325)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn failures_are_told_in_words_with_distinct_exit_codes() {
+    // Nothing listens on a port just released: a connection error (3).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = format!("127.0.0.1:{port}");
+    let (code, _, err) = connect(&[&target, "--insecure"], b"");
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("refused") && err.contains("STATUS_CONNECTION_REFUSED, 0xC0000236"),
+        "{err}"
+    );
+    // An untrusted server: a TLS error (4).
+    let dir = pki("untrusted");
+    let server = serve(&dir, &["--echo"]);
+    let target = format!("127.0.0.1:{}", server.port);
+    let (code, _, err) = connect(&[&target, "--sni", "localhost"], b"x");
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("SEC_E_UNTRUSTED_ROOT, 0x80090325"), "{err}");
+    drop(server);
+    // A usage error (2), and `stats` under kemu says where the stats are.
+    let (code, _, err) = connect(&["no-port-here"], b"");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("expected HOST:PORT"), "{err}");
+    let out = wsktls().arg("stats").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("serve"));
 }
 
 #[test]
