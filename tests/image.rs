@@ -45,6 +45,8 @@ fn images() -> Vec<PathBuf> {
     if let Ok(path) = std::env::var("WSKTLS_IMAGE") {
         return vec![PathBuf::from(path)];
     }
+    // The built images, and the signed one of the package (`cargo xtask package`): signing
+    // appends a certificate table and must leave a correct checksum behind.
     ["debug", "release"]
         .iter()
         .map(|p| {
@@ -53,6 +55,7 @@ fn images() -> Vec<PathBuf> {
                 .join(p)
                 .join("wsktls.sys")
         })
+        .chain(Some(root().join("target/package/wsktls/wsktls.sys")))
         .filter(|p| p.exists())
         .collect()
 }

@@ -51,6 +51,7 @@ fn stamped_inf_agrees_with_the_build() {
                 .join(p)
                 .join("wsktls.inf")
         })
+        .chain(Some(root.join("target/package/wsktls/wsktls.inf")))
         .filter(|p| p.exists())
         .collect();
     if infs.is_empty() {

@@ -3,10 +3,14 @@
 //! - `driver [--release | --debug]` — builds the kernel image for `x86_64-pc-windows-msvc` with
 //!   rust-lld and leaves it at `target/x86_64-pc-windows-msvc/<profile>/wsktls.sys` (both
 //!   profiles when neither flag is given).
-//! - `test [ARGS...]` — builds both images, then runs `cargo test --workspace ARGS...` (the image
+//! - `test [ARGS...]` — builds both images and the package, then runs `cargo test --workspace ARGS...` (the image
 //!   tests check the images just built); without ARGS, the kemu suites run again under each seed
 //!   of `KEMU_SEEDS` (default 1,2,3), `wsktls selftest` runs on the native driver and on both
 //!   images, and the TLS suite runs against both images.
+//! - `package [--cert PEM --key PEM]` — the test-signed Windows package in
+//!   `target/package/wsktls/` (see `package.rs`).
+
+mod package;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -20,9 +24,10 @@ fn main() -> ExitCode {
         Some("driver") => {
             parse_profiles(&args[1..]).and_then(|profiles| build_driver(&profiles).map(|_| ()))
         }
-        Some("test") => {
-            build_driver(&[Profile::Debug, Profile::Release]).and_then(|_| run_tests(&args[1..]))
-        }
+        Some("package") => package::package(&args[1..]).map(|_| ()),
+        Some("test") => build_driver(&[Profile::Debug, Profile::Release])
+            .and_then(|_| package::package(&[]))
+            .and_then(|_| run_tests(&args[1..])),
         _ => Err(USAGE.to_string()),
     };
     match result {
@@ -34,7 +39,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask driver [--release | --debug]\n       cargo xtask test [cargo test arguments]";
+const USAGE: &str = "usage: cargo xtask driver [--release | --debug]\n       cargo xtask test [cargo test arguments]\n       cargo xtask package [--cert PEM --key PEM]";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Profile {
@@ -195,8 +200,9 @@ fn run_tests(extra: &[String]) -> Result<(), String> {
             run(command)?;
         }
     }
-    // The main job, as README.md runs it: on the natively linked driver and on both images.
-    for driver in [None, Some("debug"), Some("release")] {
+    // The main job, as README.md runs it: on the natively linked driver, on both images and on
+    // the package's signed image.
+    for driver in [None, Some("debug"), Some("release"), Some("package")] {
         let mut command = cargo();
         command.current_dir(workspace_root()).args([
             "run",
@@ -209,10 +215,14 @@ fn run_tests(extra: &[String]) -> Result<(), String> {
             "selftest",
         ]);
         if let Some(profile) = driver {
-            let image = workspace_root()
-                .join("target/x86_64-pc-windows-msvc")
-                .join(profile)
-                .join("wsktls.sys");
+            let image = if profile == "package" {
+                workspace_root().join("target/package/wsktls/wsktls.sys")
+            } else {
+                workspace_root()
+                    .join("target/x86_64-pc-windows-msvc")
+                    .join(profile)
+                    .join("wsktls.sys")
+            };
             command.arg("--driver").arg(image);
         }
         println!("xtask: wsktls selftest ({})", driver.unwrap_or("native"));
