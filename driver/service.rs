@@ -545,7 +545,36 @@ fn info_of(session: &Session<Notify>, id: u64) -> ConnectionInfo {
         info.status = status;
         info.sspi_status = sspi;
     }
+    trace_connection(&info, session.negotiated().map(|n| n.stream_sizes));
     info
+}
+
+/// One DbgPrint line per handshake outcome (INFO level): what Schannel negotiated and its stream
+/// sizes, or both failure codes — how a Windows run shows where kemu's model differs.
+fn trace_connection(info: &ConnectionInfo, sizes: Option<[u32; 3]>) {
+    use ksys::kmdf::{DPFLTR_ERROR_LEVEL, DPFLTR_INFO_LEVEL};
+    let line = if info.status == STATUS_SUCCESS {
+        let [header, trailer, max] = sizes.unwrap_or_default();
+        alloc::format!(
+            "connection {}: protocol {:?}, cipher suite {:#06x}, ALPN {} bytes, stream sizes header {header} trailer {trailer} max message {max}",
+            info.id,
+            info.version,
+            info.cipher_suite,
+            info.alpn_len,
+        )
+    } else {
+        alloc::format!(
+            "handshake failed: NTSTATUS {:#010x}, SECURITY_STATUS {:#010x}",
+            info.status as u32,
+            info.sspi_status as u32
+        )
+    };
+    let level = if info.status == STATUS_SUCCESS {
+        DPFLTR_INFO_LEVEL
+    } else {
+        DPFLTR_ERROR_LEVEL
+    };
+    ksys::kmdf::debug_print(level, &line);
 }
 
 /// Decides whether a parked request can finish now (never consumes received data).

@@ -133,6 +133,9 @@ pub struct Negotiated {
     pub alpn: [u8; 255],
     /// SHA-256 of the peer's certificate (its leaf), if it presented one.
     pub peer_certificate: Option<[u8; 32]>,
+    /// Schannel's stream sizes (SECPKG_ATTR_STREAM_SIZES): header, trailer, maximum message —
+    /// a value kemu can only model, reported so real Windows shows its own.
+    pub stream_sizes: [u32; 3],
 }
 
 impl Negotiated {
@@ -1179,6 +1182,11 @@ impl<O: Observer> Engine<O> {
             alpn_len: 0,
             alpn: [0; 255],
             peer_certificate: self.peer_certificate_digest(),
+            stream_sizes: [
+                self.sizes.cbHeader,
+                self.sizes.cbTrailer,
+                self.sizes.cbMaximumMessage,
+            ],
         };
         if let Some(pin) = self.pinned {
             if negotiated.peer_certificate != Some(pin) {
