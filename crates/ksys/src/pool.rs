@@ -16,6 +16,17 @@ pub fn bytes_in_use() -> usize {
     BYTES_IN_USE.load(core::sync::atomic::Ordering::Relaxed)
 }
 
+/// Counts a block the driver took from ExAllocatePool2 directly (not through a
+/// [`PoolAllocator`]), so [`bytes_in_use`] stays the whole story; pair with [`note_freed`].
+pub fn note_allocated(size: usize) {
+    BYTES_IN_USE.fetch_add(size, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The counterpart of [`note_allocated`] when that block is freed.
+pub fn note_freed(size: usize) {
+    BYTES_IN_USE.fetch_sub(size, core::sync::atomic::Ordering::Relaxed);
+}
+
 /// Alignment every pool block has on x64 (page-sized and larger blocks are page aligned).
 const POOL_ALIGNMENT: usize = 16;
 

@@ -195,6 +195,7 @@ impl Buffer {
                 return Err(STATUS_INSUFFICIENT_RESOURCES);
             }
             MmBuildMdlForNonPagedPool(mdl);
+            ksys::pool::note_allocated(len);
             Ok(Buffer { data, len, mdl })
         }
     }
@@ -236,6 +237,7 @@ impl Drop for Buffer {
                 u32::from_le_bytes(crate::POOL_TAG),
             );
         }
+        ksys::pool::note_freed(self.len);
     }
 }
 
