@@ -404,13 +404,15 @@ impl IoManager {
                 );
             }
             *done_slot.irp.lock().unwrap() = None;
+            // The handle's bookkeeping first (it may close the file, or queue its close): a
+            // waiter woken by the result must find the request gone from its handle.
+            k.io.request_finished(file_object);
             *done_slot.result.lock().unwrap() = Some(IoResult {
                 status,
                 information,
                 output,
             });
             done_slot.done.notify_all();
-            k.io.request_finished(file_object);
             k.notify();
         });
         let irp = kernel.irps.allocate(1, Owner::Kernel, Some(finish));
