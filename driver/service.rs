@@ -408,7 +408,8 @@ extern "win64" fn cancel(request: WDFREQUEST) {
 #[allow(clippy::large_enum_variant)]
 enum Outcome {
     Status(NTSTATUS),
-    Info(ConnectionInfo),
+    /// A finished handshake, with Schannel's stream sizes (traced after the table is released).
+    Info(ConnectionInfo, [u32; 3]),
     Recv,
 }
 
@@ -468,10 +469,13 @@ pub fn service() {
         }
         match outcome {
             Outcome::Status(status) => request.complete(status, 0),
-            Outcome::Info(info) => match request.write_output(&info.encode()) {
-                Ok(n) => request.complete(STATUS_SUCCESS, n),
-                Err(status) => request.complete(status, 0),
-            },
+            Outcome::Info(info, stream_sizes) => {
+                trace_connection(&info, stream_sizes);
+                match request.write_output(&info.encode()) {
+                    Ok(n) => request.complete(STATUS_SUCCESS, n),
+                    Err(status) => request.complete(status, 0),
+                }
+            }
             Outcome::Recv => {
                 let Op::Recv { max } = p.op else {
                     request.complete(STATUS_INTERNAL_ERROR, 0);
@@ -545,16 +549,20 @@ fn info_of(session: &Session<Notify>, id: u64) -> ConnectionInfo {
         info.status = status;
         info.sspi_status = sspi;
     }
-    trace_connection(&info, session.negotiated().map(|n| n.stream_sizes));
     info
+}
+
+fn handshake_outcome(session: &Session<Notify>, id: u64) -> Outcome {
+    let sizes = session.negotiated().map(|n| n.stream_sizes);
+    Outcome::Info(info_of(session, id), sizes.unwrap_or_default())
 }
 
 /// One DbgPrint line per handshake outcome (INFO level): what Schannel negotiated and its stream
 /// sizes, or both failure codes — how a Windows run shows where kemu's model differs.
-fn trace_connection(info: &ConnectionInfo, sizes: Option<[u32; 3]>) {
+fn trace_connection(info: &ConnectionInfo, sizes: [u32; 3]) {
     use ksys::kmdf::{DPFLTR_ERROR_LEVEL, DPFLTR_INFO_LEVEL};
     let line = if info.status == STATUS_SUCCESS {
-        let [header, trailer, max] = sizes.unwrap_or_default();
+        let [header, trailer, max] = sizes;
         alloc::format!(
             "connection {}: protocol {:?}, cipher suite {:#06x}, ALPN {} bytes, stream sizes header {header} trailer {trailer} max message {max}",
             info.id,
@@ -591,13 +599,13 @@ fn examine(objects: &mut [Object], p: &mut Parked, promoted: &mut Vec<Object>) -
                 let session = accepted.swap_remove(at);
                 HANDSHAKES_OK.fetch_add(1, Ordering::Relaxed);
                 let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-                let info = info_of(&session, id);
+                let info = handshake_outcome(&session, id);
                 promoted.push(Object {
                     id,
                     owner: p.owner,
                     kind: Kind::Connection { session },
                 });
-                return Some(Outcome::Info(info));
+                return Some(info);
             }
             match listener.state() {
                 ListenState::Closed(status) => Some(Outcome::Status(if nt_success(status) {
@@ -612,11 +620,11 @@ fn examine(objects: &mut [Object], p: &mut Parked, promoted: &mut Vec<Object>) -
             State::Handshaking => None,
             State::Open => {
                 HANDSHAKES_OK.fetch_add(1, Ordering::Relaxed);
-                Some(Outcome::Info(info_of(session, p.id)))
+                Some(handshake_outcome(session, p.id))
             }
             State::Closed => {
                 HANDSHAKES_FAILED.fetch_add(1, Ordering::Relaxed);
-                Some(Outcome::Info(info_of(session, p.id)))
+                Some(handshake_outcome(session, p.id))
             }
         },
         (Op::Send { data, at }, Kind::Connection { session }) => match session.send(&data[*at..]) {

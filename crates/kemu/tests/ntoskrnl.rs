@@ -359,10 +359,9 @@ extern "win64" fn count_dpc(
 ) {
     // SAFETY: the context is the test's live TimerBlock.
     let block = unsafe { &*(context as *const TimerBlock) };
-    // SAFETY: a plain query.
-    block
-        .irql
-        .store(unsafe { KeGetCurrentIrql() } as usize, Ordering::SeqCst);
+    // SAFETY: a plain query of the current IRQL.
+    let irql = unsafe { KeGetCurrentIrql() };
+    block.irql.store(irql as usize, Ordering::SeqCst);
     block.fired.fetch_add(1, Ordering::SeqCst);
 }
 

@@ -380,9 +380,9 @@ impl ParkedRequest {
     /// The request again, to unmark and complete.
     pub fn resume(self) -> Request {
         Request {
-            // SAFETY: the handle came from a live Request in `park`; a parked request stays live
-            // until completed, which only the holder of this value (or the cancel routine, which
-            // then never finds this value) does.
+            // A parked request stays live until completed, which only the holder of this value
+            // (or the cancel routine, which then never finds this value) does.
+            // SAFETY: the handle came from a live Request in `park`, still live (above).
             handle: unsafe { WDFREQUEST::from_raw(self.handle as *mut c_void) },
         }
     }

@@ -45,9 +45,9 @@ unsafe impl<W: Wake> Sync for IrpOp<W> {}
 
 impl<W: Wake> Drop for IrpOp<W> {
     fn drop(&mut self) {
-        // SAFETY: the last reference is gone, so no call is in flight (a pending call holds one);
-        // freeing from inside the IRP's own completion routine is allowed, since it returns
+        // Freeing from inside the IRP's own completion routine is allowed, since it returns
         // STATUS_MORE_PROCESSING_REQUIRED.
+        // SAFETY: the last reference is gone, so no call is in flight (a pending call holds one).
         unsafe { IoFreeIrp(self.irp) };
     }
 }
@@ -153,9 +153,9 @@ impl<W: Wake> IrpOp<W> {
     /// IoCancelIrp on the call in flight (it completes with STATUS_CANCELLED).
     pub fn cancel(&self) {
         if self.is_pending() {
-            // SAFETY: the IRP is allocated for as long as this op lives; cancelling an IRP that
-            // completed in the meantime is harmless (IoCancelIrp on a driver-owned IRP only
-            // marks it and runs a cancel routine if one is set).
+            // Cancelling an IRP that completed in the meantime is harmless: IoCancelIrp on a
+            // driver-owned IRP only marks it and runs a cancel routine if one is set.
+            // SAFETY: the IRP is allocated for as long as this op lives.
             unsafe { IoCancelIrp(self.irp) };
         }
     }

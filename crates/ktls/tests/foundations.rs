@@ -80,8 +80,8 @@ unsafe extern "win64" fn on_notify(context: *mut SspiAsyncContext, data: *mut c_
     // SAFETY: `data` is the test's live Completion.
     let c = unsafe { &*(data as *const Completion) };
     // SAFETY: the context being notified.
-    c.status
-        .store(unsafe { SspiGetAsyncCallStatus(context) }, Ordering::SeqCst);
+    let status = unsafe { SspiGetAsyncCallStatus(context) };
+    c.status.store(status, Ordering::SeqCst);
     c.calls.fetch_add(1, Ordering::SeqCst);
     // SAFETY: the Completion's event.
     unsafe { KeSetEvent(&c.event as *const KEVENT as *mut KEVENT, 0, 0) };

@@ -146,10 +146,14 @@ impl Device for KemuDevice {
 impl KemuMachine {
     /// The driver's DbgPrint lines up to the chosen level, on stderr.
     fn print_log(&self) {
-        if self.log == LogLevel::Off {
-            return;
-        }
-        let most = self.log as u32 - 1; // Error = DPFLTR level 0
+        // DPFLTR levels: 0 error, 1 warning, 2 trace, 3 info.
+        let most = match self.log {
+            LogLevel::Off => return,
+            LogLevel::Error => 0,
+            LogLevel::Warning => 1,
+            LogLevel::Trace => 2,
+            LogLevel::Info => 3,
+        };
         for line in self.kernel.debug_log() {
             if line.level <= most {
                 eprintln!("[driver] {}", line.text);

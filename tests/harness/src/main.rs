@@ -20,6 +20,8 @@ mod windows_machine;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 
@@ -280,6 +282,15 @@ fn stats_text(s: &proto::session::Stats) -> String {
     .collect()
 }
 
+/// A flag Ctrl+C sets: `serve` polls it between connections and then stops cleanly.
+fn interrupt_flag() -> Result<Arc<AtomicBool>, Failure> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::Release))
+        .map_err(|e| Failure::driver(format!("installing the interrupt handler: {e}")))?;
+    Ok(stop)
+}
+
 /// How a command that ran against the driver ends: its own failure (if any) decides the exit
 /// status, else the machine's verdict.
 fn conclude(
@@ -303,7 +314,6 @@ mod platform {
     use std::path::PathBuf;
     use std::process::ExitCode;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::{Globals, conclude};
     use crate::args::Certificate;
@@ -381,12 +391,7 @@ mod platform {
                 .map_err(|e| Failure::usage(format!("importing {}: {e}", chain.display())))?,
             Certificate::Thumbprint(t) => t,
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        {
-            let stop = stop.clone();
-            ctrlc::set_handler(move || stop.store(true, Ordering::Release))
-                .map_err(|e| Failure::driver(format!("installing the interrupt handler: {e}")))?;
-        }
+        let stop = super::interrupt_flag()?;
         let driver = open(&machine)?;
         let result = crate::serve::run(driver.clone(), &options, &stop);
         finish(machine, driver, result)
@@ -462,7 +467,6 @@ mod platform {
     use std::path::PathBuf;
     use std::process::ExitCode;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::{Globals, conclude};
     use crate::args::Certificate;
@@ -536,12 +540,7 @@ mod platform {
             }
         };
         let machine = machine()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        {
-            let stop = stop.clone();
-            ctrlc::set_handler(move || stop.store(true, Ordering::Release))
-                .map_err(|e| Failure::driver(format!("installing the interrupt handler: {e}")))?;
-        }
+        let stop = super::interrupt_flag()?;
         let driver = open(&machine)?;
         let result = crate::serve::run(driver.clone(), &options, &stop);
         if let Ok(s) = driver.stats() {
