@@ -9,7 +9,8 @@
 //!   back from the cancel machinery (WdfRequestUnmarkCancelable) and only then completed — so a
 //!   cancel racing with completion completes it exactly once.
 //! - A handle's objects close when the handle is cleaned up; unload closes everything and waits
-//!   until every socket is closed before releasing WSK.
+//!   until every session and listener — those still in the table and those closed earlier that
+//!   are still releasing — has released its socket and security context before releasing WSK.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -19,8 +20,10 @@ use ksys::kmdf::{ParkedRequest, Request};
 use ksys::ntdef::*;
 use ksys::wdf::types::{WDFFILEOBJECT, WDFREQUEST};
 use ksys::wsk::*;
+use ktls::census::Census;
 use ktls::credential::{Credential, CredentialSpec, Versions};
 use ktls::listener::{ListenState, Listener, ListenerConfig};
+use ktls::pool::PoolArc;
 use ktls::session::{Config, Failure, Observer, Received, Role, Session, State};
 use ktls::sync::SpinLock;
 use ktls::wsk::Provider;
@@ -97,6 +100,12 @@ static TABLE: SpinLock<Table> = SpinLock::new(Table {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 static DEVICE: AtomicUsize = AtomicUsize::new(0);
 static PROVIDER: SpinLock<Option<Provider>> = SpinLock::new(None);
+/// Every session and listener the driver started, until each has released its resources
+/// (a closed connection goes on releasing after its id is gone; unload waits for it).
+static CENSUS: SpinLock<Option<Census>> = SpinLock::new(None);
+/// Client credentials by validation flags and versions (released at unload).
+static CLIENT_CREDENTIALS: SpinLock<Vec<(u32, Versions, PoolArc<Credential>)>> =
+    SpinLock::new(Vec::new());
 
 static HANDSHAKES_OK: AtomicU64 = AtomicU64::new(0);
 static HANDSHAKES_FAILED: AtomicU64 = AtomicU64::new(0);
@@ -128,6 +137,15 @@ fn provider_npi() -> Result<WSK_PROVIDER_NPI, NTSTATUS> {
         slot = PROVIDER.lock();
     }
     slot.as_ref().map(Provider::npi).ok_or(STATUS_UNSUCCESSFUL)
+}
+
+/// The driver's census, made at first use.
+fn census() -> Result<Census, NTSTATUS> {
+    let mut slot = CENSUS.lock();
+    if slot.is_none() {
+        *slot = Some(Census::try_new()?);
+    }
+    slot.clone().ok_or(STATUS_UNSUCCESSFUL)
 }
 
 fn sockaddr(endpoint: &Endpoint) -> SOCKADDR_STORAGE {
@@ -206,6 +224,7 @@ pub fn listen(request: &ListenRequest<'_>, owner: usize) -> Result<ListenRespons
         receive_window: RECEIVE_WINDOW,
         backlog: LISTEN_BACKLOG,
         handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS,
+        census: Some(census()?),
     };
     // SAFETY: the control device lives until unload, which closes every listener first; the
     // provider stays captured until then too.
@@ -273,13 +292,7 @@ pub fn connect(request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTAT
         Validation::Pinned(digest) => Some(digest),
         _ => None,
     };
-    let credential = Credential::acquire(&CredentialSpec {
-        inbound: false,
-        thumbprint: None,
-        flags,
-        versions: versions(request.versions),
-    })
-    .map_err(sspi_to_status)?;
+    let credential = client_credential(flags, versions(request.versions))?;
     let name = if request.sni.is_empty() {
         request.host
     } else {
@@ -303,10 +316,38 @@ pub fn connect(request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTAT
         receive_window: RECEIVE_WINDOW,
         handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS,
         pinned,
+        census: Some(census()?),
     };
     // SAFETY: as in `listen`.
     let session = unsafe { Session::start(device(), config, credential, Notify) }?;
     insert(owner, Kind::Connection { session }).map_err(|(status, _)| status)
+}
+
+/// A client credential for these validation flags and versions: acquired once and shared by
+/// every CONNECT that asks for the same (an acquisition is a round trip to the LSA).
+fn client_credential(flags: u32, versions: Versions) -> Result<PoolArc<Credential>, NTSTATUS> {
+    let cached = CLIENT_CREDENTIALS
+        .lock()
+        .iter()
+        .find(|(f, v, _)| *f == flags && *v == versions)
+        .map(|(_, _, c)| c.clone());
+    if let Some(credential) = cached {
+        return Ok(credential);
+    }
+    let credential = Credential::acquire(&CredentialSpec {
+        inbound: false,
+        thumbprint: None,
+        flags,
+        versions,
+    })
+    .map_err(sspi_to_status)?;
+    let mut cache = CLIENT_CREDENTIALS.lock();
+    if !cache.iter().any(|(f, v, _)| *f == flags && *v == versions) && cache.try_reserve(1).is_ok()
+    {
+        cache.push((flags, versions, credential.clone()));
+    }
+    // A credential acquired twice by racing CONNECTs is released with its last session.
+    Ok(credential)
 }
 
 /// Maps a credential failure to the NTSTATUS LISTEN/CONNECT complete with.
@@ -396,9 +437,13 @@ extern "win64" fn cancel(request: WDFREQUEST) {
     };
     if let Some(p) = removed {
         // The cancelled request is completed below through the framework's handle.
-        if let Op::Connect = p.op {
+        match p.op {
             // A cancelled CONNECT abandons its connection.
-            close_object(p.id, p.owner);
+            Op::Connect => close_object(p.id, p.owner),
+            // Say what the connection was doing: a request cancelled after a long wait is
+            // how a stall shows.
+            Op::Send { .. } | Op::Recv { .. } | Op::Shutdown => trace_cancelled(p.id, &p.op),
+            Op::Accept => {}
         }
     }
     Request::from_presented(request).complete(STATUS_CANCELLED, 0);
@@ -411,6 +456,25 @@ enum Outcome {
     /// A finished handshake, with Schannel's stream sizes (traced after the table is released).
     Info(ConnectionInfo, [u32; 3]),
     Recv,
+}
+
+fn trace_cancelled(id: u64, op: &Op) {
+    let what = match op {
+        Op::Send { .. } => "SEND",
+        Op::Recv { .. } => "RECV",
+        _ => "SHUTDOWN",
+    };
+    let state = {
+        let t = TABLE.lock();
+        match t.objects.iter().find(|o| o.id == id).map(|o| &o.kind) {
+            Some(Kind::Connection { session }) => Some(session.describe()),
+            _ => None,
+        }
+    };
+    if let Some(state) = state {
+        let line = alloc::format!("cancelled {what} on connection {id}: {state}");
+        ksys::kmdf::debug_print(ksys::kmdf::DPFLTR_WARNING_LEVEL, &line);
+    }
 }
 
 /// Re-examines every parked request; completes those whose condition now holds.
@@ -768,40 +832,26 @@ pub fn shutdown() {
             request.complete(STATUS_CANCELLED, 0);
         }
     }
-    let mut sessions: Vec<Session<Notify>> = Vec::new();
-    let mut listeners: Vec<Listener<Notify>> = Vec::new();
-    for o in objects {
-        match o.kind {
-            Kind::Connection { session } => {
-                session.abort();
-                let _ = sessions.try_reserve(1);
-                sessions.push(session);
+    // Dropping a session aborts it, dropping a listener closes it and the sessions it still
+    // holds; each goes on releasing on its work item. The census counts them — and the
+    // connections closed earlier that are still releasing (cancelling, waiting for an SSPI call,
+    // closing the socket, deleting the context) — until all of it is done.
+    drop(objects);
+    // Cached client credentials go once their last session lets go (taken out of the lock
+    // first: freeing a credential needs PASSIVE_LEVEL).
+    let credentials = core::mem::take(&mut *CLIENT_CREDENTIALS.lock());
+    drop(credentials);
+    let census = CENSUS.lock().take();
+    if let Some(census) = census {
+        let delay: i64 = -10_000; // 1 ms
+        for _ in 0..30_000 {
+            if census.live() == 0 {
+                break;
             }
-            Kind::Listener { listener, accepted } => {
-                listener.close();
-                for s in accepted {
-                    s.abort();
-                    let _ = sessions.try_reserve(1);
-                    sessions.push(s);
-                }
-                listeners.push(listener);
-            }
+            // SAFETY: a PASSIVE_LEVEL delay in the unload routine.
+            unsafe { ksys::imports::KeDelayExecutionThread(0, 0, &delay) };
         }
     }
-    let delay: i64 = -10_000;
-    for _ in 0..30_000 {
-        let busy = sessions.iter().any(|s| s.state() != State::Closed)
-            || listeners
-                .iter()
-                .any(|l| !matches!(l.state(), ListenState::Closed(_)));
-        if !busy {
-            break;
-        }
-        // SAFETY: a PASSIVE_LEVEL delay in the unload routine.
-        unsafe { ksys::imports::KeDelayExecutionThread(0, 0, &delay) };
-    }
-    drop(sessions);
-    drop(listeners);
     // WskDeregister waits for any socket still closing.
     let provider = PROVIDER.lock().take();
     drop(provider);

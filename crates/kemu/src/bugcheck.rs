@@ -198,6 +198,9 @@ pub(crate) fn install_panic_hook() {
             };
             if std::env::var_os("KEMU_QUIET").is_none() {
                 eprintln!("kemu kernel {}: {record}", state.kernel.id);
+                if std::env::var_os("KEMU_BACKTRACE").is_some_and(|v| v == "1") {
+                    eprintln!("{}", std::backtrace::Backtrace::force_capture());
+                }
             }
             state.kernel.record_bugcheck(record);
         }));

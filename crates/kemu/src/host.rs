@@ -332,6 +332,19 @@ impl Kernel {
         self.shared.ksecdd.store().clone()
     }
 
+    /// One line per open WSK socket: its state and the operations queued on it (for reports
+    /// about a request that stalled).
+    pub fn describe_sockets(&self) -> Vec<String> {
+        let state = self.shared.netio.lock();
+        let mut lines: Vec<(u64, String)> = state
+            .sockets
+            .values()
+            .map(|s| (s.site.sequence, s.describe_open()))
+            .collect();
+        lines.sort();
+        lines.into_iter().map(|(_, l)| l).collect()
+    }
+
     /// Everything the driver printed.
     pub fn debug_log(&self) -> Vec<LogLine> {
         self.shared.log.lines()

@@ -14,6 +14,7 @@
 
 extern crate alloc;
 
+pub mod census;
 pub mod credential;
 pub mod deadline;
 pub mod listener;

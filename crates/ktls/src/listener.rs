@@ -13,6 +13,7 @@ use ksys::io::{DEVICE_OBJECT, IRP};
 use ksys::ntdef::*;
 use ksys::wsk::*;
 
+use crate::census::{Census, Entry};
 use crate::credential::Credential;
 use crate::pool::PoolArc;
 use crate::session::{Config, Observer, Role, Session};
@@ -41,6 +42,8 @@ pub struct ListenerConfig {
     pub backlog: usize,
     /// Per-session handshake limit in milliseconds (0: none).
     pub handshake_timeout_ms: u32,
+    /// Counts the listener and each of its sessions until released (see [`Census`]).
+    pub census: Option<Census>,
 }
 
 /// Where the listener is.
@@ -83,6 +86,8 @@ struct Engine<O: Observer + Clone> {
     alpn: Vec<u8>,
     closing: bool,
     done: bool,
+    /// Held until the listen socket is closed and the credential released.
+    census: Option<Entry>,
 }
 
 /// The listener's shared state.
@@ -96,6 +101,7 @@ pub struct Shared<O: Observer + Clone> {
     receive_window: usize,
     backlog: usize,
     handshake_timeout_ms: u32,
+    census: Option<Census>,
     observer: O,
 }
 
@@ -139,6 +145,7 @@ impl<O: Observer + Clone> Listener<O> {
                 alpn: config.alpn,
                 closing: false,
                 done: false,
+                census: config.census.as_ref().map(Census::enter),
             }),
             device,
             npi: config.npi,
@@ -147,6 +154,7 @@ impl<O: Observer + Clone> Listener<O> {
             receive_window: config.receive_window,
             backlog: config.backlog.max(1),
             handshake_timeout_ms: config.handshake_timeout_ms,
+            census: config.census,
             observer,
         };
         // SAFETY: per the contract.
@@ -385,6 +393,7 @@ impl<O: Observer + Clone> Engine<O> {
             receive_window: shared.receive_window,
             handshake_timeout_ms: shared.handshake_timeout_ms,
             pinned: None,
+            census: shared.census.clone(),
         };
         // SAFETY: the device outlives the listener's sessions (the listener's contract); the
         // accepted socket is ours alone.
@@ -430,9 +439,12 @@ impl<O: Observer + Clone> Engine<O> {
         }
         self.credential = None;
         self.done = true;
-        let mut m = shared.mailbox.lock();
-        if !matches!(m.state, ListenState::Closed(_)) {
-            m.state = ListenState::Closed(STATUS_SUCCESS);
+        {
+            let mut m = shared.mailbox.lock();
+            if !matches!(m.state, ListenState::Closed(_)) {
+                m.state = ListenState::Closed(STATUS_SUCCESS);
+            }
         }
+        self.census = None;
     }
 }

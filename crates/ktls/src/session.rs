@@ -35,6 +35,7 @@ use ksys::schannel::{
 use ksys::sspi::*;
 use ksys::wsk::*;
 
+use crate::census::{Census, Entry};
 use crate::credential::Credential;
 use crate::deadline::Deadline;
 use crate::pool::PoolArc;
@@ -53,11 +54,12 @@ const EV_TIMER: u32 = 32;
 
 /// Most ciphertext one TLS record takes on the wire (16 KiB + 256 expansion + 5 header).
 const MAX_RECORD: usize = 16384 + 256 + 5;
-/// Receive buffer: one maximum record plus room for the start of the next.
-const RX_CAPACITY: usize = 2 * MAX_RECORD;
+/// Receive buffer: one maximum record with its header and trailer (records are decrypted in
+/// place; the start of the next one moves to the front).
+const RX_CAPACITY: usize = MAX_RECORD;
 /// Records packed into one WskSend.
-const RECORDS_PER_SEND: usize = 4;
-/// Send buffer: handshake flights and up to four records with header and trailer.
+const RECORDS_PER_SEND: usize = 2;
+/// Send buffer: handshake flights and up to two records with header and trailer.
 const TX_CAPACITY: usize = RECORDS_PER_SEND * (16384 + 64);
 /// Room for an alert SSPI may return separately from the token.
 const ALERT_CAPACITY: usize = 64;
@@ -114,6 +116,8 @@ pub struct Config {
     /// skip chain validation, SCH_CRED_MANUAL_CRED_VALIDATION); a different one fails the
     /// session with [`SEC_E_PIN_MISMATCH`].
     pub pinned: Option<[u8; 32]>,
+    /// Counts the session until it has released every kernel resource (see [`Census`]).
+    pub census: Option<Census>,
 }
 
 /// The SECURITY_STATUS a pinning failure reports (SEC_E_UNTRUSTED_ROOT: the certificate is
@@ -202,7 +206,27 @@ pub struct Counters {
     pub received: u64,
 }
 
+/// What the engine looked like when its drain last finished: for reports about a request
+/// that waited too long (see [`Session::describe`]).
+#[derive(Clone, Copy, Debug, Default)]
+#[allow(dead_code)] // read through Debug
+struct Snapshot {
+    phase: Option<Phase>,
+    events: u32,
+    sspi_pending: bool,
+    renegotiate: bool,
+    need_input: bool,
+    send_idle: bool,
+    recv_idle: bool,
+    control: Option<Control>,
+    pending_token: usize,
+    rx_len: usize,
+    release_after_send: bool,
+    peer_ended: bool,
+}
+
 struct Mailbox {
+    snapshot: Snapshot,
     state: State,
     negotiated: Option<Negotiated>,
     failure: Option<Failure>,
@@ -291,6 +315,8 @@ struct Engine<O: Observer> {
     deadline_armed: bool,
     handshake_timeout_ms: u32,
     pinned: Option<[u8; 32]>,
+    /// Held until `release_step` has released everything.
+    census: Option<Entry>,
 }
 
 /// The session's shared state: the owner's mailbox and the drain's engine.
@@ -423,9 +449,11 @@ impl<O: Observer> Session<O> {
             deadline_armed: false,
             handshake_timeout_ms: config.handshake_timeout_ms,
             pinned: config.pinned,
+            census: config.census.as_ref().map(Census::enter),
         };
         let conn = Conn {
             mailbox: SpinLock::new(Mailbox {
+                snapshot: Snapshot::default(),
                 state: State::Handshaking,
                 negotiated: None,
                 failure: None,
@@ -553,6 +581,20 @@ impl<O: Observer> Session<O> {
         self.worker.signal(EV_USER);
     }
 
+    /// One line on where the session stands: its state, queues and what its engine was
+    /// waiting for when it last ran (for diagnostics of a request that waited too long).
+    pub fn describe(&self) -> alloc::string::String {
+        let (state, outgoing, incoming, snapshot) = {
+            let m = self.worker.target().mailbox.lock();
+            (m.state, m.outgoing.len(), m.incoming.len(), m.snapshot)
+        };
+        alloc::format!(
+            "state {state:?}, {outgoing} byte(s) queued to send, {incoming} received unread, \
+             runs {}, engine {snapshot:?}",
+            self.worker.runs(),
+        )
+    }
+
     /// The owner-supplied observer.
     pub fn observer(&self) -> &O {
         &self.worker.target().observer
@@ -638,6 +680,20 @@ impl<O: Observer> Engine<O> {
             self.fail_or_end(conn, None);
         }
         self.advance(conn, worker, shutdown);
+        conn.mailbox.lock().snapshot = Snapshot {
+            phase: Some(self.phase),
+            events,
+            sspi_pending: self.sspi_pending,
+            renegotiate: self.renegotiate,
+            need_input: self.need_input,
+            send_idle: self.send.is_idle(),
+            recv_idle: self.recv.is_idle(),
+            control: Some(self.control_kind),
+            pending_token: self.pending_token,
+            rx_len: self.rx_len,
+            release_after_send: self.release_after_send,
+            peer_ended: self.peer_ended,
+        };
     }
 
     /// Starts whatever can start now.
@@ -1107,11 +1163,19 @@ impl<O: Observer> Engine<O> {
                 if status == SEC_E_OK {
                     if self.phase == Phase::Handshaking {
                         self.established(conn);
+                    } else if self.renegotiate {
+                        // Records that followed the post-handshake message wait in `rx`.
+                        self.renegotiate = false;
+                        self.decrypt_all(conn);
                     }
                     self.renegotiate = false;
                 } else {
                     self.need_input = self.rx_len == 0;
                 }
+            }
+            SEC_E_INCOMPLETE_MESSAGE if self.rx_len >= RX_CAPACITY => {
+                // A handshake record larger than any legal one: more input cannot help.
+                self.fail_or_end(conn, Some(Failure::tls(SEC_E_ILLEGAL_MESSAGE)));
             }
             SEC_E_INCOMPLETE_MESSAGE => self.need_input = true,
             error => {
@@ -1259,7 +1323,9 @@ impl<O: Observer> Engine<O> {
     // ---- records ----------------------------------------------------------------------
 
     fn decrypt_all(&mut self, conn: &Conn<O>) {
-        while self.rx_len > 0 && self.phase == Phase::Open {
+        // While a post-handshake answer is being fetched the context is busy; what arrives
+        // meanwhile waits in `rx` until the answer is out (see `sspi_completed`).
+        while self.rx_len > 0 && self.phase == Phase::Open && !self.renegotiate {
             let base = self.rx.bytes().as_mut_ptr();
             let mut buffers = [
                 SecBuffer::new(SECBUFFER_DATA, base as *mut c_void, self.rx_len as u32),
@@ -1511,8 +1577,11 @@ impl<O: Observer> Engine<O> {
         self.sspi = None;
         self.credential = None;
         self.phase = Phase::Done;
-        let mut m = conn.mailbox.lock();
-        m.state = State::Closed;
-        m.outgoing.clear();
+        {
+            let mut m = conn.mailbox.lock();
+            m.state = State::Closed;
+            m.outgoing.clear();
+        }
+        self.census = None;
     }
 }

@@ -13,6 +13,7 @@ use ksys::ntdef::{STATUS_CONNECTION_DISCONNECTED, STATUS_IO_TIMEOUT};
 use ksys::schannel::*;
 use ksys::sspi::{SEC_E_CERT_EXPIRED, SEC_E_UNTRUSTED_ROOT, SEC_E_WRONG_PRINCIPAL};
 use ksys::wsk::*;
+use ktls::census::Census;
 use ktls::credential::{Credential, CredentialSpec, Versions};
 use ktls::listener::{ListenState, Listener, ListenerConfig};
 use ktls::session::{
@@ -63,9 +64,10 @@ fn device() -> *mut ksys::io::DEVICE_OBJECT {
     test_driver::DEVICE.load(std::sync::atomic::Ordering::SeqCst) as *mut _
 }
 
-/// Counts changes; waiters poll their condition after each.
-#[derive(Clone, Default)]
-struct Changes(Arc<(Mutex<u64>, Condvar)>);
+/// Counts changes; waiters poll their condition after each. Carries the census every session
+/// and listener of a test joins, so `finish` can wait until all of them released everything.
+#[derive(Clone)]
+struct Changes(Arc<(Mutex<u64>, Condvar)>, Census);
 
 impl Observer for Changes {
     fn changed(&self) {
@@ -75,6 +77,15 @@ impl Observer for Changes {
 }
 
 impl Changes {
+    /// Made on a kernel thread (the census lives in pool).
+    fn new() -> Changes {
+        Changes(Arc::default(), Census::try_new().unwrap())
+    }
+
+    fn census(&self) -> Option<Census> {
+        Some(self.1.clone())
+    }
+
     /// Waits until `ready` gives Some (checked after every change), at most 30 s.
     fn wait<R>(&self, what: &str, mut ready: impl FnMut() -> Option<R>) -> R {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -207,6 +218,7 @@ fn connect_with(
                 receive_window: 64 * 1024,
                 handshake_timeout_ms: 10_000,
                 pinned,
+                census: changes.census(),
             },
             credential,
             changes.clone(),
@@ -234,6 +246,7 @@ fn listen(
                 receive_window: 256 * 1024,
                 backlog: 8,
                 handshake_timeout_ms: 2000,
+                census: changes.census(),
             },
             credential,
             changes.clone(),
@@ -271,6 +284,7 @@ fn connect(
                 receive_window: 256 * 1024,
                 handshake_timeout_ms: 10_000,
                 pinned: None,
+                census: changes.census(),
             },
             credential,
             changes.clone(),
@@ -350,7 +364,7 @@ fn driver_to_driver(versions: Versions, expect_protocol: u32) {
     kernel
         .run("driver-to-driver", move || {
             let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-            let changes = Changes::default();
+            let changes = Changes::new();
             let listener = listen(
                 &provider,
                 server_credential(thumbprint),
@@ -439,6 +453,9 @@ fn finish(listener: Listener<Changes>, changes: &Changes, provider: Provider) {
         matches!(listener.state(), ListenState::Closed(_)).then_some(())
     });
     drop(listener);
+    changes.wait("every session and listener released", || {
+        (changes.1.live() == 0).then_some(())
+    });
     drop(provider);
 }
 
@@ -506,7 +523,7 @@ fn driver_server_with_openssl_s_client() {
             let output = kernel
                 .run("server", move || {
                     let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::default();
+                    let changes = Changes::new();
                     let listener = listen(
                         &provider,
                         server_credential(thumbprint),
@@ -618,7 +635,7 @@ fn driver_client_with_openssl_s_server() {
             let (response, negotiated) = kernel
                 .run("client", move || {
                     let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::default();
+                    let changes = Changes::new();
                     let client = connect(
                         &provider,
                         client_credential(versions, 0),
@@ -687,7 +704,7 @@ fn a_wrong_name_fails_the_client_handshake_with_its_sspi_status() {
             let (client_failure, server_failure) = kernel
                 .run("wrong-name", move || {
                     let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::default();
+                    let changes = Changes::new();
                     let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
                     let client = connect(
                         &provider,
@@ -735,7 +752,7 @@ fn an_untrusted_server_fails_unless_validation_is_manual() {
             let (strict, manual) = kernel
                 .run("untrusted", move || {
                     let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::default();
+                    let changes = Changes::new();
                     let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
                     let port = listener.local_port();
                     let strict = connect(
@@ -780,7 +797,7 @@ fn peers_that_abort_mid_handshake_or_trickle_bytes_are_handled() {
             kernel
                 .run("hostile", move || {
                     let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::default();
+                    let changes = Changes::new();
                     let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
                     let port = listener.local_port();
                     // 1. A peer that sends half a ClientHello and leaves.
@@ -875,7 +892,7 @@ fn dropping_sessions_mid_handshake_and_mid_transfer_leaks_nothing() {
             kernel
                 .run("drop", move || {
                     let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::default();
+                    let changes = Changes::new();
                     let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
                     let credential = client_credential(ALL, 0);
                     // Handshakes abandoned at once, in flight.
@@ -900,6 +917,8 @@ fn dropping_sessions_mid_handshake_and_mid_transfer_leaks_nothing() {
                         &changes,
                     );
                     open(&client, &changes);
+                    // The listener, this client and its server side at least, all still live.
+                    assert!(changes.1.live() >= 3, "census: {}", changes.1.live());
                     let big = pattern(512 * 1024, 3);
                     let mut sent = 0;
                     while sent < 200_000 {
@@ -953,7 +972,7 @@ fn driver_server_answers_curl_over_https() {
             let (output, request_line) = kernel
                 .run("https", move || {
                     let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::default();
+                    let changes = Changes::new();
                     let listener = listen(
                         &provider,
                         server_credential(thumbprint),
@@ -999,7 +1018,7 @@ fn driver_server_with_gnutls_cli_and_driver_client_with_gnutls_serv() {
             let output = kernel
                 .run("gnutls-cli", move || {
                     let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::default();
+                    let changes = Changes::new();
                     let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
                     let mut command = Command::new("gnutls-cli");
                     command.args([
@@ -1045,7 +1064,7 @@ fn driver_server_with_gnutls_cli_and_driver_client_with_gnutls_serv() {
             let echoed = kernel
                 .run("gnutls-serv", move || {
                     let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::default();
+                    let changes = Changes::new();
                     let client = connect(
                         &provider,
                         client_credential(ALL, 0),
@@ -1079,7 +1098,7 @@ fn a_hundred_megabytes_arrive_intact() {
         let (sent, received, digest_sent, digest_received) = kernel
             .run("bulk", move || {
                 let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                let changes = Changes::default();
+                let changes = Changes::new();
                 let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
                 let client = connect(
                     &provider,
@@ -1155,7 +1174,7 @@ fn pinning_accepts_the_pinned_certificate_only_and_reports_the_peer_digest() {
             let (reported, wrong) = kernel
                 .run("pinning", move || {
                     let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::default();
+                    let changes = Changes::new();
                     let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
                     let port = listener.local_port();
                     let manual = client_credential(ALL, SCH_CRED_MANUAL_CRED_VALIDATION);
@@ -1206,7 +1225,7 @@ fn an_expired_server_certificate_fails_validation() {
         let failure = kernel
             .run("expired", move || {
                 let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                let changes = Changes::default();
+                let changes = Changes::new();
                 let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
                 let client = connect_with(
                     &provider,
@@ -1251,7 +1270,7 @@ fn a_listener_that_requires_client_certificates_refuses_clients_without_one() {
             let (without, with_state, seen_by_server) = kernel
                 .run("mutual", move || {
                     let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::default();
+                    let changes = Changes::new();
                     // SAFETY: as in `listen`.
                     let listener = unsafe {
                         Listener::start(
@@ -1265,6 +1284,7 @@ fn a_listener_that_requires_client_certificates_refuses_clients_without_one() {
                                 receive_window: 64 * 1024,
                                 backlog: 8,
                                 handshake_timeout_ms: 5000,
+                                census: changes.census(),
                             },
                             server_credential(thumbprint),
                             changes.clone(),
@@ -1323,7 +1343,7 @@ fn a_client_resolves_its_host_name_first() {
         let state = kernel
             .run("resolve", move || {
                 let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                let changes = Changes::default();
+                let changes = Changes::new();
                 let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
                 // Only the port of `remote` counts: the address comes from resolving the name.
                 // SAFETY: as in `listen`.
@@ -1343,6 +1363,7 @@ fn a_client_resolves_its_host_name_first() {
                             receive_window: 64 * 1024,
                             handshake_timeout_ms: 10_000,
                             pinned: None,
+                            census: changes.census(),
                         },
                         client_credential(ALL, 0),
                         changes.clone(),
@@ -1374,7 +1395,7 @@ fn five_hundred_concurrent_connections() {
         let (opened, echoed) = kernel
             .run("concurrent", move || {
                 let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                let changes = Changes::default();
+                let changes = Changes::new();
                 let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
                 let port = listener.local_port();
                 let credential = client_credential(ALL, 0);

@@ -255,14 +255,23 @@ impl DriverBench<'_> {
                 }
             });
             let started = Instant::now();
-            while started.elapsed() < phase {
-                client.send(c, &data).map_err(e("client SEND"))?;
+            let mut sent = Ok(());
+            while sent.is_ok() && started.elapsed() < phase {
+                sent = client.send(c, &data).map_err(e("client SEND"));
             }
-            client.shutdown(c).map_err(e("client SHUTDOWN"))?;
-            let (total, end) = receiver
+            let ended = sent.and_then(|()| client.shutdown(c).map_err(e("client SHUTDOWN")));
+            if ended.is_err() {
+                // End the receiver's wait too, so both sides' reasons are reported.
+                let _ = client.close(c);
+            }
+            let received = receiver
                 .join()
-                .map_err(|_| "the receiver panicked".to_string())??;
-            Ok((total, end - started))
+                .map_err(|_| "the receiver panicked".to_string())?;
+            match (ended, received) {
+                (Ok(()), Ok((total, end))) => Ok((total, end - started)),
+                (Err(sender), Err(receiver)) => Err(format!("{sender}; {receiver}")),
+                (Err(why), _) | (_, Err(why)) => Err(why),
+            }
         })?;
         client.close(c).map_err(e("CLOSE client"))?;
         server.close(s).map_err(e("CLOSE server"))?;

@@ -54,12 +54,20 @@ pub trait Device: Send + Sync {
         match pending.wait(timeout)? {
             Some(c) => Ok(c),
             None => {
+                let state = self.diagnose();
                 pending.cancel()?;
+                let state = state.map(|s| format!("; {s}")).unwrap_or_default();
                 Err(DeviceError(format!(
-                    "IOCTL {code:#x} did not complete within {timeout:?} (cancelled)"
+                    "IOCTL {code:#x} did not complete within {timeout:?} (cancelled){state}"
                 )))
             }
         }
+    }
+
+    /// What the machine can tell about a stalled request (kemu: its sockets and what is
+    /// queued on them); None where nothing more is known.
+    fn diagnose(&self) -> Option<String> {
+        None
     }
 }
 

@@ -129,6 +129,13 @@ impl Pending for KemuPending {
 }
 
 impl Device for KemuDevice {
+    fn diagnose(&self) -> Option<String> {
+        Some(format!(
+            "kemu sockets: {:?}",
+            self.kernel.describe_sockets()
+        ))
+    }
+
     fn submit(
         &self,
         code: u32,

@@ -1,7 +1,8 @@
 //! Credentials: SCH_CREDENTIALS (version 5) as kernel callers pass them, resolved against the
 //! emulated store, and the rustls configurations a context is built from.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -25,6 +26,57 @@ pub(crate) struct Credential {
     pub flags: u32,
     pub versions: Vec<&'static rustls::SupportedProtocolVersion>,
     pub alpn: Vec<Vec<u8>>,
+    /// The rustls configurations built for this credential's contexts (as Schannel keeps its
+    /// per-credential state): building one parses the key and the trusted roots, which would
+    /// otherwise happen on every handshake.
+    configs: ConfigCache,
+}
+
+/// Configurations a credential's contexts share, by what distinguishes them.
+#[derive(Default)]
+struct ConfigCache {
+    client: Mutex<Vec<(ClientKey, Arc<ClientConfig>)>>,
+    server: Mutex<Vec<(ServerKey, Arc<ServerConfig>)>>,
+}
+
+/// Configurations kept per credential (the oldest goes first).
+const CACHED_CONFIGS: usize = 8;
+
+#[derive(Clone, PartialEq, Eq)]
+struct ClientKey {
+    manual: bool,
+    alpn: Vec<Vec<u8>>,
+    /// When the trusted roots last changed (None: manual validation, roots unused).
+    roots: Option<Option<SystemTime>>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct ServerKey {
+    mutual: bool,
+    alpn: Vec<Vec<u8>>,
+    roots: Option<Option<SystemTime>>,
+}
+
+fn cached<K: PartialEq, C>(
+    cache: &Mutex<Vec<(K, Arc<C>)>>,
+    key: K,
+    build: impl FnOnce() -> Result<Arc<C>, SECURITY_STATUS>,
+) -> Result<Arc<C>, SECURITY_STATUS> {
+    if let Some((_, c)) = cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(k, _)| *k == key)
+    {
+        return Ok(c.clone());
+    }
+    let config = build()?;
+    let mut entries = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if entries.len() >= CACHED_CONFIGS {
+        entries.remove(0);
+    }
+    entries.push((key, config.clone()));
+    Ok(config)
 }
 
 /// Reads the SCH_CREDENTIALS a caller passed and resolves its certificate.
@@ -126,6 +178,7 @@ pub(crate) unsafe fn parse(
         flags: c.dwFlags,
         versions,
         alpn,
+        configs: ConfigCache::default(),
     })
 }
 
@@ -136,6 +189,7 @@ fn default_client() -> Credential {
         flags: 0,
         versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
         alpn: Vec::new(),
+        configs: ConfigCache::default(),
     }
 }
 
@@ -215,16 +269,33 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
-/// The client configuration of one ISC context.
+/// The client configuration of one ISC context (shared by the credential's contexts that ask
+/// for the same validation and ALPN while the trusted roots stay the same).
 pub(crate) fn client_config(
     cred: &Credential,
     store: &CertStore,
     requirements: u32,
     alpn: Vec<Vec<u8>>,
 ) -> Result<Arc<ClientConfig>, SECURITY_STATUS> {
-    let provider = provider();
     let manual = cred.flags & SCH_CRED_MANUAL_CRED_VALIDATION != 0
         || u64::from(requirements) & ISC_REQ_MANUAL_CRED_VALIDATION != 0;
+    let key = ClientKey {
+        manual,
+        alpn,
+        roots: (!manual).then(|| store.roots_changed()),
+    };
+    cached(&cred.configs.client, key.clone(), || {
+        build_client_config(cred, store, manual, key.alpn)
+    })
+}
+
+fn build_client_config(
+    cred: &Credential,
+    store: &CertStore,
+    manual: bool,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ClientConfig>, SECURITY_STATUS> {
+    let provider = provider();
     let inner = if manual {
         None
     } else {
@@ -256,11 +327,29 @@ pub(crate) fn client_config(
     } else {
         alpn
     };
+    // Every context is a full handshake: Schannel's session cache is not modelled.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 
-/// The server configuration of one ASC context.
+/// The server configuration of one ASC context (shared like the client's).
 pub(crate) fn server_config(
+    cred: &Credential,
+    store: &CertStore,
+    mutual: bool,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ServerConfig>, SECURITY_STATUS> {
+    let key = ServerKey {
+        mutual,
+        alpn,
+        roots: mutual.then(|| store.roots_changed()),
+    };
+    cached(&cred.configs.server, key.clone(), || {
+        build_server_config(cred, store, mutual, key.alpn)
+    })
+}
+
+fn build_server_config(
     cred: &Credential,
     store: &CertStore,
     mutual: bool,

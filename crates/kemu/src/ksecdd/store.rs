@@ -169,6 +169,14 @@ impl CertStore {
         Some(Identity { chain, key })
     }
 
+    /// When the set of trusted roots last changed (the folder's modification time): what
+    /// configurations built from the roots are keyed by.
+    pub fn roots_changed(&self) -> Option<std::time::SystemTime> {
+        fs::metadata(self.dir.join("Root"))
+            .and_then(|m| m.modified())
+            .ok()
+    }
+
     /// Every trusted root.
     pub fn roots(&self) -> Vec<CertificateDer<'static>> {
         let Ok(entries) = fs::read_dir(self.dir.join("Root")) else {
