@@ -242,12 +242,37 @@ fn ten_megabytes_each_way_intact() {
     kernel.shutdown().unwrap();
 }
 
+/// The client's credential: acquired for one handshake, or one the caller keeps across several.
+#[derive(Clone)]
+enum ClientCredential {
+    Acquire(CredentialSpec),
+    Shared(SecHandle),
+}
+
 /// Client handshake against a kemu server; returns the client's status.
 fn client_status(
     kernel: &Kernel,
     server: Thumbprint,
     target: &'static str,
     spec: CredentialSpec,
+    client_alpn: &'static [&'static str],
+    server_alpn: &'static [&'static str],
+) -> (SECURITY_STATUS, SECURITY_STATUS) {
+    client_status_using(
+        kernel,
+        server,
+        target,
+        ClientCredential::Acquire(spec),
+        client_alpn,
+        server_alpn,
+    )
+}
+
+fn client_status_using(
+    kernel: &Kernel,
+    server: Thumbprint,
+    target: &'static str,
+    client_credential: ClientCredential,
     client_alpn: &'static [&'static str],
     server_alpn: &'static [&'static str],
 ) -> (SECURITY_STATUS, SECURITY_STATUS) {
@@ -273,7 +298,10 @@ fn client_status(
         });
         let client = kernel
             .run("client", move || {
-                let cred = acquire(&spec).unwrap();
+                let cred = match &client_credential {
+                    ClientCredential::Acquire(spec) => acquire(spec).unwrap(),
+                    ClientCredential::Shared(cred) => *cred,
+                };
                 let mut tls = Tls::client(cred, target, client_alpn, 0);
                 let status = tls.handshake(&mut c).err().unwrap_or(SEC_E_OK);
                 if status == SEC_E_OK {
@@ -288,7 +316,9 @@ fn client_status(
                 }
                 drop(c);
                 tls.delete();
-                free_credential(cred);
+                if let ClientCredential::Acquire(_) = client_credential {
+                    free_credential(cred);
+                }
                 status
             })
             .unwrap();
@@ -358,6 +388,33 @@ fn certificate_failures_are_reported_as_schannel_does() {
             SEC_E_APPLICATION_PROTOCOL_MISMATCH
         )
     );
+    kernel.shutdown().unwrap();
+}
+
+#[test]
+fn a_credential_sees_roots_trusted_after_its_first_handshake() {
+    // Contexts of one credential share its configuration (kemu caches it); trusting a new root
+    // must still reach the next context, as the machine store does for Schannel.
+    let kernel = boot(CallbackSchedule::Random);
+    let ca = TestCa::generate("trusted later").unwrap();
+    let issued = ca.issue(&["localhost"], Validity::Current).unwrap();
+    let store = kernel.cert_store();
+    let server = store
+        .import_pem(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
+        .unwrap();
+    // Some other root, so the first configuration builds (and is cached) yet rejects the chain.
+    let other = TestCa::generate("some other root").unwrap();
+    store.add_root_pem(other.cert_pem().as_bytes()).unwrap();
+    let cred = kernel
+        .run("acquire", || acquire(&CredentialSpec::default()).unwrap())
+        .unwrap();
+    let shared = ClientCredential::Shared(cred);
+    let before = client_status_using(&kernel, server, "localhost", shared.clone(), &[], &[]).0;
+    assert_eq!(before, SEC_E_UNTRUSTED_ROOT);
+    store.add_root_pem(ca.cert_pem().as_bytes()).unwrap();
+    let after = client_status_using(&kernel, server, "localhost", shared, &[], &[]).0;
+    assert_eq!(after, SEC_E_OK, "the root trusted meanwhile was not used");
+    kernel.run("free", move || free_credential(cred)).unwrap();
     kernel.shutdown().unwrap();
 }
 

@@ -698,6 +698,16 @@ impl<O: Observer> Engine<O> {
 
     /// Starts whatever can start now.
     fn advance(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>, shutdown: bool) {
+        let before = self.phase;
+        self.advance_phase(conn, worker, shutdown);
+        // A step that failed just now (an EncryptMessage, a call that could not be queued) must
+        // start the teardown at once: no completion may be coming to run the drain again.
+        if self.phase == Phase::Releasing && before != Phase::Releasing {
+            self.release_step(conn, worker);
+        }
+    }
+
+    fn advance_phase(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>, shutdown: bool) {
         match self.phase {
             Phase::Resolving => {
                 if self.control_kind == Control::None {
@@ -724,10 +734,18 @@ impl<O: Observer> Engine<O> {
                 }
             }
             Phase::Open => {
-                if self.renegotiate && !self.sspi_pending && self.send.is_idle() {
-                    self.handshake_step(conn, worker);
-                }
-                if !self.renegotiate && self.send.is_idle() && !self.release_after_send {
+                if self.pending_token > 0 {
+                    // The last flight (TLS 1.3 tickets) or a KeyUpdate answer goes out first:
+                    // the token lives in the send buffer, which the next step would overwrite.
+                    if self.send.is_idle() {
+                        let len = core::mem::take(&mut self.pending_token);
+                        self.start_send(worker, len);
+                    }
+                } else if self.renegotiate {
+                    if !self.sspi_pending && self.send.is_idle() {
+                        self.handshake_step(conn, worker);
+                    }
+                } else if self.send.is_idle() && !self.release_after_send {
                     self.fill_send(conn, worker);
                 }
                 if self.phase == Phase::Open && shutdown {
@@ -1168,7 +1186,6 @@ impl<O: Observer> Engine<O> {
                         self.renegotiate = false;
                         self.decrypt_all(conn);
                     }
-                    self.renegotiate = false;
                 } else {
                     self.need_input = self.rx_len == 0;
                 }
@@ -1399,13 +1416,8 @@ impl<O: Observer> Engine<O> {
         true
     }
 
-    /// Encrypts queued plaintext into up to four records and sends them.
+    /// Encrypts queued plaintext into up to `RECORDS_PER_SEND` records and sends them.
     fn fill_send(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
-        if self.pending_token > 0 {
-            let len = core::mem::take(&mut self.pending_token);
-            self.start_send(worker, len);
-            return;
-        }
         if self.phase != Phase::Open {
             return;
         }

@@ -573,6 +573,66 @@ fn driver_server_with_openssl_s_client() {
     });
 }
 
+#[test]
+fn a_key_update_from_openssl_is_answered_and_the_records_behind_it_are_read() {
+    isolated(
+        "a_key_update_from_openssl_is_answered_and_the_records_behind_it_are_read",
+        || {
+            let (kernel, pki) = boot("key_update");
+            let ca = pki.path("ca.pem");
+            let thumbprint = pki.thumbprint;
+            let output = kernel
+                .run("server", move || {
+                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                    let changes = Changes::new();
+                    let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                    // Without -quiet, s_client takes an input chunk starting with "K" as "send a
+                    // KeyUpdate that asks for one back"; OpenSSL sends the KeyUpdate with its next
+                    // write, so the data line that follows arrives right behind it.
+                    let mut command = Command::new("openssl");
+                    command.args([
+                        "s_client",
+                        "-connect",
+                        &format!("127.0.0.1:{}", listener.local_port()),
+                        "-CAfile",
+                        &ca,
+                        "-servername",
+                        "localhost",
+                        "-verify_return_error",
+                        "-tls1_3",
+                    ]);
+                    let mut child = spawn_peer(command, b"K\n");
+                    let server = changes.wait("an accepted session", || listener.next());
+                    open(&server, &changes);
+                    // A separate read for the command (s_client drops the rest of its chunk).
+                    std::thread::sleep(Duration::from_millis(500));
+                    let stdin = child.stdin.as_mut().unwrap();
+                    if let Err(e) = stdin
+                        .write_all(b"after the key update\n")
+                        .and_then(|()| stdin.flush())
+                    {
+                        panic!("s_client is gone ({e}): {}", collect(child));
+                    }
+                    let line = recv_line(&server, &changes);
+                    assert_eq!(line, b"after the key update\n");
+                    let mut reply = b"echo: ".to_vec();
+                    reply.extend_from_slice(&line);
+                    assert_eq!(server.send(&reply), Ok(reply.len()));
+                    server.shutdown();
+                    wait_shut_down(&server, &changes);
+                    let output = collect(child);
+                    drop(server);
+                    finish(listener, &changes, provider);
+                    output
+                })
+                .unwrap();
+            assert!(output.contains("KEYUPDATE"), "{output}");
+            assert!(output.contains("echo: after the key update"), "{output}");
+            kernel.shutdown().unwrap();
+        },
+    );
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .unwrap()

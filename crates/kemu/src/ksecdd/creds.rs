@@ -70,8 +70,12 @@ fn cached<K: PartialEq, C>(
     {
         return Ok(c.clone());
     }
+    // Built outside the lock (it parses keys and roots); a racing builder's copy wins.
     let config = build()?;
     let mut entries = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, c)) = entries.iter().find(|(k, _)| *k == key) {
+        return Ok(c.clone());
+    }
     if entries.len() >= CACHED_CONFIGS {
         entries.remove(0);
     }

@@ -250,6 +250,27 @@ impl Session {
         }
     }
 
+    /// Moves what rustls has queued to send (at a record boundary) into `pending_output`.
+    fn flush_output(&mut self) {
+        for _ in 0..16 {
+            let pending = &mut self.pending_output;
+            let more = with_conn!(&mut self.conn, c => {
+                let UnbufferedStatus { state, .. } = c.process_tls_records(&mut []);
+                match state {
+                    Ok(ConnectionState::EncodeTlsData(mut e)) => encode_all(&mut e, pending).is_ok(),
+                    Ok(ConnectionState::TransmitTlsData(t)) => {
+                        t.done();
+                        true
+                    }
+                    _ => false,
+                }
+            });
+            if !more {
+                break;
+            }
+        }
+    }
+
     /// One InitializeSecurityContext / AcceptSecurityContext step over `input` (modified in place
     /// by rustls, as Schannel may). Records are fed one at a time (more only while a handshake
     /// message spans records), so at any point every fed byte has been seen by rustls.
@@ -456,6 +477,7 @@ impl Session {
                 Data,
                 Handshake,
                 Progress,
+                Probed,
                 Closed,
                 Failed(SECURITY_STATUS),
             }
@@ -482,6 +504,14 @@ impl Session {
                         Next::Handshake
                     }
                     Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => Next::Closed,
+                    Ok(ConnectionState::WriteTraffic(mut w)) if discard > 0 => {
+                        // Records went in without data (a ticket, a KeyUpdate). rustls keeps a
+                        // KeyUpdate answer until the next write; Schannel hands it out at once
+                        // (SEC_I_RENEGOTIATE, then ISC/ASC). A write too big for an empty
+                        // buffer moves a queued answer to the output without encrypting.
+                        let _ = w.encrypt(&[0], &mut []);
+                        Next::Probed
+                    }
                     Ok(ConnectionState::WriteTraffic(_)) | Ok(ConnectionState::BlockedHandshake) => Next::Progress,
                     Ok(_) => Next::Failed(SEC_E_INTERNAL_ERROR),
                     Err(e) => Next::Failed(status_of(&e)),
@@ -508,6 +538,16 @@ impl Session {
                 }
                 Next::Handshake => {
                     consumed += discard;
+                    if !self.pending_output.is_empty() {
+                        d.status = SEC_I_RENEGOTIATE;
+                        d.consumed = consumed;
+                        return d;
+                    }
+                }
+                Next::Probed => {
+                    consumed += discard;
+                    window = 1;
+                    self.flush_output();
                     if !self.pending_output.is_empty() {
                         d.status = SEC_I_RENEGOTIATE;
                         d.consumed = consumed;
