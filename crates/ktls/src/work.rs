@@ -117,11 +117,16 @@ impl<T: Drain> Worker<T> {
 
     /// Records `events` and makes sure the work item will run (≤ DISPATCH_LEVEL; never blocks).
     pub fn signal(&self, events: u32) {
-        self.state.events.fetch_or(events, Ordering::AcqRel);
+        // SeqCst here and in `routine`: each side writes its own word, then reads the other's
+        // (events then phase here; phase then events there). With weaker orderings both reads may
+        // see the old values — on x86 a store can still sit in the store buffer while a later load
+        // is served — and the event is lost: the signaller sees RUNNING, the routine sees no
+        // events and goes idle.
+        self.state.events.fetch_or(events, Ordering::SeqCst);
         if self
             .state
             .phase
-            .compare_exchange(IDLE, QUEUED, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(IDLE, QUEUED, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
         {
             self.queue();
@@ -158,19 +163,20 @@ unsafe extern "win64" fn routine<T: Drain>(_device: *mut DEVICE_OBJECT, context:
     worker.state.phase.store(RUNNING, Ordering::Release);
     worker.state.runs.fetch_add(1, Ordering::AcqRel);
     loop {
-        let events = worker.state.events.swap(0, Ordering::AcqRel);
+        let events = worker.state.events.swap(0, Ordering::SeqCst);
         if events != 0 {
             T::drain(&worker, events);
             continue;
         }
-        worker.state.phase.store(IDLE, Ordering::Release);
+        worker.state.phase.store(IDLE, Ordering::SeqCst);
         // An event signalled between the swap and going idle found us RUNNING and did not
-        // queue: take it now (unless another signal already queued a new run).
-        if worker.state.events.load(Ordering::Acquire) == 0
+        // queue: take it now (unless another signal already queued a new run). SeqCst: see
+        // `Worker::signal`.
+        if worker.state.events.load(Ordering::SeqCst) == 0
             || worker
                 .state
                 .phase
-                .compare_exchange(IDLE, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(IDLE, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
                 .is_err()
         {
             break;
