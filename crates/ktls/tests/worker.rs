@@ -19,6 +19,7 @@ mod test_driver {
     use ktls::work::{Drain, Worker};
 
     pub const RUN: u32 = ksys::io::ctl_code(0x9001, 0x801, 0, 0);
+    pub const PING_PONG: u32 = ksys::io::ctl_code(0x9001, 0x802, 0, 0);
     static DEVICE: AtomicUsize = AtomicUsize::new(0);
 
     const CONFIG: ControlDeviceConfig = ControlDeviceConfig {
@@ -110,6 +111,53 @@ mod test_driver {
         Ok(worker.runs() as usize)
     }
 
+    /// Counts drains (one event each).
+    struct Pong {
+        drained: AtomicUsize,
+    }
+
+    impl Drain for Pong {
+        fn drain(worker: &Worker<Self>, _events: u32) {
+            worker.target().drained.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Signals, waits for the drain, signals again at once — so the next signal races the
+    /// routine going idle, every time. A lost signal leaves the count stuck.
+    fn ping_pong() -> Result<usize, NTSTATUS> {
+        const ROUNDS: usize = 20_000;
+        // SAFETY: the device stored at DriverEntry is live until unload.
+        let object = unsafe {
+            WdfDeviceWdmGetDeviceObject(WDFDEVICE::from_raw(
+                DEVICE.load(Ordering::SeqCst) as *mut c_void
+            ))
+        };
+        let pong = Pong {
+            drained: AtomicUsize::new(0),
+        };
+        // SAFETY: the control device's live DEVICE_OBJECT.
+        let worker = unsafe { Worker::try_new(object, pong) }?;
+        let delay = -10_000i64;
+        for round in 1..=ROUNDS {
+            worker.signal(1);
+            let mut spins = 0u32;
+            let mut sleeps = 0u32;
+            while worker.target().drained.load(Ordering::SeqCst) < round {
+                if spins < 100_000 {
+                    spins += 1;
+                    core::hint::spin_loop();
+                } else if sleeps < 2000 {
+                    sleeps += 1;
+                    // SAFETY: a short PASSIVE_LEVEL delay.
+                    unsafe { KeDelayExecutionThread(0, 0, &delay) };
+                } else {
+                    return Err(STATUS_IO_TIMEOUT);
+                }
+            }
+        }
+        Ok(worker.runs() as usize)
+    }
+
     extern "win64" fn device_control(
         _queue: WDFQUEUE,
         req: WDFREQUEST,
@@ -120,6 +168,8 @@ mod test_driver {
         let r = Request::from_presented(req);
         let outcome = if code == RUN {
             run()
+        } else if code == PING_PONG {
+            ping_pong()
         } else {
             Err(STATUS_INVALID_DEVICE_REQUEST)
         };
@@ -163,6 +213,31 @@ fn every_event_drained_once_never_concurrently_and_the_worker_freed() {
                     .shutdown()
                     .unwrap_or_else(|e| panic!("delay {delay}: {e}"));
             }
+        },
+    );
+}
+
+#[test]
+fn a_signal_racing_the_routine_going_idle_is_never_lost() {
+    isolated(
+        "a_signal_racing_the_routine_going_idle_is_never_lost",
+        || {
+            let kernel = Kernel::boot(KernelConfig {
+                workers: 4,
+                ..KernelConfig::from_env()
+            });
+            kernel
+                .load(NativeDriver {
+                    service_name: "ktlstest",
+                    entry: FxDriverEntry,
+                    imports: ksys::imports::IMPORT_DIRECTORY,
+                })
+                .unwrap();
+            let h = kernel.open(r"\\.\KtlsTest", Caller::Administrator).unwrap();
+            let r = kernel.ioctl(h, test_driver::PING_PONG, &[], 8).unwrap();
+            assert_eq!(r.status, STATUS_SUCCESS, "a signal was lost");
+            kernel.close(h).unwrap();
+            kernel.shutdown().unwrap();
         },
     );
 }
