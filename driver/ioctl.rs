@@ -142,14 +142,23 @@ fn prepare_parked(
             Ok((id, Op::Connect))
         }
         IOCTL_WSKTLS_SEND => {
-            let bytes = input(request, input_length, SendRequest::FIXED + MAX_SEND)?;
-            let decoded = SendRequest::decode(&bytes).map_err(wire)?;
-            let id = decoded.id;
-            let mut data = Vec::new();
-            data.try_reserve_exact(decoded.data.len())
-                .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
-            data.extend_from_slice(decoded.data);
-            Ok((id, Op::Send { data, at: 0 }))
+            let max = SendRequest::FIXED + MAX_SEND;
+            if input_length > max {
+                return Err(wire(WireError::TooLong {
+                    allowed: max,
+                    got: input_length,
+                }));
+            }
+            // Validated where it lies: the payload is queued from the request's own buffer.
+            let (id, offset, len) = request
+                .with_input(input_length, |bytes| {
+                    SendRequest::decode(bytes).map(|d| {
+                        let offset = d.data.as_ptr() as usize - bytes.as_ptr() as usize;
+                        (d.id, offset, d.data.len())
+                    })
+                })?
+                .map_err(wire)?;
+            Ok((id, Op::Send { offset, len, at: 0 }))
         }
         IOCTL_WSKTLS_RECV => {
             let bytes = input(request, input_length, RecvRequest::SIZE)?;

@@ -76,8 +76,16 @@ struct Object {
 pub enum Op {
     Accept,
     Connect,
-    Send { data: Vec<u8>, at: usize },
-    Recv { max: usize },
+    /// The payload stays in the request's own buffer, `len` bytes at `offset`; `at` of them
+    /// are queued so far.
+    Send {
+        offset: usize,
+        len: usize,
+        at: usize,
+    },
+    Recv {
+        max: usize,
+    },
     Shutdown,
 }
 
@@ -86,6 +94,39 @@ struct Parked {
     owner: usize,
     id: u64,
     op: Op,
+}
+
+impl Parked {
+    /// The (connection, direction) whose byte order this request takes part in.
+    fn stream(&self) -> Option<(u64, bool)> {
+        match self.op {
+            Op::Send { .. } => Some((self.id, true)),
+            Op::Recv { .. } => Some((self.id, false)),
+            _ => None,
+        }
+    }
+}
+
+/// The streams with a request still waiting, in one pass over the parked requests.
+#[derive(Default)]
+struct Waiting {
+    streams: Vec<(u64, bool)>,
+    /// Out of memory to record one: hold back every later SEND and RECV this pass.
+    all: bool,
+}
+
+impl Waiting {
+    fn holds(&self, key: (u64, bool)) -> bool {
+        self.all || self.streams.contains(&key)
+    }
+
+    fn add(&mut self, key: (u64, bool)) {
+        if self.streams.try_reserve(1).is_ok() {
+            self.streams.push(key);
+        } else {
+            self.all = true;
+        }
+    }
 }
 
 struct Table {
@@ -433,7 +474,7 @@ extern "win64" fn cancel(request: WDFREQUEST) {
     let removed = {
         let mut t = TABLE.lock();
         let at = t.parked.iter().position(|p| p.request.is(request));
-        at.map(|i| t.parked.swap_remove(i))
+        at.map(|i| t.parked.remove(i))
     };
     if let Some(p) = removed {
         // The cancelled request is completed below through the framework's handle.
@@ -455,7 +496,12 @@ enum Outcome {
     Status(NTSTATUS),
     /// A finished handshake, with Schannel's stream sizes (traced after the table is released).
     Info(ConnectionInfo, [u32; 3]),
+    /// A connection is ready for this ACCEPT (taken in `settle`).
+    Accept,
+    /// Plaintext or end of stream is there for this RECV (moved in `settle`).
     Recv,
+    /// A RECV's final status and byte count.
+    Received(NTSTATUS, usize),
 }
 
 fn trace_cancelled(id: u64, op: &Op) {
@@ -505,19 +551,37 @@ pub fn service() {
                 }
             }
         }
+        // In parked order, so that requests on one connection finish in the order they came
+        // (several SENDs or RECVs in flight must not overtake one another).
+        // A SEND or RECV still waiting holds back the later ones of its kind on its connection:
+        // the session's queues move on other threads meanwhile, and a later SEND must not slip
+        // its bytes in before the rest of an earlier one (nor a later RECV take bytes first).
+        let mut waiting = Waiting::default();
         let mut i = 0;
         while i < parked.len() {
-            let outcome = examine(objects, &mut parked[i], &mut promoted);
-            match outcome {
-                Some(o) => {
-                    if ready.try_reserve(1).is_err() {
-                        i += 1;
-                        continue;
-                    }
-                    ready.push((parked.swap_remove(i), o));
-                }
-                None => i += 1,
+            let stream = parked[i].stream();
+            if stream.is_some_and(|key| waiting.holds(key)) {
+                i += 1;
+                continue;
             }
+            let outcome = examine(objects, &mut parked[i], &mut promoted);
+            // Settle cancellation here, under the table lock: once unmarked no cancel routine
+            // runs, so what `settle` hands the request (an accepted connection, received bytes)
+            // reaches the caller. If the cancel routine has it already, it stays parked for that
+            // routine to take and complete.
+            let Some(outcome) = outcome.filter(|_| {
+                ready.try_reserve(1).is_ok()
+                    && parked[i].request.with(|r| r.unmark_cancelable()).is_ok()
+            }) else {
+                if let Some(key) = stream {
+                    waiting.add(key);
+                }
+                i += 1;
+                continue;
+            };
+            let p = parked.remove(i);
+            let outcome = settle(objects, &p, outcome, &mut promoted);
+            ready.push((p, outcome));
         }
         // Sessions handed out by ACCEPT become connection objects of the accepting handle.
         if objects.try_reserve(promoted.len()).is_ok() {
@@ -527,10 +591,6 @@ pub fn service() {
     drop(retired);
     for (p, outcome) in ready {
         let request = p.request.resume();
-        if request.unmark_cancelable().is_err() {
-            // The cancel routine completes it.
-            continue;
-        }
         match outcome {
             Outcome::Status(status) => request.complete(status, 0),
             Outcome::Info(info, stream_sizes) => {
@@ -540,45 +600,75 @@ pub fn service() {
                     Err(status) => request.complete(status, 0),
                 }
             }
-            Outcome::Recv => {
-                let Op::Recv { max } = p.op else {
-                    request.complete(STATUS_INTERNAL_ERROR, 0);
-                    continue;
-                };
-                complete_recv(request, p.id, p.owner, max);
-            }
+            Outcome::Received(status, n) => request.complete(status, n),
+            // `settle` turned these into one of the above.
+            Outcome::Accept | Outcome::Recv => request.complete(STATUS_INTERNAL_ERROR, 0),
         }
     }
 }
 
-fn complete_recv(request: Request, id: u64, owner: usize, max: usize) {
-    let t = TABLE.lock();
-    let Some(Object {
-        kind: Kind::Connection { session },
-        ..
-    }) = t.objects.iter().find(|o| o.id == id && o.owner == owner)
-    else {
-        drop(t);
-        request.complete(STATUS_INVALID_HANDLE, 0);
-        return;
-    };
-    let mut result = Received::Pending;
-    let filled = request.fill_output(max, |out| {
-        result = session.recv(out);
-        match result {
-            Received::Data(n) => n,
-            _ => 0,
+/// What a ready request finishes with, once it can no longer be cancelled: takes the accepted
+/// session, counts the handshake, or moves received plaintext into the request's buffer — all
+/// under the table lock, so RECVs on one connection take the bytes in the order they came.
+fn settle(
+    objects: &mut [Object],
+    p: &Parked,
+    outcome: Outcome,
+    promoted: &mut Vec<Object>,
+) -> Outcome {
+    let object = objects.iter_mut().find(|o| o.id == p.id);
+    match (outcome, object.map(|o| &mut o.kind)) {
+        (Outcome::Accept, Some(Kind::Listener { accepted, .. })) => {
+            let Some(at) = accepted.iter().position(|s| s.state() == State::Open) else {
+                return Outcome::Status(STATUS_INTERNAL_ERROR);
+            };
+            // `examine` reserved the room in `promoted`.
+            let session = accepted.swap_remove(at);
+            HANDSHAKES_OK.fetch_add(1, Ordering::Relaxed);
+            let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+            let info = handshake_outcome(&session, id);
+            promoted.push(Object {
+                id,
+                owner: p.owner,
+                kind: Kind::Connection { session },
+            });
+            info
         }
-    });
-    drop(t);
-    match (filled, result) {
-        (Err(status), _) => request.complete(status, 0),
-        (Ok(n), Received::Data(_)) => request.complete(STATUS_SUCCESS, n),
-        (Ok(_), Received::End) => request.complete(STATUS_SUCCESS, 0),
-        (Ok(_), Received::Failed(f)) => request.complete(f.status, 0),
-        // Raced with another RECV on the same connection: nothing to give; end it empty-handed
-        // rather than re-park (the caller sees 0 bytes only at end of stream otherwise).
-        (Ok(_), Received::Pending) => request.complete(STATUS_RETRY, 0),
+        (Outcome::Recv, Some(Kind::Connection { session })) => {
+            let Op::Recv { max } = p.op else {
+                return Outcome::Status(STATUS_INTERNAL_ERROR);
+            };
+            let mut result = Received::Pending;
+            let filled = p.request.with(|r| {
+                r.fill_output(max, |out| {
+                    result = session.recv(out);
+                    match result {
+                        Received::Data(n) => n,
+                        _ => 0,
+                    }
+                })
+            });
+            match (filled, result) {
+                (Err(status), _) => Outcome::Received(status, 0),
+                (Ok(n), Received::Data(_)) => Outcome::Received(STATUS_SUCCESS, n),
+                (Ok(_), Received::End) => Outcome::Received(STATUS_SUCCESS, 0),
+                (Ok(_), Received::Failed(f)) => Outcome::Received(f.status, 0),
+                // `examine` saw it readable under this same lock.
+                (Ok(_), Received::Pending) => Outcome::Received(STATUS_INTERNAL_ERROR, 0),
+            }
+        }
+        (outcome @ Outcome::Info(..), _) => {
+            if let Op::Connect = p.op {
+                let counter = match &outcome {
+                    Outcome::Info(info, _) if info.status == STATUS_SUCCESS => &HANDSHAKES_OK,
+                    _ => &HANDSHAKES_FAILED,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            outcome
+        }
+        (outcome @ (Outcome::Status(_) | Outcome::Received(..)), _) => outcome,
+        (Outcome::Accept | Outcome::Recv, _) => Outcome::Status(STATUS_INVALID_HANDLE),
     }
 }
 
@@ -649,27 +739,17 @@ fn trace_connection(info: &ConnectionInfo, sizes: [u32; 3]) {
     ksys::kmdf::debug_print(level, &line);
 }
 
-/// Decides whether a parked request can finish now (never consumes received data).
+/// Decides whether a parked request can finish now. Only SEND acts here (it queues what fits);
+/// what must not be lost to a cancellation is left to [`settle`].
 fn examine(objects: &mut [Object], p: &mut Parked, promoted: &mut Vec<Object>) -> Option<Outcome> {
     let Some(object) = objects.iter_mut().find(|o| o.id == p.id) else {
         return Some(Outcome::Status(STATUS_CANCELLED));
     };
     match (&mut p.op, &mut object.kind) {
         (Op::Accept, Kind::Listener { accepted, listener }) => {
-            if let Some(at) = accepted.iter().position(|s| s.state() == State::Open) {
-                if promoted.try_reserve(1).is_err() {
-                    return None;
-                }
-                let session = accepted.swap_remove(at);
-                HANDSHAKES_OK.fetch_add(1, Ordering::Relaxed);
-                let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-                let info = handshake_outcome(&session, id);
-                promoted.push(Object {
-                    id,
-                    owner: p.owner,
-                    kind: Kind::Connection { session },
-                });
-                return Some(info);
+            if accepted.iter().any(|s| s.state() == State::Open) {
+                // The room `settle` pushes the connection object into.
+                return promoted.try_reserve(1).is_ok().then_some(Outcome::Accept);
             }
             match listener.state() {
                 ListenState::Closed(status) => Some(Outcome::Status(if nt_success(status) {
@@ -682,22 +762,22 @@ fn examine(objects: &mut [Object], p: &mut Parked, promoted: &mut Vec<Object>) -
         }
         (Op::Connect, Kind::Connection { session }) => match session.state() {
             State::Handshaking => None,
-            State::Open => {
-                HANDSHAKES_OK.fetch_add(1, Ordering::Relaxed);
-                Some(handshake_outcome(session, p.id))
-            }
-            State::Closed => {
-                HANDSHAKES_FAILED.fetch_add(1, Ordering::Relaxed);
-                Some(handshake_outcome(session, p.id))
-            }
+            State::Open | State::Closed => Some(handshake_outcome(session, p.id)),
         },
-        (Op::Send { data, at }, Kind::Connection { session }) => match session.send(&data[*at..]) {
-            Ok(n) => {
-                *at += n;
-                (*at == data.len()).then_some(Outcome::Status(STATUS_SUCCESS))
+        (Op::Send { offset, len, at }, Kind::Connection { session }) => {
+            // Straight from the request's buffer into the connection's queue.
+            let (start, end) = (*offset + *at, *offset + *len);
+            let sent = p
+                .request
+                .with(|r| r.with_input(end, |input| session.send(&input[start..end])));
+            match sent {
+                Ok(Ok(n)) => {
+                    *at += n;
+                    (*at == *len).then_some(Outcome::Status(STATUS_SUCCESS))
+                }
+                Ok(Err(status)) | Err(status) => Some(Outcome::Status(status)),
             }
-            Err(status) => Some(Outcome::Status(status)),
-        },
+        }
         (Op::Recv { .. }, Kind::Connection { session }) => {
             session.readable().then_some(Outcome::Recv)
         }
@@ -767,7 +847,7 @@ pub fn cleanup(file: WDFFILEOBJECT) {
         let mut i = 0;
         while i < t.parked.len() {
             if t.parked[i].owner == owner && parked.try_reserve(1).is_ok() {
-                parked.push(t.parked.swap_remove(i));
+                parked.push(t.parked.remove(i));
             } else {
                 i += 1;
             }

@@ -658,3 +658,106 @@ fn send_and_shutdown_pend_on_a_full_queue_and_can_be_cancelled() {
         },
     );
 }
+
+#[test]
+fn sends_and_receives_in_flight_together_keep_their_order() {
+    isolated(
+        "sends_and_receives_in_flight_together_keep_their_order",
+        || {
+            let (kernel, thumbprint) = boot();
+            let a = open(&kernel);
+            let b = open(&kernel);
+            let listener = listen(&kernel, a, thumbprint, b"");
+            let accept = accept_async(&kernel, a, listener.id);
+            let client = info(connect_async(&kernel, b, listener.port, b"localhost", b""));
+            let server = info(accept);
+            // The server does not read yet: SENDs of 64 KiB (distinct contents, so overtaking
+            // shows) until one waits for room — the client's queue, the server's receive window
+            // and the socket buffers are full — then six more that wait behind it.
+            let send_async = |k: usize| {
+                let chunk = pattern(MAX_SEND, k as u8);
+                let mut buf = vec![0u8; SendRequest::FIXED + chunk.len()];
+                let n = SendRequest {
+                    id: client.id,
+                    data: &chunk,
+                }
+                .encode(&mut buf)
+                .unwrap();
+                let io = kernel
+                    .ioctl_async(b, IOCTL_WSKTLS_SEND, &buf[..n], 0)
+                    .unwrap();
+                (chunk, io)
+            };
+            let mut chunks = Vec::new();
+            let mut sends = Vec::new();
+            while sends.len() < 2000 {
+                let (chunk, io) = send_async(chunks.len());
+                chunks.push(chunk);
+                let waiting = io
+                    .wait_timeout(Duration::from_millis(200))
+                    .unwrap()
+                    .is_none();
+                sends.push(io);
+                if waiting {
+                    break;
+                }
+            }
+            for _ in 0..6 {
+                let (chunk, io) = send_async(chunks.len());
+                chunks.push(chunk);
+                sends.push(io);
+            }
+            assert!(
+                stats(&kernel, a).pending_operations >= 7,
+                "seven SENDs wait for room"
+            );
+            // The server keeps four RECVs in flight and takes their results in the order it
+            // issued them, as an overlapped reader does.
+            let expected: Vec<u8> = chunks.concat();
+            let mut received = Vec::with_capacity(expected.len());
+            let mut in_flight: std::collections::VecDeque<PendingIo> = (0..4)
+                .map(|_| recv_async(&kernel, a, server.id, 48 * 1024))
+                .collect();
+            while received.len() < expected.len() {
+                let r = in_flight
+                    .pop_front()
+                    .unwrap()
+                    .wait_timeout(Duration::from_secs(30))
+                    .unwrap()
+                    .expect("RECV completes");
+                assert_eq!(r.status, STATUS_SUCCESS, "RECV: {:#x}", r.status);
+                assert!(r.information > 0, "end of stream at {}", received.len());
+                received.extend_from_slice(&r.output[..r.information]);
+                if received.len() < expected.len() {
+                    in_flight.push_back(recv_async(&kernel, a, server.id, 48 * 1024));
+                }
+            }
+            for (k, send) in sends.into_iter().enumerate() {
+                let r = send
+                    .wait_timeout(Duration::from_secs(30))
+                    .unwrap()
+                    .expect("SEND completes");
+                assert_eq!(r.status, STATUS_SUCCESS, "SEND {k}: {:#x}", r.status);
+            }
+            if let Some(at) = (0..expected.len()).find(|&i| received.get(i) != Some(&expected[i])) {
+                panic!(
+                    "the stream differs at byte {at} (in SEND {}): requests overtook one another",
+                    at / MAX_SEND
+                );
+            }
+            assert_eq!(received.len(), expected.len());
+            // The RECVs still in flight end with the connection.
+            assert_eq!(
+                id_call(&kernel, a, IOCTL_WSKTLS_CLOSE, server.id),
+                STATUS_SUCCESS
+            );
+            for io in in_flight {
+                let r = io.wait_timeout(Duration::from_secs(30)).unwrap().unwrap();
+                assert_eq!(r.status, STATUS_CANCELLED);
+            }
+            kernel.close(a).unwrap();
+            kernel.close(b).unwrap();
+            kernel.shutdown().unwrap();
+        },
+    );
+}

@@ -22,12 +22,19 @@ use crate::wdf::Framework;
 static NEXT_KERNEL_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Everything one kernel is made of.
+/// What host waiters watch: a counter bumped on every state change, and how many sleep on it.
+#[derive(Default)]
+struct Signal {
+    generation: u64,
+    waiters: usize,
+}
+
 pub(crate) struct Shared {
     pub id: u64,
     pub faults: Faults,
     pub boot_time: Instant,
     pub bugcheck: OnceLock<Bugcheck>,
-    signal: (Mutex<u64>, Condvar),
+    signal: (Mutex<Signal>, Condvar),
     sequence: AtomicU64,
     pub stopping: AtomicBool,
     pub pool: Pool,
@@ -54,7 +61,7 @@ impl Shared {
             faults: Faults::new(seed, plan),
             boot_time: Instant::now(),
             bugcheck: OnceLock::new(),
-            signal: (Mutex::new(0), Condvar::new()),
+            signal: (Mutex::new(Signal::default()), Condvar::new()),
             sequence: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             pool: Pool::default(),
@@ -91,10 +98,15 @@ impl Shared {
 
     /// Wakes host threads waiting for a state change.
     pub fn notify(&self) {
-        let mut generation = self.signal.0.lock().unwrap();
-        *generation += 1;
-        drop(generation);
-        self.signal.1.notify_all();
+        let mut signal = self.signal.0.lock().unwrap();
+        signal.generation += 1;
+        let waiting = signal.waiters > 0;
+        drop(signal);
+        // Every completed job and IRP lands here: skip the futex call when no host thread
+        // waits (a waiter registers under the same lock before it sleeps).
+        if waiting {
+            self.signal.1.notify_all();
+        }
     }
 
     /// Waits (host side) until `ready` returns Some, the kernel bugchecks, or `timeout` passes.
@@ -105,7 +117,7 @@ impl Shared {
     ) -> Result<Option<R>, Bugcheck> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            let generation = *self.signal.0.lock().unwrap();
+            let generation = self.signal.0.lock().unwrap().generation;
             if let Some(b) = self.bugcheck.get() {
                 return Err(b.clone());
             }
@@ -120,9 +132,11 @@ impl Shared {
                 }
                 wait = wait.min(d - now);
             }
-            let guard = self.signal.0.lock().unwrap();
-            if *guard == generation {
-                let _ = self.signal.1.wait_timeout(guard, wait).unwrap();
+            let mut guard = self.signal.0.lock().unwrap();
+            if guard.generation == generation {
+                guard.waiters += 1;
+                let (mut guard, _) = self.signal.1.wait_timeout(guard, wait).unwrap();
+                guard.waiters -= 1;
             }
         }
     }

@@ -276,6 +276,32 @@ impl Request {
         Ok(input_length)
     }
 
+    /// Lets `read` look at the whole input where the framework keeps it (no copy): SEND's
+    /// payload goes from here straight into the connection's queue, even while it is parked.
+    /// STATUS_BUFFER_TOO_SMALL if the input is shorter than `input_length`.
+    pub fn with_input<R>(
+        &self,
+        input_length: usize,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, NTSTATUS> {
+        if input_length == 0 {
+            return Ok(read(&[]));
+        }
+        let mut buffer: *mut c_void = ptr::null_mut();
+        let mut length = 0usize;
+        // SAFETY: as in `read_input`.
+        check(unsafe {
+            WdfRequestRetrieveInputBuffer(self.handle, input_length, &mut buffer, &mut length)
+        })?;
+        if buffer.is_null() || length < input_length {
+            return Err(STATUS_BUFFER_TOO_SMALL);
+        }
+        // SAFETY: the framework guarantees `length` (>= input_length) readable bytes at `buffer`
+        // while the request is ours; the slice does not outlive this call.
+        let input = unsafe { core::slice::from_raw_parts(buffer as *const u8, input_length) };
+        Ok(read(input))
+    }
+
     /// Copies `data` into the output buffer; STATUS_BUFFER_TOO_SMALL (nothing written) if the
     /// caller's output buffer is shorter. Returns the byte count to complete with.
     pub fn write_output(&self, data: &[u8]) -> Result<usize, NTSTATUS> {
@@ -375,6 +401,17 @@ impl ParkedRequest {
     /// Whether this is the request the framework names by `handle` (e.g. in a cancel routine).
     pub fn is(&self, handle: WDFREQUEST) -> bool {
         self.handle == handle.as_raw() as usize
+    }
+
+    /// Lends the request to `use_it` — to read its input, fill its output or unmark it — while
+    /// it stays parked: a borrow cannot complete it (that takes [`Self::resume`]). Live for the
+    /// same reason as there.
+    pub fn with<R>(&self, use_it: impl FnOnce(&Request) -> R) -> R {
+        let request = Request {
+            // SAFETY: as in `resume`.
+            handle: unsafe { WDFREQUEST::from_raw(self.handle as *mut c_void) },
+        };
+        use_it(&request)
     }
 
     /// The request again, to unmark and complete.

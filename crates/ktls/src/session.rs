@@ -541,11 +541,7 @@ impl<O: Observer> Session<O> {
         let result = {
             let mut m = conn.mailbox.lock();
             if !m.incoming.is_empty() && !out.is_empty() {
-                let n = out.len().min(m.incoming.len());
-                for (slot, byte) in out.iter_mut().zip(m.incoming.drain(..n)) {
-                    *slot = byte;
-                }
-                Received::Data(n)
+                Received::Data(take_front(&mut m.incoming, out))
             } else if m.peer_ended {
                 Received::End
             } else if let Some(f) = m.failure {
@@ -608,6 +604,18 @@ impl<O: Observer> Drop for Session<O> {
 }
 
 /// SEC_APPLICATION_PROTOCOLS for an ALPN wire list (empty stays empty).
+/// Moves as many bytes as fit from the front of `queue` into `out` (two slice copies at most,
+/// not a byte at a time: this is every byte sent and received).
+fn take_front(queue: &mut VecDeque<u8>, out: &mut [u8]) -> usize {
+    let n = out.len().min(queue.len());
+    let (first, second) = queue.as_slices();
+    let a = n.min(first.len());
+    out[..a].copy_from_slice(&first[..a]);
+    out[a..n].copy_from_slice(&second[..n - a]);
+    queue.drain(..n);
+    n
+}
+
 fn alpn_blob(wire: &[u8]) -> Result<Vec<u8>, NTSTATUS> {
     let mut blob = Vec::new();
     if wire.is_empty() {
@@ -1433,14 +1441,10 @@ impl<O: Observer> Engine<O> {
             let tx = self.tx.bytes();
             let n = {
                 let mut m = conn.mailbox.lock();
-                let n = room.min(m.outgoing.len());
-                for (slot, byte) in tx[used + header..used + header + n]
-                    .iter_mut()
-                    .zip(m.outgoing.drain(..n))
-                {
-                    *slot = byte;
-                }
-                n
+                take_front(
+                    &mut m.outgoing,
+                    &mut tx[used + header..used + header + room],
+                )
             };
             if n == 0 {
                 break;

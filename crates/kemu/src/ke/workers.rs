@@ -14,6 +14,8 @@ type Job = Box<dyn FnOnce() + Send>;
 struct Queue {
     jobs: VecDeque<Job>,
     running: usize,
+    /// Threads asleep on `ready` (a submit with none asleep needs no wake-up call).
+    sleeping: usize,
     stopping: bool,
 }
 
@@ -50,7 +52,9 @@ impl ThreadPool {
                     if q.stopping {
                         return;
                     }
+                    q.sleeping += 1;
                     q = self.ready.wait(q).unwrap();
+                    q.sleeping -= 1;
                 }
             };
             job();
@@ -67,8 +71,13 @@ impl ThreadPool {
     pub fn submit(&self, job: impl FnOnce() + Send + 'static) {
         let mut q = self.queue.lock().unwrap();
         q.jobs.push_back(Box::new(job));
+        // A thread that is not asleep takes the job when it next looks at the queue (under
+        // this lock), so only a sleeper needs the futex call.
+        let wake = q.sleeping > 0;
         drop(q);
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
     }
 
     /// Whether no job is queued or running.
