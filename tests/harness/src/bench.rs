@@ -4,6 +4,7 @@
 //! one connection, and the p50/p99 latency of a 1-byte echo. Plus the non-paged pool one idle
 //! established connection holds (from STATS). This measures; it asserts nothing.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
@@ -55,6 +56,8 @@ const CHUNK: usize = MAX_SEND;
 /// manager allocates, fills and frees for every request, so asking for 1 MiB to get one 16 KiB
 /// record would measure the allocator.)
 const READ_SIZE: usize = 64 * 1024;
+/// SENDs (and RECVs) kept in flight on the bulk connection.
+const IN_FLIGHT: usize = 4;
 /// The most latency samples kept per subject.
 const MAX_SAMPLES: usize = 200_000;
 /// Idle connections opened to measure pool per connection.
@@ -247,13 +250,25 @@ impl DriverBench<'_> {
         let data = vec![0x5Au8; CHUNK];
         let phase = Duration::from_secs_f64(self.options.seconds);
         let (bytes, elapsed) = std::thread::scope(|scope| -> Result<(u64, Duration), String> {
+            // Both sides keep IN_FLIGHT requests going, as an overlapped-I/O user would, and
+            // take their results in the order they issued them.
             let receiver = scope.spawn(|| -> Result<(u64, Instant), String> {
                 let mut total = 0u64;
+                let mut reads = VecDeque::new();
                 loop {
-                    let got = server
-                        .recv(s, READ_SIZE as u32, CALL_TIMEOUT)
+                    while reads.len() < IN_FLIGHT {
+                        let read = server
+                            .recv_async(s, READ_SIZE as u32)
+                            .map_err(e("server RECV"))?;
+                        reads.push_back(read);
+                    }
+                    let got = reads
+                        .pop_front()
+                        .expect("reads in flight")
+                        .wait(CALL_TIMEOUT)
                         .map_err(e("server RECV"))?;
                     if got.is_empty() {
+                        // The rest complete with the end of the stream too.
                         return Ok((total, Instant::now()));
                     }
                     total += got.len() as u64;
@@ -261,8 +276,22 @@ impl DriverBench<'_> {
             });
             let started = Instant::now();
             let mut sent = Ok(());
+            let mut writes = VecDeque::new();
             while sent.is_ok() && started.elapsed() < phase {
-                sent = client.send(c, &data).map_err(e("client SEND"));
+                sent = client
+                    .send_async(c, &data)
+                    .map(|w| writes.push_back(w))
+                    .map_err(e("client SEND"));
+                if writes.len() >= IN_FLIGHT {
+                    if let Some(w) = writes.pop_front() {
+                        sent = sent.and_then(|()| {
+                            w.wait(CALL_TIMEOUT).map(drop).map_err(e("client SEND"))
+                        });
+                    }
+                }
+            }
+            while let Some(w) = writes.pop_front() {
+                sent = sent.and_then(|()| w.wait(CALL_TIMEOUT).map(drop).map_err(e("client SEND")));
             }
             let ended = sent.and_then(|()| client.shutdown(c).map_err(e("client SHUTDOWN")));
             if ended.is_err() {

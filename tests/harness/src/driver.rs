@@ -119,6 +119,33 @@ impl PendingHandshake {
     }
 }
 
+/// A SEND or RECV in flight (overlapped I/O: several may be, on one connection; the driver
+/// finishes them in the order they were issued).
+pub struct PendingTransfer {
+    io: Box<dyn Pending>,
+    what: &'static str,
+}
+
+impl PendingTransfer {
+    /// Waits for it: what a RECV received (empty at the end of the stream; nothing for SEND).
+    /// On timeout it is cancelled.
+    pub fn wait(self, timeout: Duration) -> Result<Vec<u8>, CallError> {
+        match self.io.wait(timeout)? {
+            Some(c) => {
+                ok(self.what, c.status)?;
+                Ok(c.output)
+            }
+            None => {
+                let _ = self.io.cancel();
+                Err(CallError::Device(DeviceError(format!(
+                    "{} did not complete within {timeout:?} (cancelled)",
+                    self.what
+                ))))
+            }
+        }
+    }
+}
+
 /// Typed calls on one handle.
 pub struct Driver {
     device: Box<dyn Device>,
@@ -197,6 +224,26 @@ impl Driver {
             ok("SEND", c.status)?;
         }
         Ok(())
+    }
+
+    /// SEND of one piece (at most MAX_SEND bytes) without waiting for it.
+    pub fn send_async(&self, id: u64, data: &[u8]) -> Result<PendingTransfer, CallError> {
+        let mut buf = vec![0u8; SendRequest::FIXED + data.len()];
+        let n = SendRequest { id, data }
+            .encode(&mut buf)
+            .ok_or(CallError::Wire(proto::WireError::InvalidField("data")))?;
+        let io = self.device.submit(IOCTL_WSKTLS_SEND, &buf[..n], 0)?;
+        Ok(PendingTransfer { io, what: "SEND" })
+    }
+
+    /// RECV of up to `max` bytes without waiting for it.
+    pub fn recv_async(&self, id: u64, max: u32) -> Result<PendingTransfer, CallError> {
+        let io = self.device.submit(
+            IOCTL_WSKTLS_RECV,
+            &RecvRequest { id, max }.encode(),
+            max as usize,
+        )?;
+        Ok(PendingTransfer { io, what: "RECV" })
     }
 
     /// RECV up to `max` bytes; an empty result is the end of the stream.
