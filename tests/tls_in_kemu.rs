@@ -162,6 +162,19 @@ fn stats(kernel: &Kernel, h: Handle) -> Stats {
     Stats::decode(&r.output[..r.information]).unwrap()
 }
 
+/// A booted kernel with one connection between two handles: (kernel, server handle, client
+/// handle, the client's connection, the server's connection).
+fn connected_pair() -> (Kernel, Handle, Handle, ConnectionInfo, ConnectionInfo) {
+    let (kernel, thumbprint) = boot();
+    let a = open(&kernel);
+    let b = open(&kernel);
+    let listener = listen(&kernel, a, thumbprint, b"");
+    let accept = accept_async(&kernel, a, listener.id);
+    let client = info(connect_async(&kernel, b, listener.port, b"localhost", b""));
+    let server = info(accept);
+    (kernel, a, b, client, server)
+}
+
 fn pattern(len: usize, salt: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(13).wrapping_add(salt))
@@ -600,13 +613,7 @@ fn send_and_shutdown_pend_on_a_full_queue_and_can_be_cancelled() {
     isolated(
         "send_and_shutdown_pend_on_a_full_queue_and_can_be_cancelled",
         || {
-            let (kernel, thumbprint) = boot();
-            let a = open(&kernel);
-            let b = open(&kernel);
-            let listener = listen(&kernel, a, thumbprint, b"");
-            let accept = accept_async(&kernel, a, listener.id);
-            let client = info(connect_async(&kernel, b, listener.port, b"localhost", b""));
-            let _server = info(accept);
+            let (kernel, a, b, client, _server) = connected_pair();
             // The server never reads: the client's queue (1 MiB) fills after the receive window
             // and the socket buffers, and a SEND then waits.
             let chunk = pattern(MAX_SEND, 5);
@@ -664,13 +671,7 @@ fn sends_and_receives_in_flight_together_keep_their_order() {
     isolated(
         "sends_and_receives_in_flight_together_keep_their_order",
         || {
-            let (kernel, thumbprint) = boot();
-            let a = open(&kernel);
-            let b = open(&kernel);
-            let listener = listen(&kernel, a, thumbprint, b"");
-            let accept = accept_async(&kernel, a, listener.id);
-            let client = info(connect_async(&kernel, b, listener.port, b"localhost", b""));
-            let server = info(accept);
+            let (kernel, a, b, client, server) = connected_pair();
             // The server does not read yet: SENDs of 64 KiB (distinct contents, so overtaking
             // shows) until one waits for room — the client's queue, the server's receive window
             // and the socket buffers are full — then six more that wait behind it.

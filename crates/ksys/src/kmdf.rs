@@ -259,21 +259,10 @@ impl Request {
         if input_length > destination.len() {
             return Err(STATUS_INVALID_BUFFER_SIZE);
         }
-        let mut buffer: *mut c_void = ptr::null_mut();
-        let mut length = 0usize;
-        // SAFETY: the request is presented to us and not completed; out-params are locals.
-        check(unsafe {
-            WdfRequestRetrieveInputBuffer(self.handle, input_length, &mut buffer, &mut length)
-        })?;
-        if buffer.is_null() || length < input_length {
-            return Err(STATUS_BUFFER_TOO_SMALL);
-        }
-        // SAFETY: the framework guarantees `length` (>= input_length) readable bytes at `buffer`
-        // while the request is ours; `destination` holds at least `input_length` bytes.
-        unsafe {
-            ptr::copy_nonoverlapping(buffer as *const u8, destination.as_mut_ptr(), input_length)
-        };
-        Ok(input_length)
+        self.with_input(input_length, |input| {
+            destination[..input_length].copy_from_slice(input);
+            input_length
+        })
     }
 
     /// Lets `read` look at the whole input where the framework keeps it (no copy): SEND's
@@ -289,7 +278,7 @@ impl Request {
         }
         let mut buffer: *mut c_void = ptr::null_mut();
         let mut length = 0usize;
-        // SAFETY: as in `read_input`.
+        // SAFETY: the request is presented to us and not completed; out-params are locals.
         check(unsafe {
             WdfRequestRetrieveInputBuffer(self.handle, input_length, &mut buffer, &mut length)
         })?;
@@ -310,7 +299,7 @@ impl Request {
         }
         let mut buffer: *mut c_void = ptr::null_mut();
         let mut length = 0usize;
-        // SAFETY: as in `read_input`.
+        // SAFETY: as in `with_input`.
         check(unsafe {
             WdfRequestRetrieveOutputBuffer(self.handle, data.len(), &mut buffer, &mut length)
         })?;
@@ -348,7 +337,7 @@ impl Request {
     ) -> Result<usize, NTSTATUS> {
         let mut buffer: *mut c_void = ptr::null_mut();
         let mut length = 0usize;
-        // SAFETY: as in `read_input`.
+        // SAFETY: as in `with_input`.
         check(unsafe { WdfRequestRetrieveOutputBuffer(self.handle, 1, &mut buffer, &mut length) })?;
         if buffer.is_null() {
             return Err(STATUS_BUFFER_TOO_SMALL);
