@@ -3,7 +3,7 @@
 //! the worker is freed with its last reference.
 
 use kemu::testing::isolated;
-use kemu::{Caller, FaultPlan, Kernel, KernelConfig, NativeDriver};
+use kemu::{Caller, FaultPlan, Handle, Kernel, KernelConfig, NativeDriver};
 use ksys::ntdef::STATUS_SUCCESS;
 
 mod test_driver {
@@ -182,28 +182,34 @@ mod test_driver {
 
 ksys::kmdf_driver_entry!(test_driver::driver_entry);
 
+/// A kernel with four system workers and the test driver loaded, and a handle to its device.
+fn boot_test_driver(faults: FaultPlan) -> (Kernel, Handle) {
+    let kernel = Kernel::boot(KernelConfig {
+        faults,
+        workers: 4,
+        ..KernelConfig::from_env()
+    });
+    kernel
+        .load(NativeDriver {
+            service_name: "ktlstest",
+            entry: FxDriverEntry,
+            imports: ksys::imports::IMPORT_DIRECTORY,
+        })
+        .unwrap();
+    let h = kernel.open(r"\\.\KtlsTest", Caller::Administrator).unwrap();
+    (kernel, h)
+}
+
 #[test]
 fn every_event_drained_once_never_concurrently_and_the_worker_freed() {
     isolated(
         "every_event_drained_once_never_concurrently_and_the_worker_freed",
         || {
             for delay in [0u64, 2] {
-                let kernel = Kernel::boot(KernelConfig {
-                    faults: FaultPlan {
-                        worker_delay: std::time::Duration::from_millis(delay),
-                        ..FaultPlan::default()
-                    },
-                    workers: 4,
-                    ..KernelConfig::from_env()
+                let (kernel, h) = boot_test_driver(FaultPlan {
+                    worker_delay: std::time::Duration::from_millis(delay),
+                    ..FaultPlan::default()
                 });
-                kernel
-                    .load(NativeDriver {
-                        service_name: "ktlstest",
-                        entry: FxDriverEntry,
-                        imports: ksys::imports::IMPORT_DIRECTORY,
-                    })
-                    .unwrap();
-                let h = kernel.open(r"\\.\KtlsTest", Caller::Administrator).unwrap();
                 let r = kernel.ioctl(h, test_driver::RUN, &[], 8).unwrap();
                 assert_eq!(r.status, STATUS_SUCCESS, "delay {delay}");
                 let runs = u64::from_le_bytes(r.output[..8].try_into().unwrap());
@@ -222,18 +228,7 @@ fn a_signal_racing_the_routine_going_idle_is_never_lost() {
     isolated(
         "a_signal_racing_the_routine_going_idle_is_never_lost",
         || {
-            let kernel = Kernel::boot(KernelConfig {
-                workers: 4,
-                ..KernelConfig::from_env()
-            });
-            kernel
-                .load(NativeDriver {
-                    service_name: "ktlstest",
-                    entry: FxDriverEntry,
-                    imports: ksys::imports::IMPORT_DIRECTORY,
-                })
-                .unwrap();
-            let h = kernel.open(r"\\.\KtlsTest", Caller::Administrator).unwrap();
+            let (kernel, h) = boot_test_driver(FaultPlan::default());
             let r = kernel.ioctl(h, test_driver::PING_PONG, &[], 8).unwrap();
             assert_eq!(r.status, STATUS_SUCCESS, "a signal was lost");
             kernel.close(h).unwrap();

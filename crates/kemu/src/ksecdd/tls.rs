@@ -33,6 +33,28 @@ macro_rules! with_conn {
     };
 }
 
+/// Encodes into `out` everything rustls has queued to send, showing it (a copy of) `seen` —
+/// bytes it has processed already, so nothing new is taken in.
+fn drain_queued(conn: &mut Conn, seen: &[u8], out: &mut Vec<u8>) {
+    for _ in 0..16 {
+        let mut view = seen.to_vec();
+        let more = with_conn!(&mut *conn, c => {
+            let UnbufferedStatus { state, .. } = c.process_tls_records(&mut view);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut e)) => encode_all(&mut e, out).is_ok(),
+                Ok(ConnectionState::TransmitTlsData(t)) => {
+                    t.done();
+                    true
+                }
+                _ => false,
+            }
+        });
+        if !more {
+            break;
+        }
+    }
+}
+
 /// Outcome of one ISC/ASC step.
 #[derive(Debug, Default)]
 pub(crate) struct Step {
@@ -231,44 +253,12 @@ impl Session {
     /// held view, where a partly processed record's remaining messages live), so nothing new is
     /// processed — a second failure would raise a second fatal alert.
     fn take_alert(&mut self, out: &mut Vec<u8>) {
-        for _ in 0..16 {
-            let mut view = self.held.clone();
-            let more = with_conn!(&mut self.conn, c => {
-                let UnbufferedStatus { state, .. } = c.process_tls_records(&mut view);
-                match state {
-                    Ok(ConnectionState::EncodeTlsData(mut e)) => encode_all(&mut e, out).is_ok(),
-                    Ok(ConnectionState::TransmitTlsData(t)) => {
-                        t.done();
-                        true
-                    }
-                    _ => false,
-                }
-            });
-            if !more {
-                break;
-            }
-        }
+        drain_queued(&mut self.conn, &self.held, out);
     }
 
     /// Moves what rustls has queued to send (at a record boundary) into `pending_output`.
     fn flush_output(&mut self) {
-        for _ in 0..16 {
-            let pending = &mut self.pending_output;
-            let more = with_conn!(&mut self.conn, c => {
-                let UnbufferedStatus { state, .. } = c.process_tls_records(&mut []);
-                match state {
-                    Ok(ConnectionState::EncodeTlsData(mut e)) => encode_all(&mut e, pending).is_ok(),
-                    Ok(ConnectionState::TransmitTlsData(t)) => {
-                        t.done();
-                        true
-                    }
-                    _ => false,
-                }
-            });
-            if !more {
-                break;
-            }
-        }
+        drain_queued(&mut self.conn, &[], &mut self.pending_output);
     }
 
     /// One InitializeSecurityContext / AcceptSecurityContext step over `input` (modified in place
