@@ -53,14 +53,27 @@ const EV_USER: u32 = 16;
 const EV_TIMER: u32 = 32;
 
 /// Most ciphertext one TLS record takes on the wire (16 KiB + 256 expansion + 5 header).
-const MAX_RECORD: usize = 16384 + 256 + 5;
-/// Receive buffer: one maximum record with its header and trailer (records are decrypted in
-/// place; the start of the next one moves to the front).
-const RX_CAPACITY: usize = MAX_RECORD;
-/// Records packed into one WskSend.
-const RECORDS_PER_SEND: usize = 2;
-/// Send buffer: handshake flights and up to two records with header and trailer.
-const TX_CAPACITY: usize = RECORDS_PER_SEND * (16384 + 64);
+const MAX_RECORD: usize = MAX_PLAINTEXT + 256 + 5;
+/// Most plaintext one TLS record carries.
+const MAX_PLAINTEXT: usize = 16384;
+/// Room one record takes in the send buffer (its plaintext, header and trailer).
+const TX_RECORD: usize = MAX_PLAINTEXT + 64;
+/// Receive buffer of a handshaking or quiet connection: one maximum record with its header and
+/// trailer (records are decrypted in place; the start of the next one moves to the front).
+const RX_QUIET: usize = MAX_RECORD;
+/// Receive buffer while data streams in (a receive filled all the room it had): up to four
+/// records per WskReceive, so a busy connection costs a quarter of the completions.
+const RX_BUSY: usize = 4 * MAX_RECORD;
+/// A busy receive buffer still waiting after this long with nothing received is given back
+/// (its receive is cancelled and reposted with a quiet buffer): idle connections hold little.
+const QUIET_AFTER_MS: u32 = 200;
+/// Send buffer while handshaking: room for a flight with a long certificate chain.
+const TX_HANDSHAKE: usize = 2 * TX_RECORD;
+/// Send buffer of an established connection with nothing queued: one record (close_notify, a
+/// KeyUpdate answer, TLS 1.3 tickets).
+const TX_QUIET: usize = TX_RECORD;
+/// Send buffer while more than a record is queued: four records per WskSend.
+const TX_BUSY: usize = 4 * TX_RECORD;
 /// Room for an alert SSPI may return separately from the token.
 const ALERT_CAPACITY: usize = 64;
 
@@ -204,6 +217,12 @@ pub struct Counters {
     pub sent: u64,
     /// Plaintext bytes decrypted.
     pub received: u64,
+    /// WskSend calls that carried records (how well records are packed per call).
+    pub record_sends: u64,
+    /// WskReceive completions with data once open.
+    pub record_receives: u64,
+    /// Bytes the send and receive buffers hold now: pool a connection keeps for its I/O.
+    pub buffer_bytes: usize,
 }
 
 /// What the engine looked like when its drain last finished: for reports about a request
@@ -290,6 +309,13 @@ struct Engine<O: Observer> {
     control_kind: Control,
     tx: Buffer,
     rx: Buffer,
+    /// What the receive buffer should be (see [`Engine::size_receive_buffer`]).
+    rx_wanted: usize,
+    /// Open: the deadline watches a busy receive buffer (see [`QUIET_AFTER_MS`]); the receive
+    /// completions counted when it was armed.
+    quiet_watch: Option<u64>,
+    /// The receive in flight was cancelled to shrink its buffer (its STATUS_CANCELLED is ours).
+    shrinking: bool,
     rx_len: usize,
     sspi: Option<AsyncOp>,
     sspi_pending: bool,
@@ -404,8 +430,11 @@ impl<O: Observer> Session<O> {
             recv: IrpOp::try_new(EV_RECV)?,
             control: IrpOp::try_new(EV_CONTROL)?,
             control_kind: Control::None,
-            tx: Buffer::try_new(TX_CAPACITY)?,
-            rx: Buffer::try_new(RX_CAPACITY)?,
+            tx: Buffer::try_new(TX_HANDSHAKE)?,
+            rx: Buffer::try_new(RX_QUIET)?,
+            rx_wanted: RX_QUIET,
+            quiet_watch: None,
+            shrinking: false,
             rx_len: 0,
             sspi: None,
             sspi_pending: false,
@@ -661,6 +690,9 @@ impl<O: Observer> Engine<O> {
         if events & EV_TIMER != 0 && handshaking && self.deadline.expired() {
             self.fail_or_end(conn, Some(Failure::net(STATUS_IO_TIMEOUT)));
         }
+        if events & EV_TIMER != 0 && self.phase == Phase::Open && self.deadline.expired() {
+            self.quiet_check(conn, worker);
+        }
         if events & EV_SSPI != 0 && self.sspi_pending {
             if let Some(op) = &self.sspi {
                 let status = op.status();
@@ -688,7 +720,9 @@ impl<O: Observer> Engine<O> {
             self.fail_or_end(conn, None);
         }
         self.advance(conn, worker, shutdown);
-        conn.mailbox.lock().snapshot = Snapshot {
+        let mut m = conn.mailbox.lock();
+        m.counters.buffer_bytes = self.tx.len() + self.rx.len();
+        m.snapshot = Snapshot {
             phase: Some(self.phase),
             events,
             sspi_pending: self.sspi_pending,
@@ -735,7 +769,7 @@ impl<O: Observer> Engine<O> {
                     }
                 } else if !self.sspi_pending && self.send.is_idle() {
                     if self.need_input {
-                        self.start_receive(worker);
+                        self.start_receive(conn, worker);
                     } else {
                         self.handshake_step(conn, worker);
                     }
@@ -760,7 +794,7 @@ impl<O: Observer> Engine<O> {
                     self.shutdown_step(conn, worker);
                 }
                 if self.phase == Phase::Open && !self.peer_ended && self.window_open(conn) {
-                    self.start_receive(worker);
+                    self.start_receive(conn, worker);
                 }
             }
             Phase::Releasing => self.release_step(conn, worker),
@@ -899,18 +933,83 @@ impl<O: Observer> Engine<O> {
         unsafe { &*((*self.socket).Dispatch as *const WSK_PROVIDER_CONNECTION_DISPATCH) }
     }
 
-    fn start_receive(&mut self, worker: &Worker<Conn<O>>) {
-        if self.socket.is_null() || !self.recv.is_idle() || self.rx_len >= RX_CAPACITY {
+    fn start_receive(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
+        if self.socket.is_null() || !self.recv.is_idle() {
+            return;
+        }
+        self.size_receive_buffer();
+        if self.rx_len >= self.rx.len() {
             return;
         }
         let socket = self.socket;
         let receive = self.dispatch().WskReceive.unwrap();
-        let mut buf = self.rx.wsk(self.rx_len, RX_CAPACITY - self.rx_len);
+        let mut buf = self.rx.wsk(self.rx_len, self.rx.len() - self.rx_len);
         let _ = IrpOp::start(&self.recv, worker.clone(), |irp| {
             // SAFETY: a live connection socket; the buffer lives in the engine until completion
             // (the drain never touches this range while the receive is in flight).
             unsafe { receive(socket, &mut buf, 0, irp) }
         });
+        if self.phase == Phase::Open && self.rx.len() > RX_QUIET && self.quiet_watch.is_none() {
+            self.watch_quiet(conn, worker);
+        }
+    }
+
+    /// Arms the deadline to look at the busy receive buffer in [`QUIET_AFTER_MS`].
+    fn watch_quiet(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
+        let receives = conn.mailbox.lock().counters.record_receives;
+        if Deadline::arm(&self.deadline, worker.clone(), QUIET_AFTER_MS).is_ok() {
+            self.quiet_watch = Some(receives);
+        }
+    }
+
+    /// The quiet deadline expired: a busy receive that has waited the whole time with nothing
+    /// received is cancelled (and reposted with a quiet buffer); otherwise look again later.
+    fn quiet_check(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
+        let Some(armed_at) = self.quiet_watch.take() else {
+            return;
+        };
+        if self.rx.len() <= RX_QUIET {
+            return;
+        }
+        let receives = conn.mailbox.lock().counters.record_receives;
+        if receives == armed_at && self.rx_len < RX_QUIET && self.recv.is_pending() {
+            self.shrinking = true;
+            self.rx_wanted = RX_QUIET;
+            self.recv.cancel();
+        } else if self.recv.is_pending() {
+            // Still streaming (or a record is half in): look again later.
+            self.watch_quiet(conn, worker);
+        }
+        // Otherwise the next busy receive arms the watch again.
+    }
+
+    /// Grows the receive buffer while data streams in and shrinks it once the stream pauses
+    /// (only between receives, and never while SSPI may be reading it). A failed allocation
+    /// keeps the buffer there is: sizing is an optimisation, never a failure.
+    fn size_receive_buffer(&mut self) {
+        if self.phase != Phase::Open || self.sspi_pending || self.renegotiate {
+            return;
+        }
+        let wanted = self.rx_wanted;
+        if wanted == self.rx.len() || self.rx_len > wanted {
+            return;
+        }
+        if let Ok(mut bigger_or_smaller) = Buffer::try_new(wanted) {
+            let kept = self.rx_len;
+            bigger_or_smaller.bytes()[..kept].copy_from_slice(&self.rx.bytes()[..kept]);
+            self.rx = bigger_or_smaller;
+        }
+    }
+
+    /// As [`Self::size_receive_buffer`], for the send buffer: `wanted` bytes, only while no
+    /// send or token uses it.
+    fn size_send_buffer(&mut self, wanted: usize) {
+        if wanted == self.tx.len() || !self.send.is_idle() || self.pending_token > 0 {
+            return;
+        }
+        if let Ok(buffer) = Buffer::try_new(wanted) {
+            self.tx = buffer;
+        }
     }
 
     fn start_send(&mut self, worker: &Worker<Conn<O>>, len: usize) {
@@ -994,6 +1093,10 @@ impl<O: Observer> Engine<O> {
         if self.phase == Phase::Releasing {
             return;
         }
+        if core::mem::take(&mut self.shrinking) && status == STATUS_CANCELLED {
+            // Our own cancel (see `quiet_check`): the next receive gets a quiet buffer.
+            return;
+        }
         if !nt_success(status) {
             self.fail_or_end(conn, Some(Failure::net(status)));
             return;
@@ -1008,10 +1111,21 @@ impl<O: Observer> Engine<O> {
             }
             return;
         }
+        // Streaming: the receive filled its room or brought more than a record. Quiet: it
+        // brought a fraction of one. In between the buffer stays as it is (no flapping).
+        let room = self.rx.len() - self.rx_len;
+        if n >= room || n > RX_QUIET {
+            self.rx_wanted = RX_BUSY;
+        } else if n < RX_QUIET / 4 {
+            self.rx_wanted = RX_QUIET;
+        }
         self.rx_len += n;
         match self.phase {
             Phase::Handshaking => self.need_input = false,
-            Phase::Open => self.decrypt_all(conn),
+            Phase::Open => {
+                conn.mailbox.lock().counters.record_receives += 1;
+                self.decrypt_all(conn);
+            }
             _ => {}
         }
     }
@@ -1068,7 +1182,7 @@ impl<O: Observer> Engine<O> {
         };
         let tx = self.tx.bytes().as_mut_ptr();
         c.output = [
-            SecBuffer::new(SECBUFFER_TOKEN, tx as *mut c_void, TX_CAPACITY as u32),
+            SecBuffer::new(SECBUFFER_TOKEN, tx as *mut c_void, self.tx.len() as u32),
             SecBuffer::new(
                 SECBUFFER_ALERT,
                 c.alert.as_mut_ptr() as *mut c_void,
@@ -1168,7 +1282,7 @@ impl<O: Observer> Engine<O> {
             self.context = c.new_context;
         }
         let token = if c.output[0].kind() == SECBUFFER_TOKEN {
-            (c.output[0].cbBuffer as usize).min(TX_CAPACITY)
+            (c.output[0].cbBuffer as usize).min(self.tx.len())
         } else {
             0
         };
@@ -1198,7 +1312,7 @@ impl<O: Observer> Engine<O> {
                     self.need_input = self.rx_len == 0;
                 }
             }
-            SEC_E_INCOMPLETE_MESSAGE if self.rx_len >= RX_CAPACITY => {
+            SEC_E_INCOMPLETE_MESSAGE if self.rx_len >= self.rx.len() => {
                 // A handshake record larger than any legal one: more input cannot help.
                 self.fail_or_end(conn, Some(Failure::tls(SEC_E_ILLEGAL_MESSAGE)));
             }
@@ -1397,7 +1511,7 @@ impl<O: Observer> Engine<O> {
                     }
                 }
                 SEC_E_INCOMPLETE_MESSAGE => {
-                    if self.rx_len >= RX_CAPACITY {
+                    if self.rx_len >= self.rx.len() {
                         self.fail_or_end(conn, Some(Failure::tls(SEC_E_ILLEGAL_MESSAGE)));
                     }
                     return;
@@ -1424,20 +1538,31 @@ impl<O: Observer> Engine<O> {
         true
     }
 
-    /// Encrypts queued plaintext into up to `RECORDS_PER_SEND` records and sends them.
+    /// Encrypts queued plaintext into as many records as the send buffer holds and sends them
+    /// (the buffer is sized to what is queued first).
     fn fill_send(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
         if self.phase != Phase::Open {
             return;
         }
+        // More than a record queued: a busy buffer; nothing queued: a quiet one; in between
+        // the buffer stays as it is (no flapping at the tail of a burst).
+        let queued = conn.mailbox.lock().outgoing.len();
+        if queued > MAX_PLAINTEXT {
+            self.size_send_buffer(TX_BUSY);
+        } else if queued == 0 {
+            self.size_send_buffer(TX_QUIET);
+            return;
+        }
         let (header, trailer) = (self.sizes.cbHeader as usize, self.sizes.cbTrailer as usize);
         let max = self.sizes.cbMaximumMessage as usize;
+        let capacity = self.tx.len();
         let mut used = 0;
         let mut plain = 0u64;
-        for _ in 0..RECORDS_PER_SEND {
-            if used + header + trailer + 1 > TX_CAPACITY {
+        loop {
+            if used + header + trailer + 1 > capacity {
                 break;
             }
-            let room = (TX_CAPACITY - used - header - trailer).min(max);
+            let room = (capacity - used - header - trailer).min(max);
             let tx = self.tx.bytes();
             let n = {
                 let mut m = conn.mailbox.lock();
@@ -1461,7 +1586,11 @@ impl<O: Observer> Engine<O> {
             }
         }
         if used > 0 {
-            conn.mailbox.lock().counters.sent += plain;
+            {
+                let mut m = conn.mailbox.lock();
+                m.counters.sent += plain;
+                m.counters.record_sends += 1;
+            }
             self.start_send(worker, used);
         }
     }

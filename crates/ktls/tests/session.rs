@@ -1238,6 +1238,115 @@ fn a_hundred_megabytes_arrive_intact() {
     });
 }
 
+/// Most buffer bytes an established connection with nothing to move may hold (one record each
+/// way).
+const QUIET_BUFFERS: usize = 2 * (16384 + 261);
+/// Both ends' buffers together once the sender's send buffer and the receiver's receive buffer
+/// have both grown to four records (either alone stays below).
+const BOTH_GROWN: usize = 2 * QUIET_BUFFERS + 2 * 3 * 16384;
+
+#[test]
+fn a_busy_connection_packs_records_and_gives_its_buffers_back_when_quiet() {
+    isolated(
+        "a_busy_connection_packs_records_and_gives_its_buffers_back_when_quiet",
+        || {
+            let (kernel, pki) = boot("packing");
+            let thumbprint = pki.thumbprint;
+            const TOTAL: usize = 4 << 20;
+            let (quiet_before, busiest, quiet_after, client_counters, server_counters) = kernel
+                .run("packing", move || {
+                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                    let changes = Changes::new();
+                    let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                    let client = connect(
+                        &provider,
+                        client_credential(ALL, 0),
+                        listener.local_port(),
+                        "localhost",
+                        b"",
+                        &changes,
+                    );
+                    let server = changes.wait("an accepted session", || listener.next());
+                    open(&client, &changes);
+                    open(&server, &changes);
+                    let buffers =
+                        || client.counters().buffer_bytes + server.counters().buffer_bytes;
+                    // The handshake's larger send buffer goes once its last flight is out.
+                    let quiet_before = changes.wait("quiet buffers after the handshake", || {
+                        let b = buffers();
+                        (b <= 2 * QUIET_BUFFERS).then_some(b)
+                    });
+                    let chunk = pattern(64 * 1024, 3);
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let (mut sent, mut received, mut from, mut busiest) =
+                        (0usize, 0usize, 0usize, 0);
+                    changes.wait("4 MiB", || {
+                        loop {
+                            let mut moved = false;
+                            if sent < TOTAL {
+                                let n = client.send(&chunk[from..]).unwrap();
+                                sent += n;
+                                from = (from + n) % chunk.len();
+                                moved |= n > 0;
+                            }
+                            match server.recv(&mut buf) {
+                                Received::Data(n) => {
+                                    received += n;
+                                    moved = true;
+                                }
+                                Received::Pending => {}
+                                other => panic!("{other:?} after {received}"),
+                            }
+                            busiest = busiest.max(buffers());
+                            if received >= TOTAL {
+                                return Some(());
+                            }
+                            if !moved {
+                                return None;
+                            }
+                        }
+                    });
+                    let quiet_after = changes.wait("buffers given back", || {
+                        let b = buffers();
+                        (b <= 2 * QUIET_BUFFERS).then_some(b)
+                    });
+                    let counters = (client.counters(), server.counters());
+                    // The receives cancelled to shrink lost nothing: a megabyte both ways after.
+                    let data = pattern(1 << 20, 9);
+                    assert!(
+                        echo(&client, &server, &changes, &data) == data,
+                        "echo differs"
+                    );
+                    drop((client, server));
+                    finish(listener, &changes, provider);
+                    (quiet_before, busiest, quiet_after, counters.0, counters.1)
+                })
+                .unwrap();
+            assert_eq!(client_counters.sent, TOTAL as u64);
+            assert_eq!(server_counters.received, TOTAL as u64);
+            // Four records per WskSend while the queue holds more than one: 256 records in at
+            // most 64 + a few sends (two per send would take 128).
+            assert!(
+                client_counters.record_sends <= 80,
+                "{} WskSends for 256 records",
+                client_counters.record_sends
+            );
+            // The receive buffer grows while data streams in: fewer receives than records.
+            assert!(
+                server_counters.record_receives < 192,
+                "{} WskReceives for 256 records",
+                server_counters.record_receives
+            );
+            assert!(
+                busiest >= BOTH_GROWN,
+                "the buffers never grew: {busiest} bytes at most"
+            );
+            assert_eq!(quiet_before, quiet_after, "buffers not given back");
+            kernel.shutdown().unwrap();
+        },
+    );
+}
+
 #[test]
 fn pinning_accepts_the_pinned_certificate_only_and_reports_the_peer_digest() {
     isolated(
