@@ -79,9 +79,13 @@ fn free_port() -> u16 {
 fn connect_when_listening(port: u16) -> TcpStream {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
+        // A connect to a free port in the ephemeral range can pick that same port as its own
+        // and connect to itself (TCP simultaneous open): that is nobody listening yet.
         if let Ok(s) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            return s;
+            if s.local_addr().ok() != s.peer_addr().ok() {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                return s;
+            }
         }
         assert!(Instant::now() < deadline, "peer never listened on {port}");
         std::thread::sleep(Duration::from_millis(20));

@@ -657,7 +657,14 @@ fn free_port() -> u16 {
 
 fn wait_listening(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).is_err() {
+    // A probe that connected to itself (a free ephemeral port picked as its own source port,
+    // TCP simultaneous open) found nobody listening.
+    let listening = || {
+        std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
+            .and_then(|s| Ok(s.local_addr()? != s.peer_addr()?))
+            .unwrap_or(false)
+    };
+    while !listening() {
         assert!(Instant::now() < deadline, "peer never listened on {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
