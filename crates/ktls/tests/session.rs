@@ -352,6 +352,71 @@ fn echo(
     })
 }
 
+/// A listener with a client connected to it, both ends established (any version, no ALPN).
+/// The caller drops the sessions before it finishes the listener.
+fn established_pair(
+    provider: &Provider,
+    thumbprint: Thumbprint,
+    changes: &Changes,
+) -> (Listener<Changes>, Session<Changes>, Session<Changes>) {
+    let listener = listen(provider, server_credential(thumbprint), b"", changes);
+    let client = connect(
+        provider,
+        client_credential(ALL, 0),
+        listener.local_port(),
+        "localhost",
+        b"",
+        changes,
+    );
+    let server = changes.wait("an accepted session", || listener.next());
+    open(&client, changes);
+    open(&server, changes);
+    (listener, client, server)
+}
+
+/// Streams `total` bytes of `chunk` repeated from `client` to `server`, handing each received
+/// piece to `received` and calling `between` after every round; non-blocking calls only.
+fn stream(
+    client: &Session<Changes>,
+    server: &Session<Changes>,
+    changes: &Changes,
+    total: usize,
+    chunk: &[u8],
+    mut received: impl FnMut(&[u8]),
+    mut between: impl FnMut(),
+) {
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mut sent, mut got, mut from) = (0usize, 0usize, 0usize);
+    changes.wait("the stream", || {
+        loop {
+            let mut moved = false;
+            if sent < total {
+                let want = (total - sent).min(chunk.len() - from);
+                let n = client.send(&chunk[from..from + want]).unwrap();
+                sent += n;
+                from = (from + n) % chunk.len();
+                moved |= n > 0;
+            }
+            match server.recv(&mut buf) {
+                Received::Data(n) => {
+                    received(&buf[..n]);
+                    got += n;
+                    moved = true;
+                }
+                Received::Pending => {}
+                other => panic!("{other:?} after {got}"),
+            }
+            between();
+            if got >= total {
+                return Some(());
+            }
+            if !moved {
+                return None;
+            }
+        }
+    });
+}
+
 fn pattern(len: usize, salt: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt))
@@ -1180,60 +1245,24 @@ fn a_hundred_megabytes_arrive_intact() {
             .run("bulk", move || {
                 let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
                 let changes = Changes::new();
-                let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
-                let client = connect(
-                    &provider,
-                    client_credential(ALL, 0),
-                    listener.local_port(),
-                    "localhost",
-                    b"",
-                    &changes,
-                );
-                let server = changes.wait("an accepted session", || listener.next());
-                open(&client, &changes);
-                open(&server, &changes);
-                // A running FNV-1a over both ends; data from a counter so every byte differs in
-                // position.
-                let fnv = |h: u64, bytes: &[u8]| {
-                    bytes
-                        .iter()
-                        .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-                };
+                let (listener, client, server) = established_pair(&provider, thumbprint, &changes);
+                // FNV-1a over what arrived and over what was sent (the chunk repeated); data
+                // from a counter so every byte differs in position.
+                const BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+                let fnv = |h: u64, b: u8| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
                 let chunk: Vec<u8> = (0..65536u32).map(|i| (i * 7 + i / 251) as u8).collect();
-                let (mut sent, mut received) = (0usize, 0usize);
-                let (mut hs, mut hr) = (0xcbf2_9ce4_8422_2325u64, 0xcbf2_9ce4_8422_2325u64);
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut pending_from = 0usize;
-                changes.wait("100 MB", || {
-                    loop {
-                        let mut moved = false;
-                        if sent < TOTAL {
-                            let want = (TOTAL - sent).min(chunk.len() - pending_from);
-                            let n = client
-                                .send(&chunk[pending_from..pending_from + want])
-                                .unwrap();
-                            hs = fnv(hs, &chunk[pending_from..pending_from + n]);
-                            sent += n;
-                            pending_from = (pending_from + n) % chunk.len();
-                            moved |= n > 0;
-                        }
-                        match server.recv(&mut buf) {
-                            Received::Data(n) => {
-                                hr = fnv(hr, &buf[..n]);
-                                received += n;
-                                moved = true;
-                            }
-                            Received::Pending => {}
-                            other => panic!("{other:?} after {received}"),
-                        }
-                        if received >= TOTAL {
-                            return Some(());
-                        }
-                        if !moved {
-                            return None;
-                        }
-                    }
-                });
+                let (mut hr, mut received) = (BASIS, 0usize);
+                let arrived = |bytes: &[u8]| {
+                    hr = bytes.iter().fold(hr, |h, &b| fnv(h, b));
+                    received += bytes.len();
+                };
+                stream(&client, &server, &changes, TOTAL, &chunk, arrived, || {});
+                let hs = chunk
+                    .iter()
+                    .cycle()
+                    .take(TOTAL)
+                    .fold(BASIS, |h, &b| fnv(h, b));
+                let sent = client.counters().sent as usize;
                 drop((client, server));
                 finish(listener, &changes, provider);
                 (sent, received, hs, hr)
@@ -1264,18 +1293,8 @@ fn a_busy_connection_packs_records_and_gives_its_buffers_back_when_quiet() {
                 .run("packing", move || {
                     let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
                     let changes = Changes::new();
-                    let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
-                    let client = connect(
-                        &provider,
-                        client_credential(ALL, 0),
-                        listener.local_port(),
-                        "localhost",
-                        b"",
-                        &changes,
-                    );
-                    let server = changes.wait("an accepted session", || listener.next());
-                    open(&client, &changes);
-                    open(&server, &changes);
+                    let (listener, client, server) =
+                        established_pair(&provider, thumbprint, &changes);
                     let buffers =
                         || client.counters().buffer_bytes + server.counters().buffer_bytes;
                     // The handshake's larger send buffer goes once its last flight is out.
@@ -1283,36 +1302,10 @@ fn a_busy_connection_packs_records_and_gives_its_buffers_back_when_quiet() {
                         let b = buffers();
                         (b <= 2 * QUIET_BUFFERS).then_some(b)
                     });
+                    let mut busiest = 0;
                     let chunk = pattern(64 * 1024, 3);
-                    let mut buf = vec![0u8; 256 * 1024];
-                    let (mut sent, mut received, mut from, mut busiest) =
-                        (0usize, 0usize, 0usize, 0);
-                    changes.wait("4 MiB", || {
-                        loop {
-                            let mut moved = false;
-                            if sent < TOTAL {
-                                let n = client.send(&chunk[from..]).unwrap();
-                                sent += n;
-                                from = (from + n) % chunk.len();
-                                moved |= n > 0;
-                            }
-                            match server.recv(&mut buf) {
-                                Received::Data(n) => {
-                                    received += n;
-                                    moved = true;
-                                }
-                                Received::Pending => {}
-                                other => panic!("{other:?} after {received}"),
-                            }
-                            busiest = busiest.max(buffers());
-                            if received >= TOTAL {
-                                return Some(());
-                            }
-                            if !moved {
-                                return None;
-                            }
-                        }
-                    });
+                    let watch = || busiest = busiest.max(buffers());
+                    stream(&client, &server, &changes, TOTAL, &chunk, |_| {}, watch);
                     let quiet_after = changes.wait("buffers given back", || {
                         let b = buffers();
                         (b <= 2 * QUIET_BUFFERS).then_some(b)
