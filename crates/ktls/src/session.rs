@@ -52,10 +52,10 @@ const EV_CONTROL: u32 = 8;
 const EV_USER: u32 = 16;
 const EV_TIMER: u32 = 32;
 
-/// Most ciphertext one TLS record takes on the wire (16 KiB + 256 expansion + 5 header).
-const MAX_RECORD: usize = MAX_PLAINTEXT + 256 + 5;
 /// Most plaintext one TLS record carries.
 const MAX_PLAINTEXT: usize = 16384;
+/// Most ciphertext one TLS record takes on the wire (16 KiB + 256 expansion + 5 header).
+const MAX_RECORD: usize = MAX_PLAINTEXT + 256 + 5;
 /// Room one record takes in the send buffer (its plaintext, header and trailer).
 const TX_RECORD: usize = MAX_PLAINTEXT + 64;
 /// Receive buffer of a handshaking or quiet connection: one maximum record with its header and
@@ -522,7 +522,8 @@ impl<O: Observer> Session<O> {
         self.worker.target().mailbox.lock().failure
     }
 
-    /// Bytes moved so far.
+    /// Bytes moved so far, how many WSK calls carried them, and the buffer bytes held (as of
+    /// the last drain).
     pub fn counters(&self) -> Counters {
         self.worker.target().mailbox.lock().counters
     }

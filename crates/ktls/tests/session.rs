@@ -352,14 +352,21 @@ fn echo(
     })
 }
 
-/// A listener with a client connected to it, both ends established (any version, no ALPN).
-/// The caller drops the sessions before it finishes the listener.
+/// A WSK registration, a change tracker, and a listener with the test server certificate and
+/// no ALPN: what most tests serve with. Finish with [`finish`] after dropping the sessions.
+fn plain_listener(thumbprint: Thumbprint) -> (Provider, Changes, Listener<Changes>) {
+    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+    let changes = Changes::new();
+    let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+    (provider, changes, listener)
+}
+
+/// A client connected to `listener`, both ends established (any version, no ALPN).
 fn established_pair(
     provider: &Provider,
-    thumbprint: Thumbprint,
+    listener: &Listener<Changes>,
     changes: &Changes,
-) -> (Listener<Changes>, Session<Changes>, Session<Changes>) {
-    let listener = listen(provider, server_credential(thumbprint), b"", changes);
+) -> (Session<Changes>, Session<Changes>) {
     let client = connect(
         provider,
         client_credential(ALL, 0),
@@ -371,7 +378,7 @@ fn established_pair(
     let server = changes.wait("an accepted session", || listener.next());
     open(&client, changes);
     open(&server, changes);
-    (listener, client, server)
+    (client, server)
 }
 
 /// Streams `total` bytes of `chunk` repeated from `client` to `server`, handing each received
@@ -646,9 +653,7 @@ fn a_key_update_from_openssl_is_answered_and_the_records_behind_it_are_read() {
             let thumbprint = pki.thumbprint;
             let output = kernel
                 .run("server", move || {
-                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::new();
-                    let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                    let (provider, changes, listener) = plain_listener(thumbprint);
                     // Without -quiet, s_client takes an input chunk starting with "K" as "send a
                     // KeyUpdate that asks for one back"; OpenSSL sends the KeyUpdate with its next
                     // write, so the data line that follows arrives right behind it.
@@ -849,9 +854,7 @@ fn a_wrong_name_fails_the_client_handshake_with_its_sspi_status() {
             let thumbprint = pki.thumbprint;
             let (client_failure, server_failure) = kernel
                 .run("wrong-name", move || {
-                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::new();
-                    let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                    let (provider, changes, listener) = plain_listener(thumbprint);
                     let client = connect(
                         &provider,
                         client_credential(ALL, 0),
@@ -897,9 +900,7 @@ fn an_untrusted_server_fails_unless_validation_is_manual() {
                 .unwrap();
             let (strict, manual) = kernel
                 .run("untrusted", move || {
-                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::new();
-                    let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                    let (provider, changes, listener) = plain_listener(thumbprint);
                     let port = listener.local_port();
                     let strict = connect(
                         &provider,
@@ -942,9 +943,7 @@ fn peers_that_abort_mid_handshake_or_trickle_bytes_are_handled() {
             let thumbprint = pki.thumbprint;
             kernel
                 .run("hostile", move || {
-                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::new();
-                    let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                    let (provider, changes, listener) = plain_listener(thumbprint);
                     let port = listener.local_port();
                     // 1. A peer that sends half a ClientHello and leaves.
                     let mut peer = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -1037,9 +1036,7 @@ fn dropping_sessions_mid_handshake_and_mid_transfer_leaks_nothing() {
             let thumbprint = pki.thumbprint;
             kernel
                 .run("drop", move || {
-                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::new();
-                    let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                    let (provider, changes, listener) = plain_listener(thumbprint);
                     let credential = client_credential(ALL, 0);
                     // Handshakes abandoned at once, in flight.
                     for _ in 0..8 {
@@ -1163,9 +1160,7 @@ fn driver_server_with_gnutls_cli_and_driver_client_with_gnutls_serv() {
             let thumbprint = pki.thumbprint;
             let output = kernel
                 .run("gnutls-cli", move || {
-                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::new();
-                    let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                    let (provider, changes, listener) = plain_listener(thumbprint);
                     let mut command = Command::new("gnutls-cli");
                     command.args([
                         "--x509cafile",
@@ -1243,9 +1238,8 @@ fn a_hundred_megabytes_arrive_intact() {
         const TOTAL: usize = 100 * 1000 * 1000;
         let (sent, received, digest_sent, digest_received) = kernel
             .run("bulk", move || {
-                let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                let changes = Changes::new();
-                let (listener, client, server) = established_pair(&provider, thumbprint, &changes);
+                let (provider, changes, listener) = plain_listener(thumbprint);
+                let (client, server) = established_pair(&provider, &listener, &changes);
                 // FNV-1a over what arrived and over what was sent (the chunk repeated); data
                 // from a counter so every byte differs in position.
                 const BASIS: u64 = 0xcbf2_9ce4_8422_2325;
@@ -1291,10 +1285,8 @@ fn a_busy_connection_packs_records_and_gives_its_buffers_back_when_quiet() {
             const TOTAL: usize = 4 << 20;
             let (quiet_before, busiest, quiet_after, client_counters, server_counters) = kernel
                 .run("packing", move || {
-                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::new();
-                    let (listener, client, server) =
-                        established_pair(&provider, thumbprint, &changes);
+                    let (provider, changes, listener) = plain_listener(thumbprint);
+                    let (client, server) = established_pair(&provider, &listener, &changes);
                     let buffers =
                         || client.counters().buffer_bytes + server.counters().buffer_bytes;
                     // The handshake's larger send buffer goes once its last flight is out.
@@ -1356,9 +1348,7 @@ fn pinning_accepts_the_pinned_certificate_only_and_reports_the_peer_digest() {
             let (thumbprint, digest) = (pki.thumbprint, pki.digest);
             let (reported, wrong) = kernel
                 .run("pinning", move || {
-                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                    let changes = Changes::new();
-                    let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                    let (provider, changes, listener) = plain_listener(thumbprint);
                     let port = listener.local_port();
                     let manual = client_credential(ALL, SCH_CRED_MANUAL_CRED_VALIDATION);
                     // The right pin, and a name that would not validate: pinning replaces both.
@@ -1407,9 +1397,7 @@ fn an_expired_server_certificate_fails_validation() {
             .unwrap();
         let failure = kernel
             .run("expired", move || {
-                let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                let changes = Changes::new();
-                let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                let (provider, changes, listener) = plain_listener(thumbprint);
                 let client = connect_with(
                     &provider,
                     client_credential(ALL, 0),
@@ -1525,9 +1513,7 @@ fn a_client_resolves_its_host_name_first() {
         let thumbprint = pki.thumbprint;
         let state = kernel
             .run("resolve", move || {
-                let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                let changes = Changes::new();
-                let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                let (provider, changes, listener) = plain_listener(thumbprint);
                 // Only the port of `remote` counts: the address comes from resolving the name.
                 // SAFETY: as in `listen`.
                 let client = unsafe {
@@ -1577,9 +1563,7 @@ fn five_hundred_concurrent_connections() {
         let thumbprint = pki.thumbprint;
         let (opened, echoed) = kernel
             .run("concurrent", move || {
-                let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
-                let changes = Changes::new();
-                let listener = listen(&provider, server_credential(thumbprint), b"", &changes);
+                let (provider, changes, listener) = plain_listener(thumbprint);
                 let port = listener.local_port();
                 let credential = client_credential(ALL, 0);
                 let clients: Vec<Session<Changes>> = (0..N)
