@@ -5,7 +5,10 @@ use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use kemu::testing::sspi::{CredentialSpec, Tls, acquire, free_credential};
+use kemu::testing::sspi::{
+    CredentialSpec, Tls, acquire, acquire_raw, client_credentials, client_tls_parameters,
+    free_credential,
+};
 use kemu::{CallbackSchedule, FaultPlan, Kernel, KernelConfig, TestCa, Thumbprint, Validity};
 use ksys::schannel::*;
 use ksys::sspi::*;
@@ -496,6 +499,9 @@ mod async_rules {
                     MaximumLength: 16,
                     Buffer: package.as_ptr() as *mut u16,
                 };
+                let mut tls = client_tls_parameters(!SP_PROT_TLS1_3_CLIENT);
+                let mut creds = client_credentials(&mut tls);
+                let auth = &mut creds as *mut SCH_CREDENTIALS as *mut std::ffi::c_void;
                 // SAFETY: valid arguments; the first async call is wedged by the fault plan.
                 unsafe {
                     let queued = SspiAcquireCredentialsHandleAsyncW(
@@ -504,7 +510,7 @@ mod async_rules {
                         &package,
                         SECPKG_CRED_OUTBOUND,
                         std::ptr::null_mut(),
-                        std::ptr::null_mut(),
+                        auth,
                         std::ptr::null_mut(),
                         std::ptr::null_mut(),
                         &mut handle,
@@ -518,7 +524,7 @@ mod async_rules {
                             &package,
                             SECPKG_CRED_OUTBOUND,
                             std::ptr::null_mut(),
-                            std::ptr::null_mut(),
+                            auth,
                             std::ptr::null_mut(),
                             std::ptr::null_mut(),
                             &mut handle,
@@ -601,19 +607,65 @@ mod async_rules {
         expect_sspi_bugcheck(r, "freed");
     }
 
+    /// grbitDisabledProtocols = 0 means the system defaults, TLS 1.0/1.1 included on many builds:
+    /// a credential that does not disable everything below TLS 1.2 is a verifier stop, and so
+    /// is a client credential with no SCH_CREDENTIALS at all.
     #[test]
-    fn leaked_handles_are_reported_and_control_tokens_are_unsupported() {
+    fn a_credential_leaving_old_protocols_at_the_system_default_is_a_violation() {
+        for disabled in [
+            0,
+            SP_PROT_TLS1_0_CLIENT | SP_PROT_SSL3_CLIENT,
+            SP_PROT_TLS1_2_CLIENT,
+        ] {
+            let kernel = boot(CallbackSchedule::Random);
+            let r = kernel.run("defaults", move || {
+                let mut tls = client_tls_parameters(0);
+                tls.grbitDisabledProtocols = disabled;
+                let mut creds = client_credentials(&mut tls);
+                // SAFETY: the credentials and their parameters outlive the call.
+                unsafe { acquire_raw(&mut creds as *mut SCH_CREDENTIALS as *mut std::ffi::c_void) }
+            });
+            expect_sspi_bugcheck(r, "below TLS 1.2");
+        }
         let kernel = boot(CallbackSchedule::Random);
-        let unsupported = kernel
+        // SAFETY: NULL auth data is allowed (it is the violation under test).
+        let r = kernel.run("no credentials", || unsafe {
+            acquire_raw(std::ptr::null_mut())
+        });
+        expect_sspi_bugcheck(r, "system default");
+        // Disabling exactly what is not wanted (~wanted, as MsQuic does) is accepted.
+        let kernel = boot(CallbackSchedule::Random);
+        let status = kernel
+            .run("exact", || {
+                let mut tls = client_tls_parameters(!SP_PROT_TLS1_3_CLIENT);
+                let mut creds = client_credentials(&mut tls);
+                // SAFETY: as above.
+                let r = unsafe {
+                    acquire_raw(&mut creds as *mut SCH_CREDENTIALS as *mut std::ffi::c_void)
+                };
+                if let Ok(h) = r {
+                    free_credential(h);
+                }
+                r.err().unwrap_or(SEC_E_OK)
+            })
+            .unwrap();
+        assert_eq!(status, SEC_E_OK);
+        kernel.shutdown().unwrap();
+    }
+
+    #[test]
+    fn leaked_handles_are_reported_and_control_tokens_need_a_context() {
+        let kernel = boot(CallbackSchedule::Random);
+        let refused = kernel
             .run("leak", || {
                 let cred = acquire(&CredentialSpec::default()).unwrap();
                 let _leaked = cred;
                 let mut h = SecHandle::INVALID;
-                // SAFETY: ApplyControlToken with a dummy handle: kernel mode refuses it first.
+                // SAFETY: ApplyControlToken with a handle that names no context.
                 unsafe { ApplyControlToken(&mut h, std::ptr::null_mut()) }
             })
             .unwrap();
-        assert_eq!(unsupported, SEC_E_UNSUPPORTED_FUNCTION);
+        assert_eq!(refused, SEC_E_INVALID_HANDLE);
         match kernel.shutdown() {
             Err(kemu::KernelError::Leaks(r)) => {
                 assert!(r.leaks.iter().any(|l| l.tag.contains("credential")), "{r}")

@@ -252,6 +252,83 @@ fn closing_without_disconnect_resets_and_peer_reset_is_reported() {
     kernel.shutdown().unwrap();
 }
 
+/// A WSK socket bound to [::] is IPv6-only (Windows' default, unlike Linux's dual stack) until
+/// IPV6_V6ONLY is set to FALSE before the bind, as echosrv does.
+#[test]
+fn an_ipv6_socket_is_ipv6_only_unless_told_otherwise() {
+    let kernel = boot(CallbackSchedule::Random);
+    for dual_stack in [false, true] {
+        let port = kernel
+            .run("v6 listener", move || {
+                let client = Client::register();
+                let s = client
+                    .socket_of(AF_INET6 as u16, WSK_FLAG_LISTEN_SOCKET)
+                    .unwrap();
+                if dual_stack {
+                    let mut off = 0u32;
+                    // SAFETY: a live listen socket; the value outlives the call.
+                    let (status, _) = call(|irp| unsafe {
+                        listen_dispatch(s).Basic.WskControlSocket.unwrap()(
+                            s.raw(),
+                            WSK_SET_OPTION,
+                            IPV6_V6ONLY,
+                            IPPROTO_IPV6,
+                            4,
+                            &mut off as *mut u32 as *mut c_void,
+                            0,
+                            std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                            irp,
+                        )
+                    });
+                    assert_eq!(status, STATUS_SUCCESS);
+                }
+                let mut any = SOCKADDR_IN6 {
+                    sin6_family: AF_INET6 as u16,
+                    ..Default::default()
+                };
+                // SAFETY: a live listen socket and our address.
+                let (status, _) = call(|irp| unsafe {
+                    listen_dispatch(s).WskBind.unwrap()(
+                        s.raw(),
+                        &mut any as *mut _ as *mut SOCKADDR,
+                        0,
+                        irp,
+                    )
+                });
+                assert_eq!(status, STATUS_SUCCESS);
+                let mut bound = SOCKADDR_IN6::default();
+                // SAFETY: as above.
+                let (status, _) = call(|irp| unsafe {
+                    listen_dispatch(s).WskGetLocalAddress.unwrap()(
+                        s.raw(),
+                        &mut bound as *mut _ as *mut SOCKADDR,
+                        irp,
+                    )
+                });
+                assert_eq!(status, STATUS_SUCCESS);
+                // The socket stays open while the host probes it.
+                std::mem::forget(client);
+                (u16::from_be(bound.sin6_port), s.raw() as usize)
+            })
+            .unwrap();
+        let v4 = TcpStream::connect_timeout(
+            &SocketAddr::from((Ipv4Addr::LOCALHOST, port.0)),
+            Duration::from_secs(5),
+        );
+        let v6 = TcpStream::connect_timeout(
+            &SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port.0)),
+            Duration::from_secs(5),
+        );
+        assert!(v6.is_ok(), "IPv6 clients always reach [::]");
+        assert_eq!(
+            v4.is_ok(),
+            dual_stack,
+            "IPv4 reaches [::] only with IPV6_V6ONLY = FALSE"
+        );
+    }
+}
+
 #[test]
 fn refused_and_address_in_use_are_reported_as_windows_does() {
     let kernel = boot(CallbackSchedule::Random);

@@ -120,6 +120,7 @@ layouts! {
     SecPkgContext_Certificates as "_SecPkgContext_Certificates" = 16 {
         cCertificates @ 0, cbCertificateChain @ 4, pbCertificateChain @ 8
     }
+    SCHANNEL_ALERT_TOKEN as "_SCHANNEL_ALERT_TOKEN" = 12 { dwTokenType @ 0, dwAlertType @ 4, dwAlertNumber @ 8 }
     SecPkgContext_CertificateValidationResult as "_SecPkgContext_CertificateValidationResult" = 8 {
         dwChainErrorStatus @ 0, hrVerifyChainStatus @ 4
     }

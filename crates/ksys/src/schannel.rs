@@ -161,6 +161,16 @@ consts! { u32; SCHANNEL_NAMES;
     SCH_CRED_SNI_ENABLE_OCSP = 0x100000;
     SCH_USE_STRONG_CRYPTO = 0x400000;
     SCH_CRED_DEFERRED_CRED_VALIDATION = 0x0400_0000;
+    SP_PROT_PCT1_SERVER = 0x1;
+    SP_PROT_PCT1_CLIENT = 0x2;
+    SP_PROT_SSL2_SERVER = 0x4;
+    SP_PROT_SSL2_CLIENT = 0x8;
+    SP_PROT_SSL3_SERVER = 0x10;
+    SP_PROT_SSL3_CLIENT = 0x20;
+    SP_PROT_TLS1_0_SERVER = 0x40;
+    SP_PROT_TLS1_0_CLIENT = 0x80;
+    SP_PROT_TLS1_1_SERVER = 0x100;
+    SP_PROT_TLS1_1_CLIENT = 0x200;
     SP_PROT_TLS1_2_SERVER = 0x400;
     SP_PROT_TLS1_2_CLIENT = 0x800;
     SP_PROT_TLS1_3_SERVER = 0x1000;
@@ -168,4 +178,31 @@ consts! { u32; SCHANNEL_NAMES;
     SCHANNEL_RENEGOTIATE = 0;
     SCHANNEL_SHUTDOWN = 1;
     SCHANNEL_ALERT = 2;
+    TLS1_ALERT_WARNING = 1;
+    TLS1_ALERT_FATAL = 2;
+}
+
+/// Every protocol below TLS 1.2, both directions: what a credential must disable explicitly,
+/// since `grbitDisabledProtocols` = 0 leaves them at the system's defaults.
+pub const SP_PROT_BELOW_TLS1_2: u32 = SP_PROT_PCT1_SERVER
+    | SP_PROT_PCT1_CLIENT
+    | SP_PROT_SSL2_SERVER
+    | SP_PROT_SSL2_CLIENT
+    | SP_PROT_SSL3_SERVER
+    | SP_PROT_SSL3_CLIENT
+    | SP_PROT_TLS1_0_SERVER
+    | SP_PROT_TLS1_0_CLIENT
+    | SP_PROT_TLS1_1_SERVER
+    | SP_PROT_TLS1_1_CLIENT;
+
+/// ApplyControlToken's SCHANNEL_ALERT token: the next ISC/ASC call produces this alert record.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SCHANNEL_ALERT_TOKEN {
+    /// [`SCHANNEL_ALERT`].
+    pub dwTokenType: u32,
+    /// [`TLS1_ALERT_WARNING`] or [`TLS1_ALERT_FATAL`].
+    pub dwAlertType: u32,
+    /// The TLS AlertDescription.
+    pub dwAlertNumber: u32,
 }

@@ -30,9 +30,9 @@ impl SecHandle {
         dwUpper: usize::MAX - 1,
     };
 
-    /// `SecIsValidHandle`.
+    /// `SecIsValidHandle`: invalid when either word is all ones (as sspi.h tests it).
     pub fn is_valid(&self) -> bool {
-        *self != Self::INVALID
+        self.dwLower != usize::MAX && self.dwUpper != usize::MAX
     }
 }
 

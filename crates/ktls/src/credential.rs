@@ -60,21 +60,33 @@ impl Credential {
     /// SspiAcquireCredentialsHandleAsyncW, waiting for its callback: call at PASSIVE_LEVEL from a
     /// dispatch routine (it waits), never from a completion path.
     pub fn acquire(spec: &CredentialSpec) -> Result<PoolArc<Credential>, SECURITY_STATUS> {
-        let mut disabled = 0u32;
         let (p12, p13) = if spec.inbound {
             (SP_PROT_TLS1_2_SERVER, SP_PROT_TLS1_3_SERVER)
         } else {
             (SP_PROT_TLS1_2_CLIENT, SP_PROT_TLS1_3_CLIENT)
         };
-        if !spec.versions.tls12 {
-            disabled |= p12;
+        let mut wanted = 0u32;
+        if spec.versions.tls12 {
+            wanted |= p12;
         }
-        if !spec.versions.tls13 {
-            disabled |= p13;
+        if spec.versions.tls13 {
+            wanted |= p13;
         }
-        if disabled == p12 | p13 {
+        if wanted == 0 {
             return Err(SEC_E_ALGORITHM_MISMATCH);
         }
+        // Every protocol not asked for is disabled: 0 would mean the system's defaults, which
+        // include TLS 1.0/1.1 on many builds (MsQuic disables ~wanted the same way).
+        let disabled = !wanted;
+        // Clients never fall back to a default client certificate (SCH_CRED_NO_DEFAULT_CREDS,
+        // as MsQuic and curl); servers insist on strong crypto and map no client certificate
+        // to a Windows account.
+        let flags = spec.flags
+            | if spec.inbound {
+                SCH_USE_STRONG_CRYPTO | SCH_CRED_NO_SYSTEM_MAPPER
+            } else {
+                SCH_CRED_NO_DEFAULT_CREDS
+            };
         let waiter = PoolArc::try_new(Waiter {
             // SAFETY: KEVENT is plain data, initialized below before use.
             event: UnsafeCell::new(unsafe { core::mem::zeroed() }),
@@ -103,19 +115,21 @@ impl Credential {
         };
         let mut creds = SCH_CREDENTIALS {
             dwVersion: SCH_CREDENTIALS_VERSION,
-            dwCredFormat: SCH_CRED_FORMAT_CERT_HASH_STORE,
+            // A format only with a certificate to go with it.
+            dwCredFormat: 0,
             cCreds: 0,
             paCred: core::ptr::null_mut(),
             hRootStore: core::ptr::null_mut(),
             cMappers: 0,
             aphMappers: core::ptr::null_mut(),
             dwSessionLifespan: 0,
-            dwFlags: spec.flags,
+            dwFlags: flags,
             cTlsParameters: 1,
             pTlsParameters: &mut tls,
         };
         if let Some(t) = spec.thumbprint {
             hash.ShaHash = t;
+            creds.dwCredFormat = SCH_CRED_FORMAT_CERT_HASH_STORE;
             creds.cCreds = 1;
             creds.paCred = &mut hash as *mut _ as *mut c_void;
         }

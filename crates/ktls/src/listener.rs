@@ -68,6 +68,7 @@ struct Mailbox<O: Observer> {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Step {
     Create,
+    DualStack,
     Bind,
     Address,
     Accept,
@@ -82,6 +83,8 @@ struct Engine<O: Observer + Clone> {
     op: Op<O>,
     step: Option<Step>,
     local: SOCKADDR_STORAGE,
+    /// IPV6_V6ONLY's value for an IPv6 listener (FALSE: IPv4 clients too, as echosrv does).
+    v6only: u32,
     credential: Option<PoolArc<Credential>>,
     alpn: Vec<u8>,
     closing: bool,
@@ -141,6 +144,7 @@ impl<O: Observer + Clone> Listener<O> {
                 op: IrpOp::try_new(EV_OP)?,
                 step: None,
                 local: config.local,
+                v6only: 0,
                 credential: Some(credential),
                 alpn: config.alpn,
                 closing: false,
@@ -284,6 +288,16 @@ impl<O: Observer + Clone> Engine<O> {
         });
     }
 
+    fn bind(&mut self, worker: &Worker<Shared<O>>) {
+        let socket = self.socket;
+        let bind = self.listen_dispatch().WskBind.unwrap();
+        let local = &mut self.local as *mut SOCKADDR_STORAGE as *mut SOCKADDR;
+        self.start(worker, Step::Bind, |irp| {
+            // SAFETY: a live listen socket; the address lives in the engine.
+            unsafe { bind(socket, local, 0, irp) }
+        });
+    }
+
     fn accept(&mut self, worker: &Worker<Shared<O>>) {
         let socket = self.socket;
         let accept = self.listen_dispatch().WskAccept.unwrap();
@@ -321,13 +335,39 @@ impl<O: Observer + Clone> Engine<O> {
                 if self.closing {
                     return;
                 }
-                let socket = self.socket;
-                let bind = self.listen_dispatch().WskBind.unwrap();
-                let local = &mut self.local as *mut SOCKADDR_STORAGE as *mut SOCKADDR;
-                self.start(worker, Step::Bind, |irp| {
-                    // SAFETY: a live listen socket; the address lives in the engine.
-                    unsafe { bind(socket, local, 0, irp) }
-                });
+                if self.local.ss_family == AF_INET6 as u16 {
+                    // WSK sockets are IPv6-only by default: say what this listener wants
+                    // before the bind instead of inheriting the platform's choice.
+                    let socket = self.socket;
+                    let control = self.listen_dispatch().Basic.WskControlSocket.unwrap();
+                    let value = &mut self.v6only as *mut u32 as *mut core::ffi::c_void;
+                    self.start(worker, Step::DualStack, |irp| {
+                        // SAFETY: a live listen socket; the option value lives in the engine.
+                        unsafe {
+                            control(
+                                socket,
+                                WSK_SET_OPTION,
+                                IPV6_V6ONLY,
+                                IPPROTO_IPV6,
+                                core::mem::size_of::<u32>(),
+                                value,
+                                0,
+                                core::ptr::null_mut(),
+                                core::ptr::null_mut(),
+                                irp,
+                            )
+                        }
+                    });
+                } else {
+                    self.bind(worker);
+                }
+            }
+            Some(Step::DualStack) => {
+                if !nt_success(status) {
+                    self.fail(shared, status);
+                    return;
+                }
+                self.bind(worker);
             }
             Some(Step::Bind) => {
                 if !nt_success(status) {

@@ -223,6 +223,9 @@ pub struct Counters {
     pub record_receives: u64,
     /// Bytes the send and receive buffers hold now: pool a connection keeps for its I/O.
     pub buffer_bytes: usize,
+    /// Post-handshake messages answered (TLS 1.3 tickets and KeyUpdates: each one a
+    /// SEC_I_RENEGOTIATE and an ISC/ASC call).
+    pub post_handshake_messages: u64,
 }
 
 /// What the engine looked like when its drain last finished: for reports about a request
@@ -326,8 +329,14 @@ struct Engine<O: Observer> {
     handshake_started: bool,
     /// The handshake needs more bytes than `rx` holds.
     need_input: bool,
-    /// A post-handshake exchange (KeyUpdate answer) must be fetched before encrypting.
+    /// DecryptMessage returned SEC_I_RENEGOTIATE: the post-handshake message at the front of
+    /// `rx` goes to ISC/ASC before anything else is decrypted or encrypted.
     renegotiate: bool,
+    /// Bytes of `rx` the ISC/ASC call in flight was given.
+    call_input: usize,
+    /// ISC returned SEC_I_INCOMPLETE_CREDENTIALS once; the repeated call goes on without a
+    /// client certificate.
+    incomplete_credentials: bool,
     sizes: SecPkgContext_StreamSizes,
     failure: Option<Failure>,
     close_notify_sent: bool,
@@ -467,6 +476,8 @@ impl<O: Observer> Session<O> {
             handshake_started: false,
             need_input: server,
             renegotiate: false,
+            call_input: 0,
+            incomplete_credentials: false,
             sizes: SecPkgContext_StreamSizes::default(),
             failure: None,
             close_notify_sent: false,
@@ -634,6 +645,24 @@ impl<O: Observer> Drop for Session<O> {
 }
 
 /// SEC_APPLICATION_PROTOCOLS for an ALPN wire list (empty stays empty).
+/// Whether `bytes` is a run of whole TLS records (5-byte headers of a known content type and
+/// version 3.x, each length within a record's limit, ending exactly at the end): how a token
+/// Schannel really wrote looks, unlike a buffer it left untouched.
+fn whole_records(bytes: &[u8]) -> bool {
+    let mut at = 0;
+    while at < bytes.len() {
+        let Some(header) = bytes.get(at..at + 5) else {
+            return false;
+        };
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if !(20..=23).contains(&header[0]) || header[1] != 3 || len == 0 || len > MAX_RECORD {
+            return false;
+        }
+        at += 5 + len;
+    }
+    at == bytes.len() && at > 0
+}
+
 /// Moves as many bytes as fit from the front of `queue` into `out` (two slice copies at most,
 /// not a byte at a time: this is every byte sent and received).
 fn take_front(queue: &mut VecDeque<u8>, out: &mut [u8]) -> usize {
@@ -785,7 +814,7 @@ impl<O: Observer> Engine<O> {
                         self.start_send(worker, len);
                     }
                 } else if self.renegotiate {
-                    if !self.sspi_pending && self.send.is_idle() {
+                    if !self.sspi_pending && self.send.is_idle() && !self.need_input {
                         self.handshake_step(conn, worker);
                     }
                 } else if self.send.is_idle() && !self.release_after_send {
@@ -794,7 +823,14 @@ impl<O: Observer> Engine<O> {
                 if self.phase == Phase::Open && shutdown {
                     self.shutdown_step(conn, worker);
                 }
-                if self.phase == Phase::Open && !self.peer_ended && self.window_open(conn) {
+                // While a post-handshake message is answered `rx` is ISC/ASC's input and is
+                // compacted when it returns: receive only when that call asked for more.
+                let receive = !self.renegotiate || (self.need_input && !self.sspi_pending);
+                if self.phase == Phase::Open
+                    && !self.peer_ended
+                    && receive
+                    && self.window_open(conn)
+                {
                     self.start_receive(conn, worker);
                 }
             }
@@ -1125,6 +1161,7 @@ impl<O: Observer> Engine<O> {
             Phase::Handshaking => self.need_input = false,
             Phase::Open => {
                 conn.mailbox.lock().counters.record_receives += 1;
+                self.need_input = false;
                 self.decrypt_all(conn);
             }
             _ => {}
@@ -1153,13 +1190,11 @@ impl<O: Observer> Engine<O> {
         let first = !self.handshake_started;
         self.handshake_started = true;
         let rx = self.rx.bytes().as_mut_ptr();
-        // After the handshake (a KeyUpdate answer) the input is empty: a receive may be
-        // filling `rx` meanwhile.
-        let input_len = if self.phase == Phase::Open {
-            0
-        } else {
-            self.rx_len
-        };
+        // Handshaking: what has arrived. After the handshake: the post-handshake message
+        // DecryptMessage returned (SEC_I_RENEGOTIATE) and what followed it, at the front of `rx`
+        // (no receive runs meanwhile).
+        let input_len = self.rx_len;
+        self.call_input = input_len;
         let c = &mut self.call;
         c.input = [
             SecBuffer::new(SECBUFFER_TOKEN, rx as *mut c_void, input_len as u32),
@@ -1167,7 +1202,9 @@ impl<O: Observer> Engine<O> {
             SecBuffer::EMPTY,
         ];
         let mut inputs = 2;
-        let offer_alpn = !self.alpn_blob.is_empty() && (conn.server || first);
+        let offer_alpn = !self.alpn_blob.is_empty()
+            && self.phase == Phase::Handshaking
+            && (conn.server || first);
         if offer_alpn {
             c.input[2] = SecBuffer::new(
                 SECBUFFER_APPLICATION_PROTOCOLS,
@@ -1199,10 +1236,16 @@ impl<O: Observer> Engine<O> {
         c.new_context = SecHandle::INVALID;
         c.attributes = 0;
         c.expiry = 0;
+        // No name is an empty string {0, 0, NULL} (never a NULL UNICODE_STRING, and never
+        // an empty Vec's dangling pointer).
         c.target = UNICODE_STRING {
             Length: (self.target.len() * 2) as u16,
             MaximumLength: (self.target.len() * 2) as u16,
-            Buffer: self.target.as_mut_ptr(),
+            Buffer: if self.target.is_empty() {
+                core::ptr::null_mut()
+            } else {
+                self.target.as_mut_ptr()
+            },
         };
         let existing: *mut SecHandle = if self.context.is_valid() {
             &mut self.context
@@ -1243,11 +1286,14 @@ impl<O: Observer> Engine<O> {
                 )
             }
         } else {
-            let requirements = (ISC_REQ_REPLAY_DETECT
+            let mut requirements = (ISC_REQ_REPLAY_DETECT
                 | ISC_REQ_SEQUENCE_DETECT
                 | ISC_REQ_CONFIDENTIALITY
                 | ISC_REQ_EXTENDED_ERROR
                 | ISC_REQ_STREAM) as u32;
+            if self.incomplete_credentials {
+                requirements |= ISC_REQ_USE_SUPPLIED_CREDS as u32;
+            }
             // SAFETY: as above; the target name is never NULL (an empty name is an empty string).
             unsafe {
                 SspiInitializeSecurityContextAsyncW(
@@ -1282,24 +1328,25 @@ impl<O: Observer> Engine<O> {
         if c.new_context.is_valid() && !self.context.is_valid() {
             self.context = c.new_context;
         }
-        let token = if c.output[0].kind() == SECBUFFER_TOKEN {
-            (c.output[0].cbBuffer as usize).min(self.tx.len())
+        let capacity = self.tx.len();
+        let written = if c.output[0].kind() == SECBUFFER_TOKEN {
+            c.output[0].cbBuffer as usize
         } else {
             0
         };
         let mut extra = None;
         for b in &c.input {
             if b.kind() == SECBUFFER_EXTRA {
-                extra = Some((b.cbBuffer as usize).min(self.rx_len));
+                extra = Some((b.cbBuffer as usize).min(self.call_input));
             }
         }
+        let consumed = self.call_input - extra.unwrap_or(0);
         match status {
-            SEC_E_OK | SEC_I_CONTINUE_NEEDED => {
-                if self.phase == Phase::Handshaking {
-                    self.keep_extra(extra.unwrap_or(0));
-                }
-                if token > 0 {
-                    self.pending_token = token;
+            SEC_E_OK | SEC_I_CONTINUE_NEEDED | SEC_I_CONTINUE_NEEDED_MESSAGE_OK => {
+                self.incomplete_credentials = false;
+                self.consume_input(consumed);
+                if written > 0 {
+                    self.pending_token = written.min(capacity);
                 }
                 if status == SEC_E_OK {
                     if self.phase == Phase::Handshaking {
@@ -1313,19 +1360,35 @@ impl<O: Observer> Engine<O> {
                     self.need_input = self.rx_len == 0;
                 }
             }
+            SEC_I_INCOMPLETE_CREDENTIALS if !conn.server && !self.incomplete_credentials => {
+                // The server asked for a certificate this credential does not have: call again
+                // with the same input and go on without one (curl and MsQuic do the same).
+                self.incomplete_credentials = true;
+            }
             SEC_E_INCOMPLETE_MESSAGE if self.rx_len >= self.rx.len() => {
                 // A handshake record larger than any legal one: more input cannot help.
                 self.fail_or_end(conn, Some(Failure::tls(SEC_E_ILLEGAL_MESSAGE)));
             }
             SEC_E_INCOMPLETE_MESSAGE => self.need_input = true,
             error => {
-                if token > 0 {
-                    self.pending_token = token;
+                // Only what Schannel really wrote goes to the peer: a token shorter than the
+                // buffer that parses as whole TLS records (the alert), never the buffer itself.
+                let token = &self.tx.bytes()[..written.min(capacity)];
+                if written > 0 && written < capacity && whole_records(token) {
+                    self.pending_token = written;
                     self.release_after_send = true;
                 }
                 self.fail_or_end(conn, Some(Failure::tls(error)));
             }
         }
+    }
+
+    /// Drops the first `consumed` bytes of `rx` (what an ISC/ASC call used up); the rest,
+    /// its EXTRA and anything received after, moves to the front.
+    fn consume_input(&mut self, consumed: usize) {
+        let consumed = consumed.min(self.rx_len);
+        self.rx.bytes().copy_within(consumed..self.rx_len, 0);
+        self.rx_len -= consumed;
     }
 
     /// Drops the consumed front of `rx`, keeping its last `extra` bytes.
@@ -1500,11 +1563,19 @@ impl<O: Observer> Engine<O> {
                             }
                         }
                     }
-                    self.keep_extra(extra.unwrap_or(0));
                     if status == SEC_I_RENEGOTIATE {
+                        // The message for ISC/ASC: EXTRA (kemu, curl's reading of Schannel),
+                        // after any bytes Schannel handed back as DATA instead (.NET's).
+                        let data = buffers
+                            .iter()
+                            .find(|b| b.kind() == SECBUFFER_DATA && b.cbBuffer > 0)
+                            .map(|b| (offset(b), b.cbBuffer as usize));
+                        self.keep_message(data, extra.unwrap_or(0));
                         self.renegotiate = true;
+                        conn.mailbox.lock().counters.post_handshake_messages += 1;
                         return;
                     }
+                    self.keep_extra(extra.unwrap_or(0));
                     if status == SEC_I_CONTEXT_EXPIRED {
                         self.peer_ended = true;
                         conn.mailbox.lock().peer_ended = true;
@@ -1523,6 +1594,19 @@ impl<O: Observer> Engine<O> {
                 }
             }
         }
+    }
+
+    /// After SEC_I_RENEGOTIATE: `data` (if Schannel returned the message there) and then the
+    /// last `extra` bytes of `rx` become the front of `rx`, the next ISC/ASC's input.
+    fn keep_message(&mut self, data: Option<(usize, usize)>, extra: usize) {
+        let extra_at = self.rx_len - extra;
+        let mut len = 0;
+        if let Some((at, n)) = data.filter(|(at, n)| at + n <= extra_at) {
+            self.rx.bytes().copy_within(at..at + n, 0);
+            len = n;
+        }
+        self.rx.bytes().copy_within(extra_at..self.rx_len, len);
+        self.rx_len = len + extra;
     }
 
     /// Moves decrypted bytes to the owner; false if the session failed.

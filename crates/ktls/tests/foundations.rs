@@ -99,6 +99,10 @@ fn acquire_and_free(
         Buffer: package.as_ptr() as *mut u16,
     };
     let mut handle = SecHandle::INVALID;
+    // TLS 1.3 only, everything else disabled (0 would leave old protocols at the defaults).
+    let mut tls =
+        kemu::testing::sspi::client_tls_parameters(!ksys::schannel::SP_PROT_TLS1_3_CLIENT);
+    let mut creds = kemu::testing::sspi::client_credentials(&mut tls);
     let context = op.begin().map_err(|s| s as SECURITY_STATUS)?;
     // SAFETY: valid arguments; the out-parameters outlive the callback (we wait for it).
     let queued = unsafe {
@@ -108,7 +112,7 @@ fn acquire_and_free(
             &package,
             SECPKG_CRED_OUTBOUND,
             std::ptr::null_mut(),
-            std::ptr::null_mut(),
+            &mut creds as *mut ksys::schannel::SCH_CREDENTIALS as *mut c_void,
             std::ptr::null_mut(),
             std::ptr::null_mut(),
             &mut handle,

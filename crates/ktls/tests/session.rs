@@ -717,6 +717,119 @@ fn a_key_update_from_openssl_is_answered_and_the_records_behind_it_are_read() {
     );
 }
 
+/// A driver client holds a long TLS 1.3 conversation with openssl s_server, which issues five
+/// tickets and then KeyUpdates (asking for one back, and not) between lines both ways. Each
+/// ticket and KeyUpdate reaches the client as SEC_I_RENEGOTIATE, answered with ISC over the
+/// EXTRA; a client that passed an empty input, or skipped the messages, stalls or fails here.
+#[test]
+fn a_long_conversation_with_tickets_and_key_updates_from_s_server() {
+    isolated(
+        "a_long_conversation_with_tickets_and_key_updates_from_s_server",
+        || {
+            let (kernel, pki) = boot("s_server_key_updates");
+            let port = free_port();
+            let mut command = Command::new("openssl");
+            command.args([
+                "s_server",
+                "-accept",
+                &format!("127.0.0.1:{port}"),
+                "-cert",
+                &pki.path("chain.pem"),
+                "-key",
+                &pki.path("key.pem"),
+                "-tls1_3",
+                "-num_tickets",
+                "5",
+            ]);
+            let mut server = spawn_peer(command, b"");
+            let printed = Arc::new(Mutex::new(Vec::new()));
+            let mut pipe = server.stdout.take().unwrap();
+            let sink = printed.clone();
+            let reader = std::thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+            wait_listening(port);
+            let mut stdin = server.stdin.take().unwrap();
+            let seen = printed.clone();
+            let lines = kernel
+                .run("client", move || {
+                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                    let changes = Changes::new();
+                    let versions = Versions {
+                        tls12: false,
+                        tls13: true,
+                    };
+                    let client = connect(
+                        &provider,
+                        client_credential(versions, 0),
+                        port,
+                        "localhost",
+                        b"",
+                        &changes,
+                    );
+                    open(&client, &changes);
+                    // The five tickets come right after the handshake; the first line's echo
+                    // at s_server means they are all in.
+                    let tickets = 5;
+                    let printed_count = |needle: &str| {
+                        String::from_utf8_lossy(&seen.lock().unwrap())
+                            .matches(needle)
+                            .count()
+                    };
+                    let mut received = Vec::new();
+                    for round in 1..=6 {
+                        let line = format!("client line {round}\n");
+                        assert_eq!(client.send(line.as_bytes()), Ok(line.len()));
+                        changes.wait("s_server printing the client's line", || {
+                            (printed_count(line.trim_end()) == 1).then_some(())
+                        });
+                        if round == 1 {
+                            changes.wait("five tickets", || {
+                                (client.counters().post_handshake_messages == tickets).then_some(())
+                            });
+                        }
+                        // s_server takes a line of one letter as a command: K asks for a
+                        // KeyUpdate back, k does not.
+                        let command = if round % 2 == 1 { "K\n" } else { "k\n" };
+                        stdin.write_all(command.as_bytes()).unwrap();
+                        stdin.flush().unwrap();
+                        // The next line goes only once the KeyUpdate reached the client (in one
+                        // read with the command, s_server would send both as data).
+                        changes.wait("the KeyUpdate at the client", || {
+                            let answered = client.counters().post_handshake_messages;
+                            (answered == tickets + round as u64).then_some(())
+                        });
+                        let reply = format!("server line {round}\n");
+                        stdin.write_all(reply.as_bytes()).unwrap();
+                        stdin.flush().unwrap();
+                        received.push(String::from_utf8(recv_line(&client, &changes)).unwrap());
+                        assert_eq!(client.state(), State::Open, "round {round}");
+                    }
+                    client.shutdown();
+                    wait_shut_down(&client, &changes);
+                    drop(client);
+                    drop(provider);
+                    received
+                })
+                .unwrap();
+            let _ = server.kill();
+            let _ = server.wait();
+            reader.join().unwrap();
+            let expected: Vec<String> = (1..=6).map(|r| format!("server line {r}\n")).collect();
+            assert_eq!(
+                lines,
+                expected,
+                "{}",
+                String::from_utf8_lossy(&printed.lock().unwrap())
+            );
+            kernel.shutdown().unwrap();
+        },
+    );
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .unwrap()

@@ -19,6 +19,18 @@ use ksys::sspi::*;
 
 use super::store::{CertStore, Identity, Thumbprint};
 
+/// Protocols below TLS 1.2 of each direction.
+const LEGACY_SERVER: u32 = SP_PROT_PCT1_SERVER
+    | SP_PROT_SSL2_SERVER
+    | SP_PROT_SSL3_SERVER
+    | SP_PROT_TLS1_0_SERVER
+    | SP_PROT_TLS1_1_SERVER;
+const LEGACY_CLIENT: u32 = SP_PROT_PCT1_CLIENT
+    | SP_PROT_SSL2_CLIENT
+    | SP_PROT_SSL3_CLIENT
+    | SP_PROT_TLS1_0_CLIENT
+    | SP_PROT_TLS1_1_CLIENT;
+
 /// What an ACH call established.
 pub(crate) struct Credential {
     pub inbound: bool,
@@ -93,11 +105,15 @@ pub(crate) unsafe fn parse(
     store: &CertStore,
 ) -> Result<Credential, SECURITY_STATUS> {
     if auth.is_null() {
-        return if inbound {
-            Err(SEC_E_NO_CREDENTIALS)
-        } else {
-            Ok(default_client())
-        };
+        if inbound {
+            return Err(SEC_E_NO_CREDENTIALS);
+        }
+        super::violation(
+            "SspiAcquireCredentialsHandleAsyncW: no SCH_CREDENTIALS leaves every protocol, TLS \
+             1.0/1.1 included, at the system default"
+                .into(),
+            0,
+        );
     }
     // SAFETY: per the contract.
     let c = unsafe { &*auth };
@@ -136,7 +152,13 @@ pub(crate) unsafe fn parse(
         thumbprint = Some(Thumbprint(hash));
     }
     let identity = match thumbprint {
-        Some(t) => Some(Arc::new(store.find(&t).ok_or(SEC_E_NO_CREDENTIALS)?)),
+        // A certificate whose key Schannel cannot sign with (EdDSA) gives no credential.
+        Some(t) => Some(Arc::new(
+            store
+                .find(&t)
+                .filter(|id| servable(&id.key))
+                .ok_or(SEC_E_NO_CREDENTIALS)?,
+        )),
         None if inbound => return Err(SEC_E_NO_CREDENTIALS),
         None => None,
     };
@@ -161,11 +183,22 @@ pub(crate) unsafe fn parse(
             }
         }
     }
-    let (tls12, tls13) = if inbound {
-        (SP_PROT_TLS1_2_SERVER, SP_PROT_TLS1_3_SERVER)
+    let (tls12, tls13, legacy) = if inbound {
+        (SP_PROT_TLS1_2_SERVER, SP_PROT_TLS1_3_SERVER, LEGACY_SERVER)
     } else {
-        (SP_PROT_TLS1_2_CLIENT, SP_PROT_TLS1_3_CLIENT)
+        (SP_PROT_TLS1_2_CLIENT, SP_PROT_TLS1_3_CLIENT, LEGACY_CLIENT)
     };
+    if disabled & legacy != legacy {
+        super::violation(
+            format!(
+                "SspiAcquireCredentialsHandleAsyncW: grbitDisabledProtocols {disabled:#x} leaves \
+                 protocols below TLS 1.2 ({:#x}) at the system default, which enables TLS 1.0/1.1 \
+                 on many Windows builds; disable every protocol not wanted (~wanted)",
+                legacy & !disabled
+            ),
+            disabled as usize,
+        );
+    }
     let mut versions = Vec::new();
     if disabled & tls13 == 0 {
         versions.push(&rustls::version::TLS13);
@@ -186,17 +219,6 @@ pub(crate) unsafe fn parse(
     })
 }
 
-fn default_client() -> Credential {
-    Credential {
-        inbound: false,
-        identity: None,
-        flags: 0,
-        versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
-        alpn: Vec::new(),
-        configs: ConfigCache::default(),
-    }
-}
-
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -214,8 +236,75 @@ fn roots(store: &CertStore) -> RootCertStore {
 #[derive(Debug)]
 struct Verifier {
     inner: Option<Arc<WebPkiServerVerifier>>,
+    /// The Root store's certificates: one of them presented alone as the server's certificate
+    /// is trusted even with CA:TRUE (see [`trusted_self_signed`]).
+    trusted: Vec<CertificateDer<'static>>,
     check_name: bool,
     provider: Arc<CryptoProvider>,
+}
+
+/// Schannel's chain engine accepts a trusted self-signed certificate as the whole chain even when
+/// it says CA:TRUE (what `openssl req -x509` makes); webpki refuses a CA as an end entity. webpki
+/// checks the validity period before the basic constraints, so CaUsedAsEndEntity means the time
+/// was right; the name is checked here.
+fn trusted_self_signed(
+    verifier: &Verifier,
+    error: &Error,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    server_name: &ServerName<'_>,
+) -> Option<Result<ServerCertVerified, Error>> {
+    let Error::InvalidCertificate(CertificateError::Other(other)) = error else {
+        return None;
+    };
+    let ca_as_leaf = matches!(
+        other.0.downcast_ref::<webpki::Error>(),
+        Some(webpki::Error::CaUsedAsEndEntity)
+    );
+    if !ca_as_leaf
+        || !intermediates.is_empty()
+        || !verifier
+            .trusted
+            .iter()
+            .any(|r| r.as_ref() == end_entity.as_ref())
+    {
+        return None;
+    }
+    if !verifier.check_name {
+        return Some(Ok(ServerCertVerified::assertion()));
+    }
+    let named = webpki::EndEntityCert::try_from(end_entity)
+        .ok()
+        .is_some_and(|c| c.verify_is_valid_for_subject_name(server_name).is_ok());
+    Some(if named {
+        Ok(ServerCertVerified::assertion())
+    } else {
+        Err(Error::InvalidCertificate(CertificateError::NotValidForName))
+    })
+}
+
+/// Signature schemes Schannel offers: no EdDSA (it neither serves nor accepts Ed25519/Ed448
+/// certificates in TLS).
+fn schannel_schemes(provider: &CryptoProvider) -> Vec<SignatureScheme> {
+    provider
+        .signature_verification_algorithms
+        .supported_schemes()
+        .into_iter()
+        .filter(|s| !matches!(s, SignatureScheme::ED25519 | SignatureScheme::ED448))
+        .collect()
+}
+
+/// Whether a private key is one Schannel can serve with (not EdDSA).
+fn servable(key: &rustls::pki_types::PrivateKeyDer<'static>) -> bool {
+    provider()
+        .key_provider
+        .load_private_key(key.clone_key())
+        .is_ok_and(|k| {
+            !matches!(
+                k.algorithm(),
+                rustls::SignatureAlgorithm::ED25519 | rustls::SignatureAlgorithm::ED448
+            )
+        })
 }
 
 impl ServerCertVerifier for Verifier {
@@ -234,7 +323,9 @@ impl ServerCertVerifier for Verifier {
             Err(Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if !self.check_name => Ok(ServerCertVerified::assertion()),
-            other => other,
+            Err(e) => trusted_self_signed(self, &e, end_entity, intermediates, server_name)
+                .unwrap_or(Err(e)),
+            ok => ok,
         }
     }
 
@@ -267,9 +358,7 @@ impl ServerCertVerifier for Verifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        schannel_schemes(&self.provider)
     }
 }
 
@@ -312,6 +401,7 @@ fn build_client_config(
     };
     let verifier = Arc::new(Verifier {
         inner,
+        trusted: if manual { Vec::new() } else { store.roots() },
         check_name: cred.flags & SCH_CRED_NO_SERVERNAME_CHECK == 0,
         provider: provider.clone(),
     });
@@ -376,6 +466,8 @@ fn build_server_config(
     let mut config = builder
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|_| SEC_E_NO_CREDENTIALS)?;
+    // Schannel picks the cipher suite by the server's priority list, not the client's order.
+    config.ignore_client_order = true;
     config.alpn_protocols = if alpn.is_empty() {
         cred.alpn.clone()
     } else {

@@ -576,9 +576,22 @@ struct HandshakeCall {
     bad_handle: bool,
 }
 
+/// One ISC/ASC call. Whatever fails, the output TOKEN's cbBuffer says what was really written
+/// (0 on a failure before the handshake ran): a caller never sees its own capacity back.
 fn handshake(call: HandshakeCall) -> SECURITY_STATUS {
+    let (output, requirements, inbound) = (call.output_desc, call.requirements, call.inbound);
+    match handshake_steps(call) {
+        Ok(status) => status,
+        Err(status) => {
+            let _ = write_output(output, &[], requirements, inbound);
+            status
+        }
+    }
+}
+
+fn handshake_steps(call: HandshakeCall) -> Result<SECURITY_STATUS, SECURITY_STATUS> {
     if call.bad_handle {
-        return SEC_E_INVALID_HANDLE;
+        return Err(SEC_E_INVALID_HANDLE);
     }
     let kernel = thread::kernel();
     let store = kernel.ksecdd.store().clone();
@@ -614,10 +627,10 @@ fn handshake(call: HandshakeCall) -> SECURITY_STATUS {
         }
         None => {
             let Some((cred_id, credential)) = call.credential.clone() else {
-                return SEC_E_INVALID_HANDLE;
+                return Err(SEC_E_INVALID_HANDLE);
             };
             if credential.inbound != call.inbound {
-                return SEC_E_UNKNOWN_CREDENTIALS;
+                return Err(SEC_E_UNKNOWN_CREDENTIALS);
             }
             let conn = if call.inbound {
                 let mutual = u64::from(call.requirements) & ASC_REQ_MUTUAL_AUTH != 0;
@@ -625,7 +638,7 @@ fn handshake(call: HandshakeCall) -> SECURITY_STATUS {
                     UnbufferedServerConnection::new(c).map_err(|e| tls::status_of(&e))
                 }) {
                     Ok(c) => Conn::Server(Box::new(c)),
-                    Err(status) => return status,
+                    Err(status) => return Err(status),
                 }
             } else {
                 match creds::client_config(&credential, &store, call.requirements, alpn).and_then(
@@ -635,7 +648,7 @@ fn handshake(call: HandshakeCall) -> SECURITY_STATUS {
                     },
                 ) {
                     Ok(c) => Conn::Client(Box::new(c)),
-                    Err(status) => return status,
+                    Err(status) => return Err(status),
                 }
             };
             (Arc::new(Mutex::new(Session::new(conn))), Some(cred_id))
@@ -650,7 +663,7 @@ fn handshake(call: HandshakeCall) -> SECURITY_STATUS {
     if created.is_some() && status == SEC_E_INCOMPLETE_MESSAGE {
         write_back_input(call.input_desc, &step, token.len());
         let _ = write_output(call.output_desc, &[], call.requirements, call.inbound);
-        return status;
+        return Ok(status);
     }
     let id = match (&call.existing, created) {
         (Some((id, ..)), _) => *id,
@@ -693,7 +706,7 @@ fn handshake(call: HandshakeCall) -> SECURITY_STATUS {
             *call.expiry.get::<TimeStamp>() = i64::MAX;
         }
     }
-    status
+    Ok(status)
 }
 
 fn returned_attributes(requirements: u32, inbound: bool) -> u32 {
@@ -1068,9 +1081,21 @@ pub(crate) unsafe extern "win64" fn encrypt_message(
     }
     // SAFETY: the DATA buffer holds `length` bytes.
     let data = unsafe { std::slice::from_raw_parts_mut(bufs[d].pvBuffer as *mut u8, length) };
+    let alert;
     let record = match qop {
         0 => session.encrypt(data),
         SECQOP_WRAP_OOB_DATA if data == [1, 0] => session.close_notify(),
+        // A fatal alert after a failure: the one rustls queued for it (kemu cannot write an
+        // alert of another description; the caller's is not checked against it).
+        SECQOP_WRAP_OOB_DATA if length == 2 && data[0] == TLS1_ALERT_FATAL as u8 => {
+            match session.take_failure_alert() {
+                Some(a) => {
+                    alert = a;
+                    Ok(&alert[..])
+                }
+                None => Err(SEC_E_INVALID_TOKEN),
+            }
+        }
         _ => return SEC_E_UNSUPPORTED_FUNCTION,
     };
     let record = match record {
@@ -1173,13 +1198,44 @@ pub(crate) unsafe extern "win64" fn decrypt_message(
     r.status
 }
 
-/// ApplyControlToken: not supported in kernel mode (as documented).
+/// ApplyControlToken (exported by ksecdd): SCHANNEL_SHUTDOWN readies a close_notify and
+/// SCHANNEL_ALERT the failure's fatal alert, each produced by the next ISC/ASC call.
 pub(crate) unsafe extern "win64" fn apply_control_token(
-    _context: *mut SecHandle,
-    _input: *mut SecBufferDesc,
+    context: *mut SecHandle,
+    input: *mut SecBufferDesc,
 ) -> SECURITY_STATUS {
     thread::require_at_most("ApplyControlToken", PASSIVE);
-    SEC_E_UNSUPPORTED_FUNCTION
+    let session = match session_of(context, "ApplyControlToken") {
+        Ok(s) => s,
+        Err(status) => return status,
+    };
+    if input.is_null() {
+        return SEC_E_INVALID_TOKEN;
+    }
+    // SAFETY: the caller's descriptor: the token is copied now.
+    let inputs = unsafe { buffers::copy_inputs(input) };
+    let Some(token) = inputs.iter().find(|b| b.kind == SECBUFFER_TOKEN) else {
+        return SEC_E_INVALID_TOKEN;
+    };
+    let word = |i: usize| {
+        token
+            .data
+            .get(i * 4..i * 4 + 4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+    };
+    let control = match (word(0), word(1), word(2)) {
+        (Some(SCHANNEL_SHUTDOWN), ..) => tls::Control::Shutdown,
+        (Some(SCHANNEL_ALERT), Some(TLS1_ALERT_FATAL), Some(number)) if number < 256 => {
+            tls::Control::Alert(number as u8)
+        }
+        (Some(SCHANNEL_ALERT), Some(_), Some(_)) => return SEC_E_UNSUPPORTED_FUNCTION,
+        (Some(SCHANNEL_RENEGOTIATE), ..) => return SEC_E_UNSUPPORTED_FUNCTION,
+        _ => return SEC_E_INVALID_TOKEN,
+    };
+    session
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .apply_control(control)
 }
 
 /// FreeContextBuffer.

@@ -16,6 +16,7 @@ use ksys::sspi::*;
 pub(crate) const MAX_MESSAGE: usize = 16 * 1024;
 const HEADER: usize = 5;
 const CONTENT_APPLICATION_DATA: u8 = 23;
+const CONTENT_HANDSHAKE: u8 = 22;
 
 /// A client or server connection.
 pub(crate) enum Conn {
@@ -33,11 +34,14 @@ macro_rules! with_conn {
     };
 }
 
-/// Encodes into `out` everything rustls has queued to send, showing it (a copy of) `seen` —
-/// bytes it has processed already, so nothing new is taken in.
-fn drain_queued(conn: &mut Conn, seen: &[u8], out: &mut Vec<u8>) {
+/// Encodes into `out` what rustls has queued to send, showing it (a copy of) `seen` — bytes it
+/// has processed already, so nothing new is taken in. With `until_alert` (after a failure) it
+/// stops once the fatal alert is out: asking rustls again would make it parse the offending bytes
+/// a second time and raise a second fatal alert (an assertion in its debug builds).
+fn drain_queued(conn: &mut Conn, seen: &[u8], out: &mut Vec<u8>, until_alert: bool) {
     for _ in 0..16 {
         let mut view = seen.to_vec();
+        let start = out.len();
         let more = with_conn!(&mut *conn, c => {
             let UnbufferedStatus { state, .. } = c.process_tls_records(&mut view);
             match state {
@@ -49,10 +53,23 @@ fn drain_queued(conn: &mut Conn, seen: &[u8], out: &mut Vec<u8>) {
                 _ => false,
             }
         });
-        if !more {
+        if !more || (until_alert && ends_with_alert(&out[start..])) {
             break;
         }
     }
+}
+
+/// Whether the last record of `records` is an alert: content type 21 (plaintext, or TLS 1.2
+/// encrypted), or a TLS 1.3 record whose inner plaintext is two bytes (only an alert is; every
+/// TLS 1.3 suite has a 16-byte tag and rustls does not pad).
+fn ends_with_alert(records: &[u8]) -> bool {
+    let mut at = 0;
+    let mut last = None;
+    while let Some(len) = record_len(&records[at..]) {
+        last = Some((records[at], len - HEADER));
+        at += len;
+    }
+    matches!(last, Some((21, _)) | Some((CONTENT_APPLICATION_DATA, 19)))
 }
 
 /// Outcome of one ISC/ASC step.
@@ -191,6 +208,13 @@ pub(crate) struct Session {
     scratch: Vec<u8>,
     /// Reused buffer for the record being encrypted.
     outbuf: Vec<u8>,
+    /// The post-handshake message DecryptMessage reported with SEC_I_RENEGOTIATE (rustls's view
+    /// of its records, already processed): the next ISC/ASC input must start with it.
+    post_handshake: Vec<u8>,
+    /// What ApplyControlToken asked for.
+    control: Option<Control>,
+    /// After a fatal error: the alert record rustls queued for the peer.
+    failure_alert: Vec<u8>,
 }
 
 impl Session {
@@ -203,6 +227,9 @@ impl Session {
             fed_end: 0,
             scratch: Vec::new(),
             outbuf: Vec::new(),
+            post_handshake: Vec::new(),
+            control: None,
+            failure_alert: Vec::new(),
         }
     }
 
@@ -249,53 +276,64 @@ impl Session {
     }
 
     /// After a failure: what rustls queued up to and including its fatal alert (in TLS 1.3 a
-    /// ServerHello may precede it). It is given back only the bytes it has already seen (the
-    /// held view, where a partly processed record's remaining messages live), so nothing new is
-    /// processed — a second failure would raise a second fatal alert.
+    /// ServerHello may precede it). It is shown only the bytes it has already seen (the held
+    /// view, where a partly processed record's remaining messages live).
     fn take_alert(&mut self, out: &mut Vec<u8>) {
-        drain_queued(&mut self.conn, &self.held, out);
+        drain_queued(&mut self.conn, &self.held, out, true);
     }
 
-    /// Moves what rustls has queued to send (at a record boundary) into `pending_output`.
-    fn flush_output(&mut self) {
-        drain_queued(&mut self.conn, &[], &mut self.pending_output);
+    /// Moves what rustls has queued to send into `pending_output`; `seen` is what rustls has
+    /// been shown and not discarded.
+    fn flush_output(&mut self, seen: &[u8]) {
+        drain_queued(&mut self.conn, seen, &mut self.pending_output, false);
     }
 
     /// One InitializeSecurityContext / AcceptSecurityContext step over `input` (modified in place
     /// by rustls, as Schannel may). Records are fed one at a time (more only while a handshake
-    /// message spans records), so at any point every fed byte has been seen by rustls.
+    /// message spans records), so at any point every fed byte has been seen by rustls. Once the
+    /// handshake is complete a call answers what DecryptMessage or ApplyControlToken left
+    /// pending (see [`Session::after_handshake`]).
     pub fn handshake(&mut self, input: &mut [u8]) -> Step {
-        let mut step = Step {
-            output: std::mem::take(&mut self.pending_output),
-            ..Step::default()
-        };
+        let mut step = Step::default();
+        if self.control.is_some() {
+            // The alert of a failure is produced on a dead session too.
+            return self.after_handshake(input);
+        }
         if let Some(status) = self.dead {
             step.status = status;
             return step;
         }
+        if !self.is_handshaking() {
+            return self.after_handshake(input);
+        }
+        step.output = std::mem::take(&mut self.pending_output);
         if let Err(status) = self.restore_held(input) {
             step.status = status;
             return step;
         }
         let mut consumed = 0;
-        let mut fed_end = 0;
-        let mut window = 1;
+        // input[..seen] has been shown to rustls (and may hold its rewritten view): record
+        // boundaries are parsed only after it, and every call is given at least all of it.
+        let mut seen = self.held.len();
+        let mut more_records = 0;
         loop {
             let handshaking = self.is_handshaking();
             let tls12 = self.version() == Some(ProtocolVersion::TLSv1_2);
+            let from = seen.max(consumed);
             let available = if handshaking {
-                consumed + complete_records(&input[consumed..], tls12)
+                from + complete_records(&input[from..], tls12)
             } else {
-                consumed
+                from
             };
-            let mut limit = consumed;
-            for _ in 0..window {
+            let wanted = usize::from(seen <= consumed) + more_records;
+            let mut limit = from;
+            for _ in 0..wanted {
                 match record_len(&input[limit..available]) {
                     Some(len) => limit += len,
                     None => break,
                 }
             }
-            fed_end = fed_end.max(limit);
+            seen = limit;
             enum Next {
                 Continue,
                 Blocked,
@@ -323,21 +361,23 @@ impl Session {
                 (discard, next)
             });
             consumed += discard;
-            self.held = input[consumed..fed_end.max(consumed)].to_vec();
+            self.held = input[consumed..seen.max(consumed)].to_vec();
             match next {
-                Next::Continue => {}
+                Next::Continue => more_records = 0,
                 Next::Done => {
                     step.status = SEC_E_OK;
                     step.consumed = consumed;
                     return step;
                 }
-                Next::Blocked if discard > 0 && consumed < available => window = 1,
-                Next::Blocked if discard == 0 && limit < available => window += 1,
+                Next::Blocked if discard > 0 && consumed < available => more_records = 0,
+                Next::Blocked if discard == 0 && limit < available => more_records += 1,
                 Next::Blocked => {
                     step.consumed = consumed;
                     if consumed < input.len() && consumed == 0 && step.output.is_empty() {
                         step.status = SEC_E_INCOMPLETE_MESSAGE;
-                        step.missing = missing(&input[complete_records(input, false)..]);
+                        let from = seen.max(consumed);
+                        step.missing =
+                            missing(&input[from + complete_records(&input[from..], false)..]);
                     } else {
                         step.status = SEC_I_CONTINUE_NEEDED;
                     }
@@ -352,6 +392,45 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// An ISC/ASC call on an established context. It answers, in this order: a control token
+    /// (ApplyControlToken: the close_notify or alert record is the output); the post-handshake
+    /// message DecryptMessage returned with SEC_I_RENEGOTIATE, which must be at the front of
+    /// `input` (consumed; a KeyUpdate answer is the output; the rest is EXTRA). With nothing
+    /// pending there is nothing to renegotiate (TLS 1.2 renegotiation is not offered).
+    fn after_handshake(&mut self, input: &mut [u8]) -> Step {
+        let mut step = Step::default();
+        if let Some(control) = self.control.take() {
+            let record = match control {
+                Control::Shutdown => self.close_notify().map(<[u8]>::to_vec),
+                Control::Alert(_) => Ok(std::mem::take(&mut self.failure_alert)),
+            };
+            match record {
+                Ok(r) => {
+                    step.output = r;
+                    step.status = SEC_E_OK;
+                }
+                Err(status) => step.status = status,
+            }
+            step.consumed = input.len();
+            return step;
+        }
+        let message = self.post_handshake.len();
+        if message == 0 {
+            step.status = SEC_E_INVALID_TOKEN;
+            return step;
+        }
+        if input.len() < message || input[..message] != self.post_handshake[..] {
+            // Not the bytes DecryptMessage handed back as EXTRA (an empty input among them).
+            step.status = SEC_E_INVALID_TOKEN;
+            return step;
+        }
+        self.post_handshake.clear();
+        step.output = std::mem::take(&mut self.pending_output);
+        step.consumed = message;
+        step.status = SEC_E_OK;
+        step
     }
 
     /// Encrypts `data` (≤ MAX_MESSAGE) into exactly one record.
@@ -418,11 +497,19 @@ impl Session {
         Err(SEC_E_INTERNAL_ERROR)
     }
 
-    /// Decrypts the first application record of `buf` in place.
+    /// Decrypts the first application record of `buf` in place. A record that carries a
+    /// post-handshake message instead (a TLS 1.3 NewSessionTicket or KeyUpdate, a TLS 1.2
+    /// HelloRequest) is processed and reported as Schannel does: SEC_I_RENEGOTIATE, with EXTRA
+    /// starting at that record, for the caller to hand to ISC/ASC.
     pub fn decrypt(&mut self, buf: &mut [u8]) -> Decrypted {
         let mut d = Decrypted::default();
         if let Some(status) = self.dead {
             d.status = status;
+            return d;
+        }
+        if !self.post_handshake.is_empty() {
+            // SEC_I_RENEGOTIATE is still waiting for its ISC/ASC call.
+            d.status = SEC_E_OUT_OF_SEQUENCE;
             return d;
         }
         if let Err(status) = self.restore_held(buf) {
@@ -431,31 +518,38 @@ impl Session {
         }
         let result = self.decrypt_records(buf);
         let fed = self.fed_end.min(buf.len());
-        self.held = buf[result.consumed..fed.max(result.consumed)].to_vec();
+        let after = result.consumed + self.post_handshake.len();
+        self.held = buf[after.min(fed)..fed].to_vec();
         result
     }
 
     fn decrypt_records(&mut self, buf: &mut [u8]) -> Decrypted {
         let mut d = Decrypted::default();
-        self.fed_end = 0;
+        let tls12 = self.version() == Some(ProtocolVersion::TLSv1_2);
+        // buf[..seen] has been shown to rustls already (the held view): records are parsed only
+        // after it, and every call gets at least all of it.
+        let mut seen = self.held.len();
+        self.fed_end = seen;
         let mut consumed = 0;
-        let mut window = 1;
+        let mut more_records = 0;
         loop {
-            // Feed `window` complete records (more only if a handshake message spans records).
-            let mut end = consumed;
-            let mut last = 0;
-            for _ in 0..window {
+            let from = seen.max(consumed);
+            let wanted = usize::from(seen <= consumed) + more_records;
+            let (mut end, mut last, mut added) = (from, 0, 0);
+            for _ in 0..wanted {
                 match record_len(&buf[end..]) {
                     Some(len) => {
                         end += len;
                         last = len;
+                        added += 1;
                     }
                     None => break,
                 }
             }
-            if end == consumed {
+            if added < wanted || end == consumed {
+                // Not enough complete records for what rustls needs next.
                 d.consumed = consumed;
-                if consumed == 0 || window > 1 {
+                if consumed == 0 {
                     d.status = SEC_E_INCOMPLETE_MESSAGE;
                     d.missing = missing(&buf[end..]);
                 } else {
@@ -465,13 +559,14 @@ impl Session {
             }
             enum Next {
                 Data,
-                Handshake,
+                Message,
                 Progress,
-                Probed,
                 Closed,
                 Failed(SECURITY_STATUS),
             }
+            seen = end;
             self.fed_end = end;
+            let first_type = buf[consumed];
             let scratch = &mut self.scratch;
             let (discard, next) = with_conn!(&mut self.conn, c => {
                 let UnbufferedStatus { discard, state } = c.process_tls_records(&mut buf[consumed..end]);
@@ -487,11 +582,11 @@ impl Session {
                     },
                     Ok(ConnectionState::EncodeTlsData(mut e)) => {
                         let _ = encode_all(&mut e, &mut self.pending_output);
-                        Next::Handshake
+                        Next::Message
                     }
                     Ok(ConnectionState::TransmitTlsData(t)) => {
                         t.done();
-                        Next::Handshake
+                        Next::Message
                     }
                     Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => Next::Closed,
                     Ok(ConnectionState::WriteTraffic(mut w)) if discard > 0 => {
@@ -500,7 +595,7 @@ impl Session {
                         // (SEC_I_RENEGOTIATE, then ISC/ASC). A write too big for an empty
                         // buffer moves a queued answer to the output without encrypting.
                         let _ = w.encrypt(&[0], &mut []);
-                        Next::Probed
+                        Next::Message
                     }
                     Ok(ConnectionState::WriteTraffic(_)) | Ok(ConnectionState::BlockedHandshake) => Next::Progress,
                     Ok(_) => Next::Failed(SEC_E_INTERNAL_ERROR),
@@ -526,30 +621,28 @@ impl Session {
                     d.consumed = consumed;
                     return d;
                 }
-                Next::Handshake => {
+                Next::Message if discard == 0 => {}
+                // A TLS 1.2 record that is not a handshake message (a warning alert): no news.
+                Next::Message if tls12 && first_type != CONTENT_HANDSHAKE => {
                     consumed += discard;
-                    if !self.pending_output.is_empty() {
-                        d.status = SEC_I_RENEGOTIATE;
-                        d.consumed = consumed;
-                        return d;
-                    }
+                    more_records = 0;
+                    let seen_after = buf[consumed..end.max(consumed)].to_vec();
+                    self.flush_output(&seen_after);
                 }
-                Next::Probed => {
-                    consumed += discard;
-                    window = 1;
-                    self.flush_output();
-                    if !self.pending_output.is_empty() {
-                        d.status = SEC_I_RENEGOTIATE;
-                        d.consumed = consumed;
-                        return d;
-                    }
+                Next::Message => {
+                    let seen_after = buf[consumed + discard..end.max(consumed + discard)].to_vec();
+                    self.flush_output(&seen_after);
+                    self.post_handshake = buf[consumed..consumed + discard].to_vec();
+                    d.status = SEC_I_RENEGOTIATE;
+                    d.consumed = consumed;
+                    return d;
                 }
                 Next::Progress => {
                     if discard == 0 {
-                        window += 1;
+                        more_records += 1;
                     } else {
                         consumed += discard;
-                        window = 1;
+                        more_records = 0;
                     }
                 }
                 Next::Closed => {
@@ -559,7 +652,9 @@ impl Session {
                     return d;
                 }
                 Next::Failed(status) => {
-                    self.dead = Some(status);
+                    // What rustls has seen and not discarded, for the alert it queued.
+                    self.held = buf[consumed + discard..end.max(consumed + discard)].to_vec();
+                    self.fail(status);
                     d.status = status;
                     d.consumed = consumed + discard;
                     return d;
@@ -567,6 +662,48 @@ impl Session {
             }
         }
     }
+
+    /// Records a fatal error: every later call fails with it, and the alert rustls queued for
+    /// the peer is kept for the caller to fetch (ApplyControlToken + ISC/ASC, or EncryptMessage
+    /// with SECQOP_WRAP_OOB_DATA).
+    fn fail(&mut self, status: SECURITY_STATUS) {
+        let mut alert = Vec::new();
+        self.take_alert(&mut alert);
+        self.failure_alert = alert;
+        self.dead = Some(status);
+    }
+
+    /// ApplyControlToken: the next ISC/ASC call produces a close_notify or the fatal alert.
+    pub fn apply_control(&mut self, control: Control) -> SECURITY_STATUS {
+        match control {
+            Control::Shutdown if self.dead.is_none() && !self.is_handshaking() => {
+                self.control = Some(control);
+                SEC_E_OK
+            }
+            Control::Alert(_) if self.dead.is_some() && !self.failure_alert.is_empty() => {
+                self.control = Some(control);
+                SEC_E_OK
+            }
+            // An alert kemu cannot produce (rustls writes only the alert of its own failure).
+            Control::Alert(_) if self.dead.is_none() => SEC_E_UNSUPPORTED_FUNCTION,
+            _ => SEC_E_INVALID_TOKEN,
+        }
+    }
+
+    /// EncryptMessage with SECQOP_WRAP_OOB_DATA and a fatal {2, description}: the alert record
+    /// of the failure (see [`Session::fail`]).
+    pub fn take_failure_alert(&mut self) -> Option<Vec<u8>> {
+        (!self.failure_alert.is_empty()).then(|| std::mem::take(&mut self.failure_alert))
+    }
+}
+
+/// What ApplyControlToken asked the next ISC/ASC call for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Control {
+    /// SCHANNEL_SHUTDOWN: a close_notify.
+    Shutdown,
+    /// SCHANNEL_ALERT (fatal, with its description): the alert of the failure.
+    Alert(u8),
 }
 
 /// The two record writers of WriteTraffic, behind one signature.

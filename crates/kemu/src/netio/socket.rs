@@ -1042,10 +1042,12 @@ fn bind_os(sock: &mut Socket, local: SocketAddr) -> Result<(), NTSTATUS> {
         if let Err(e) = os.set_reuse_address(true) {
             return fail(sock, os, status_of(&e));
         }
-        if let (Some(v6only), true) = (sock.v6only, local.is_ipv6()) {
-            if let Err(e) = os.set_only_v6(v6only) {
-                return fail(sock, os, status_of(&e));
-            }
+    }
+    if local.is_ipv6() {
+        // WSK sockets are IPv6-only unless IPV6_V6ONLY was set to FALSE before the bind
+        // (echosrv does so to accept IPv4 on [::]); Linux defaults to dual stack.
+        if let Err(e) = os.set_only_v6(sock.v6only.unwrap_or(true)) {
+            return fail(sock, os, status_of(&e));
         }
     }
     if let Err(e) = os.bind(&local.into()) {

@@ -118,7 +118,8 @@ pub fn acquire(spec: &CredentialSpec) -> Result<SecHandle, SECURITY_STATUS> {
     let mut tls = TLS_PARAMETERS {
         cAlpnIds: 0,
         rgstrAlpnIds: std::ptr::null_mut(),
-        grbitDisabledProtocols: spec.disabled_protocols,
+        // Everything below TLS 1.2 is always disabled explicitly (0 means system defaults).
+        grbitDisabledProtocols: spec.disabled_protocols | SP_PROT_BELOW_TLS1_2,
         cDisabledCrypto: 0,
         pDisabledCrypto: std::ptr::null_mut(),
         dwFlags: 0,
@@ -164,6 +165,67 @@ pub fn acquire(spec: &CredentialSpec) -> Result<SecHandle, SECURITY_STATUS> {
             std::ptr::null_mut(),
             &mut handle,
             &mut expiry,
+        )
+    });
+    if status == SEC_E_OK {
+        Ok(handle)
+    } else {
+        Err(status)
+    }
+}
+
+/// TLS_PARAMETERS disabling exactly `disabled` (no ALPN).
+pub fn client_tls_parameters(disabled: u32) -> TLS_PARAMETERS {
+    TLS_PARAMETERS {
+        cAlpnIds: 0,
+        rgstrAlpnIds: std::ptr::null_mut(),
+        grbitDisabledProtocols: disabled,
+        cDisabledCrypto: 0,
+        pDisabledCrypto: std::ptr::null_mut(),
+        dwFlags: 0,
+    }
+}
+
+/// A client SCH_CREDENTIALS (no certificate) over `tls`.
+pub fn client_credentials(tls: &mut TLS_PARAMETERS) -> SCH_CREDENTIALS {
+    SCH_CREDENTIALS {
+        dwVersion: SCH_CREDENTIALS_VERSION,
+        dwCredFormat: 0,
+        cCreds: 0,
+        paCred: std::ptr::null_mut(),
+        hRootStore: std::ptr::null_mut(),
+        cMappers: 0,
+        aphMappers: std::ptr::null_mut(),
+        dwSessionLifespan: 0,
+        dwFlags: SCH_CRED_NO_DEFAULT_CREDS,
+        cTlsParameters: 1,
+        pTlsParameters: tls,
+    }
+}
+
+/// An outbound SspiAcquireCredentialsHandleAsyncW with the caller's auth data as it is.
+///
+/// # Safety
+/// `auth` must be NULL or point to an SCH_CREDENTIALS whose pointers are valid for the call.
+pub unsafe fn acquire_raw(auth: *mut c_void) -> Result<SecHandle, SECURITY_STATUS> {
+    let package: Vec<u16> = "Schannel".encode_utf16().collect();
+    let package = unicode(&package);
+    let mut handle = SecHandle::INVALID;
+    let mut a = Async::new();
+    // SAFETY: the structures outlive the call (we wait for the callback); `auth` is the
+    // caller's to vouch for.
+    let status = a.call(|ctx| unsafe {
+        SspiAcquireCredentialsHandleAsyncW(
+            ctx,
+            std::ptr::null(),
+            &package,
+            SECPKG_CRED_OUTBOUND,
+            std::ptr::null_mut(),
+            auth,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut handle,
+            std::ptr::null_mut(),
         )
     });
     if status == SEC_E_OK {
@@ -598,6 +660,8 @@ impl Tls {
                 Ok(None)
             }
             SEC_I_RENEGOTIATE => {
+                // EXTRA starts with the post-handshake message: `incoming` keeps it for the
+                // ISC/ASC call that answers it.
                 keep_extra(&mut self.incoming);
                 Err(SEC_I_RENEGOTIATE)
             }
@@ -617,9 +681,7 @@ impl Tls {
                     Ok(other) => return Ok(other),
                     Err(SEC_E_INCOMPLETE_MESSAGE) => {}
                     Err(SEC_I_RENEGOTIATE) => {
-                        let step = self.step(&[]);
-                        io.write_all(&step.output)
-                            .map_err(|_| SEC_E_INTERNAL_ERROR)?;
+                        self.answer_post_handshake(io)?;
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -627,6 +689,22 @@ impl Tls {
             }
             read_more(io, &mut self.incoming)?;
         }
+    }
+
+    /// After SEC_I_RENEGOTIATE: ISC/ASC with the EXTRA DecryptMessage returned as input TOKEN,
+    /// its output (a KeyUpdate answer) sent, its EXTRA kept for decrypting.
+    pub fn answer_post_handshake(&mut self, io: &mut impl Write) -> Result<(), SECURITY_STATUS> {
+        let input = std::mem::take(&mut self.incoming);
+        let step = self.step(&input);
+        if !step.output.is_empty() {
+            io.write_all(&step.output)
+                .map_err(|_| SEC_E_INTERNAL_ERROR)?;
+        }
+        if step.status != SEC_E_OK {
+            return Err(step.status);
+        }
+        self.incoming = input[input.len() - step.extra.min(input.len())..].to_vec();
+        Ok(())
     }
 
     /// DeleteSecurityContext (if one was created).

@@ -219,12 +219,17 @@ impl Client {
     }
 
     pub fn socket(&self, flags: u32) -> Result<Sock, NTSTATUS> {
+        self.socket_of(AF_INET as u16, flags)
+    }
+
+    /// A TCP socket of `family` (AF_INET or AF_INET6).
+    pub fn socket_of(&self, family: u16, flags: u32) -> Result<Sock, NTSTATUS> {
         let f = self.dispatch().WskSocket.unwrap();
         // SAFETY: a captured client; no context or dispatch (IRP mode).
         let (status, info) = call(|irp| unsafe {
             f(
                 self.npi.Client,
-                AF_INET as u16,
+                family,
                 SOCK_STREAM as u16,
                 IPPROTO_TCP,
                 flags,
