@@ -825,8 +825,13 @@ fn retire(o: Object) {
         BYTES_SENT_CLOSED.fetch_add(c.sent, Ordering::Relaxed);
         BYTES_RECEIVED_CLOSED.fetch_add(c.received, Ordering::Relaxed);
     }
-    // Dropping a session aborts it; dropping a listener closes it and its untaken sessions.
-    drop(o);
+    match o.kind {
+        // A connection its owner shut down finishes its graceful close on its own (bounded);
+        // any other is aborted.
+        Kind::Connection { session } => session.release(),
+        // Dropping a listener closes it and its untaken sessions.
+        Kind::Listener { .. } => drop(o),
+    }
 }
 
 /// EvtFileCleanup: the handle's objects close and its parked requests are cancelled.

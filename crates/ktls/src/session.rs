@@ -74,6 +74,9 @@ const TX_HANDSHAKE: usize = 2 * TX_RECORD;
 const TX_QUIET: usize = TX_RECORD;
 /// Send buffer while more than a record is queued: four records per WskSend.
 const TX_BUSY: usize = 4 * TX_RECORD;
+/// How long a released connection may take to finish its graceful close (drain its queue,
+/// close_notify, FIN, the peer's FIN) before it is reset.
+const RELEASE_TIMEOUT_MS: u32 = 10_000;
 /// Room for an alert SSPI may return separately from the token.
 const ALERT_CAPACITY: usize = 64;
 
@@ -258,6 +261,8 @@ struct Mailbox {
     shutdown_requested: bool,
     shutdown_done: bool,
     abort_requested: bool,
+    /// The owner let go of a session it had shut down (see [`Session::release`]).
+    released: bool,
     counters: Counters,
 }
 
@@ -352,6 +357,12 @@ struct Engine<O: Observer> {
     pinned: Option<[u8; 32]>,
     /// Held until `release_step` has released everything.
     census: Option<Entry>,
+    /// The owner released the session after SHUTDOWN: finish the graceful close alone.
+    released: bool,
+    /// The release timeout is armed on the deadline.
+    release_armed: bool,
+    /// A receive returned 0 bytes: the peer's FIN.
+    fin_received: bool,
 }
 
 /// The session's shared state: the owner's mailbox and the drain's engine.
@@ -490,6 +501,9 @@ impl<O: Observer> Session<O> {
             handshake_timeout_ms: config.handshake_timeout_ms,
             pinned: config.pinned,
             census: config.census.as_ref().map(Census::enter),
+            released: false,
+            release_armed: false,
+            fin_received: false,
         };
         let conn = Conn {
             mailbox: SpinLock::new(Mailbox {
@@ -503,6 +517,7 @@ impl<O: Observer> Session<O> {
                 shutdown_requested: false,
                 shutdown_done: false,
                 abort_requested: false,
+                released: false,
                 counters: Counters::default(),
             }),
             engine: UnsafeCell::new(engine),
@@ -612,6 +627,23 @@ impl<O: Observer> Session<O> {
         self.worker.target().mailbox.lock().shutdown_done
     }
 
+    /// Lets the session go. One the owner shut down ([`Session::shutdown`]) finishes its graceful
+    /// close on its own: the queued bytes drain, close_notify and the FIN go out, and the
+    /// socket closes once the peer's FIN arrived — closing earlier would reset the connection
+    /// and make the peer lose what it had not read yet. All of it is bounded (10 s), then the
+    /// connection is reset; the census counts the session until it is gone. Any other session
+    /// is aborted, as dropping it does.
+    pub fn release(self) {
+        let graceful = {
+            let mut m = self.worker.target().mailbox.lock();
+            m.released = m.shutdown_requested && m.state == State::Open && !m.abort_requested;
+            m.released
+        };
+        if graceful {
+            self.worker.signal(EV_USER);
+        }
+    }
+
     /// Ends the connection now (pending calls cancelled, the socket reset if still connected).
     pub fn abort(&self) {
         self.worker.target().mailbox.lock().abort_requested = true;
@@ -640,7 +672,9 @@ impl<O: Observer> Session<O> {
 
 impl<O: Observer> Drop for Session<O> {
     fn drop(&mut self) {
-        self.abort();
+        if !self.worker.target().mailbox.lock().released {
+            self.abort();
+        }
     }
 }
 
@@ -721,7 +755,14 @@ impl<O: Observer> Engine<O> {
             self.fail_or_end(conn, Some(Failure::net(STATUS_IO_TIMEOUT)));
         }
         if events & EV_TIMER != 0 && self.phase == Phase::Open && self.deadline.expired() {
-            self.quiet_check(conn, worker);
+            if !self.released {
+                self.quiet_check(conn, worker);
+            } else if self.release_armed {
+                // The graceful close took too long (a peer that never reads or never closes).
+                self.fail_or_end(conn, None);
+            } else {
+                self.arm_release(worker);
+            }
         }
         if events & EV_SSPI != 0 && self.sspi_pending {
             if let Some(op) = &self.sspi {
@@ -742,12 +783,18 @@ impl<O: Observer> Engine<O> {
         if let Some((status, n)) = self.recv.take() {
             self.receive_completed(conn, status, n);
         }
-        let (abort, shutdown) = {
+        let (abort, shutdown, released) = {
             let m = conn.mailbox.lock();
-            (m.abort_requested, m.shutdown_requested)
+            (m.abort_requested, m.shutdown_requested, m.released)
         };
         if abort && self.phase != Phase::Releasing {
             self.fail_or_end(conn, None);
+        }
+        if released && !self.released && self.phase == Phase::Open {
+            self.released = true;
+            self.quiet_watch = None;
+            Deadline::disarm(&self.deadline);
+            self.arm_release(worker);
         }
         self.advance(conn, worker, shutdown);
         let mut m = conn.mailbox.lock();
@@ -826,12 +873,22 @@ impl<O: Observer> Engine<O> {
                 // While a post-handshake message is answered `rx` is ISC/ASC's input and is
                 // compacted when it returns: receive only when that call asked for more.
                 let receive = !self.renegotiate || (self.need_input && !self.sspi_pending);
+                // Released: nobody reads any more; after our FIN, receive (and drop) until
+                // the peer's FIN, then close without a reset.
+                let linger = self.released && self.disconnected && !self.fin_received;
                 if self.phase == Phase::Open
-                    && !self.peer_ended
+                    && (!self.peer_ended || linger)
                     && receive
-                    && self.window_open(conn)
+                    && (self.released || self.window_open(conn))
                 {
                     self.start_receive(conn, worker);
+                }
+                if self.phase == Phase::Open
+                    && self.released
+                    && self.disconnected
+                    && self.fin_received
+                {
+                    self.fail_or_end(conn, None);
                 }
             }
             Phase::Releasing => self.release_step(conn, worker),
@@ -991,6 +1048,13 @@ impl<O: Observer> Engine<O> {
         }
     }
 
+    /// Arms the deadline for [`RELEASE_TIMEOUT_MS`] (if a quiet watch's DPC is still running,
+    /// its EV_TIMER comes first and arms it then).
+    fn arm_release(&mut self, worker: &Worker<Conn<O>>) {
+        self.release_armed =
+            Deadline::arm(&self.deadline, worker.clone(), RELEASE_TIMEOUT_MS).is_ok();
+    }
+
     /// Arms the deadline to look at the busy receive buffer in [`QUIET_AFTER_MS`].
     fn watch_quiet(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
         let receives = conn.mailbox.lock().counters.record_receives;
@@ -1139,6 +1203,7 @@ impl<O: Observer> Engine<O> {
             return;
         }
         if n == 0 {
+            self.fin_received = true;
             self.peer_ended = true;
             if self.phase != Phase::Open {
                 // The peer left mid-handshake.
@@ -1159,10 +1224,17 @@ impl<O: Observer> Engine<O> {
         self.rx_len += n;
         match self.phase {
             Phase::Handshaking => self.need_input = false,
+            Phase::Open if self.released && self.peer_ended => {
+                // After the peer's close_notify, with no owner: nothing more is read.
+                self.rx_len = 0;
+            }
             Phase::Open => {
                 conn.mailbox.lock().counters.record_receives += 1;
                 self.need_input = false;
                 self.decrypt_all(conn);
+                if self.released {
+                    conn.mailbox.lock().incoming.clear();
+                }
             }
             _ => {}
         }

@@ -39,8 +39,14 @@ impl Drop for Server {
 }
 
 fn serve(dir: &Path, extra: &[&str]) -> Server {
+    serve_many(dir, 1, extra)
+}
+
+/// `serve` that stops after `conns` connections.
+fn serve_many(dir: &Path, conns: u32, extra: &[&str]) -> Server {
+    let conns = conns.to_string();
     let mut child = wsktls()
-        .args(["serve", "--port", "0", "--max-conns", "1", "--cert"])
+        .args(["serve", "--port", "0", "--max-conns", &conns, "--cert"])
         .arg(dir.join("chain.pem"))
         .arg("--key")
         .arg(dir.join("key.pem"))
@@ -349,5 +355,44 @@ fn openssl_gnutls_and_curl_talk_to_every_driver_build() {
             };
         }
         drop(server);
+    }
+}
+
+/// A client sends 5 MB to `serve --echo`, half-closes (stdin ends: close_notify and FIN) and
+/// reads the echo to the end, 20 times: every byte comes back. The server shuts down after the
+/// client's close_notify and closes while its echo may still be in flight; a close that reset
+/// the connection made the client lose the tail ("the peer reset the connection").
+#[test]
+fn five_megabytes_echoed_with_half_close_arrive_whole_every_time() {
+    let dir = pki("half_close");
+    let ca = dir.join("ca.pem").display().to_string();
+    let runs = 20;
+    let server = serve_many(&dir, runs, &["--echo"]);
+    let target = format!("127.0.0.1:{}", server.port);
+    let payload: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
+    for run in 0..runs {
+        let mut child = wsktls()
+            .args(["connect", &target, "--sni", "localhost", "--ca", &ca])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wsktls connect");
+        let mut stdin = child.stdin.take().unwrap();
+        let input = payload.clone();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let mut echoed = Vec::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_end(&mut echoed)
+            .unwrap();
+        writer.join().unwrap();
+        let (code, _, err) = finish(child);
+        assert_eq!((code, echoed.len()), (0, payload.len()), "run {run}: {err}");
+        assert!(echoed == payload, "run {run}: the echo differs");
     }
 }
