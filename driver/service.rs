@@ -254,6 +254,7 @@ pub fn listen(request: &ListenRequest<'_>, owner: usize) -> Result<ListenRespons
         thumbprint: Some(request.thumbprint),
         flags: 0,
         versions: versions(request.versions),
+        require_client_certificate: request.require_client_certificate,
     })
     .map_err(sspi_to_status)?;
     let config = ListenerConfig {
@@ -380,6 +381,7 @@ fn client_credential(flags: u32, versions: Versions) -> Result<PoolArc<Credentia
         thumbprint: None,
         flags,
         versions,
+        require_client_certificate: false,
     })
     .map_err(sspi_to_status)?;
     let mut cache = CLIENT_CREDENTIALS.lock();

@@ -89,6 +89,7 @@ pub fn exports() -> &'static [Export] {
                 "DeleteSecurityContext": DeleteSecurityContext => ksecdd::delete_security_context,
                 "FreeCredentialsHandle": FreeCredentialsHandle => ksecdd::free_credentials_handle,
                 "ApplyControlToken": ApplyControlToken => ksecdd::apply_control_token,
+                "SetCredentialsAttributesW": SetCredentialsAttributesW => ksecdd::set_credentials_attributes_w,
                 "SealMessage": EncryptMessage => ksecdd::encrypt_message,
                 "UnsealMessage": DecryptMessage => ksecdd::decrypt_message,
             }

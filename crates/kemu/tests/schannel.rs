@@ -687,7 +687,16 @@ fn mutual_tls_with_a_client_certificate_from_the_store() {
             client_cert.key_pem.as_bytes(),
         )
         .unwrap();
-    let run = |with_cert: bool| {
+    // A certificate from a CA the machine does not trust.
+    let stranger = TestCa::generate("untrusted CA")
+        .unwrap()
+        .issue(&["client.example"], Validity::Current)
+        .unwrap();
+    let untrusted = kernel
+        .cert_store()
+        .import_pem(stranger.chain_pem.as_bytes(), stranger.key_pem.as_bytes())
+        .unwrap();
+    let run = |cert: Option<Thumbprint>| {
         let (mut c, mut s) = tcp_pair();
         std::thread::scope(|scope| {
             let srv = scope.spawn(|| {
@@ -701,32 +710,41 @@ fn mutual_tls_with_a_client_certificate_from_the_store() {
                         .unwrap();
                         let mut tls = Tls::server(cred, &[], ASC_REQ_MUTUAL_AUTH as u32);
                         let status = tls.handshake(&mut s).err().unwrap_or(SEC_E_OK);
-                        let peer = if status == SEC_E_OK {
+                        let mut peer = 0;
+                        let mut verdict = Err(SEC_E_INTERNAL_ERROR);
+                        if status == SEC_E_OK {
                             let certs = tls
                                 .query::<SecPkgContext_Certificates>(
                                     SECPKG_ATTR_REMOTE_CERTIFICATES,
                                 )
                                 .unwrap();
-                            // SAFETY: the chain SSPI allocated for us, freed once.
-                            let freed = unsafe {
-                                ksys::imports::FreeContextBuffer(certs.pbCertificateChain as *mut _)
-                            };
-                            assert_eq!(freed, SEC_E_OK);
-                            certs.cCertificates
-                        } else {
-                            0
-                        };
+                            if !certs.pbCertificateChain.is_null() {
+                                // SAFETY: the chain SSPI allocated for us, freed once.
+                                let freed = unsafe {
+                                    ksys::imports::FreeContextBuffer(
+                                        certs.pbCertificateChain as *mut _,
+                                    )
+                                };
+                                assert_eq!(freed, SEC_E_OK);
+                            }
+                            peer = certs.cCertificates;
+                            verdict = tls
+                                .query::<SecPkgContext_CertificateValidationResult>(
+                                    SECPKG_ATTR_CERT_CHECK_RESULT_INPROC,
+                                )
+                                .map(|v| v.hrVerifyChainStatus as u32);
+                        }
                         drop(s);
                         tls.delete();
                         free_credential(cred);
-                        (status, peer)
+                        (status, peer, verdict)
                     })
                     .unwrap()
             });
             let status = kernel
                 .run("client", move || {
                     let cred = acquire(&CredentialSpec {
-                        thumbprint: with_cert.then_some(client),
+                        thumbprint: cert,
                         ..Default::default()
                     })
                     .unwrap();
@@ -748,13 +766,21 @@ fn mutual_tls_with_a_client_certificate_from_the_store() {
             (status, srv.join().unwrap())
         })
     };
-    let (_, (server_status, peer_certs)) = run(true);
-    assert_eq!((server_status, peer_certs), (SEC_E_OK, 2));
-    let (client_status, (server_status, _)) = run(false);
+    // Schannel completes ASC_REQ_MUTUAL_AUTH whatever the client sends; the verdict comes from
+    // SECPKG_ATTR_CERT_CHECK_RESULT_INPROC (MsQuic's tls_schannel.c reads it so).
+    let (_, (status, peer, verdict)) = run(Some(client));
+    assert_eq!((status, peer, verdict), (SEC_E_OK, 2, Ok(0)));
+    let (_, (status, peer, verdict)) = run(None);
     assert_eq!(
-        server_status, SEC_E_CERT_UNKNOWN,
-        "a server requiring a client certificate refuses none"
+        (status, peer, verdict),
+        (SEC_E_OK, 0, Err(SEC_E_NO_CREDENTIALS)),
+        "no certificate: the handshake completes, the verdict says none came"
     );
-    assert_ne!(client_status, SEC_E_OK);
+    let (_, (status, peer, verdict)) = run(Some(untrusted));
+    assert_eq!(
+        (status, peer, verdict),
+        (SEC_E_OK, 2, Ok(0x800B_0109)),
+        "an untrusted chain: CERT_E_UNTRUSTEDROOT"
+    );
     kernel.shutdown().unwrap();
 }

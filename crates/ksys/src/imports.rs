@@ -77,6 +77,7 @@ kernel_imports! {
         pub fn DeleteSecurityContext(security_context: *mut SecHandle) -> SECURITY_STATUS;
         pub fn FreeCredentialsHandle(credential: *mut SecHandle) -> SECURITY_STATUS;
         pub fn ApplyControlToken(security_context: *mut SecHandle, input: *mut SecBufferDesc) -> SECURITY_STATUS;
+        pub fn SetCredentialsAttributesW(credential: *mut SecHandle, attribute: u32, buffer: *mut c_void, size: u32) -> SECURITY_STATUS;
         /// EncryptMessage: ksecdd.sys exports it as SealMessage.
         #[link_name = "SealMessage"]
         pub fn EncryptMessage(security_context: *mut SecHandle, qop: u32, message: *mut SecBufferDesc, sequence: u32) -> SECURITY_STATUS;

@@ -120,6 +120,11 @@ layouts! {
     SecPkgContext_Certificates as "_SecPkgContext_Certificates" = 16 {
         cCertificates @ 0, cbCertificateChain @ 4, pbCertificateChain @ 8
     }
+    SecPkgCred_ClientCertPolicy as "_SecPkgCred_ClientCertPolicy" = 56 {
+        dwFlags @ 0, guidPolicyId @ 4, dwCertFlags @ 20, dwUrlRetrievalTimeout @ 24,
+        fCheckRevocationFreshnessTime @ 28, dwRevocationFreshnessTime @ 32, fOmitUsageCheck @ 36,
+        pwszSslCtlStoreName @ 40, pwszSslCtlIdentifier @ 48
+    }
     SCHANNEL_ALERT_TOKEN as "_SCHANNEL_ALERT_TOKEN" = 12 { dwTokenType @ 0, dwAlertType @ 4, dwAlertNumber @ 8 }
     SecPkgContext_CertificateValidationResult as "_SecPkgContext_CertificateValidationResult" = 8 {
         dwChainErrorStatus @ 0, hrVerifyChainStatus @ 4

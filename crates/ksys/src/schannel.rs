@@ -128,6 +128,22 @@ pub struct SecPkgContext_CertificateValidationResult {
     pub hrVerifyChainStatus: i32,
 }
 
+/// `SECPKG_ATTR_CLIENT_CERT_POLICY` (SetCredentialsAttributesW on a server credential): how
+/// client certificate chains are built (revocation, URL retrieval).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct SecPkgCred_ClientCertPolicy {
+    pub dwFlags: u32,
+    pub guidPolicyId: [u8; 16],
+    pub dwCertFlags: u32,
+    pub dwUrlRetrievalTimeout: u32,
+    pub fCheckRevocationFreshnessTime: i32,
+    pub dwRevocationFreshnessTime: u32,
+    pub fOmitUsageCheck: i32,
+    pub pwszSslCtlStoreName: *mut u16,
+    pub pwszSslCtlIdentifier: *mut u16,
+}
+
 /// Package name kernel callers use (`SCHANNEL_NAME_W`), as UTF-16 with NUL.
 pub const SCHANNEL_NAME_W: &[u16] = &[0x53, 0x63, 0x68, 0x61, 0x6E, 0x6E, 0x65, 0x6C, 0]; // "Schannel"
 

@@ -35,6 +35,10 @@ pub struct CredentialSpec {
     pub flags: u32,
     /// Which versions may be negotiated.
     pub versions: Versions,
+    /// Servers: every client will be asked for a certificate (the sessions check the verdict);
+    /// sets the client certificate policy on the credential, as Windows expects of such a
+    /// server (SetCredentialsAttributesW, SECPKG_ATTR_CLIENT_CERT_POLICY).
+    pub require_client_certificate: bool,
 }
 
 /// An acquired credential handle; freed when the last session lets go (at PASSIVE_LEVEL).
@@ -181,7 +185,40 @@ impl Credential {
         if status != SEC_E_OK {
             return Err(status);
         }
+        if spec.inbound && spec.require_client_certificate {
+            credential.set_client_certificate_policy()?;
+        }
         Ok(credential)
+    }
+
+    /// SECPKG_ATTR_CLIENT_CERT_POLICY with the default chain policy (no revocation flags): what
+    /// MsQuic sets on a server credential that requires client certificates.
+    fn set_client_certificate_policy(&self) -> Result<(), SECURITY_STATUS> {
+        let mut policy = SecPkgCred_ClientCertPolicy {
+            dwFlags: 0,
+            guidPolicyId: [0; 16],
+            dwCertFlags: 0,
+            dwUrlRetrievalTimeout: 0,
+            fCheckRevocationFreshnessTime: 0,
+            dwRevocationFreshnessTime: 0,
+            fOmitUsageCheck: 0,
+            pwszSslCtlStoreName: core::ptr::null_mut(),
+            pwszSslCtlIdentifier: core::ptr::null_mut(),
+        };
+        // SAFETY: our acquired handle and a structure that outlives the synchronous call.
+        let status = unsafe {
+            SetCredentialsAttributesW(
+                self.handle(),
+                SECPKG_ATTR_CLIENT_CERT_POLICY,
+                &mut policy as *mut _ as *mut c_void,
+                core::mem::size_of::<SecPkgCred_ClientCertPolicy>() as u32,
+            )
+        };
+        if status == SEC_E_OK {
+            Ok(())
+        } else {
+            Err(status)
+        }
     }
 
     /// The handle SSPI calls take.

@@ -77,6 +77,9 @@ const TX_BUSY: usize = 4 * TX_RECORD;
 /// How long a released connection may take to finish its graceful close (drain its queue,
 /// close_notify, FIN, the peer's FIN) before it is reset.
 const RELEASE_TIMEOUT_MS: u32 = 10_000;
+/// How long a failed connection may take to deliver its alert and FIN and see the peer's FIN
+/// before it is reset.
+const END_TIMEOUT_MS: u32 = 5_000;
 /// Room for an alert SSPI may return separately from the token.
 const ALERT_CAPACITY: usize = 64;
 
@@ -361,8 +364,15 @@ struct Engine<O: Observer> {
     released: bool,
     /// The release timeout is armed on the deadline.
     release_armed: bool,
+    /// The graceful end's timeout is armed on the deadline.
+    deadline_armed_for_end: bool,
     /// A receive returned 0 bytes: the peer's FIN.
     fin_received: bool,
+    /// A TLS failure ends like TLS says: the fatal alert, our FIN, the peer's FIN, then the
+    /// close (bounded by [`END_TIMEOUT_MS`]); cleared when the peer is gone or the owner aborts.
+    graceful_end: bool,
+    /// The fatal alert (its description) still to write with EncryptMessage(OOB) and send.
+    alert_due: Option<u8>,
 }
 
 /// The session's shared state: the owner's mailbox and the drain's engine.
@@ -503,7 +513,10 @@ impl<O: Observer> Session<O> {
             census: config.census.as_ref().map(Census::enter),
             released: false,
             release_armed: false,
+            deadline_armed_for_end: false,
             fin_received: false,
+            graceful_end: false,
+            alert_due: None,
         };
         let conn = Conn {
             mailbox: SpinLock::new(Mailbox {
@@ -636,7 +649,11 @@ impl<O: Observer> Session<O> {
     pub fn release(self) {
         let graceful = {
             let mut m = self.worker.target().mailbox.lock();
-            m.released = m.shutdown_requested && m.state == State::Open && !m.abort_requested;
+            // Shut down by the owner, or failed and already ending on its own (its alert and
+            // FIN still on the way).
+            let ending = m.failure.is_some() && m.state != State::Closed;
+            m.released =
+                !m.abort_requested && (ending || (m.shutdown_requested && m.state == State::Open));
             m.released
         };
         if graceful {
@@ -679,6 +696,21 @@ impl<O: Observer> Drop for Session<O> {
 }
 
 /// SEC_APPLICATION_PROTOCOLS for an ALPN wire list (empty stays empty).
+/// The TLS alert (RFC 8446 §6.2) that tells the peer why the connection failed.
+fn alert_for(status: SECURITY_STATUS) -> u8 {
+    match status {
+        SEC_E_MESSAGE_ALTERED | SEC_E_DECRYPT_FAILURE => 20, // bad_record_mac
+        SEC_E_ILLEGAL_MESSAGE | SEC_E_INVALID_TOKEN => 10,   // unexpected_message
+        SEC_E_ALGORITHM_MISMATCH => 40,                      // handshake_failure
+        SEC_E_CERT_EXPIRED => 45,                            // certificate_expired
+        SEC_E_UNTRUSTED_ROOT => 48,                          // unknown_ca
+        SEC_E_CERT_UNKNOWN | SEC_E_WRONG_PRINCIPAL | SEC_E_CERT_WRONG_USAGE => 42, // bad_certificate
+        SEC_E_NO_CREDENTIALS => 116, // certificate_required
+        SEC_E_APPLICATION_PROTOCOL_MISMATCH => 120, // no_application_protocol
+        _ => 80,                     // internal_error
+    }
+}
+
 /// Whether `bytes` is a run of whole TLS records (5-byte headers of a known content type and
 /// version 3.x, each length within a record's limit, ending exactly at the end): how a token
 /// Schannel really wrote looks, unlike a buffer it left untouched.
@@ -754,6 +786,15 @@ impl<O: Observer> Engine<O> {
         if events & EV_TIMER != 0 && handshaking && self.deadline.expired() {
             self.fail_or_end(conn, Some(Failure::net(STATUS_IO_TIMEOUT)));
         }
+        if events & EV_TIMER != 0
+            && self.phase == Phase::Releasing
+            && self.graceful_end
+            && self.deadline_armed_for_end
+            && self.deadline.expired()
+        {
+            // The alert, our FIN or the peer's FIN did not get through in time: reset.
+            self.end_abruptly();
+        }
         if events & EV_TIMER != 0 && self.phase == Phase::Open && self.deadline.expired() {
             if !self.released {
                 self.quiet_check(conn, worker);
@@ -789,6 +830,9 @@ impl<O: Observer> Engine<O> {
         };
         if abort && self.phase != Phase::Releasing {
             self.fail_or_end(conn, None);
+        }
+        if abort && self.graceful_end && !released {
+            self.end_abruptly();
         }
         if released && !self.released && self.phase == Phase::Open {
             self.released = true;
@@ -1192,6 +1236,13 @@ impl<O: Observer> Engine<O> {
 
     fn receive_completed(&mut self, conn: &Conn<O>, status: NTSTATUS, n: usize) {
         if self.phase == Phase::Releasing {
+            // Ending: nothing is read any more; only the peer's FIN (or its loss) matters.
+            self.rx_len = 0;
+            if !nt_success(status) && status != STATUS_CANCELLED {
+                self.graceful_end = false;
+            } else if nt_success(status) && n == 0 {
+                self.fin_received = true;
+            }
             return;
         }
         if core::mem::take(&mut self.shrinking) && status == STATUS_CANCELLED {
@@ -1533,6 +1584,12 @@ impl<O: Observer> Engine<O> {
                 return;
             }
         }
+        if conn.server && conn.require_client_certificate {
+            if let Err(status) = self.client_certificate_verdict() {
+                self.fail_or_end(conn, Some(Failure::tls(status)));
+                return;
+            }
+        }
         // SAFETY: plain data, filled by the query.
         let mut protocol: SecPkgContext_ApplicationProtocol = unsafe { core::mem::zeroed() };
         // SAFETY: as above.
@@ -1560,6 +1617,36 @@ impl<O: Observer> Engine<O> {
         // Application records that came with the last flight.
         if self.rx_len > 0 {
             self.decrypt_all(conn);
+        }
+    }
+
+    /// ASC_REQ_MUTUAL_AUTH only asks for a client certificate: Schannel completes the handshake
+    /// with none or with one that does not chain, and reports the verdict afterwards
+    /// (SECPKG_ATTR_CERT_CHECK_RESULT_INPROC, as MsQuic reads it). No certificate is
+    /// SEC_E_NO_CREDENTIALS; a chain the machine does not trust maps its HRESULT to the
+    /// SECURITY_STATUS that names it.
+    fn client_certificate_verdict(&mut self) -> Result<(), SECURITY_STATUS> {
+        let mut verdict = ksys::schannel::SecPkgContext_CertificateValidationResult::default();
+        // SAFETY: an established context; the structure is the one the attribute fills.
+        let status = unsafe {
+            QueryContextAttributesW(
+                &mut self.context,
+                SECPKG_ATTR_CERT_CHECK_RESULT_INPROC,
+                &mut verdict as *mut _ as *mut c_void,
+            )
+        };
+        if status != SEC_E_OK {
+            return Err(status);
+        }
+        match verdict.hrVerifyChainStatus as u32 {
+            0 => Ok(()),
+            // CERT_E_UNTRUSTEDROOT, CERT_E_CHAINING
+            0x800B_0109 | 0x800B_010A => Err(SEC_E_UNTRUSTED_ROOT),
+            // CERT_E_EXPIRED
+            0x800B_0101 => Err(SEC_E_CERT_EXPIRED),
+            // CERT_E_WRONG_USAGE
+            0x800B_0110 => Err(SEC_E_CERT_WRONG_USAGE),
+            _ => Err(SEC_E_CERT_UNKNOWN),
         }
     }
 
@@ -1818,7 +1905,10 @@ impl<O: Observer> Engine<O> {
 
     // ---- the end ----------------------------------------------------------------------
 
-    /// Ends the connection: `Some(failure)` records why (the first reason wins).
+    /// Ends the connection: `Some(failure)` records why (the first reason wins). A TLS failure
+    /// on a live socket ends gracefully — the fatal alert (the handshake's alert token, or one
+    /// written now with EncryptMessage(SECQOP_WRAP_OOB_DATA)), then our FIN and the peer's —
+    /// while a network failure or the owner's abort resets.
     fn fail_or_end(&mut self, conn: &Conn<O>, failure: Option<Failure>) {
         if let Some(f) = failure {
             if self.failure.is_none() {
@@ -1829,11 +1919,99 @@ impl<O: Observer> Engine<O> {
         if self.phase == Phase::Releasing || self.phase == Phase::Done {
             return;
         }
-        // An alert still to send goes out first (release_step sees to it).
+        if let Some(f) = failure.filter(|f| f.sspi != SEC_E_OK) {
+            if !self.socket.is_null() && !self.peer_gone() {
+                self.graceful_end = true;
+                // After the handshake (or a check of its result), the alert is written now.
+                let established = self.sizes.cbMaximumMessage != 0;
+                if established && !self.release_after_send {
+                    self.alert_due = Some(alert_for(f.sspi));
+                }
+            }
+        }
         self.phase = Phase::Releasing;
     }
 
+    /// Whether the peer already closed its side completely (FIN) — nothing more to tell it.
+    fn peer_gone(&self) -> bool {
+        self.fin_received
+    }
+
+    /// Gives up the graceful end: what is in flight is cancelled and the socket reset.
+    fn end_abruptly(&mut self) {
+        self.graceful_end = false;
+        self.alert_due = None;
+        self.release_after_send = false;
+        self.pending_token = 0;
+    }
+
+    /// Steps of a graceful end (see [`Self::fail_or_end`]); true while one is under way.
+    fn end_gracefully(&mut self, worker: &Worker<Conn<O>>) -> bool {
+        if !self.graceful_end || self.socket.is_null() {
+            return false;
+        }
+        if !self.deadline_armed_for_end {
+            Deadline::disarm(&self.deadline);
+            self.deadline_armed_for_end =
+                Deadline::arm(&self.deadline, worker.clone(), END_TIMEOUT_MS).is_ok();
+        }
+        if let Some(description) = self.alert_due {
+            if !self.send.is_idle() || self.pending_token > 0 {
+                return true;
+            }
+            self.alert_due = None;
+            let header = self.sizes.cbHeader as usize;
+            self.tx.bytes()[header..header + 2]
+                .copy_from_slice(&[ksys::schannel::TLS1_ALERT_FATAL as u8, description]);
+            // A package that cannot write this alert (kemu outside its own failures) leaves
+            // only the FIN.
+            if let Ok(len) = self.encrypt_in_place(0, 2, SECQOP_WRAP_OOB_DATA) {
+                self.pending_token = len;
+            }
+        }
+        if self.pending_token > 0 {
+            if self.send.is_idle() {
+                let len = core::mem::take(&mut self.pending_token);
+                self.start_send(worker, len);
+            }
+            return true;
+        }
+        if !self.send.is_idle() {
+            return true;
+        }
+        if !self.disconnected {
+            if self.control_kind == Control::None {
+                let socket = self.socket;
+                let disconnect = self.dispatch().WskDisconnect.unwrap();
+                self.start_control(worker, Control::Disconnect, |irp| {
+                    // SAFETY: a live connection socket; no final buffer.
+                    unsafe { disconnect(socket, core::ptr::null_mut(), 0, irp) }
+                });
+            }
+            return true;
+        }
+        if !self.fin_received {
+            // Closing before the peer's FIN would reset (and lose our alert at the peer).
+            if self.recv.is_idle() && self.rx_len < self.rx.len() {
+                let socket = self.socket;
+                let receive = self.dispatch().WskReceive.unwrap();
+                let mut buf = self.rx.wsk(0, self.rx.len());
+                let _ = IrpOp::start(&self.recv, worker.clone(), |irp| {
+                    // SAFETY: a live connection socket; the buffer lives in the engine until
+                    // completion and nothing else uses it while ending.
+                    unsafe { receive(socket, &mut buf, 0, irp) }
+                });
+            }
+            return !self.fin_received && self.graceful_end;
+        }
+        self.graceful_end = false;
+        false
+    }
+
     fn release_step(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
+        if self.end_gracefully(worker) {
+            return;
+        }
         if self.release_after_send {
             if self.pending_token > 0 && self.send.is_idle() && !self.socket.is_null() {
                 let len = core::mem::take(&mut self.pending_token);

@@ -178,6 +178,7 @@ fn server_credential(thumbprint: Thumbprint) -> ktls::pool::PoolArc<Credential> 
         thumbprint: Some(thumbprint.0),
         flags: 0,
         versions: ALL,
+        require_client_certificate: false,
     })
     .unwrap()
 }
@@ -188,6 +189,7 @@ fn client_credential(versions: Versions, flags: u32) -> ktls::pool::PoolArc<Cred
         thumbprint: None,
         flags,
         versions,
+        require_client_certificate: false,
     })
     .unwrap()
 }
@@ -828,6 +830,95 @@ fn a_long_conversation_with_tickets_and_key_updates_from_s_server() {
             kernel.shutdown().unwrap();
         },
     );
+}
+
+/// A peer (rustls over a host socket) that completes the handshake and then sends a record with
+/// a broken tag: the ktls server answers with the fatal alert that names the error
+/// (bad_record_mac, written with EncryptMessage(SECQOP_WRAP_OOB_DATA)) and a FIN, waits for the
+/// peer's FIN and closes — no reset that could drop the alert.
+#[test]
+fn a_record_with_a_bad_tag_gets_the_alert_and_a_fin_not_a_reset() {
+    isolated(
+        "a_record_with_a_bad_tag_gets_the_alert_and_a_fin_not_a_reset",
+        || {
+            let (kernel, pki) = boot("bad_tag");
+            let thumbprint = pki.thumbprint;
+            let ca = pem::parse(std::fs::read(pki.path("ca.pem")).unwrap()).unwrap();
+            let ca = ca.contents().to_vec();
+            let (failure, alert, ending) = kernel
+                .run("server", move || {
+                    let (provider, changes, listener) = plain_listener(thumbprint);
+                    let port = listener.local_port();
+                    let peer = std::thread::spawn(move || tampering_peer(port, ca));
+                    let server = changes.wait("an accepted session", || listener.next());
+                    open(&server, &changes);
+                    let failure = failure_of(&server, &changes);
+                    let (alert, ending) = peer.join().unwrap();
+                    drop(server);
+                    finish(listener, &changes, provider);
+                    (failure, alert, ending)
+                })
+                .unwrap();
+            assert_eq!(
+                failure.map(|f| f.sspi),
+                Some(ksys::sspi::SEC_E_MESSAGE_ALTERED)
+            );
+            assert_eq!(
+                alert,
+                Some(rustls::AlertDescription::BadRecordMac),
+                "{ending}"
+            );
+            assert_eq!(ending, "FIN");
+            kernel.shutdown().unwrap();
+        },
+    );
+}
+
+/// The peer of the test above: handshake, one tampered record, then read to the end.
+fn tampering_peer(port: u16, ca: Vec<u8>) -> (Option<rustls::AlertDescription>, String) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.into()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut tls =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let mut socket = std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    while tls.is_handshaking() {
+        tls.complete_io(&mut socket).unwrap();
+    }
+    tls.writer()
+        .write_all(b"a record with a broken tag")
+        .unwrap();
+    let mut wire = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut wire).unwrap();
+    }
+    let last = wire.len() - 1;
+    wire[last] ^= 0x80;
+    socket.write_all(&wire).unwrap();
+    let mut alert = None;
+    let mut buf = [0u8; 4096];
+    let ending = loop {
+        match socket.read(&mut buf) {
+            Ok(0) => break "FIN".to_string(),
+            Ok(n) => {
+                let _ = tls.read_tls(&mut &buf[..n]);
+                if let Err(rustls::Error::AlertReceived(a)) = tls.process_new_packets() {
+                    alert = Some(a);
+                }
+            }
+            Err(e) => break format!("{e}"),
+        }
+    };
+    (alert, ending)
 }
 
 fn free_port() -> u16 {
@@ -1551,7 +1642,15 @@ fn a_listener_that_requires_client_certificates_refuses_clients_without_one() {
             let client_leaf = pem::parse(client_cert.chain_pem.as_bytes()).unwrap();
             let client_digest = ktls::sha256::sha256(client_leaf.contents());
             let thumbprint = pki.thumbprint;
-            let (without, with_state, seen_by_server) = kernel
+            let stranger = TestCa::generate("untrusted client CA")
+                .unwrap()
+                .issue(&["client.example"], Validity::Current)
+                .unwrap();
+            let stranger = kernel
+                .cert_store()
+                .import_pem(stranger.chain_pem.as_bytes(), stranger.key_pem.as_bytes())
+                .unwrap();
+            let (without, untrusted, with_state, seen_by_server) = kernel
                 .run("mutual", move || {
                     let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
                     let changes = Changes::new();
@@ -1570,7 +1669,14 @@ fn a_listener_that_requires_client_certificates_refuses_clients_without_one() {
                                 handshake_timeout_ms: 5000,
                                 census: changes.census(),
                             },
-                            server_credential(thumbprint),
+                            Credential::acquire(&CredentialSpec {
+                                inbound: true,
+                                thumbprint: Some(thumbprint.0),
+                                flags: 0,
+                                versions: ALL,
+                                require_client_certificate: true,
+                            })
+                            .unwrap(),
                             changes.clone(),
                         )
                     }
@@ -1592,11 +1698,26 @@ fn a_listener_that_requires_client_certificates_refuses_clients_without_one() {
                     assert!(server_failure.is_some());
                     // The client may have finished its side (TLS 1.3) before the server's alert.
                     let _ = failure_of(&anonymous, &changes);
+                    let with_stranger = Credential::acquire(&CredentialSpec {
+                        inbound: false,
+                        thumbprint: Some(stranger.0),
+                        flags: 0,
+                        versions: ALL,
+                        require_client_certificate: false,
+                    })
+                    .unwrap();
+                    let distrusted =
+                        connect_with(&provider, with_stranger, port, "localhost", None, &changes);
+                    let refused = changes.wait("an accepted session", || listener.next());
+                    let untrusted = failure_of(&refused, &changes);
+                    let _ = failure_of(&distrusted, &changes);
+                    drop((distrusted, refused));
                     let with_cert = Credential::acquire(&CredentialSpec {
                         inbound: false,
                         thumbprint: Some(client_thumbprint.0),
                         flags: 0,
                         versions: ALL,
+                        require_client_certificate: false,
                     })
                     .unwrap();
                     let client =
@@ -1608,10 +1729,16 @@ fn a_listener_that_requires_client_certificates_refuses_clients_without_one() {
                     let state = client.state();
                     drop((anonymous, rejected, client, server));
                     finish(listener, &changes, provider);
-                    (server_failure, state, seen)
+                    (server_failure, untrusted, state, seen)
                 })
                 .unwrap();
-            assert_eq!(without.map(|f| f.status), Some(STATUS_TLS_FAILURE));
+            // Schannel completes the handshake without a certificate; the server's check of
+            // the verdict fails it.
+            assert_eq!(
+                without.map(|f| (f.status, f.sspi)),
+                Some((STATUS_TLS_FAILURE, ksys::sspi::SEC_E_NO_CREDENTIALS))
+            );
+            assert_eq!(untrusted.map(|f| f.sspi), Some(SEC_E_UNTRUSTED_ROOT));
             assert_eq!(with_state, State::Open);
             assert_eq!(seen_by_server, Some(client_digest));
             kernel.shutdown().unwrap();

@@ -38,6 +38,9 @@ pub(crate) struct Credential {
     pub flags: u32,
     pub versions: Vec<&'static rustls::SupportedProtocolVersion>,
     pub alpn: Vec<Vec<u8>>,
+    /// SECPKG_ATTR_CLIENT_CERT_POLICY's dwCertFlags, once SetCredentialsAttributesW set it
+    /// (revocation flags: recorded, not modelled).
+    pub client_cert_policy: Mutex<Option<u32>>,
     /// The rustls configurations built for this credential's contexts (as Schannel keeps its
     /// per-credential state): building one parses the key and the trusted roots, which would
     /// otherwise happen on every handshake.
@@ -215,6 +218,7 @@ pub(crate) unsafe fn parse(
         flags: c.dwFlags,
         versions,
         alpn,
+        client_cert_policy: Mutex::new(None),
         configs: ConfigCache::default(),
     })
 }
@@ -426,6 +430,129 @@ fn build_client_config(
     Ok(Arc::new(config))
 }
 
+/// ASC_REQ_MUTUAL_AUTH as Schannel does it: the server asks for a certificate (naming the
+/// trusted roots) but completes the handshake whether one came or not and whatever its chain;
+/// only the proof of possession (CertificateVerify) is checked now. The verdict comes later
+/// through SECPKG_ATTR_CERT_CHECK_RESULT_INPROC ([`client_certificate_verdict`]).
+#[derive(Debug)]
+struct DeferredClientVerifier {
+    hints: Vec<rustls::DistinguishedName>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for DeferredClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        schannel_schemes(&self.provider)
+    }
+}
+
+/// CERT_TRUST_* bits and HRESULTs of a chain verdict (wincrypt.h / winerror.h values).
+const CERT_TRUST_IS_NOT_TIME_VALID: u32 = 0x1;
+const CERT_TRUST_IS_NOT_SIGNATURE_VALID: u32 = 0x8;
+const CERT_TRUST_IS_NOT_VALID_FOR_USAGE: u32 = 0x10;
+const CERT_TRUST_IS_UNTRUSTED_ROOT: u32 = 0x20;
+const CERT_TRUST_IS_PARTIAL_CHAIN: u32 = 0x10000;
+const CERT_E_EXPIRED: i32 = 0x800B_0101_u32 as i32;
+const CERT_E_UNTRUSTEDROOT: i32 = 0x800B_0109_u32 as i32;
+const CERT_E_CHAINING: i32 = 0x800B_010A_u32 as i32;
+const CERT_E_WRONG_USAGE: i32 = 0x800B_0110_u32 as i32;
+const TRUST_E_CERT_SIGNATURE: i32 = 0x8009_6004_u32 as i32;
+
+/// SECPKG_ATTR_CERT_CHECK_RESULT_INPROC for a client's chain (leaf first): the Root store's
+/// verdict on it as a client certificate, now.
+pub(crate) fn client_certificate_verdict(
+    store: &CertStore,
+    chain: &[CertificateDer<'static>],
+) -> SecPkgContext_CertificateValidationResult {
+    let verdict = |status: u32, hr: i32| SecPkgContext_CertificateValidationResult {
+        dwChainErrorStatus: status,
+        hrVerifyChainStatus: hr,
+    };
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return verdict(CERT_TRUST_IS_PARTIAL_CHAIN, CERT_E_CHAINING);
+    };
+    let verifier =
+        match WebPkiClientVerifier::builder_with_provider(Arc::new(roots(store)), provider())
+            .build()
+        {
+            Ok(v) => v,
+            // No trusted root at all.
+            Err(_) => return verdict(CERT_TRUST_IS_UNTRUSTED_ROOT, CERT_E_UNTRUSTEDROOT),
+        };
+    match verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+        Ok(_) => verdict(0, 0),
+        Err(Error::InvalidCertificate(e)) => match e {
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => {
+                verdict(CERT_TRUST_IS_NOT_TIME_VALID, CERT_E_EXPIRED)
+            }
+            CertificateError::UnknownIssuer => verdict(
+                CERT_TRUST_IS_UNTRUSTED_ROOT | CERT_TRUST_IS_PARTIAL_CHAIN,
+                CERT_E_UNTRUSTEDROOT,
+            ),
+            CertificateError::BadSignature => {
+                verdict(CERT_TRUST_IS_NOT_SIGNATURE_VALID, TRUST_E_CERT_SIGNATURE)
+            }
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                verdict(CERT_TRUST_IS_NOT_VALID_FOR_USAGE, CERT_E_WRONG_USAGE)
+            }
+            _ => verdict(CERT_TRUST_IS_PARTIAL_CHAIN, CERT_E_CHAINING),
+        },
+        Err(_) => verdict(CERT_TRUST_IS_PARTIAL_CHAIN, CERT_E_CHAINING),
+    }
+}
+
 /// The server configuration of one ASC context (shared like the client's).
 pub(crate) fn server_config(
     cred: &Credential,
@@ -455,11 +582,11 @@ fn build_server_config(
         .with_protocol_versions(&cred.versions)
         .map_err(|_| SEC_E_ALGORITHM_MISMATCH)?;
     let builder = if mutual {
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots(store)), provider)
-                .build()
-                .map_err(|_| SEC_E_UNTRUSTED_ROOT)?;
-        builder.with_client_cert_verifier(verifier)
+        let roots = roots(store);
+        builder.with_client_cert_verifier(Arc::new(DeferredClientVerifier {
+            hints: roots.subjects(),
+            provider,
+        }))
     } else {
         builder.with_no_client_auth()
     };

@@ -509,6 +509,38 @@ pub(crate) unsafe extern "win64" fn sspi_acquire_credentials_handle_async_w(
     )
 }
 
+/// SetCredentialsAttributesW: SECPKG_ATTR_CLIENT_CERT_POLICY on a server credential (how a
+/// server that requires client certificates says how to build their chains, as MsQuic does).
+pub(crate) unsafe extern "win64" fn set_credentials_attributes_w(
+    credential: *mut SecHandle,
+    attribute: u32,
+    buffer: *mut c_void,
+    size: u32,
+) -> SECURITY_STATUS {
+    thread::require_at_most("SetCredentialsAttributesW", PASSIVE);
+    let Lookup::Found((_, credential)) = self::credential(credential, "SetCredentialsAttributesW")
+    else {
+        return SEC_E_INVALID_HANDLE;
+    };
+    match attribute {
+        SECPKG_ATTR_CLIENT_CERT_POLICY if credential.inbound => {
+            if buffer.is_null()
+                || (size as usize) < std::mem::size_of::<SecPkgCred_ClientCertPolicy>()
+            {
+                return SEC_E_INVALID_PARAMETER;
+            }
+            // SAFETY: the caller's structure of at least its size.
+            let policy = unsafe { *(buffer as *const SecPkgCred_ClientCertPolicy) };
+            *credential
+                .client_cert_policy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(policy.dwCertFlags);
+            SEC_E_OK
+        }
+        _ => SEC_E_UNSUPPORTED_FUNCTION,
+    }
+}
+
 fn free_credential(handle: SecHandle) -> SECURITY_STATUS {
     let kernel = ksecdd();
     let mut s = kernel.ksecdd.lock();
@@ -1358,6 +1390,20 @@ pub(crate) unsafe extern "win64" fn query_context_attributes_w(
             }
             // SAFETY: the caller's structure.
             unsafe { *(buffer as *mut SecPkgContext_ApplicationProtocol) = info };
+        }
+        SECPKG_ATTR_CERT_CHECK_RESULT_INPROC if inbound => {
+            // The verdict on the client's chain (ASC_REQ_MUTUAL_AUTH completes without one).
+            let chain: Vec<rustls::pki_types::CertificateDer<'static>> = session
+                .peer_certificates()
+                .into_iter()
+                .map(rustls::pki_types::CertificateDer::from)
+                .collect();
+            if chain.is_empty() {
+                return SEC_E_NO_CREDENTIALS;
+            }
+            let verdict = creds::client_certificate_verdict(ksecdd().ksecdd.store(), &chain);
+            // SAFETY: the caller's SecPkgContext_CertificateValidationResult.
+            unsafe { *(buffer as *mut SecPkgContext_CertificateValidationResult) = verdict };
         }
         SECPKG_ATTR_REMOTE_CERTIFICATES => {
             let certs = session.peer_certificates();
