@@ -518,3 +518,148 @@ fn a_trusted_self_signed_ca_certificate_serves_and_ed25519_does_not() {
         .unwrap();
     kernel.shutdown().unwrap();
 }
+
+/// A client credential without a certificate and without SCH_CRED_NO_DEFAULT_CREDS, against a
+/// server that asks for one: ISC stops with SEC_I_INCOMPLETE_CREDENTIALS and no output; the same
+/// input handed again goes on without a certificate. With SCH_CRED_NO_DEFAULT_CREDS it never
+/// stops.
+#[test]
+fn a_server_asking_for_a_certificate_gives_incomplete_credentials_without_no_default_creds() {
+    let kernel = boot();
+    let thumbprint = server_identity(&kernel);
+    kernel
+        .run("incomplete credentials", move || {
+            for (disabled, no_default) in [
+                (SP_PROT_TLS1_2_CLIENT, false),
+                (SP_PROT_TLS1_3_CLIENT, false),
+                (SP_PROT_TLS1_2_CLIENT, true),
+            ] {
+                let server_cred = acquire(&CredentialSpec {
+                    inbound: true,
+                    thumbprint: Some(thumbprint),
+                    ..Default::default()
+                })
+                .unwrap();
+                let mut tls =
+                    kemu::testing::sspi::client_tls_parameters(disabled | SP_PROT_BELOW_TLS1_2);
+                let mut creds = kemu::testing::sspi::client_credentials(&mut tls);
+                if !no_default {
+                    creds.dwFlags &= !SCH_CRED_NO_DEFAULT_CREDS;
+                }
+                // SAFETY: the credentials and their parameters outlive the call.
+                let client_cred = unsafe {
+                    kemu::testing::sspi::acquire_raw(
+                        &mut creds as *mut SCH_CREDENTIALS as *mut std::ffi::c_void,
+                    )
+                }
+                .unwrap();
+                let mut client = Tls::client(client_cred, "localhost", &[], 0);
+                let mut server = Tls::server(server_cred, &[], ASC_REQ_MUTUAL_AUTH as u32);
+                let hello = client.step(&[]).output;
+                let flight = server.step(&hello).output;
+                let mut answer = client.step(&flight);
+                if !no_default {
+                    assert_eq!(answer.status, SEC_I_INCOMPLETE_CREDENTIALS);
+                    assert!(answer.output.is_empty(), "nothing goes out yet");
+                    answer = client.step(&flight);
+                }
+                assert!(
+                    answer.status == SEC_E_OK || answer.status == SEC_I_CONTINUE_NEEDED,
+                    "{:#x}",
+                    answer.status
+                );
+                assert!(!answer.output.is_empty());
+                let done = server.step(&answer.output);
+                assert_eq!(done.status, SEC_E_OK);
+                let verdict = server.query::<SecPkgContext_CertificateValidationResult>(
+                    SECPKG_ATTR_CERT_CHECK_RESULT_INPROC,
+                );
+                assert_eq!(verdict.err(), Some(SEC_E_NO_CREDENTIALS));
+                client.delete();
+                server.delete();
+                free_credential(client_cred);
+                free_credential(server_cred);
+            }
+        })
+        .unwrap();
+    kernel.shutdown().unwrap();
+}
+
+/// Schannel's client session cache is keyed by credential and target name: a second handshake
+/// to the same name resumes (SECPKG_ATTR_SESSION_INFO says SSL_SESSION_RECONNECT) and still
+/// reports the server's certificates; another name, or SCH_CRED_DISABLE_RECONNECTS, does not.
+#[test]
+fn a_second_handshake_to_the_same_target_resumes_and_says_so() {
+    let kernel = boot();
+    let ca = TestCa::generate("resumption CA").unwrap();
+    let issued = ca
+        .issue(&["localhost", "other.localhost"], Validity::Current)
+        .unwrap();
+    let store = kernel.cert_store();
+    store.add_root_pem(ca.cert_pem().as_bytes()).unwrap();
+    let thumbprint = store
+        .import_pem(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
+        .unwrap();
+    kernel
+        .run("resumption", move || {
+            for (disabled, flags) in [
+                (SP_PROT_TLS1_2_CLIENT, 0),
+                (SP_PROT_TLS1_3_CLIENT, 0),
+                (SP_PROT_TLS1_2_CLIENT, SCH_CRED_DISABLE_RECONNECTS),
+            ] {
+                let server_cred = acquire(&CredentialSpec {
+                    inbound: true,
+                    thumbprint: Some(thumbprint),
+                    ..Default::default()
+                })
+                .unwrap();
+                let client_cred = acquire(&CredentialSpec {
+                    disabled_protocols: disabled,
+                    flags,
+                    ..Default::default()
+                })
+                .unwrap();
+                let mut resumed = Vec::new();
+                for target in ["localhost", "localhost", "other.localhost"] {
+                    let mut client = Tls::client(client_cred, target, &[], 0);
+                    let mut server = Tls::server(server_cred, &[], 0);
+                    Tls::pump_handshake(&mut client, &mut server).unwrap();
+                    // TLS 1.3 tickets reach the client's cache once it reads them.
+                    let mut sink = Vec::new();
+                    while !client.incoming.is_empty() {
+                        match client.decrypt_buffered() {
+                            Err(SEC_I_RENEGOTIATE) => {
+                                client.answer_post_handshake(&mut sink).unwrap()
+                            }
+                            Ok(_) => {}
+                            other => panic!("{other:?}"),
+                        }
+                    }
+                    let info: SecPkgContext_SessionInfo =
+                        client.query(SECPKG_ATTR_SESSION_INFO).unwrap();
+                    let certs: SecPkgContext_Certificates =
+                        client.query(SECPKG_ATTR_REMOTE_CERTIFICATES).unwrap();
+                    assert!(
+                        certs.cCertificates > 0,
+                        "the chain is known after resuming too"
+                    );
+                    // SAFETY: the chain SSPI allocated for this query, freed once.
+                    unsafe { ksys::imports::FreeContextBuffer(certs.pbCertificateChain as *mut _) };
+                    resumed.push(info.dwFlags & SSL_SESSION_RECONNECT != 0);
+                    client.delete();
+                    server.delete();
+                }
+                let expected = if flags & SCH_CRED_DISABLE_RECONNECTS != 0 {
+                    vec![false, false, false]
+                } else {
+                    // The same name again resumes; another name starts afresh.
+                    vec![false, true, false]
+                };
+                assert_eq!(resumed, expected, "disabled {disabled:#x} flags {flags:#x}");
+                free_credential(client_cred);
+                free_credential(server_cred);
+            }
+        })
+        .unwrap();
+    kernel.shutdown().unwrap();
+}

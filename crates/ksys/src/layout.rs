@@ -125,6 +125,7 @@ layouts! {
         fCheckRevocationFreshnessTime @ 28, dwRevocationFreshnessTime @ 32, fOmitUsageCheck @ 36,
         pwszSslCtlStoreName @ 40, pwszSslCtlIdentifier @ 48
     }
+    SecPkgContext_SessionInfo as "_SecPkgContext_SessionInfo" = 40 { dwFlags @ 0, cbSessionId @ 4, rgbSessionId @ 8 }
     SCHANNEL_ALERT_TOKEN as "_SCHANNEL_ALERT_TOKEN" = 12 { dwTokenType @ 0, dwAlertType @ 4, dwAlertNumber @ 8 }
     SecPkgContext_CertificateValidationResult as "_SecPkgContext_CertificateValidationResult" = 8 {
         dwChainErrorStatus @ 0, hrVerifyChainStatus @ 4

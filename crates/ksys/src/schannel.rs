@@ -144,6 +144,19 @@ pub struct SecPkgCred_ClientCertPolicy {
     pub pwszSslCtlIdentifier: *mut u16,
 }
 
+/// `SECPKG_ATTR_SESSION_INFO` result: whether the handshake resumed a cached session.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SecPkgContext_SessionInfo {
+    /// [`SSL_SESSION_RECONNECT`] when the session was resumed.
+    pub dwFlags: u32,
+    pub cbSessionId: u32,
+    pub rgbSessionId: [u8; 32],
+}
+
+/// `SecPkgContext_SessionInfo.dwFlags`: the handshake resumed a cached session.
+pub const SSL_SESSION_RECONNECT: u32 = 1;
+
 /// Package name kernel callers use (`SCHANNEL_NAME_W`), as UTF-16 with NUL.
 pub const SCHANNEL_NAME_W: &[u16] = &[0x53, 0x63, 0x68, 0x61, 0x6E, 0x6E, 0x65, 0x6C, 0]; // "Schannel"
 

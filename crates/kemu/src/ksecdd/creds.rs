@@ -366,16 +366,50 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
+/// A client credential with no certificate and without SCH_CRED_NO_DEFAULT_CREDS: Schannel may
+/// look for a default client certificate, and tells the caller a server asked for one with
+/// SEC_I_INCOMPLETE_CREDENTIALS. It offers none; this notes that a server asked.
+#[derive(Debug, Default)]
+pub(crate) struct CertificateAsked(pub std::sync::atomic::AtomicBool);
+
+impl rustls::client::ResolvesClientCert for CertificateAsked {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
+    }
+}
+
+/// Whether contexts of this credential report SEC_I_INCOMPLETE_CREDENTIALS.
+pub(crate) fn may_look_for_default_certificate(cred: &Credential) -> bool {
+    !cred.inbound && cred.identity.is_none() && cred.flags & SCH_CRED_NO_DEFAULT_CREDS == 0
+}
+
 /// The client configuration of one ISC context (shared by the credential's contexts that ask
-/// for the same validation and ALPN while the trusted roots stay the same).
+/// for the same validation and ALPN while the trusted roots stay the same). A credential that
+/// may look for a default certificate gets a configuration of its own per context, with `asked`
+/// as its certificate resolver.
 pub(crate) fn client_config(
     cred: &Credential,
     store: &CertStore,
     requirements: u32,
     alpn: Vec<Vec<u8>>,
+    asked: Option<Arc<CertificateAsked>>,
 ) -> Result<Arc<ClientConfig>, SECURITY_STATUS> {
     let manual = cred.flags & SCH_CRED_MANUAL_CRED_VALIDATION != 0
         || u64::from(requirements) & ISC_REQ_MANUAL_CRED_VALIDATION != 0;
+    if let Some(asked) = asked {
+        let mut config = (*build_client_config(cred, store, manual, alpn)?).clone();
+        config.client_auth_cert_resolver = asked;
+        return Ok(Arc::new(config));
+    }
     let key = ClientKey {
         manual,
         alpn,
@@ -425,8 +459,12 @@ fn build_client_config(
     } else {
         alpn
     };
-    // Every context is a full handshake: Schannel's session cache is not modelled.
-    config.resumption = rustls::client::Resumption::disabled();
+    // Schannel's client session cache: per credential (each credential's contexts share this
+    // configuration) and target name (rustls keys its store by server name); off with
+    // SCH_CRED_DISABLE_RECONNECTS.
+    if cred.flags & SCH_CRED_DISABLE_RECONNECTS != 0 {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(Arc::new(config))
 }
 

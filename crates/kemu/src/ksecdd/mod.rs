@@ -640,6 +640,7 @@ fn handshake_steps(call: HandshakeCall) -> Result<SECURITY_STATUS, SECURITY_STAT
         .map(|b| b.data.clone())
         .unwrap_or_default();
     // The session: an existing context's, or a new one from the credential.
+    let mut asked = None;
     let (session, created) = match &call.existing {
         Some((_, credential, _, session)) => {
             if call
@@ -673,17 +674,26 @@ fn handshake_steps(call: HandshakeCall) -> Result<SECURITY_STATUS, SECURITY_STAT
                     Err(status) => return Err(status),
                 }
             } else {
-                match creds::client_config(&credential, &store, call.requirements, alpn).and_then(
-                    |c| {
-                        UnbufferedClientConnection::new(c, creds::server_name(&call.target))
-                            .map_err(|e| tls::status_of(&e))
-                    },
-                ) {
+                asked = creds::may_look_for_default_certificate(&credential)
+                    .then(|| Arc::new(creds::CertificateAsked::default()));
+                match creds::client_config(
+                    &credential,
+                    &store,
+                    call.requirements,
+                    alpn,
+                    asked.clone(),
+                )
+                .and_then(|c| {
+                    UnbufferedClientConnection::new(c, creds::server_name(&call.target))
+                        .map_err(|e| tls::status_of(&e))
+                }) {
                     Ok(c) => Conn::Client(Box::new(c)),
                     Err(status) => return Err(status),
                 }
             };
-            (Arc::new(Mutex::new(Session::new(conn))), Some(cred_id))
+            let mut session = Session::new(conn);
+            session.certificate_asked = asked;
+            (Arc::new(Mutex::new(session)), Some(cred_id))
         }
     };
     let step = session
@@ -1390,6 +1400,20 @@ pub(crate) unsafe extern "win64" fn query_context_attributes_w(
             }
             // SAFETY: the caller's structure.
             unsafe { *(buffer as *mut SecPkgContext_ApplicationProtocol) = info };
+        }
+        SECPKG_ATTR_SESSION_INFO => {
+            let info = SecPkgContext_SessionInfo {
+                dwFlags: if session.resumed() {
+                    SSL_SESSION_RECONNECT
+                } else {
+                    0
+                },
+                // rustls does not expose the session id; no id is reported.
+                cbSessionId: 0,
+                rgbSessionId: [0; 32],
+            };
+            // SAFETY: the caller's SecPkgContext_SessionInfo.
+            unsafe { *(buffer as *mut SecPkgContext_SessionInfo) = info };
         }
         SECPKG_ATTR_CERT_CHECK_RESULT_INPROC if inbound => {
             // The verdict on the client's chain (ASC_REQ_MUTUAL_AUTH completes without one).

@@ -10,6 +10,8 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use rustls::{AlertDescription, CertificateError, Error, ProtocolVersion};
 
+use std::sync::Arc;
+
 use ksys::sspi::*;
 
 /// Largest plaintext per record (and per EncryptMessage).
@@ -215,6 +217,11 @@ pub(crate) struct Session {
     control: Option<Control>,
     /// After a fatal error: the alert record rustls queued for the peer.
     failure_alert: Vec<u8>,
+    /// A client that may look for a default certificate: set when a server asked for one.
+    pub certificate_asked: Option<Arc<super::creds::CertificateAsked>>,
+    /// SEC_I_INCOMPLETE_CREDENTIALS was returned: the caller hands the same input again, whose
+    /// first `replay` bytes were consumed already (their output waits in `pending_output`).
+    replay: usize,
 }
 
 impl Session {
@@ -230,6 +237,8 @@ impl Session {
             post_handshake: Vec::new(),
             control: None,
             failure_alert: Vec::new(),
+            certificate_asked: None,
+            replay: 0,
         }
     }
 
@@ -243,6 +252,11 @@ impl Session {
 
     pub fn suite(&self) -> Option<rustls::SupportedCipherSuite> {
         with_conn!(&self.conn, c => c.negotiated_cipher_suite())
+    }
+
+    /// Whether the handshake resumed a cached session.
+    pub fn resumed(&self) -> bool {
+        with_conn!(&self.conn, c => c.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
     }
 
     pub fn alpn(&self) -> Option<Vec<u8>> {
@@ -303,10 +317,38 @@ impl Session {
             step.status = status;
             return step;
         }
-        if !self.is_handshaking() {
+        // The call repeated after SEC_I_INCOMPLETE_CREDENTIALS belongs to the handshake even
+        // when rustls finished it in the call before.
+        if !self.is_handshaking() && self.replay == 0 {
             return self.after_handshake(input);
         }
-        step.output = std::mem::take(&mut self.pending_output);
+        let replay = std::mem::take(&mut self.replay);
+        if input.len() < replay {
+            step.status = SEC_E_INVALID_TOKEN;
+            return step;
+        }
+        let mut step = self.handshake_records(&mut input[replay..]);
+        step.consumed += replay;
+        let asked = self
+            .certificate_asked
+            .take_if(|a| a.0.load(std::sync::atomic::Ordering::SeqCst));
+        if asked.is_some() && step.status >= 0 {
+            // A server asked for a certificate and this credential may have a default one:
+            // Schannel stops and says so; the caller calls again with the same input (and
+            // goes on without one). Nothing is handed out until then.
+            self.pending_output = std::mem::take(&mut step.output);
+            self.replay = step.consumed;
+            step.consumed = 0;
+            step.status = SEC_I_INCOMPLETE_CREDENTIALS;
+        }
+        step
+    }
+
+    fn handshake_records(&mut self, input: &mut [u8]) -> Step {
+        let mut step = Step {
+            output: std::mem::take(&mut self.pending_output),
+            ..Step::default()
+        };
         if let Err(status) = self.restore_held(input) {
             step.status = status;
             return step;

@@ -133,7 +133,13 @@ pub fn acquire(spec: &CredentialSpec) -> Result<SecHandle, SECURITY_STATUS> {
         cMappers: 0,
         aphMappers: std::ptr::null_mut(),
         dwSessionLifespan: 0,
-        dwFlags: spec.flags,
+        // Clients never fall back to a default certificate (as MsQuic and curl set it).
+        dwFlags: spec.flags
+            | if spec.inbound {
+                0
+            } else {
+                SCH_CRED_NO_DEFAULT_CREDS
+            },
         cTlsParameters: 1,
         pTlsParameters: &mut tls,
     };
