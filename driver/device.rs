@@ -42,13 +42,36 @@ extern "win64" fn evt_file_cleanup(file: WDFFILEOBJECT) {
 pub(crate) fn driver_entry(args: &DriverEntryArgs) -> Result<(), NTSTATUS> {
     let result = create_everything(args);
     match result {
-        Ok(()) => kmdf::debug_print(
-            DPFLTR_INFO_LEVEL,
-            "loaded; control device \\Device\\WskTls ready",
-        ),
+        Ok(()) => {
+            kmdf::debug_print(
+                DPFLTR_INFO_LEVEL,
+                "loaded; control device \\Device\\WskTls ready",
+            );
+            log_windows_floor();
+        }
         Err(_) => kmdf::debug_print(DPFLTR_ERROR_LEVEL, "DriverEntry failed"),
     }
     result
+}
+
+/// Build that ExAllocatePool2 needs (Windows 10 2004): below it the image does not load at all.
+const MINIMUM_BUILD: u32 = 19041;
+/// First build whose kernel Schannel offers TLS 1.3 (Windows Server 2022; Windows 11 is 22000).
+const TLS13_BUILD: u32 = 20348;
+
+/// Says which Windows this is and what it means for TLS 1.3 (the floors are in README).
+fn log_windows_floor() {
+    let build = kmdf::windows_build();
+    let verdict = match build {
+        Some(b) if b >= TLS13_BUILD => "TLS 1.2 and 1.3 available",
+        Some(b) if b >= MINIMUM_BUILD => "TLS 1.3 needs build 20348 or later: TLS 1.2 only",
+        Some(_) => "below the supported floor (build 19041)",
+        None => "build unknown",
+    };
+    kmdf::debug_print(
+        DPFLTR_INFO_LEVEL,
+        &alloc::format!("Windows build {}: {verdict}", build.map_or(0, |b| b)),
+    );
 }
 
 fn create_everything(args: &DriverEntryArgs) -> Result<(), NTSTATUS> {

@@ -75,6 +75,14 @@ fn get_version_round_trip_and_clean_unload() {
                 .iter()
                 .any(|l| l.text.contains("control device \\Device\\WskTls ready"))
         );
+        // The driver says which Windows it runs on and what that means for TLS 1.3.
+        assert!(
+            kernel.debug_log().iter().any(|l| l
+                .text
+                .contains("Windows build 22631: TLS 1.2 and 1.3 available")),
+            "{:?}",
+            kernel.debug_log()
+        );
         kernel.unload().expect("unload with zero leaks");
         let usage = kernel.pool_usage();
         let driver_tag = usage

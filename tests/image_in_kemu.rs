@@ -61,6 +61,14 @@ fn the_shipped_image_serves_get_version_and_unloads_clean() {
                 .iter()
                 .any(|l| l.text.contains("control device \\Device\\WskTls ready"))
         );
+        // The driver says which Windows it runs on and what that means for TLS 1.3.
+        assert!(
+            kernel.debug_log().iter().any(|l| l
+                .text
+                .contains("Windows build 22631: TLS 1.2 and 1.3 available")),
+            "{:?}",
+            kernel.debug_log()
+        );
         let h = kernel.open(DEVICE, Caller::Administrator).unwrap();
         let r = kernel
             .ioctl(h, IOCTL_WSKTLS_GET_VERSION, &[], GetVersionResponse::SIZE)

@@ -71,6 +71,7 @@ pub fn exports() -> &'static [Export] {
                 "IoQueueWorkItem": IoQueueWorkItem => workitem::io_queue_work_item,
                 "IoFreeWorkItem": IoFreeWorkItem => workitem::io_free_work_item,
                 "RtlInitUnicodeString": RtlInitUnicodeString => rtl::rtl_init_unicode_string,
+                "RtlGetVersion": RtlGetVersion => rtl::rtl_get_version,
                 "vDbgPrintEx": vDbgPrintEx => rtl::v_dbg_print_ex,
             }
             "ksecdd.sys" {

@@ -4,7 +4,9 @@
 use std::ffi::c_void;
 use std::sync::Mutex;
 
-use ksys::ntdef::UNICODE_STRING;
+use ksys::ntdef::{
+    NTSTATUS, RTL_OSVERSIONINFOW, STATUS_INVALID_PARAMETER, STATUS_SUCCESS, UNICODE_STRING,
+};
 
 use crate::bugcheck::{bugcheck, codes};
 use crate::thread::{self, DISPATCH};
@@ -292,6 +294,32 @@ pub(crate) unsafe extern "win64" fn v_dbg_print_ex(
         text: text.trim_end_matches('\n').to_owned(),
     });
     0
+}
+
+/// The Windows build kemu reports (Windows 11 23H2): kernel Schannel there offers TLS 1.3.
+pub const WINDOWS_BUILD: u32 = 22631;
+
+/// ntoskrnl!RtlGetVersion: Windows 10.0, build [`WINDOWS_BUILD`]. A size other than the
+/// structure's (276) or the extended one's (284) is STATUS_INVALID_PARAMETER.
+pub(crate) unsafe extern "win64" fn rtl_get_version(info: *mut RTL_OSVERSIONINFOW) -> NTSTATUS {
+    thread::require_at_most("RtlGetVersion", thread::PASSIVE);
+    if info.is_null() {
+        return STATUS_INVALID_PARAMETER;
+    }
+    // SAFETY: the caller's structure, whose size field it set.
+    let size = unsafe { (*info).dwOSVersionInfoSize };
+    if size != 276 && size != 284 {
+        return STATUS_INVALID_PARAMETER;
+    }
+    // SAFETY: as above; only the basic fields are written.
+    unsafe {
+        (*info).dwMajorVersion = 10;
+        (*info).dwMinorVersion = 0;
+        (*info).dwBuildNumber = WINDOWS_BUILD;
+        (*info).dwPlatformId = 2;
+        (*info).szCSDVersion = [0; 128];
+    }
+    STATUS_SUCCESS
 }
 
 /// ntoskrnl!RtlInitUnicodeString.

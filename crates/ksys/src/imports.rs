@@ -12,7 +12,7 @@ use crate::io::{
     DEVICE_OBJECT, IO_WORKITEM, IRP, KEVENT, MDL, PIO_COMPLETION_ROUTINE, PIO_WORKITEM_ROUTINE,
 };
 use crate::ktimer::{KDPC, KTIMER, PKDEFERRED_ROUTINE};
-use crate::ntdef::{KIRQL, KSPIN_LOCK, NTSTATUS, UNICODE_STRING};
+use crate::ntdef::{KIRQL, KSPIN_LOCK, NTSTATUS, RTL_OSVERSIONINFOW, UNICODE_STRING};
 use crate::sspi::{
     SECURITY_STATUS, SecBufferDesc, SecHandle, SspiAsyncContext, SspiAsyncNotifyCallback, TimeStamp,
 };
@@ -27,6 +27,8 @@ kernel_imports! {
         /// Pool allocation (Windows 10 2004+); zeroed unless POOL_FLAG_UNINITIALIZED.
         pub fn ExAllocatePool2(flags: u64, size: usize, tag: u32) -> *mut c_void;
         pub fn ExFreePoolWithTag(p: *mut c_void, tag: u32);
+        /// The running Windows version (PASSIVE_LEVEL).
+        pub fn RtlGetVersion(info: *mut RTL_OSVERSIONINFOW) -> NTSTATUS;
         pub fn ExFreePool(p: *mut c_void);
         pub fn KeGetCurrentIrql() -> KIRQL;
         pub fn KeAcquireSpinLockRaiseToDpc(lock: *mut KSPIN_LOCK) -> KIRQL;

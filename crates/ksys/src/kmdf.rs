@@ -441,6 +441,16 @@ pub fn debug_print(level: u32, message: &str) {
     }
 }
 
+/// The running Windows build (RtlGetVersion; PASSIVE_LEVEL).
+pub fn windows_build() -> Option<u32> {
+    // SAFETY: RTL_OSVERSIONINFOW is plain data; all-zero is valid.
+    let mut info: crate::ntdef::RTL_OSVERSIONINFOW = unsafe { core::mem::zeroed() };
+    info.dwOSVersionInfoSize = core::mem::size_of::<crate::ntdef::RTL_OSVERSIONINFOW>() as u32;
+    // SAFETY: a structure of the size it says.
+    let status = unsafe { crate::imports::RtlGetVersion(&mut info) };
+    crate::ntdef::nt_success(status).then_some(info.dwBuildNumber)
+}
+
 /// Stops the machine on a driver panic with [`WSKTLS_PANIC_BUGCHECK`] (kernel images only).
 pub fn bugcheck_on_panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let (file, line, column) = match info.location() {

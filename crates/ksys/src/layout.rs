@@ -47,6 +47,10 @@ macro_rules! layouts {
 
 layouts! {
     UNICODE_STRING as "_UNICODE_STRING" = 16 { Length @ 0, MaximumLength @ 2, Buffer @ 8 }
+    RTL_OSVERSIONINFOW as "_OSVERSIONINFOW" = 276 {
+        dwOSVersionInfoSize @ 0, dwMajorVersion @ 4, dwMinorVersion @ 8, dwBuildNumber @ 12,
+        dwPlatformId @ 16, szCSDVersion @ 20
+    }
     LIST_ENTRY as "_LIST_ENTRY" = 16 { Flink @ 0, Blink @ 8 }
     GUID as "_GUID" = 16 { Data1 @ 0, Data2 @ 4, Data3 @ 6, Data4 @ 8 }
     IO_STATUS_BLOCK as "_IO_STATUS_BLOCK" = 16 { Status @ 0, Information @ 8 }

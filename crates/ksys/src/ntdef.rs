@@ -42,6 +42,20 @@ pub const POOL_FLAG_NON_PAGED_EXECUTE: u64 = 0x0000_0000_0000_0080;
 /// `ExAllocatePool2` flag: paged pool (PASSIVE/APC_LEVEL only).
 pub const POOL_FLAG_PAGED: u64 = 0x0000_0000_0000_0100;
 
+/// `RTL_OSVERSIONINFOW` (RtlGetVersion): the running Windows version and build.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+#[allow(non_snake_case)]
+pub struct RTL_OSVERSIONINFOW {
+    /// Size of this structure (276), set by the caller.
+    pub dwOSVersionInfoSize: u32,
+    pub dwMajorVersion: u32,
+    pub dwMinorVersion: u32,
+    pub dwBuildNumber: u32,
+    pub dwPlatformId: u32,
+    pub szCSDVersion: [u16; 128],
+}
+
 /// Counted UTF-16 string; `Length`/`MaximumLength` are byte counts, no NUL required.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]

@@ -15,6 +15,7 @@ use ksys::wsk::*;
 
 use crate::census::{Census, Entry};
 use crate::credential::Credential;
+use crate::deadline::Deadline;
 use crate::pool::PoolArc;
 use crate::session::{Config, Observer, Role, Session};
 use crate::sync::SpinLock;
@@ -23,6 +24,9 @@ use crate::wsk::IrpOp;
 
 const EV_OP: u32 = 1;
 const EV_USER: u32 = 2;
+const EV_TIMER: u32 = 4;
+/// Longest pause between accepts after failures in a row.
+const MAX_ACCEPT_PAUSE_MS: u32 = 1000;
 
 /// How a listener behaves.
 pub struct ListenerConfig {
@@ -82,6 +86,11 @@ struct Engine<O: Observer + Clone> {
     socket: *mut WSK_SOCKET,
     op: Op<O>,
     step: Option<Step>,
+    /// Accepts that failed in a row: after the second, the next waits (1 ms, doubling up to
+    /// [`MAX_ACCEPT_PAUSE_MS`]) instead of re-posting at once — no hot loop on a failing stack.
+    accept_failures: u32,
+    pause: PoolArc<Deadline<Worker<Shared<O>>>>,
+    paused: bool,
     local: SOCKADDR_STORAGE,
     /// IPV6_V6ONLY's value for an IPv6 listener (FALSE: IPv4 clients too, as echosrv does).
     v6only: u32,
@@ -143,6 +152,9 @@ impl<O: Observer + Clone> Listener<O> {
                 socket: core::ptr::null_mut(),
                 op: IrpOp::try_new(EV_OP)?,
                 step: None,
+                accept_failures: 0,
+                pause: Deadline::try_new(EV_TIMER)?,
+                paused: false,
                 local: config.local,
                 v6only: 0,
                 credential: Some(credential),
@@ -231,11 +243,19 @@ impl<O: Observer + Clone> Engine<O> {
             drop(waiting);
         }
         if self.closing {
+            Deadline::disarm(&self.pause);
+            self.paused = false;
             self.close_step(shared, worker);
             return;
         }
         if self.step.is_some() {
             return;
+        }
+        if self.paused {
+            if !self.pause.expired() {
+                return;
+            }
+            self.paused = false;
         }
         if self.socket.is_null() {
             self.create(shared, worker);
@@ -398,9 +418,17 @@ impl<O: Observer + Clone> Engine<O> {
                     if status == STATUS_CANCELLED || self.closing {
                         return;
                     }
-                    // A failed accept (e.g. the peer reset first) does not stop the listener.
+                    // A failed accept (e.g. the peer reset first) does not stop the listener;
+                    // failures in a row slow it down.
+                    self.accept_failures = self.accept_failures.saturating_add(1);
+                    if self.accept_failures > 1 {
+                        let ms =
+                            (1u32 << (self.accept_failures - 2).min(10)).min(MAX_ACCEPT_PAUSE_MS);
+                        self.paused = Deadline::arm(&self.pause, worker.clone(), ms).is_ok();
+                    }
                     return;
                 }
+                self.accept_failures = 0;
                 self.started_session(shared, worker, information as *mut WSK_SOCKET);
             }
             Some(Step::Reject) => {}
