@@ -394,7 +394,7 @@ fn client_credential(flags: u32, versions: Versions) -> Result<PoolArc<Credentia
 }
 
 /// Maps a credential failure to the NTSTATUS LISTEN/CONNECT complete with.
-fn sspi_to_status(status: i32) -> NTSTATUS {
+fn sspi_to_status(status: ksys::sspi::SECURITY_STATUS) -> NTSTATUS {
     match status {
         ksys::sspi::SEC_E_NO_CREDENTIALS | ksys::sspi::SEC_E_UNKNOWN_CREDENTIALS => {
             STATUS_NOT_FOUND
@@ -703,7 +703,8 @@ fn info_of(session: &Session<Notify>, id: u64) -> ConnectionInfo {
     }
     if let Some(Failure { status, sspi }) = session.failure() {
         info.status = status;
-        info.sspi_status = sspi;
+        // The wire carries the SECURITY_STATUS's 32 bits as they are.
+        info.sspi_status = sspi.0;
     }
     info
 }

@@ -556,10 +556,14 @@ fn pinned_connects_report_the_peer_certificate_and_refuse_other_certificates() {
                     .ioctl_async(b, IOCTL_WSKTLS_CONNECT, &wrong, ConnectionInfo::SIZE)
                     .unwrap(),
             );
-            // A failed handshake completes CONNECT with the failure inside ConnectionInfo.
+            // A failed handshake completes CONNECT with the failure inside ConnectionInfo; a
+            // pin mismatch has its own NTSTATUS (not an untrusted chain's).
             assert_eq!(
                 (bad.status, bad.sspi_status),
-                (STATUS_UNSUCCESSFUL, ksys::sspi::SEC_E_UNTRUSTED_ROOT)
+                (
+                    ktls::session::STATUS_PIN_MISMATCH,
+                    ksys::sspi::SEC_E_UNTRUSTED_ROOT.0
+                )
             );
             assert_eq!(
                 id_call(&kernel, b, IOCTL_WSKTLS_CLOSE, bad.id),

@@ -538,7 +538,10 @@ mod async_rules {
                 }
             })
             .unwrap();
-        assert!(queued < 0, "the queueing failure is returned: {queued:#x}");
+        assert!(
+            queued.is_error(),
+            "the queueing failure is returned: {queued:#x}"
+        );
         assert_eq!(status, SEC_I_ASYNC_CALL_PENDING);
         assert_eq!(again, SEC_E_INVALID_PARAMETER);
         assert_eq!(reinit, ksys::ntdef::STATUS_INVALID_PARAMETER);

@@ -98,7 +98,7 @@ fn feed(tls: &mut Tls, chunks: &[&[u8]]) -> (SECURITY_STATUS, Vec<u8>) {
                 _ => break,
             }
         }
-        if status < 0 && status != SEC_E_INCOMPLETE_MESSAGE {
+        if status.is_error() && status != SEC_E_INCOMPLETE_MESSAGE {
             return (status, output);
         }
     }
@@ -299,7 +299,7 @@ fn output_buffers_say_what_was_written_on_failure() {
             let hello = client.step(&[]).output;
             let mut server = Tls::server(server_cred, &[], 0);
             let step = server.step(&hello);
-            assert!(step.status < 0, "{:#x}", step.status);
+            assert!(step.status.is_error(), "{:#x}", step.status);
             assert!(
                 step.output.len() < 64,
                 "output TOKEN cbBuffer {} after {:#x}",
@@ -394,7 +394,7 @@ fn control_tokens_produce_close_notify_and_the_failure_alert() {
                 c.incoming = alert.output;
                 let got = c.decrypt_buffered();
                 assert!(
-                    matches!(got, Err(e) if e < 0),
+                    matches!(got, Err(e) if e.is_error()),
                     "the peer reads the alert as a failure: {got:?}"
                 );
                 for t in [&mut client, &mut server, &mut c, &mut s] {
@@ -451,7 +451,7 @@ fn the_server_picks_the_suite_by_its_own_order() {
                     break;
                 }
                 let step = server.step(&to_server);
-                assert!(step.status >= 0, "{:#x}", step.status);
+                assert!(step.status.is_success(), "{:#x}", step.status);
                 let mut reply = &step.output[..];
                 while !reply.is_empty() {
                     peer.read_tls(&mut reply).unwrap();

@@ -6,7 +6,38 @@
 use core::ffi::c_void;
 
 /// SSPI status (HRESULT-shaped; negative = failure).
-pub type SECURITY_STATUS = i32;
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct SECURITY_STATUS(pub i32);
+
+impl SECURITY_STATUS {
+    /// An error (the severity bit is set): SEC_E_*.
+    pub const fn is_error(self) -> bool {
+        self.0 < 0
+    }
+    /// SEC_E_OK or an informational SEC_I_* status.
+    pub const fn is_success(self) -> bool {
+        self.0 >= 0
+    }
+}
+
+impl core::fmt::Debug for SECURITY_STATUS {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "SECURITY_STATUS({:#010x})", self.0 as u32)
+    }
+}
+
+impl core::fmt::LowerHex for SECURITY_STATUS {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::LowerHex::fmt(&(self.0 as u32), f)
+    }
+}
+
+impl core::fmt::UpperHex for SECURITY_STATUS {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::UpperHex::fmt(&(self.0 as u32), f)
+    }
+}
 /// Expiry time, 100 ns since 1601.
 pub type TimeStamp = i64;
 
@@ -154,10 +185,19 @@ macro_rules! consts {
 pub(crate) use consts;
 
 const fn sec(v: u32) -> SECURITY_STATUS {
-    v as SECURITY_STATUS
+    SECURITY_STATUS(v as i32)
 }
 
-consts! { SECURITY_STATUS; SEC_STATUS_NAMES;
+/// Constants of SECURITY_STATUS (a newtype: NTSTATUS and SECURITY_STATUS cannot be mixed).
+macro_rules! sec_consts {
+    ($list:ident; $($name:ident = $value:expr;)*) => {
+        $( #[allow(missing_docs)] pub const $name: SECURITY_STATUS = sec($value); )*
+        /// Every constant of this group, by name (for the header cross-check).
+        pub static $list: &[(&str, i128)] = &[ $( (stringify!($name), $name.0 as i128), )* ];
+    };
+}
+
+sec_consts! { SEC_STATUS_NAMES;
     SEC_E_OK = 0;
     SEC_I_CONTINUE_NEEDED = 0x0009_0312;
     SEC_I_COMPLETE_NEEDED = 0x0009_0313;
@@ -169,37 +209,37 @@ consts! { SECURITY_STATUS; SEC_STATUS_NAMES;
     SEC_I_NO_RENEGOTIATION = 0x0009_0360;
     SEC_I_CONTINUE_NEEDED_MESSAGE_OK = 0x0009_0366;
     SEC_I_ASYNC_CALL_PENDING = 0x0009_0368;
-    SEC_E_INSUFFICIENT_MEMORY = sec(0x8009_0300);
-    SEC_E_INVALID_HANDLE = sec(0x8009_0301);
-    SEC_E_UNSUPPORTED_FUNCTION = sec(0x8009_0302);
-    SEC_E_TARGET_UNKNOWN = sec(0x8009_0303);
-    SEC_E_INTERNAL_ERROR = sec(0x8009_0304);
-    SEC_E_SECPKG_NOT_FOUND = sec(0x8009_0305);
-    SEC_E_INVALID_TOKEN = sec(0x8009_0308);
-    SEC_E_LOGON_DENIED = sec(0x8009_030C);
-    SEC_E_UNKNOWN_CREDENTIALS = sec(0x8009_030D);
-    SEC_E_NO_CREDENTIALS = sec(0x8009_030E);
-    SEC_E_MESSAGE_ALTERED = sec(0x8009_030F);
-    SEC_E_OUT_OF_SEQUENCE = sec(0x8009_0310);
-    SEC_E_CONTEXT_EXPIRED = sec(0x8009_0317);
-    SEC_E_INCOMPLETE_MESSAGE = sec(0x8009_0318);
-    SEC_E_INCOMPLETE_CREDENTIALS = sec(0x8009_0320);
-    SEC_E_BUFFER_TOO_SMALL = sec(0x8009_0321);
-    SEC_E_WRONG_PRINCIPAL = sec(0x8009_0322);
-    SEC_E_UNTRUSTED_ROOT = sec(0x8009_0325);
-    SEC_E_ILLEGAL_MESSAGE = sec(0x8009_0326);
-    SEC_E_CERT_UNKNOWN = sec(0x8009_0327);
-    SEC_E_CERT_EXPIRED = sec(0x8009_0328);
-    SEC_E_ENCRYPT_FAILURE = sec(0x8009_0329);
-    SEC_E_DECRYPT_FAILURE = sec(0x8009_0330);
-    SEC_E_ALGORITHM_MISMATCH = sec(0x8009_0331);
-    SEC_E_SHUTDOWN_IN_PROGRESS = sec(0x8009_033F);
-    SEC_E_CERT_WRONG_USAGE = sec(0x8009_0349);
-    SEC_E_INVALID_PARAMETER = sec(0x8009_035D);
-    SEC_E_NO_CONTEXT = sec(0x8009_0361);
-    SEC_E_APPLICATION_PROTOCOL_MISMATCH = sec(0x8009_0367);
-    SEC_E_EXT_BUFFER_TOO_SMALL = sec(0x8009_036A);
-    SEC_E_INSUFFICIENT_BUFFERS = sec(0x8009_036B);
+    SEC_E_INSUFFICIENT_MEMORY = 0x8009_0300;
+    SEC_E_INVALID_HANDLE = 0x8009_0301;
+    SEC_E_UNSUPPORTED_FUNCTION = 0x8009_0302;
+    SEC_E_TARGET_UNKNOWN = 0x8009_0303;
+    SEC_E_INTERNAL_ERROR = 0x8009_0304;
+    SEC_E_SECPKG_NOT_FOUND = 0x8009_0305;
+    SEC_E_INVALID_TOKEN = 0x8009_0308;
+    SEC_E_LOGON_DENIED = 0x8009_030C;
+    SEC_E_UNKNOWN_CREDENTIALS = 0x8009_030D;
+    SEC_E_NO_CREDENTIALS = 0x8009_030E;
+    SEC_E_MESSAGE_ALTERED = 0x8009_030F;
+    SEC_E_OUT_OF_SEQUENCE = 0x8009_0310;
+    SEC_E_CONTEXT_EXPIRED = 0x8009_0317;
+    SEC_E_INCOMPLETE_MESSAGE = 0x8009_0318;
+    SEC_E_INCOMPLETE_CREDENTIALS = 0x8009_0320;
+    SEC_E_BUFFER_TOO_SMALL = 0x8009_0321;
+    SEC_E_WRONG_PRINCIPAL = 0x8009_0322;
+    SEC_E_UNTRUSTED_ROOT = 0x8009_0325;
+    SEC_E_ILLEGAL_MESSAGE = 0x8009_0326;
+    SEC_E_CERT_UNKNOWN = 0x8009_0327;
+    SEC_E_CERT_EXPIRED = 0x8009_0328;
+    SEC_E_ENCRYPT_FAILURE = 0x8009_0329;
+    SEC_E_DECRYPT_FAILURE = 0x8009_0330;
+    SEC_E_ALGORITHM_MISMATCH = 0x8009_0331;
+    SEC_E_SHUTDOWN_IN_PROGRESS = 0x8009_033F;
+    SEC_E_CERT_WRONG_USAGE = 0x8009_0349;
+    SEC_E_INVALID_PARAMETER = 0x8009_035D;
+    SEC_E_NO_CONTEXT = 0x8009_0361;
+    SEC_E_APPLICATION_PROTOCOL_MISMATCH = 0x8009_0367;
+    SEC_E_EXT_BUFFER_TOO_SMALL = 0x8009_036A;
+    SEC_E_INSUFFICIENT_BUFFERS = 0x8009_036B;
 }
 
 consts! { u32; SECBUFFER_NAMES;

@@ -86,6 +86,12 @@ const ALERT_CAPACITY: usize = 64;
 /// NTSTATUS of a connection that failed in TLS (the SECURITY_STATUS says why).
 pub const STATUS_TLS_FAILURE: NTSTATUS = STATUS_UNSUCCESSFUL;
 
+/// NTSTATUS of a client whose server certificate is valid-looking but not the pinned one (its
+/// SECURITY_STATUS is SEC_E_UNTRUSTED_ROOT): a customer-defined code (bit 29 set, as
+/// ntstatus.h reserves for drivers' own codes), so a pin mismatch never reads as an untrusted
+/// chain.
+pub const STATUS_PIN_MISMATCH: NTSTATUS = 0xE000_0001_u32 as i32;
+
 /// Hears that something the owner can see changed (called from the work item, PASSIVE_LEVEL).
 pub trait Observer: Send + Sync + 'static {
     /// Handshake finished or failed, data arrived, send room opened, or the connection closed.
@@ -133,15 +139,11 @@ pub struct Config {
     pub handshake_timeout_ms: u32,
     /// Client: accept only a server certificate with this SHA-256 (the credential should then
     /// skip chain validation, SCH_CRED_MANUAL_CRED_VALIDATION); a different one fails the
-    /// session with [`SEC_E_PIN_MISMATCH`].
+    /// session with [`STATUS_PIN_MISMATCH`] (and SEC_E_UNTRUSTED_ROOT).
     pub pinned: Option<[u8; 32]>,
     /// Counts the session until it has released every kernel resource (see [`Census`]).
     pub census: Option<Census>,
 }
-
-/// The SECURITY_STATUS a pinning failure reports (SEC_E_UNTRUSTED_ROOT: the certificate is
-/// not the one trusted).
-pub const SEC_E_PIN_MISMATCH: SECURITY_STATUS = SEC_E_UNTRUSTED_ROOT;
 
 /// What the handshake settled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1298,7 +1300,7 @@ impl<O: Observer> Engine<O> {
             match AsyncOp::try_new(sspi_done::<O>, worker.as_raw() as *mut c_void) {
                 Ok(op) => self.sspi = Some(op),
                 Err(status) => {
-                    self.fail_or_end(conn, Some(Failure::net(status)));
+                    self.fail_or_end(conn, Some(Failure::tls(status)));
                     return;
                 }
             }
@@ -1580,7 +1582,11 @@ impl<O: Observer> Engine<O> {
         };
         if let Some(pin) = self.pinned {
             if negotiated.peer_certificate != Some(pin) {
-                self.fail_or_end(conn, Some(Failure::tls(SEC_E_PIN_MISMATCH)));
+                let mismatch = Failure {
+                    status: STATUS_PIN_MISMATCH,
+                    sspi: SEC_E_UNTRUSTED_ROOT,
+                };
+                self.fail_or_end(conn, Some(mismatch));
                 return;
             }
         }

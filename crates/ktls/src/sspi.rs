@@ -14,9 +14,10 @@ use ksys::imports::{
     SspiCreateAsyncContext, SspiFreeAsyncContext, SspiGetAsyncCallStatus, SspiReinitAsyncContext,
     SspiSetAsyncNotifyCallback,
 };
-use ksys::ntdef::{NTSTATUS, STATUS_INSUFFICIENT_RESOURCES, nt_success};
+use ksys::ntdef::nt_success;
 use ksys::sspi::{
-    SEC_E_OK, SEC_I_ASYNC_CALL_PENDING, SECURITY_STATUS, SspiAsyncContext, SspiAsyncNotifyCallback,
+    SEC_E_INSUFFICIENT_MEMORY, SEC_E_OK, SEC_I_ASYNC_CALL_PENDING, SECURITY_STATUS,
+    SspiAsyncContext, SspiAsyncNotifyCallback,
 };
 
 /// The notify callback type (PASSIVE_LEVEL, maybe inline on the issuing thread).
@@ -41,12 +42,12 @@ unsafe impl Sync for AsyncOp {}
 fn create(
     callback: SspiAsyncNotifyCallback,
     data: *mut c_void,
-) -> Result<*mut SspiAsyncContext, NTSTATUS> {
+) -> Result<*mut SspiAsyncContext, SECURITY_STATUS> {
     // SAFETY: plain SSPI calls at PASSIVE_LEVEL.
     unsafe {
         let context = SspiCreateAsyncContext();
         if context.is_null() {
-            return Err(STATUS_INSUFFICIENT_RESOURCES);
+            return Err(SEC_E_INSUFFICIENT_MEMORY);
         }
         let status = SspiSetAsyncNotifyCallback(context, callback, data);
         if status != SEC_E_OK {
@@ -59,7 +60,10 @@ fn create(
 
 impl AsyncOp {
     /// Creates the context with its callback and the data the callback receives.
-    pub fn try_new(callback: NotifyCallback, data: *mut c_void) -> Result<AsyncOp, NTSTATUS> {
+    pub fn try_new(
+        callback: NotifyCallback,
+        data: *mut c_void,
+    ) -> Result<AsyncOp, SECURITY_STATUS> {
         let context = create(Some(callback), data)?;
         Ok(AsyncOp {
             context,
@@ -72,7 +76,7 @@ impl AsyncOp {
     }
 
     /// Readies the context for the next call and returns it.
-    pub fn begin(&mut self) -> Result<*mut SspiAsyncContext, NTSTATUS> {
+    pub fn begin(&mut self) -> Result<*mut SspiAsyncContext, SECURITY_STATUS> {
         if self.stuck {
             let fresh = create(self.callback, self.data)?;
             // SAFETY: freeing a stuck context is the documented way out; no callback will come.

@@ -81,7 +81,7 @@ unsafe extern "win64" fn on_notify(context: *mut SspiAsyncContext, data: *mut c_
     let c = unsafe { &*(data as *const Completion) };
     // SAFETY: the context being notified.
     let status = unsafe { SspiGetAsyncCallStatus(context) };
-    c.status.store(status, Ordering::SeqCst);
+    c.status.store(status.0, Ordering::SeqCst);
     c.calls.fetch_add(1, Ordering::SeqCst);
     // SAFETY: the Completion's event.
     unsafe { KeSetEvent(&c.event as *const KEVENT as *mut KEVENT, 0, 0) };
@@ -103,7 +103,7 @@ fn acquire_and_free(
     let mut tls =
         kemu::testing::sspi::client_tls_parameters(!ksys::schannel::SP_PROT_TLS1_3_CLIENT);
     let mut creds = kemu::testing::sspi::client_credentials(&mut tls);
-    let context = op.begin().map_err(|s| s as SECURITY_STATUS)?;
+    let context = op.begin()?;
     // SAFETY: valid arguments; the out-parameters outlive the callback (we wait for it).
     let queued = unsafe {
         SspiAcquireCredentialsHandleAsyncW(
@@ -130,7 +130,7 @@ fn acquire_and_free(
             std::ptr::null(),
         )
     };
-    let status = completion.status.load(Ordering::SeqCst);
+    let status = SECURITY_STATUS(completion.status.load(Ordering::SeqCst));
     if status == SEC_E_OK {
         // SAFETY: the credential just acquired.
         assert_eq!(unsafe { FreeCredentialsHandle(&mut handle) }, SEC_E_OK);

@@ -1581,8 +1581,8 @@ fn pinning_accepts_the_pinned_certificate_only_and_reports_the_peer_digest() {
             assert_eq!(
                 wrong,
                 Some(Failure {
-                    status: STATUS_TLS_FAILURE,
-                    sspi: ktls::session::SEC_E_PIN_MISMATCH
+                    status: ktls::session::STATUS_PIN_MISMATCH,
+                    sspi: SEC_E_UNTRUSTED_ROOT
                 })
             );
             kernel.shutdown().unwrap();

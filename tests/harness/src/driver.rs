@@ -31,6 +31,14 @@ impl std::fmt::Display for CallError {
             CallError::Status { what, status } => {
                 write!(f, "{what} failed: {}", errors::ntstatus(*status).0)
             }
+            CallError::Handshake { status, .. } if *status as u32 == errors::PIN_MISMATCH => {
+                write!(
+                    f,
+                    "handshake failed: the server's certificate is not the pinned one \
+                     (STATUS_PIN_MISMATCH, {:#010X})",
+                    errors::PIN_MISMATCH
+                )
+            }
             CallError::Handshake { status, sspi } if *sspi != 0 => write!(
                 f,
                 "handshake failed: {} [{}]",

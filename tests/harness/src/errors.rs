@@ -255,7 +255,7 @@ pub const SECURITY_STATUS_TABLE: &[(u32, &str, &str)] = &[
     (
         0x8009_0325,
         "SEC_E_UNTRUSTED_ROOT",
-        "the server's certificate is not trusted (or not the pinned one)",
+        "the server's certificate is not trusted",
     ),
     (
         0x8009_0326,
@@ -293,6 +293,10 @@ pub const SECURITY_STATUS_TABLE: &[(u32, &str, &str)] = &[
         "no ALPN protocol in common",
     ),
 ];
+
+/// The driver's own NTSTATUS for a server certificate that is not the pinned one (a customer
+/// code: ktls's STATUS_PIN_MISMATCH).
+pub const PIN_MISMATCH: u32 = 0xE000_0001;
 
 /// "the peer reset the connection (STATUS_CONNECTION_RESET, 0xC000020D)".
 pub fn ntstatus(status: i32) -> (String, Kind) {
@@ -338,7 +342,7 @@ mod tests {
     fn failures_read_as_words_with_their_codes() {
         assert_eq!(
             security_status(0x8009_0325_u32 as i32),
-            "the server's certificate is not trusted (or not the pinned one) (SEC_E_UNTRUSTED_ROOT, 0x80090325)"
+            "the server's certificate is not trusted (SEC_E_UNTRUSTED_ROOT, 0x80090325)"
         );
         let (text, kind) = ntstatus(0xC000_0236_u32 as i32);
         assert!(

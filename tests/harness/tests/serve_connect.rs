@@ -145,7 +145,7 @@ fn serve_and_connect_in_two_processes() {
     let (code, _, err) = connect(&[&target, "--pin", &wrong], b"x");
     assert_eq!(code, 4, "a TLS failure exits with 4: {err}");
     assert!(
-        err.contains("not trusted (or not the pinned one) (SEC_E_UNTRUSTED_ROOT, 0x80090325)"),
+        err.contains("not the pinned one (STATUS_PIN_MISMATCH, 0xE0000001)"),
         "{err}"
     );
 }

@@ -13,8 +13,7 @@ use std::ffi::c_void;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use ksys::ntdef::{
-    NTSTATUS, STATUS_BUFFER_TOO_SMALL, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER,
-    STATUS_SUCCESS, UNICODE_STRING,
+    NTSTATUS, STATUS_BUFFER_TOO_SMALL, STATUS_INVALID_PARAMETER, STATUS_SUCCESS, UNICODE_STRING,
 };
 use ksys::schannel::*;
 use ksys::sspi::*;
@@ -378,7 +377,7 @@ fn start(
         crate::rtl::note(&format!(
             "{routine}: injected queueing failure; the async context stays pending"
         ));
-        return STATUS_INSUFFICIENT_RESOURCES;
+        return SEC_E_INSUFFICIENT_MEMORY;
     }
     let address = context as usize;
     let label = format!("LSA: {routine}");
@@ -823,7 +822,9 @@ fn write_output(
                     || (b.pvBuffer.is_null() && !output.is_empty())
                 {
                     b.cbBuffer = output.len() as u32;
-                    result = Err(STATUS_BUFFER_TOO_SMALL);
+                    // The NTSTATUS value as the call's status: what a reverse-engineered
+                    // ksecdd build reports (docs/windows-validation.md W13).
+                    result = Err(SECURITY_STATUS(STATUS_BUFFER_TOO_SMALL));
                 } else {
                     // SAFETY: the caller's buffer holds cbBuffer >= output.len() bytes.
                     unsafe {
@@ -1231,7 +1232,7 @@ pub(crate) unsafe extern "win64" fn decrypt_message(
             r.trailer as u32,
         );
         bufs[3] = extra;
-    } else if r.status >= 0 {
+    } else if r.status.is_success() {
         bufs[0] = SecBuffer::new(SECBUFFER_STREAM_HEADER, at(0), 0);
         bufs[1] = SecBuffer::new(SECBUFFER_DATA, at(0), 0);
         bufs[2] = SecBuffer::new(SECBUFFER_STREAM_TRAILER, at(0), 0);

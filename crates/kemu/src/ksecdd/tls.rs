@@ -332,7 +332,7 @@ impl Session {
         let asked = self
             .certificate_asked
             .take_if(|a| a.0.load(std::sync::atomic::Ordering::SeqCst));
-        if asked.is_some() && step.status >= 0 {
+        if asked.is_some() && step.status.is_success() {
             // A server asked for a certificate and this credential may have a default one:
             // Schannel stops and says so; the caller calls again with the same input (and
             // goes on without one). Nothing is handed out until then.

@@ -533,7 +533,7 @@ impl Tls {
         let mut client_done = false;
         for _ in 0..16 {
             let s = server.step(&to_server);
-            if s.status < 0 {
+            if s.status.is_error() {
                 return Err(s.status);
             }
             let server_done = s.status == SEC_E_OK;
@@ -543,7 +543,7 @@ impl Tls {
                 return server.established();
             }
             let c = client.step(&s.output);
-            if c.status < 0 {
+            if c.status.is_error() {
                 return Err(c.status);
             }
             client_done = c.status == SEC_E_OK;
