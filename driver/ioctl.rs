@@ -51,7 +51,7 @@ pub(crate) extern "win64" fn evt_io_device_control(
 }
 
 fn wire(e: WireError) -> NTSTATUS {
-    e.status()
+    NTSTATUS(e.status())
 }
 
 /// Copies the input (at most `max` bytes) into a pool buffer.

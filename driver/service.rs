@@ -662,7 +662,7 @@ fn settle(
         (outcome @ Outcome::Info(..), _) => {
             if let Op::Connect = p.op {
                 let counter = match &outcome {
-                    Outcome::Info(info, _) if info.status == STATUS_SUCCESS => &HANDSHAKES_OK,
+                    Outcome::Info(info, _) if info.status == STATUS_SUCCESS.0 => &HANDSHAKES_OK,
                     _ => &HANDSHAKES_FAILED,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -676,7 +676,7 @@ fn settle(
 
 fn info_of(session: &Session<Notify>, id: u64) -> ConnectionInfo {
     let mut info = ConnectionInfo {
-        status: STATUS_SUCCESS,
+        status: STATUS_SUCCESS.0,
         sspi_status: 0,
         id,
         version: None,
@@ -702,7 +702,7 @@ fn info_of(session: &Session<Notify>, id: u64) -> ConnectionInfo {
         info.peer_certificate = n.peer_certificate;
     }
     if let Some(Failure { status, sspi }) = session.failure() {
-        info.status = status;
+        info.status = status.0;
         // The wire carries the SECURITY_STATUS's 32 bits as they are.
         info.sspi_status = sspi.0;
     }
@@ -718,7 +718,7 @@ fn handshake_outcome(session: &Session<Notify>, id: u64) -> Outcome {
 /// sizes, or both failure codes — how a Windows run shows where kemu's model differs.
 fn trace_connection(info: &ConnectionInfo, sizes: [u32; 3]) {
     use ksys::kmdf::{DPFLTR_ERROR_LEVEL, DPFLTR_INFO_LEVEL};
-    let line = if info.status == STATUS_SUCCESS {
+    let line = if info.status == STATUS_SUCCESS.0 {
         let [header, trailer, max] = sizes;
         alloc::format!(
             "connection {}: protocol {:?}, cipher suite {:#06x}, ALPN {} bytes, stream sizes header {header} trailer {trailer} max message {max}",
@@ -734,7 +734,7 @@ fn trace_connection(info: &ConnectionInfo, sizes: [u32; 3]) {
             info.sspi_status as u32
         )
     };
-    let level = if info.status == STATUS_SUCCESS {
+    let level = if info.status == STATUS_SUCCESS.0 {
         DPFLTR_INFO_LEVEL
     } else {
         DPFLTR_ERROR_LEVEL

@@ -199,7 +199,7 @@ fn driver_server_and_client_echo_through_ioctls() {
         );
         let client = info(connect);
         let server = info(accept);
-        assert_eq!((client.status, client.sspi_status), (STATUS_SUCCESS, 0));
+        assert_eq!((client.status, client.sspi_status), (STATUS_SUCCESS.0, 0));
         assert_eq!(client.version, Some(TlsVersion::Tls13));
         assert_eq!(client.alpn(), b"h2");
         assert_eq!(server.alpn(), b"h2");
@@ -561,7 +561,7 @@ fn pinned_connects_report_the_peer_certificate_and_refuse_other_certificates() {
             assert_eq!(
                 (bad.status, bad.sspi_status),
                 (
-                    ktls::session::STATUS_PIN_MISMATCH,
+                    ktls::session::STATUS_PIN_MISMATCH.0,
                     ksys::sspi::SEC_E_UNTRUSTED_ROOT.0
                 )
             );
@@ -603,7 +603,7 @@ fn connect_by_host_name_resolves_it() {
                 .unwrap(),
         );
         let server = info(accept);
-        assert_eq!(client.status, STATUS_SUCCESS);
+        assert_eq!(client.status, STATUS_SUCCESS.0);
         assert_eq!(send(&kernel, b, client.id, b"by name"), STATUS_SUCCESS);
         assert_eq!(recv_exact(&kernel, a, server.id, 7), b"by name");
         kernel.close(a).unwrap();

@@ -83,7 +83,7 @@ impl fmt::Display for KernelError {
         match self {
             KernelError::Bugcheck(b) => write!(f, "{b}"),
             KernelError::Leaks(r) => write!(f, "{r}"),
-            KernelError::Status(s, what) => write!(f, "{what}: NTSTATUS {:#010X}", *s as u32),
+            KernelError::Status(s, what) => write!(f, "{what}: NTSTATUS {:#010X}", s.0 as u32),
             KernelError::Load(why) => write!(f, "load failed: {why}"),
         }
     }

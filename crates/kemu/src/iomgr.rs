@@ -364,7 +364,7 @@ impl IoManager {
             // SAFETY: the final completion runs on the live IRP before kemu frees it.
             let (status, information) =
                 unsafe { ((*irp).IoStatus.Status, (*irp).IoStatus.Information) };
-            if information > output_length && status >= 0 {
+            if information > output_length && ksys::ntdef::nt_success(status) {
                 bugcheck(
                     codes::DRIVER_VERIFIER_IOMANAGER_VIOLATION,
                     [
@@ -380,7 +380,7 @@ impl IoManager {
                 );
             }
             let mut output = vec![0u8; output_length];
-            let copied = if status >= 0 {
+            let copied = if ksys::ntdef::nt_success(status) {
                 information.min(output_length)
             } else {
                 0

@@ -473,7 +473,7 @@ mod async_rules {
                 SEC_E_UNSUPPORTED_FUNCTION,
                 SEC_E_INVALID_PARAMETER,
                 SEC_E_INVALID_PARAMETER,
-                0
+                ksys::ntdef::STATUS_SUCCESS
             )
         );
         kernel.shutdown().unwrap();

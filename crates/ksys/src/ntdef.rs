@@ -2,8 +2,29 @@
 
 use core::ffi::c_void;
 
-/// Kernel status code; negative values are errors (see [`nt_success`]).
-pub type NTSTATUS = i32;
+/// Kernel status code; negative values are errors (see [`nt_success`]). A newtype (ABI: one
+/// i32), so it cannot be mixed with a [`crate::sspi::SECURITY_STATUS`].
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct NTSTATUS(pub i32);
+
+impl core::fmt::Debug for NTSTATUS {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "NTSTATUS({:#010x})", self.0 as u32)
+    }
+}
+
+impl core::fmt::LowerHex for NTSTATUS {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::LowerHex::fmt(&(self.0 as u32), f)
+    }
+}
+
+impl core::fmt::UpperHex for NTSTATUS {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::UpperHex::fmt(&(self.0 as u32), f)
+    }
+}
 /// Interrupt request level.
 pub type KIRQL = u8;
 /// A spin lock is one pointer-sized word on x64.
@@ -15,7 +36,7 @@ pub type BOOLEAN = u8;
 /// STATUS_TIMEOUT) count as success.
 #[inline]
 pub const fn nt_success(status: NTSTATUS) -> bool {
-    status >= 0
+    status.0 >= 0
 }
 
 /// `KeInitializeSpinLock`: on x64 a header-only inline (not an export) that clears the word.
@@ -116,7 +137,7 @@ pub type HANDLE = *mut c_void;
 
 /// Builds an NTSTATUS from its documented hexadecimal value.
 const fn st(v: u32) -> NTSTATUS {
-    v as NTSTATUS
+    NTSTATUS(v as i32)
 }
 
 macro_rules! statuses {

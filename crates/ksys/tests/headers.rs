@@ -312,7 +312,7 @@ fn ksys_agrees_with_the_mingw_w64_headers() {
     let all_constants: Vec<&[(&str, i128)]> = ksys::constant_tables().to_vec();
     let statuses: Vec<(&str, i128)> = ksys::ntdef::STATUS_NAMES
         .iter()
-        .map(|(n, v)| (*n, *v as i128))
+        .map(|(n, v)| (*n, v.0 as i128))
         .collect();
     let user_names: Vec<&str> = all_constants
         .iter()

@@ -90,7 +90,7 @@ pub const STATUS_TLS_FAILURE: NTSTATUS = STATUS_UNSUCCESSFUL;
 /// SECURITY_STATUS is SEC_E_UNTRUSTED_ROOT): a customer-defined code (bit 29 set, as
 /// ntstatus.h reserves for drivers' own codes), so a pin mismatch never reads as an untrusted
 /// chain.
-pub const STATUS_PIN_MISMATCH: NTSTATUS = 0xE000_0001_u32 as i32;
+pub const STATUS_PIN_MISMATCH: NTSTATUS = NTSTATUS(0xE000_0001_u32 as i32);
 
 /// Hears that something the owner can see changed (called from the work item, PASSIVE_LEVEL).
 pub trait Observer: Send + Sync + 'static {

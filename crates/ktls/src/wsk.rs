@@ -63,7 +63,7 @@ unsafe extern "win64" fn completed<W: Wake>(
     let waker = unsafe { (*op.waker.get()).take() };
     // SAFETY: the IRP is ours and completing.
     let (status, information) = unsafe { ((*irp).IoStatus.Status, (*irp).IoStatus.Information) };
-    op.status.store(status, Ordering::Release);
+    op.status.store(status.0, Ordering::Release);
     op.information.store(information, Ordering::Release);
     op.phase.store(DONE, Ordering::Release);
     if let Some(waker) = waker {
@@ -132,7 +132,7 @@ impl<W: Wake> IrpOp<W> {
             .is_ok()
         {
             Some((
-                self.status.load(Ordering::Acquire),
+                NTSTATUS(self.status.load(Ordering::Acquire)),
                 self.information.load(Ordering::Acquire),
             ))
         } else {

@@ -122,15 +122,15 @@ fn get_version_rejects_each_kind_of_bad_input_precisely() {
 fn errors_map_to_the_documented_ntstatus() {
     assert_eq!(
         WireError::TooShort { needed: 1, got: 0 }.status(),
-        ksys::ntdef::STATUS_BUFFER_TOO_SMALL
+        ksys::ntdef::STATUS_BUFFER_TOO_SMALL.0
     );
     assert_eq!(
         WireError::TooLong { allowed: 0, got: 1 }.status(),
-        ksys::ntdef::STATUS_INVALID_BUFFER_SIZE
+        ksys::ntdef::STATUS_INVALID_BUFFER_SIZE.0
     );
     assert_eq!(
         WireError::BadMagic(0).status(),
-        ksys::ntdef::STATUS_REVISION_MISMATCH
+        ksys::ntdef::STATUS_REVISION_MISMATCH.0
     );
     assert_eq!(
         WireError::BadSize {
@@ -138,15 +138,15 @@ fn errors_map_to_the_documented_ntstatus() {
             declared: 2
         }
         .status(),
-        ksys::ntdef::STATUS_REVISION_MISMATCH
+        ksys::ntdef::STATUS_REVISION_MISMATCH.0
     );
     assert_eq!(
         WireError::InvalidField("x").status(),
-        ksys::ntdef::STATUS_INVALID_PARAMETER
+        ksys::ntdef::STATUS_INVALID_PARAMETER.0
     );
     assert_eq!(
         status::INVALID_DEVICE_REQUEST,
-        ksys::ntdef::STATUS_INVALID_DEVICE_REQUEST
+        ksys::ntdef::STATUS_INVALID_DEVICE_REQUEST.0
     );
 }
 

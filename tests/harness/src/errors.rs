@@ -327,7 +327,7 @@ mod tests {
                 .iter()
                 .find(|(n, _)| n == name)
                 .unwrap_or_else(|| panic!("{name} is not in ksys"));
-            assert_eq!(known.1 as u32, *value, "{name}");
+            assert_eq!(known.1.0 as u32, *value, "{name}");
         }
         for (value, name, _) in SECURITY_STATUS_TABLE {
             let known = ksys::sspi::SEC_STATUS_NAMES

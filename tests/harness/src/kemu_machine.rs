@@ -118,7 +118,7 @@ impl Pending for KemuPending {
             .wait_timeout(timeout)
             .map_err(err)?
             .map(|r| Completion {
-                status: r.status,
+                status: r.status.0,
                 output: r.output[..r.information.min(r.output.len())].to_vec(),
             }))
     }

@@ -279,7 +279,12 @@ impl Irps {
         if status == STATUS_PENDING {
             bugcheck(
                 codes::DRIVER_VERIFIER_IOMANAGER_VIOLATION,
-                [verifier::IRP_BUSY, irp as usize, status as u32 as usize, 0],
+                [
+                    verifier::IRP_BUSY,
+                    irp as usize,
+                    status.0 as u32 as usize,
+                    0,
+                ],
                 format!(
                     "IofCompleteRequest: IRP {:#x} completed with STATUS_PENDING",
                     irp as usize

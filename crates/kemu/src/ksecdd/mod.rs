@@ -824,7 +824,7 @@ fn write_output(
                     b.cbBuffer = output.len() as u32;
                     // The NTSTATUS value as the call's status: what a reverse-engineered
                     // ksecdd build reports (docs/windows-validation.md W13).
-                    result = Err(SECURITY_STATUS(STATUS_BUFFER_TOO_SMALL));
+                    result = Err(SECURITY_STATUS(STATUS_BUFFER_TOO_SMALL.0));
                 } else {
                     // SAFETY: the caller's buffer holds cbBuffer >= output.len() bytes.
                     unsafe {

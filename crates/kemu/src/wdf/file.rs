@@ -73,7 +73,7 @@ pub(crate) fn create(device: usize) -> Result<usize, NTSTATUS> {
     };
     if status < 0 {
         object::delete_tree(file);
-        return Err(status);
+        return Err(NTSTATUS(status));
     }
     Ok(file)
 }

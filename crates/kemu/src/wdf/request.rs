@@ -66,7 +66,7 @@ pub(crate) fn finish(request: usize, status: NTSTATUS, information: usize) {
         queue::request_left(q);
     }
     if let Some(result) = create_result {
-        *result.lock().unwrap() = Some(status);
+        *result.lock().unwrap() = Some(status.0);
     }
     if irp != 0 {
         let irp = irp as *mut IRP;
@@ -110,7 +110,7 @@ fn complete(routine: &str, request: WDFREQUEST, status: NTSTATUS, information: O
             ));
         }
         if let RequestKind::DeviceControl { output_length, .. } = r.kind {
-            if r.information > output_length && status >= 0 {
+            if r.information > output_length && ksys::ntdef::nt_success(status) {
                 return Err((
                     verifier::INFORMATION_TOO_LARGE,
                     format!(
