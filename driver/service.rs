@@ -929,15 +929,28 @@ pub fn shutdown() {
     // first: freeing a credential needs PASSIVE_LEVEL).
     let credentials = core::mem::take(&mut *CLIENT_CREDENTIALS.lock());
     drop(credentials);
+    // Unload never goes on while a session still has an SSPI call, an IRP or a socket out:
+    // every session's teardown is bounded (timeouts on handshakes, graceful ends and releases),
+    // so this ends; a call the kernel never completes would keep the driver loaded, which is
+    // the only safe outcome. A line every 10 s says what it waits for.
     let census = CENSUS.lock().take();
     if let Some(census) = census {
         let delay: i64 = -10_000; // 1 ms
-        for _ in 0..30_000 {
-            if census.live() == 0 {
-                break;
-            }
+        let mut waited_ms: u64 = 0;
+        while census.live() != 0 {
             // SAFETY: a PASSIVE_LEVEL delay in the unload routine.
             unsafe { ksys::imports::KeDelayExecutionThread(0, 0, &delay) };
+            waited_ms += 1;
+            if waited_ms % 10_000 == 0 {
+                ksys::kmdf::debug_print(
+                    ksys::kmdf::DPFLTR_WARNING_LEVEL,
+                    &alloc::format!(
+                        "unload: waiting for {} session(s) still releasing ({} s)",
+                        census.live(),
+                        waited_ms / 1000
+                    ),
+                );
+            }
         }
     }
     // WskDeregister waits for any socket still closing.

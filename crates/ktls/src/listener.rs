@@ -150,7 +150,7 @@ impl<O: Observer + Clone> Listener<O> {
             }),
             engine: UnsafeCell::new(Engine {
                 socket: core::ptr::null_mut(),
-                op: IrpOp::try_new(EV_OP)?,
+                op: IrpOp::try_new(EV_OP, device)?,
                 step: None,
                 accept_failures: 0,
                 pause: Deadline::try_new(EV_TIMER)?,

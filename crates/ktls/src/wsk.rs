@@ -29,6 +29,10 @@ const DONE: u32 = 2;
 /// One reusable IRP: at most one WSK call in flight at a time.
 pub struct IrpOp<W: Wake> {
     irp: *mut IRP,
+    /// The device object IoSetCompletionRoutineEx keeps referenced until the completion
+    /// routine has returned, so the driver cannot unload under it (NULL: plain
+    /// IoSetCompletionRoutine, only for code that is never unloaded, such as tests).
+    device: *mut DEVICE_OBJECT,
     phase: AtomicU32,
     status: AtomicI32,
     information: AtomicUsize,
@@ -75,8 +79,9 @@ unsafe extern "win64" fn completed<W: Wake>(
 }
 
 impl<W: Wake> IrpOp<W> {
-    /// Allocates the IRP (one stack location, as WSK needs); completions wake with `bit`.
-    pub fn try_new(bit: u32) -> Result<PoolArc<IrpOp<W>>, NTSTATUS> {
+    /// Allocates the IRP (one stack location, as WSK needs); completions wake with `bit`;
+    /// `device` is the driver's device object (see the field's note).
+    pub fn try_new(bit: u32, device: *mut DEVICE_OBJECT) -> Result<PoolArc<IrpOp<W>>, NTSTATUS> {
         // SAFETY: plain allocation.
         let irp = unsafe { IoAllocateIrp(1, 0) };
         if irp.is_null() {
@@ -84,6 +89,7 @@ impl<W: Wake> IrpOp<W> {
         }
         PoolArc::try_new(IrpOp {
             irp,
+            device,
             phase: AtomicU32::new(IDLE),
             status: AtomicI32::new(0),
             information: AtomicUsize::new(0),
@@ -114,9 +120,43 @@ impl<W: Wake> IrpOp<W> {
         unsafe { *this.waker.get() = Some(waker) };
         let context = PoolArc::into_raw(this.clone()) as *mut c_void;
         // SAFETY: the IRP is idle (no call in flight): reset it and set the completion routine.
-        unsafe {
+        let set = unsafe {
             IoReuseIrp(this.irp, STATUS_UNSUCCESSFUL);
-            io_set_completion_routine(this.irp, Some(completed::<W>), context, true, true, true);
+            if this.device.is_null() {
+                io_set_completion_routine(
+                    this.irp,
+                    Some(completed::<W>),
+                    context,
+                    true,
+                    true,
+                    true,
+                );
+                STATUS_SUCCESS
+            } else {
+                IoSetCompletionRoutineEx(
+                    this.device,
+                    this.irp,
+                    Some(completed::<W>),
+                    context,
+                    1,
+                    1,
+                    1,
+                )
+            }
+        };
+        if !nt_success(set) {
+            // Nothing was issued: the call "completes" with the failure at once, through the
+            // same path as a real completion (the owner's drain sees it).
+            // SAFETY: the reference given to the context above, never handed to a routine.
+            drop(unsafe { PoolArc::from_raw(context as *const IrpOp<W>) });
+            this.status.store(set.0, Ordering::Release);
+            this.information.store(0, Ordering::Release);
+            this.phase.store(DONE, Ordering::Release);
+            // SAFETY: phase is DONE and no completion routine exists: the slot is ours.
+            if let Some(waker) = unsafe { (*this.waker.get()).take() } {
+                waker.wake(this.bit);
+            }
+            return Ok(());
         }
         // The completion routine runs in every case (maybe before `call` returns); its result is
         // authoritative, the return value is only informative.

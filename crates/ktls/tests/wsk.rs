@@ -62,7 +62,7 @@ impl Sync {
         // SAFETY: the boxed event never moves.
         unsafe { KeInitializeEvent(event.raw(), SYNCHRONIZATION_EVENT, 0) };
         Sync {
-            op: IrpOp::try_new(1).unwrap(),
+            op: IrpOp::try_new(1, std::ptr::null_mut()).unwrap(),
             waker: Waker(Arc::new(event)),
         }
     }

@@ -502,9 +502,50 @@ pub(crate) unsafe extern "win64" fn io_cancel_irp(irp: *mut IRP) -> u8 {
     u8::from(thread::kernel().irps.cancel(irp))
 }
 
-/// ntoskrnl!IoSetCompletionRoutineEx: like IoSetCompletionRoutine, but allocates (and can fail).
+/// What IoSetCompletionRoutineEx keeps for one completion: the driver's routine and context,
+/// and the device object it holds referenced until that routine has returned.
+struct UnloadSafe {
+    routine: PIO_COMPLETION_ROUTINE,
+    context: *mut c_void,
+    device: usize,
+    /// When the driver's routine runs: on success, on error, on cancel.
+    invoke: [bool; 3],
+}
+
+/// The routine IoSetCompletionRoutineEx really installs (as Windows does): it calls the
+/// driver's routine, and only after that returns drops the device reference that keeps the
+/// driver (object and image) from going away — no driver code can run after its unload.
+unsafe extern "win64" fn unload_safe_completion(
+    device: *mut DEVICE_OBJECT,
+    irp: *mut IRP,
+    context: *mut c_void,
+) -> NTSTATUS {
+    // SAFETY: the block IoSetCompletionRoutineEx allocated for exactly this completion.
+    let block = unsafe { Box::from_raw(context as *mut UnloadSafe) };
+    // SAFETY: the IRP being completed.
+    let (status, cancelled) = unsafe { ((*irp).IoStatus.Status, (*irp).Cancel != 0) };
+    let [on_success, on_error, on_cancel] = block.invoke;
+    let wanted = if cancelled {
+        on_cancel
+    } else if ksys::ntdef::nt_success(status) {
+        on_success
+    } else {
+        on_error
+    };
+    let status = match block.routine {
+        // SAFETY: the driver's routine with the context it gave, as IofCompleteRequest would.
+        Some(routine) if wanted => unsafe { routine(device, irp, block.context) },
+        _ => STATUS_SUCCESS,
+    };
+    thread::kernel().io.dereference_device(block.device);
+    status
+}
+
+/// ntoskrnl!IoSetCompletionRoutineEx: like IoSetCompletionRoutine, but the device object stays
+/// referenced until the routine has returned (an allocation: it can fail, and then nothing is
+/// set).
 pub(crate) unsafe extern "win64" fn io_set_completion_routine_ex(
-    _device: *mut DEVICE_OBJECT,
+    device: *mut DEVICE_OBJECT,
     irp: *mut IRP,
     routine: PIO_COMPLETION_ROUTINE,
     context: *mut c_void,
@@ -529,15 +570,25 @@ pub(crate) unsafe extern "win64" fn io_set_completion_routine_ex(
     if kernel.faults.allocation_fails() {
         return STATUS_INSUFFICIENT_RESOURCES;
     }
+    if !kernel.io.reference_device(device as usize) {
+        // Not a live device object of this kernel: nothing could keep the driver loaded.
+        return ksys::ntdef::STATUS_INVALID_PARAMETER;
+    }
+    let block = Box::into_raw(Box::new(UnloadSafe {
+        routine,
+        context,
+        device: device as usize,
+        invoke: [on_success != 0, on_error != 0, on_cancel != 0],
+    }));
     // SAFETY: the IRP is live and has a next location.
     unsafe {
         ksys::io::io_set_completion_routine(
             irp,
-            routine,
-            context,
-            on_success != 0,
-            on_error != 0,
-            on_cancel != 0,
+            Some(unload_safe_completion),
+            block as *mut c_void,
+            true,
+            true,
+            true,
         )
     };
     STATUS_SUCCESS
