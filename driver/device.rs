@@ -68,9 +68,9 @@ fn log_windows_floor() {
         Some(_) => "below the supported floor (build 19041)",
         None => "build unknown",
     };
-    kmdf::debug_print(
+    kmdf::debug_print_args(
         DPFLTR_INFO_LEVEL,
-        &alloc::format!("Windows build {}: {verdict}", build.map_or(0, |b| b)),
+        format_args!("Windows build {}: {verdict}", build.map_or(0, |b| b)),
     );
 }
 

@@ -718,28 +718,25 @@ fn handshake_outcome(session: &Session<Notify>, id: u64) -> Outcome {
 /// sizes, or both failure codes — how a Windows run shows where kemu's model differs.
 fn trace_connection(info: &ConnectionInfo, sizes: [u32; 3]) {
     use ksys::kmdf::{DPFLTR_ERROR_LEVEL, DPFLTR_INFO_LEVEL};
-    let line = if info.status == STATUS_SUCCESS.0 {
+    // Formatted without allocating: a trace must not fail (or panic) where memory is short.
+    if info.status == STATUS_SUCCESS.0 {
         let [header, trailer, max] = sizes;
-        alloc::format!(
-            "connection {}: protocol {:?}, cipher suite {:#06x}, ALPN {} bytes, stream sizes header {header} trailer {trailer} max message {max}",
-            info.id,
-            info.version,
-            info.cipher_suite,
-            info.alpn_len,
-        )
+        ksys::kmdf::debug_print_args(
+            DPFLTR_INFO_LEVEL,
+            format_args!(
+                "connection {}: protocol {:?}, cipher suite {:#06x}, ALPN {} bytes, stream sizes header {header} trailer {trailer} max message {max}",
+                info.id, info.version, info.cipher_suite, info.alpn_len,
+            ),
+        );
     } else {
-        alloc::format!(
-            "handshake failed: NTSTATUS {:#010x}, SECURITY_STATUS {:#010x}",
-            info.status as u32,
-            info.sspi_status as u32
-        )
-    };
-    let level = if info.status == STATUS_SUCCESS.0 {
-        DPFLTR_INFO_LEVEL
-    } else {
-        DPFLTR_ERROR_LEVEL
-    };
-    ksys::kmdf::debug_print(level, &line);
+        ksys::kmdf::debug_print_args(
+            DPFLTR_ERROR_LEVEL,
+            format_args!(
+                "handshake failed: NTSTATUS {:#010x}, SECURITY_STATUS {:#010x}",
+                info.status as u32, info.sspi_status as u32
+            ),
+        );
+    }
 }
 
 /// Decides whether a parked request can finish now. Only SEND acts here (it queues what fits);
@@ -942,9 +939,9 @@ pub fn shutdown() {
             unsafe { ksys::imports::KeDelayExecutionThread(0, 0, &delay) };
             waited_ms += 1;
             if waited_ms % 10_000 == 0 {
-                ksys::kmdf::debug_print(
+                ksys::kmdf::debug_print_args(
                     ksys::kmdf::DPFLTR_WARNING_LEVEL,
-                    &alloc::format!(
+                    format_args!(
                         "unload: waiting for {} session(s) still releasing ({} s)",
                         census.live(),
                         waited_ms / 1000

@@ -441,6 +441,34 @@ pub fn debug_print(level: u32, message: &str) {
     }
 }
 
+/// `debug_print` of formatted text without allocating (so it is safe where an allocation may
+/// fail, such as DriverEntry and unload): at most 160 bytes, the rest cut.
+pub fn debug_print_args(level: u32, args: core::fmt::Arguments<'_>) {
+    struct Line {
+        bytes: [u8; 160],
+        len: usize,
+    }
+    impl core::fmt::Write for Line {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            let n = s.len().min(self.bytes.len() - self.len);
+            self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+            self.len += n;
+            Ok(())
+        }
+    }
+    let mut line = Line {
+        bytes: [0; 160],
+        len: 0,
+    };
+    let _ = core::fmt::write(&mut line, args);
+    // A cut in the middle of a UTF-8 sequence keeps only the whole characters.
+    let text = match core::str::from_utf8(&line.bytes[..line.len]) {
+        Ok(t) => t,
+        Err(e) => core::str::from_utf8(&line.bytes[..e.valid_up_to()]).unwrap_or(""),
+    };
+    debug_print(level, text);
+}
+
 /// The running Windows build (RtlGetVersion; PASSIVE_LEVEL).
 pub fn windows_build() -> Option<u32> {
     // SAFETY: RTL_OSVERSIONINFOW is plain data; all-zero is valid.
