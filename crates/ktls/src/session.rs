@@ -80,6 +80,8 @@ const RELEASE_TIMEOUT_MS: u32 = 10_000;
 /// How long a failed connection may take to deliver its alert and FIN and see the peer's FIN
 /// before it is reset.
 const END_TIMEOUT_MS: u32 = 5_000;
+/// Largest handshake token the send buffer grows to when Schannel says it needs more.
+const MAX_HANDSHAKE_TOKEN: usize = 256 * 1024;
 /// Room for an alert SSPI may return separately from the token.
 const ALERT_CAPACITY: usize = 64;
 
@@ -1489,6 +1491,22 @@ impl<O: Observer> Engine<O> {
                 // The server asked for a certificate this credential does not have: call again
                 // with the same input and go on without one (curl and MsQuic do the same).
                 self.incomplete_credentials = true;
+            }
+            too_small
+                if (too_small == SEC_E_BUFFER_TOO_SMALL
+                    || too_small.0 == ksys::ntdef::STATUS_BUFFER_TOO_SMALL.0)
+                    && written > capacity
+                    && written <= MAX_HANDSHAKE_TOKEN =>
+            {
+                // The flight is bigger than the send buffer (a long certificate chain):
+                // Schannel consumed nothing and said how much room it needs; the same call
+                // goes again with that much (MsQuic grows its buffer the same way).
+                match Buffer::try_new(written) {
+                    Ok(bigger) => self.tx = bigger,
+                    Err(_) => {
+                        self.fail_or_end(conn, Some(Failure::net(STATUS_INSUFFICIENT_RESOURCES)))
+                    }
+                }
             }
             SEC_E_INCOMPLETE_MESSAGE if self.rx_len >= self.rx.len() => {
                 // A handshake record larger than any legal one: more input cannot help.

@@ -695,7 +695,7 @@ fn handshake_steps(call: HandshakeCall) -> Result<SECURITY_STATUS, SECURITY_STAT
             (Arc::new(Mutex::new(session)), Some(cred_id))
         }
     };
-    let step = session
+    let mut step = session
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .handshake(&mut token);
@@ -725,14 +725,37 @@ fn handshake_steps(call: HandshakeCall) -> Result<SECURITY_STATUS, SECURITY_STAT
         }
         (None, None) => unreachable!("a call has an existing context or creates one"),
     };
-    write_back_input(call.input_desc, &step, token.len());
-    if let Err(s) = write_output(
-        call.output_desc,
-        &step.output,
-        call.requirements,
-        call.inbound,
-    ) {
-        status = s;
+    if status.is_success()
+        && !output_fits(
+            call.output_desc,
+            step.output.len(),
+            call.requirements,
+            call.inbound,
+        )
+    {
+        // The output TOKEN is too small for the flight: nothing is consumed and nothing lost —
+        // the caller learns the size needed (cbBuffer) and calls again with the same input.
+        let _ = write_output(
+            call.output_desc,
+            &step.output,
+            call.requirements,
+            call.inbound,
+        );
+        session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .defer(std::mem::take(&mut step.output), step.consumed);
+        status = SECURITY_STATUS(STATUS_BUFFER_TOO_SMALL.0);
+    } else {
+        write_back_input(call.input_desc, &step, token.len());
+        if let Err(s) = write_output(
+            call.output_desc,
+            &step.output,
+            call.requirements,
+            call.inbound,
+        ) {
+            status = s;
+        }
     }
     // SAFETY: the caller's out-parameters, alive until the callback.
     unsafe {
@@ -842,6 +865,25 @@ fn write_output(
         }
     }
     result
+}
+
+/// Whether `length` bytes fit the caller's output TOKEN (always, with *_REQ_ALLOCATE_MEMORY).
+fn output_fits(desc: Out, length: usize, requirements: u32, inbound: bool) -> bool {
+    let allocate = u64::from(requirements)
+        & if inbound {
+            ASC_REQ_ALLOCATE_MEMORY
+        } else {
+            ISC_REQ_ALLOCATE_MEMORY
+        }
+        != 0;
+    // SAFETY: the caller's output descriptor, alive until the callback.
+    let bufs = unsafe { buffers::buffers(desc.get::<SecBufferDesc>()) };
+    allocate
+        || length == 0
+        || bufs
+            .iter()
+            .find(|b| b.kind() == SECBUFFER_TOKEN)
+            .is_some_and(|b| !b.pvBuffer.is_null() && b.cbBuffer as usize >= length)
 }
 
 fn allocate_context_buffer(bytes: &[u8]) -> usize {

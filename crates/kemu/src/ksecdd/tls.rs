@@ -219,6 +219,9 @@ pub(crate) struct Session {
     failure_alert: Vec<u8>,
     /// A client that may look for a default certificate: set when a server asked for one.
     pub certificate_asked: Option<Arc<super::creds::CertificateAsked>>,
+    /// `held` is kemu's own copy (taken from the caller, put in front of the next handshake
+    /// input); otherwise the caller hands those bytes back at the front of its next input.
+    held_owned: bool,
     /// SEC_I_INCOMPLETE_CREDENTIALS was returned: the caller hands the same input again, whose
     /// first `replay` bytes were consumed already (their output waits in `pending_output`).
     replay: usize,
@@ -238,6 +241,7 @@ impl Session {
             control: None,
             failure_alert: Vec::new(),
             certificate_asked: None,
+            held_owned: false,
             replay: 0,
         }
     }
@@ -344,19 +348,68 @@ impl Session {
         step
     }
 
+    /// The output did not fit the caller's buffer: keep it, and the `consumed` bytes the next
+    /// call's input starts with, for the call repeated with a bigger buffer.
+    pub fn defer(&mut self, output: Vec<u8>, consumed: usize) {
+        self.pending_output = output;
+        self.replay = consumed;
+    }
+
+    /// Handshake records of one call. Schannel buffers a handshake message that spans records
+    /// itself: complete records are taken (consumed) even when their message is not complete
+    /// yet, and the caller hands only what follows. kemu does the same with its own copy of
+    /// what rustls has seen and not discarded (`held`, then owned by kemu), put in front of the
+    /// next input here.
     fn handshake_records(&mut self, input: &mut [u8]) -> Step {
+        let kept = if self.held_owned {
+            std::mem::take(&mut self.held)
+        } else {
+            // The caller hands those bytes back itself (EXTRA of a finished step).
+            if let Err(status) = self.restore_held(input) {
+                return Step {
+                    status,
+                    ..Step::default()
+                };
+            }
+            Vec::new()
+        };
+        let kept_len = kept.len();
+        let mut work = kept;
+        work.extend_from_slice(input);
+        let mut step = self.feed_handshake(&mut work, kept_len);
+        let blocked =
+            step.status == SEC_I_CONTINUE_NEEDED || step.status == SEC_E_INCOMPLETE_MESSAGE;
+        if blocked {
+            // Everything rustls has seen is now kemu's: discarded, or held for the next call.
+            self.held_owned = true;
+            let taken = (step.consumed + self.held.len()).saturating_sub(kept_len);
+            if taken == 0 && step.output.is_empty() {
+                step.status = SEC_E_INCOMPLETE_MESSAGE;
+                let from = step.consumed + self.held.len();
+                step.missing = missing(&work[from + complete_records(&work[from..], false)..]);
+            } else {
+                step.status = SEC_I_CONTINUE_NEEDED;
+            }
+            step.consumed = taken;
+        } else {
+            // Done or failed: what rustls saw and did not discard comes back as EXTRA.
+            self.held_owned = false;
+            step.consumed = step.consumed.saturating_sub(kept_len);
+        }
+        step
+    }
+
+    /// The record loop of [`Session::handshake_records`] over `input`, whose first `seen` bytes
+    /// rustls has been shown already; `consumed` in the result is what it discarded.
+    fn feed_handshake(&mut self, input: &mut [u8], seen: usize) -> Step {
         let mut step = Step {
             output: std::mem::take(&mut self.pending_output),
             ..Step::default()
         };
-        if let Err(status) = self.restore_held(input) {
-            step.status = status;
-            return step;
-        }
         let mut consumed = 0;
         // input[..seen] has been shown to rustls (and may hold its rewritten view): record
         // boundaries are parsed only after it, and every call is given at least all of it.
-        let mut seen = self.held.len();
+        let mut seen = seen;
         let mut more_records = 0;
         loop {
             let handshaking = self.is_handshaking();
@@ -414,15 +467,9 @@ impl Session {
                 Next::Blocked if discard > 0 && consumed < available => more_records = 0,
                 Next::Blocked if discard == 0 && limit < available => more_records += 1,
                 Next::Blocked => {
+                    // handshake_records decides between INCOMPLETE_MESSAGE and CONTINUE_NEEDED.
                     step.consumed = consumed;
-                    if consumed < input.len() && consumed == 0 && step.output.is_empty() {
-                        step.status = SEC_E_INCOMPLETE_MESSAGE;
-                        let from = seen.max(consumed);
-                        step.missing =
-                            missing(&input[from + complete_records(&input[from..], false)..]);
-                    } else {
-                        step.status = SEC_I_CONTINUE_NEEDED;
-                    }
+                    step.status = SEC_I_CONTINUE_NEEDED;
                     return step;
                 }
                 Next::Failed(status) => {

@@ -271,6 +271,8 @@ pub struct Step {
     pub extra: usize,
     /// SEC_E_INCOMPLETE_MESSAGE: bytes missing (SECBUFFER_MISSING).
     pub missing: usize,
+    /// The output TOKEN's cbBuffer as the call left it (the size needed when it was too small).
+    pub needed: usize,
 }
 
 /// One TLS session through kernel Schannel.
@@ -356,6 +358,11 @@ impl Tls {
 
     /// One ISC/ASC call over `input`.
     pub fn step(&mut self, input: &[u8]) -> Step {
+        self.step_sized(input, TOKEN_BUFFER)
+    }
+
+    /// One ISC/ASC call over `input` with an output TOKEN of `capacity` bytes.
+    pub fn step_sized(&mut self, input: &[u8], capacity: usize) -> Step {
         let mut token = input.to_vec();
         let mut alpn = self.alpn.clone();
         let mut in_buffers = vec![
@@ -378,13 +385,13 @@ impl Tls {
             cBuffers: in_buffers.len() as u32,
             pBuffers: in_buffers.as_mut_ptr(),
         };
-        let mut out_token = vec![0u8; TOKEN_BUFFER];
+        let mut out_token = vec![0u8; capacity];
         let mut alert = [0u8; 64];
         let mut out_buffers = [
             SecBuffer::new(
                 SECBUFFER_TOKEN,
                 out_token.as_mut_ptr() as *mut c_void,
-                TOKEN_BUFFER as u32,
+                capacity as u32,
             ),
             SecBuffer::new(SECBUFFER_ALERT, alert.as_mut_ptr() as *mut c_void, 64),
             SecBuffer::EMPTY,
@@ -448,7 +455,8 @@ impl Tls {
         if new_context.is_valid() {
             self.context = Some(new_context);
         }
-        let output = out_token[..(out_buffers[0].cbBuffer as usize).min(TOKEN_BUFFER)].to_vec();
+        let needed = out_buffers[0].cbBuffer as usize;
+        let output = out_token[..needed.min(capacity)].to_vec();
         let (mut extra, mut missing) = (0, 0);
         for b in &in_buffers {
             match b.kind() {
@@ -462,6 +470,7 @@ impl Tls {
             output,
             extra,
             missing,
+            needed,
         }
     }
 
