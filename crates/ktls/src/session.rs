@@ -362,8 +362,9 @@ struct Engine<O: Observer> {
     deadline_armed: bool,
     handshake_timeout_ms: u32,
     pinned: Option<[u8; 32]>,
-    /// Held until `release_step` has released everything.
-    census: Option<Entry>,
+    /// Held until the session's memory goes (the last reference: the owner's handle, a work
+    /// item, a call in flight), so a driver's unload waits for all of it. Only its drop matters.
+    _census: Option<Entry>,
     /// The owner released the session after SHUTDOWN: finish the graceful close alone.
     released: bool,
     /// The release timeout is armed on the deadline.
@@ -514,7 +515,7 @@ impl<O: Observer> Session<O> {
             deadline_armed: false,
             handshake_timeout_ms: config.handshake_timeout_ms,
             pinned: config.pinned,
-            census: config.census.as_ref().map(Census::enter),
+            _census: config.census.as_ref().map(Census::enter),
             released: false,
             release_armed: false,
             deadline_armed_for_end: false,
@@ -2086,6 +2087,9 @@ impl<O: Observer> Engine<O> {
             m.state = State::Closed;
             m.outgoing.clear();
         }
-        self.census = None;
+        // The census entry is not given back here but with the session's memory, when the
+        // last reference goes — maybe at the end of the SSPI notify callback or WSK completion
+        // that held it: an unload waiting for the census cannot overtake driver code that is
+        // still running for this session.
     }
 }

@@ -1,11 +1,15 @@
-//! An asynchronous SSPI operation: the SspiAsyncContext, its reuse and its failure modes.
+//! An asynchronous SSPI operation: its SspiAsyncContexts, their reuse and their failure modes.
 //!
-//! - The context is created once and reused: before each call [`AsyncOp::begin`] re-initialises
-//!   it (SspiReinitAsyncContext), or replaces it when it is stuck.
+//! - Two contexts serve the calls in turn: before each call [`AsyncOp::begin`] re-initialises
+//!   (SspiReinitAsyncContext) the one that served the call before last. ksecdd may still be
+//!   returning from a context's notify callback when the work item it signalled runs, so a
+//!   context is never re-initialised right after its own callback — by the time it serves again,
+//!   a whole asynchronous round trip of the other context lies in between.
 //! - A call's queueing status decides everything synchronously: on SEC_E_OK the notify callback
 //!   will come (maybe already came, inline, before the call returned) and is the single place
 //!   where the step ends; on an error no callback comes — and if the context was left pending
-//!   (the wedged mode of real ksecdd) it is marked stuck and replaced before the next call.
+//!   (the wedged mode of real ksecdd) it is marked stuck and replaced (freeing a stuck context is
+//!   the documented way out).
 //! - The callback should only record the status and signal the session's work item.
 
 use core::ffi::c_void;
@@ -23,18 +27,33 @@ use ksys::sspi::{
 /// The notify callback type (PASSIVE_LEVEL, maybe inline on the issuing thread).
 pub type NotifyCallback = unsafe extern "win64" fn(*mut SspiAsyncContext, *mut c_void);
 
-/// One reusable asynchronous SSPI operation slot.
+/// One of the two contexts.
 #[derive(Debug)]
-pub struct AsyncOp {
+struct Slot {
+    /// NULL until first needed.
     context: *mut SspiAsyncContext,
-    callback: SspiAsyncNotifyCallback,
-    data: *mut c_void,
     used: bool,
     stuck: bool,
+}
+
+const EMPTY: Slot = Slot {
+    context: core::ptr::null_mut(),
+    used: false,
+    stuck: false,
+};
+
+/// One reusable asynchronous SSPI operation: one call in flight at a time.
+#[derive(Debug)]
+pub struct AsyncOp {
+    slots: [Slot; 2],
+    /// The slot of the call issued last.
+    current: usize,
+    callback: SspiAsyncNotifyCallback,
+    data: *mut c_void,
     replacements: u32,
 }
 
-// SAFETY: the context is an opaque kernel object; the owner serializes calls on it.
+// SAFETY: the contexts are opaque kernel objects; the owner serializes calls on them.
 unsafe impl Send for AsyncOp {}
 // SAFETY: as above.
 unsafe impl Sync for AsyncOp {}
@@ -59,42 +78,66 @@ fn create(
 }
 
 impl AsyncOp {
-    /// Creates the context with its callback and the data the callback receives.
+    /// Creates the first context with its callback and the data the callback receives.
     pub fn try_new(
         callback: NotifyCallback,
         data: *mut c_void,
     ) -> Result<AsyncOp, SECURITY_STATUS> {
         let context = create(Some(callback), data)?;
         Ok(AsyncOp {
-            context,
+            slots: [
+                Slot {
+                    context,
+                    used: false,
+                    stuck: false,
+                },
+                EMPTY,
+            ],
+            current: 0,
             callback: Some(callback),
             data,
-            used: false,
-            stuck: false,
             replacements: 0,
         })
     }
 
-    /// Readies the context for the next call and returns it.
+    /// Readies a context for the next call and returns it: the other one than last time
+    /// (re-initialised, or created), after replacing the last one if it is stuck.
     pub fn begin(&mut self) -> Result<*mut SspiAsyncContext, SECURITY_STATUS> {
-        if self.stuck {
-            let fresh = create(self.callback, self.data)?;
-            // SAFETY: freeing a stuck context is the documented way out; no callback will come.
-            unsafe { SspiFreeAsyncContext(self.context) };
-            self.context = fresh;
-            self.stuck = false;
-            self.used = false;
-            self.replacements += 1;
-        } else if self.used {
-            // SAFETY: the previous call completed (its callback ran), so the context is idle.
-            let status = unsafe { SspiReinitAsyncContext(self.context) };
+        if self.slots[self.current].stuck {
+            self.replace(self.current)?;
+        }
+        let next = if self.slots[self.current].used {
+            1 - self.current
+        } else {
+            self.current
+        };
+        let slot = &mut self.slots[next];
+        if slot.context.is_null() {
+            slot.context = create(self.callback, self.data)?;
+        } else if slot.used {
+            // SAFETY: this context's last call completed a full call of the other context ago.
+            let status = unsafe { SspiReinitAsyncContext(slot.context) };
             if !nt_success(status) {
-                self.stuck = true;
-                return self.begin();
+                self.replace(next)?;
             }
         }
-        self.used = true;
-        Ok(self.context)
+        self.current = next;
+        self.slots[next].used = true;
+        Ok(self.slots[next].context)
+    }
+
+    /// Frees a stuck (or unusable) context and puts a fresh one in its slot.
+    fn replace(&mut self, index: usize) -> Result<(), SECURITY_STATUS> {
+        let fresh = create(self.callback, self.data)?;
+        // SAFETY: freeing a stuck context is the documented way out; no callback will come.
+        unsafe { SspiFreeAsyncContext(self.slots[index].context) };
+        self.slots[index] = Slot {
+            context: fresh,
+            used: false,
+            stuck: false,
+        };
+        self.replacements += 1;
+        Ok(())
     }
 
     /// Records a call's queueing status: Ok if the callback will come, else the error (and the
@@ -104,20 +147,25 @@ impl AsyncOp {
             return Ok(());
         }
         if self.status() == SEC_I_ASYNC_CALL_PENDING {
-            self.stuck = true;
+            self.slots[self.current].stuck = true;
         }
         Err(queued)
     }
 
-    /// The current status of the context (SEC_I_ASYNC_CALL_PENDING while in flight).
+    /// The current status of the last call's context (SEC_I_ASYNC_CALL_PENDING while in flight).
     pub fn status(&self) -> SECURITY_STATUS {
         // SAFETY: a live context.
-        unsafe { SspiGetAsyncCallStatus(self.context) }
+        unsafe { SspiGetAsyncCallStatus(self.slots[self.current].context) }
     }
 
-    /// Whether the context is stuck (it will be replaced by the next `begin`).
+    /// Whether the last call's context is stuck (it will be replaced by the next `begin`).
     pub fn is_stuck(&self) -> bool {
-        self.stuck
+        self.slots[self.current].stuck
+    }
+
+    /// The context of the call issued last.
+    pub fn context(&self) -> *mut SspiAsyncContext {
+        self.slots[self.current].context
     }
 
     /// How many stuck contexts were replaced.
@@ -128,8 +176,12 @@ impl AsyncOp {
 
 impl Drop for AsyncOp {
     fn drop(&mut self) {
-        // SAFETY: the owner drops an operation only when no callback is outstanding (or the
-        // context is stuck, where freeing is the way out).
-        unsafe { SspiFreeAsyncContext(self.context) };
+        for slot in &self.slots {
+            if !slot.context.is_null() {
+                // SAFETY: the owner drops an operation only when no callback is outstanding (or
+                // the context is stuck, where freeing is the way out).
+                unsafe { SspiFreeAsyncContext(slot.context) };
+            }
+        }
     }
 }

@@ -174,9 +174,14 @@ fn async_op_is_reused_under_inline_and_deferred_completion() {
                 let mut op =
                     AsyncOp::try_new(on_notify, &*completion as *const Completion as *mut c_void)
                         .unwrap();
+                let mut contexts = Vec::new();
                 for _ in 0..5 {
                     assert_eq!(acquire_and_free(&mut op, &completion), Ok(SEC_E_OK));
+                    contexts.push(op.context() as usize);
                 }
+                // Two contexts in turn: none is re-initialised right after its own call.
+                assert!(contexts.windows(2).all(|w| w[0] != w[1]), "{contexts:x?}");
+                assert!(contexts.windows(3).all(|w| w[0] == w[2]), "{contexts:x?}");
                 assert_eq!(op.replacements(), 0);
                 drop(op);
                 completion.calls.load(Ordering::SeqCst)
