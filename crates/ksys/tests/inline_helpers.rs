@@ -116,3 +116,22 @@ fn import_directory_lists_every_routine_once_with_its_export_name() {
         .unwrap();
     assert_eq!(ach.params.len(), 10);
 }
+
+/// SecIsValidHandle as sspi.h defines it: a handle is invalid when either word is all ones.
+#[test]
+fn a_handle_with_either_word_all_ones_is_invalid() {
+    use ksys::sspi::SecHandle;
+    let handle = |lower, upper| SecHandle {
+        dwLower: lower,
+        dwUpper: upper,
+    };
+    assert!(!SecHandle::INVALID.is_valid());
+    assert!(!handle(usize::MAX, 7).is_valid());
+    assert!(!handle(7, usize::MAX).is_valid());
+    assert!(handle(0, 0).is_valid());
+    assert!(handle(7, 9).is_valid());
+    assert!(
+        SecHandle::DELETED.is_valid(),
+        "sspi.h tests only the all-ones value"
+    );
+}
