@@ -29,6 +29,28 @@ fn server_identity(kernel: &Kernel) -> Thumbprint {
         .unwrap()
 }
 
+/// Boots a kernel with a trusted "localhost" server certificate, runs `body` on a kernel thread
+/// with its thumbprint, and requires a clean shutdown (nothing leaked).
+fn in_kernel(name: &str, body: impl FnOnce(Thumbprint) + Send + 'static) {
+    let kernel = boot();
+    let thumbprint = server_identity(&kernel);
+    kernel.run(name, move || body(thumbprint)).unwrap();
+    kernel.shutdown().unwrap();
+}
+
+/// Reads what the client has buffered (TLS 1.3 tickets after the handshake), answering each
+/// post-handshake message through ISC.
+fn answer_tickets(client: &mut Tls) {
+    let mut sink = Vec::new();
+    while !client.incoming.is_empty() {
+        match client.decrypt_buffered() {
+            Err(SEC_I_RENEGOTIATE) => client.answer_post_handshake(&mut sink).unwrap(),
+            Ok(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 fn credentials(thumbprint: Thumbprint, client_disabled: u32) -> (SecHandle, SecHandle) {
     let server = acquire(&CredentialSpec {
         inbound: true,
@@ -114,48 +136,43 @@ fn feed(tls: &mut Tls, chunks: &[&[u8]]) -> (SECURITY_STATUS, Vec<u8>) {
 /// DecryptMessage refuses to go on until it did.
 #[test]
 fn post_handshake_messages_are_answered_through_isc_with_the_extra() {
-    let kernel = boot();
-    let thumbprint = server_identity(&kernel);
-    kernel
-        .run("tickets", move || {
-            let (server_cred, client_cred) = credentials(thumbprint, SP_PROT_TLS1_2_CLIENT);
-            let mut client = Tls::client(client_cred, "localhost", &[], 0);
-            let mut server = Tls::server(server_cred, &[], 0);
-            Tls::pump_handshake(&mut client, &mut server).unwrap();
-            // The server's last flight carried its tickets; then one application record.
-            let data = server.encrypt(b"after the tickets").unwrap();
-            client.incoming.extend_from_slice(&data);
-            let mut renegotiations = 0;
-            let mut refused_empty = false;
-            let plain = loop {
-                match client.decrypt_buffered() {
-                    Ok(Some(p)) if !p.is_empty() => break p,
-                    Ok(Some(_)) => {}
-                    Err(SEC_I_RENEGOTIATE) => {
-                        renegotiations += 1;
-                        // DecryptMessage will not skip the message.
-                        assert_eq!(client.decrypt_buffered(), Err(SEC_E_OUT_OF_SEQUENCE));
-                        // An empty input is not the message.
-                        let empty = client.step(&[]);
-                        refused_empty |= empty.status == SEC_E_INVALID_TOKEN;
-                        assert!(empty.output.is_empty());
-                        let mut sink = Vec::new();
-                        client.answer_post_handshake(&mut sink).unwrap();
-                        assert!(sink.is_empty(), "a ticket needs no answer");
-                    }
-                    other => panic!("{other:?}"),
+    in_kernel("tickets", move |thumbprint| {
+        let (server_cred, client_cred) = credentials(thumbprint, SP_PROT_TLS1_2_CLIENT);
+        let mut client = Tls::client(client_cred, "localhost", &[], 0);
+        let mut server = Tls::server(server_cred, &[], 0);
+        Tls::pump_handshake(&mut client, &mut server).unwrap();
+        // The server's last flight carried its tickets; then one application record.
+        let data = server.encrypt(b"after the tickets").unwrap();
+        client.incoming.extend_from_slice(&data);
+        let mut renegotiations = 0;
+        let mut refused_empty = false;
+        let plain = loop {
+            match client.decrypt_buffered() {
+                Ok(Some(p)) if !p.is_empty() => break p,
+                Ok(Some(_)) => {}
+                Err(SEC_I_RENEGOTIATE) => {
+                    renegotiations += 1;
+                    // DecryptMessage will not skip the message.
+                    assert_eq!(client.decrypt_buffered(), Err(SEC_E_OUT_OF_SEQUENCE));
+                    // An empty input is not the message.
+                    let empty = client.step(&[]);
+                    refused_empty |= empty.status == SEC_E_INVALID_TOKEN;
+                    assert!(empty.output.is_empty());
+                    let mut sink = Vec::new();
+                    client.answer_post_handshake(&mut sink).unwrap();
+                    assert!(sink.is_empty(), "a ticket needs no answer");
                 }
-            };
-            assert_eq!(plain, b"after the tickets");
-            assert!(renegotiations >= 1, "tickets were reported");
-            assert!(refused_empty);
-            client.delete();
-            server.delete();
-            free_credential(client_cred);
-            free_credential(server_cred);
-        })
-        .unwrap();
-    kernel.shutdown().unwrap();
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(plain, b"after the tickets");
+        assert!(renegotiations >= 1, "tickets were reported");
+        assert!(refused_empty);
+        client.delete();
+        server.delete();
+        free_credential(client_cred);
+        free_credential(server_cred);
+    });
 }
 
 /// A ClientHello (TLS 1.3 and 1.2) and a TLS 1.2 server flight re-framed into small records and
@@ -163,123 +180,113 @@ fn post_handshake_messages_are_answered_through_isc_with_the_extra() {
 /// completes; kemu never hands rustls less than it has seen (the 0x1E bugcheck of hostile runs).
 #[test]
 fn handshake_messages_spanning_records_are_accepted_at_every_cut() {
-    let kernel = boot();
-    let thumbprint = server_identity(&kernel);
-    kernel
-        .run("fragments", move || {
-            for (disabled, sizes) in [
-                (SP_PROT_TLS1_2_CLIENT, [3usize, 64]),
-                (SP_PROT_TLS1_3_CLIENT, [5, 200]),
-            ] {
-                let (server_cred, client_cred) = credentials(thumbprint, disabled);
-                for size in sizes {
-                    // The client's first flight, fragmented, against a fresh server each cut.
-                    let mut probe = Tls::client(client_cred, "localhost", &[], 0);
-                    let hello = fragment_handshake(&probe.step(&[]).output, size);
-                    probe.delete();
-                    let step = if size < 10 { 7 } else { 1 };
-                    for cut in (0..=hello.len()).step_by(step) {
-                        let mut server = Tls::server(server_cred, &[], 0);
-                        let (status, output) = feed(&mut server, &[&hello[..cut], &hello[cut..]]);
-                        assert_eq!(
-                            status, SEC_I_CONTINUE_NEEDED,
-                            "size {size} cut {cut}: {status:#x}"
-                        );
-                        assert!(!output.is_empty());
-                        server.delete();
-                    }
+    in_kernel("fragments", move |thumbprint| {
+        for (disabled, sizes) in [
+            (SP_PROT_TLS1_2_CLIENT, [3usize, 64]),
+            (SP_PROT_TLS1_3_CLIENT, [5, 200]),
+        ] {
+            let (server_cred, client_cred) = credentials(thumbprint, disabled);
+            for size in sizes {
+                // The client's first flight, fragmented, against a fresh server each cut.
+                let mut probe = Tls::client(client_cred, "localhost", &[], 0);
+                let hello = fragment_handshake(&probe.step(&[]).output, size);
+                probe.delete();
+                let step = if size < 10 { 7 } else { 1 };
+                for cut in (0..=hello.len()).step_by(step) {
+                    let mut server = Tls::server(server_cred, &[], 0);
+                    let (status, output) = feed(&mut server, &[&hello[..cut], &hello[cut..]]);
+                    assert_eq!(
+                        status, SEC_I_CONTINUE_NEEDED,
+                        "size {size} cut {cut}: {status:#x}"
+                    );
+                    assert!(!output.is_empty());
+                    server.delete();
                 }
-                if disabled == SP_PROT_TLS1_3_CLIENT {
-                    // TLS 1.2: the server's flight (certificate included) is plaintext.
-                    for cut in (0..2400).step_by(29) {
-                        let mut client = Tls::client(client_cred, "localhost", &[], 0);
-                        let mut server = Tls::server(server_cred, &[], 0);
-                        let hello = client.step(&[]).output;
-                        let flight = fragment_handshake(&server.step(&hello).output, 11);
-                        let cut = cut.min(flight.len());
-                        let (status, output) = feed(&mut client, &[&flight[..cut], &flight[cut..]]);
-                        assert_eq!(status, SEC_I_CONTINUE_NEEDED, "cut {cut}: {status:#x}");
-                        assert!(!output.is_empty());
-                        client.delete();
-                        server.delete();
-                    }
-                }
-                free_credential(client_cred);
-                free_credential(server_cred);
             }
-        })
-        .unwrap();
-    kernel.shutdown().unwrap();
+            if disabled == SP_PROT_TLS1_3_CLIENT {
+                // TLS 1.2: the server's flight (certificate included) is plaintext.
+                for cut in (0..2400).step_by(29) {
+                    let mut client = Tls::client(client_cred, "localhost", &[], 0);
+                    let mut server = Tls::server(server_cred, &[], 0);
+                    let hello = client.step(&[]).output;
+                    let flight = fragment_handshake(&server.step(&hello).output, 11);
+                    let cut = cut.min(flight.len());
+                    let (status, output) = feed(&mut client, &[&flight[..cut], &flight[cut..]]);
+                    assert_eq!(status, SEC_I_CONTINUE_NEEDED, "cut {cut}: {status:#x}");
+                    assert!(!output.is_empty());
+                    client.delete();
+                    server.delete();
+                }
+            }
+            free_credential(client_cred);
+            free_credential(server_cred);
+        }
+    });
 }
 
 /// Hostile byte streams: real flights with bytes flipped, cut anywhere, and garbage records
 /// after the handshake. Every call returns a status; the kernel never stops.
 #[test]
 fn hostile_input_gets_a_status_never_a_bugcheck() {
-    let kernel = boot();
-    let thumbprint = server_identity(&kernel);
-    kernel
-        .run("hostile", move || {
-            let mut rng = fastrand::Rng::with_seed(0x5eed);
-            for disabled in [SP_PROT_TLS1_2_CLIENT, SP_PROT_TLS1_3_CLIENT] {
-                let (server_cred, client_cred) = credentials(thumbprint, disabled);
-                let mut probe = Tls::client(client_cred, "localhost", &[], 0);
-                let hello = probe.step(&[]).output;
-                probe.delete();
-                for round in 0..150 {
-                    let mut wire = fragment_handshake(&hello, 1 + round % 40);
-                    for _ in 0..1 + rng.usize(..4) {
-                        let at = rng.usize(..wire.len());
-                        wire[at] ^= 1 << rng.u8(..8);
-                    }
-                    let cut = rng.usize(..=wire.len());
-                    let mut server = Tls::server(server_cred, &[], 0);
-                    let _ = feed(&mut server, &[&wire[..cut], &wire[cut..]]);
-                    server.delete();
+    in_kernel("hostile", move |thumbprint| {
+        let mut rng = fastrand::Rng::with_seed(0x5eed);
+        for disabled in [SP_PROT_TLS1_2_CLIENT, SP_PROT_TLS1_3_CLIENT] {
+            let (server_cred, client_cred) = credentials(thumbprint, disabled);
+            let mut probe = Tls::client(client_cred, "localhost", &[], 0);
+            let hello = probe.step(&[]).output;
+            probe.delete();
+            for round in 0..150 {
+                let mut wire = fragment_handshake(&hello, 1 + round % 40);
+                for _ in 0..1 + rng.usize(..4) {
+                    let at = rng.usize(..wire.len());
+                    wire[at] ^= 1 << rng.u8(..8);
                 }
-                // After the handshake: garbage, truncated and replayed records.
-                let mut client = Tls::client(client_cred, "localhost", &[], 0);
+                let cut = rng.usize(..=wire.len());
                 let mut server = Tls::server(server_cred, &[], 0);
-                Tls::pump_handshake(&mut client, &mut server).unwrap();
-                let record = server.encrypt(b"a record to break").unwrap();
-                for round in 0..200 {
-                    let mut bytes = record.clone();
-                    match round % 4 {
-                        0 => {
-                            let at = rng.usize(..bytes.len());
-                            bytes[at] ^= 0x40;
-                        }
-                        1 => bytes.truncate(rng.usize(..bytes.len())),
-                        2 => bytes = (0..rng.usize(1..64)).map(|_| rng.u8(..)).collect(),
-                        _ => {
-                            let len = rng.usize(..300) as u16;
-                            bytes = vec![23, 3, 3];
-                            bytes.extend_from_slice(&len.to_be_bytes());
-                            bytes.extend((0..len).map(|_| rng.u8(..)));
-                        }
-                    }
-                    let mut c = Tls::client(client_cred, "localhost", &[], 0);
-                    let mut s = Tls::server(server_cred, &[], 0);
-                    Tls::pump_handshake(&mut c, &mut s).unwrap();
-                    c.incoming.clear();
-                    c.incoming.extend_from_slice(&bytes);
-                    for _ in 0..4 {
-                        let r = c.decrypt_buffered();
-                        if r.is_err() || c.incoming.is_empty() {
-                            break;
-                        }
-                    }
-                    c.delete();
-                    s.delete();
-                }
-                client.delete();
+                let _ = feed(&mut server, &[&wire[..cut], &wire[cut..]]);
                 server.delete();
-                free_credential(client_cred);
-                free_credential(server_cred);
             }
-        })
-        .unwrap();
-    kernel.shutdown().unwrap();
+            // After the handshake: garbage, truncated and replayed records.
+            let mut client = Tls::client(client_cred, "localhost", &[], 0);
+            let mut server = Tls::server(server_cred, &[], 0);
+            Tls::pump_handshake(&mut client, &mut server).unwrap();
+            let record = server.encrypt(b"a record to break").unwrap();
+            for round in 0..200 {
+                let mut bytes = record.clone();
+                match round % 4 {
+                    0 => {
+                        let at = rng.usize(..bytes.len());
+                        bytes[at] ^= 0x40;
+                    }
+                    1 => bytes.truncate(rng.usize(..bytes.len())),
+                    2 => bytes = (0..rng.usize(1..64)).map(|_| rng.u8(..)).collect(),
+                    _ => {
+                        let len = rng.usize(..300) as u16;
+                        bytes = vec![23, 3, 3];
+                        bytes.extend_from_slice(&len.to_be_bytes());
+                        bytes.extend((0..len).map(|_| rng.u8(..)));
+                    }
+                }
+                let mut c = Tls::client(client_cred, "localhost", &[], 0);
+                let mut s = Tls::server(server_cred, &[], 0);
+                Tls::pump_handshake(&mut c, &mut s).unwrap();
+                c.incoming.clear();
+                c.incoming.extend_from_slice(&bytes);
+                for _ in 0..4 {
+                    let r = c.decrypt_buffered();
+                    if r.is_err() || c.incoming.is_empty() {
+                        break;
+                    }
+                }
+                c.delete();
+                s.delete();
+            }
+            client.delete();
+            server.delete();
+            free_credential(client_cred);
+            free_credential(server_cred);
+        }
+    });
 }
 
 /// A server whose certificate does not match its key fails the handshake; the output TOKEN then
@@ -341,75 +348,63 @@ fn apply(tls: &mut Tls, token: &mut [u32]) -> SECURITY_STATUS {
 /// peer reads as an error. An alert with nothing failed is refused.
 #[test]
 fn control_tokens_produce_close_notify_and_the_failure_alert() {
-    let kernel = boot();
-    let thumbprint = server_identity(&kernel);
-    kernel
-        .run("control tokens", move || {
-            for disabled in [SP_PROT_TLS1_2_CLIENT, SP_PROT_TLS1_3_CLIENT] {
-                let (server_cred, client_cred) = credentials(thumbprint, disabled);
-                let mut client = Tls::client(client_cred, "localhost", &[], 0);
-                let mut server = Tls::server(server_cred, &[], 0);
-                Tls::pump_handshake(&mut client, &mut server).unwrap();
-                // Tickets first (TLS 1.3), so the client's context is idle.
-                let mut sink = Vec::new();
-                while !client.incoming.is_empty() {
-                    match client.decrypt_buffered() {
-                        Err(SEC_I_RENEGOTIATE) => client.answer_post_handshake(&mut sink).unwrap(),
-                        Ok(_) => {}
-                        other => panic!("{other:?}"),
-                    }
-                }
-                assert_eq!(
-                    apply(&mut client, &mut [SCHANNEL_ALERT, TLS1_ALERT_FATAL, 10]),
-                    SEC_E_UNSUPPORTED_FUNCTION,
-                    "nothing failed: kemu has no such alert to write"
-                );
-                assert_eq!(apply(&mut client, &mut [SCHANNEL_SHUTDOWN]), SEC_E_OK);
-                let close = client.step(&[]);
-                assert_eq!(close.status, SEC_E_OK);
-                server.incoming = close.output;
-                assert_eq!(server.decrypt_buffered(), Ok(None), "close_notify");
+    in_kernel("control tokens", move |thumbprint| {
+        for disabled in [SP_PROT_TLS1_2_CLIENT, SP_PROT_TLS1_3_CLIENT] {
+            let (server_cred, client_cred) = credentials(thumbprint, disabled);
+            let mut client = Tls::client(client_cred, "localhost", &[], 0);
+            let mut server = Tls::server(server_cred, &[], 0);
+            Tls::pump_handshake(&mut client, &mut server).unwrap();
+            // Tickets first (TLS 1.3), so the client's context is idle.
+            answer_tickets(&mut client);
+            assert_eq!(
+                apply(&mut client, &mut [SCHANNEL_ALERT, TLS1_ALERT_FATAL, 10]),
+                SEC_E_UNSUPPORTED_FUNCTION,
+                "nothing failed: kemu has no such alert to write"
+            );
+            assert_eq!(apply(&mut client, &mut [SCHANNEL_SHUTDOWN]), SEC_E_OK);
+            let close = client.step(&[]);
+            assert_eq!(close.status, SEC_E_OK);
+            server.incoming = close.output;
+            assert_eq!(server.decrypt_buffered(), Ok(None), "close_notify");
 
-                // A record with a broken tag: the server fails, then sends its alert.
-                let mut c = Tls::client(client_cred, "localhost", &[], 0);
-                let mut s = Tls::server(server_cred, &[], 0);
-                Tls::pump_handshake(&mut c, &mut s).unwrap();
-                let mut record = c.encrypt(b"tampered").unwrap();
-                let last = record.len() - 1;
-                record[last] ^= 1;
-                s.incoming = record;
-                assert_eq!(s.decrypt_buffered(), Err(SEC_E_MESSAGE_ALTERED));
-                assert_eq!(
-                    apply(&mut s, &mut [SCHANNEL_ALERT, TLS1_ALERT_FATAL, 20]),
-                    SEC_E_OK
-                );
-                let alert = s.step(&[]);
-                assert_eq!(alert.status, SEC_E_OK);
-                assert!(!alert.output.is_empty() && alert.output.len() < 64);
-                let mut sink = Vec::new();
-                loop {
-                    match c.decrypt_buffered() {
-                        Err(SEC_I_RENEGOTIATE) => c.answer_post_handshake(&mut sink).unwrap(),
-                        Err(SEC_E_INCOMPLETE_MESSAGE) | Ok(_) if c.incoming.is_empty() => break,
-                        Ok(_) => {}
-                        other => panic!("{other:?}"),
-                    }
+            // A record with a broken tag: the server fails, then sends its alert.
+            let mut c = Tls::client(client_cred, "localhost", &[], 0);
+            let mut s = Tls::server(server_cred, &[], 0);
+            Tls::pump_handshake(&mut c, &mut s).unwrap();
+            let mut record = c.encrypt(b"tampered").unwrap();
+            let last = record.len() - 1;
+            record[last] ^= 1;
+            s.incoming = record;
+            assert_eq!(s.decrypt_buffered(), Err(SEC_E_MESSAGE_ALTERED));
+            assert_eq!(
+                apply(&mut s, &mut [SCHANNEL_ALERT, TLS1_ALERT_FATAL, 20]),
+                SEC_E_OK
+            );
+            let alert = s.step(&[]);
+            assert_eq!(alert.status, SEC_E_OK);
+            assert!(!alert.output.is_empty() && alert.output.len() < 64);
+            let mut sink = Vec::new();
+            loop {
+                match c.decrypt_buffered() {
+                    Err(SEC_I_RENEGOTIATE) => c.answer_post_handshake(&mut sink).unwrap(),
+                    Err(SEC_E_INCOMPLETE_MESSAGE) | Ok(_) if c.incoming.is_empty() => break,
+                    Ok(_) => {}
+                    other => panic!("{other:?}"),
                 }
-                c.incoming = alert.output;
-                let got = c.decrypt_buffered();
-                assert!(
-                    matches!(got, Err(e) if e.is_error()),
-                    "the peer reads the alert as a failure: {got:?}"
-                );
-                for t in [&mut client, &mut server, &mut c, &mut s] {
-                    t.delete();
-                }
-                free_credential(client_cred);
-                free_credential(server_cred);
             }
-        })
-        .unwrap();
-    kernel.shutdown().unwrap();
+            c.incoming = alert.output;
+            let got = c.decrypt_buffered();
+            assert!(
+                matches!(got, Err(e) if e.is_error()),
+                "the peer reads the alert as a failure: {got:?}"
+            );
+            for t in [&mut client, &mut server, &mut c, &mut s] {
+                t.delete();
+            }
+            free_credential(client_cred);
+            free_credential(server_cred);
+        }
+    });
 }
 
 /// A rustls client offering ChaCha20 before AES-128 gets AES-128 from a kemu server: Schannel
@@ -529,64 +524,59 @@ fn a_trusted_self_signed_ca_certificate_serves_and_ed25519_does_not() {
 /// stops.
 #[test]
 fn a_server_asking_for_a_certificate_gives_incomplete_credentials_without_no_default_creds() {
-    let kernel = boot();
-    let thumbprint = server_identity(&kernel);
-    kernel
-        .run("incomplete credentials", move || {
-            for (disabled, no_default) in [
-                (SP_PROT_TLS1_2_CLIENT, false),
-                (SP_PROT_TLS1_3_CLIENT, false),
-                (SP_PROT_TLS1_2_CLIENT, true),
-            ] {
-                let server_cred = acquire(&CredentialSpec {
-                    inbound: true,
-                    thumbprint: Some(thumbprint),
-                    ..Default::default()
-                })
-                .unwrap();
-                let mut tls =
-                    kemu::testing::sspi::client_tls_parameters(disabled | SP_PROT_BELOW_TLS1_2);
-                let mut creds = kemu::testing::sspi::client_credentials(&mut tls);
-                if !no_default {
-                    creds.dwFlags &= !SCH_CRED_NO_DEFAULT_CREDS;
-                }
-                // SAFETY: the credentials and their parameters outlive the call.
-                let client_cred = unsafe {
-                    kemu::testing::sspi::acquire_raw(
-                        &mut creds as *mut SCH_CREDENTIALS as *mut std::ffi::c_void,
-                    )
-                }
-                .unwrap();
-                let mut client = Tls::client(client_cred, "localhost", &[], 0);
-                let mut server = Tls::server(server_cred, &[], ASC_REQ_MUTUAL_AUTH as u32);
-                let hello = client.step(&[]).output;
-                let flight = server.step(&hello).output;
-                let mut answer = client.step(&flight);
-                if !no_default {
-                    assert_eq!(answer.status, SEC_I_INCOMPLETE_CREDENTIALS);
-                    assert!(answer.output.is_empty(), "nothing goes out yet");
-                    answer = client.step(&flight);
-                }
-                assert!(
-                    answer.status == SEC_E_OK || answer.status == SEC_I_CONTINUE_NEEDED,
-                    "{:#x}",
-                    answer.status
-                );
-                assert!(!answer.output.is_empty());
-                let done = server.step(&answer.output);
-                assert_eq!(done.status, SEC_E_OK);
-                let verdict = server.query::<SecPkgContext_CertificateValidationResult>(
-                    SECPKG_ATTR_CERT_CHECK_RESULT_INPROC,
-                );
-                assert_eq!(verdict.err(), Some(SEC_E_NO_CREDENTIALS));
-                client.delete();
-                server.delete();
-                free_credential(client_cred);
-                free_credential(server_cred);
+    in_kernel("incomplete credentials", move |thumbprint| {
+        for (disabled, no_default) in [
+            (SP_PROT_TLS1_2_CLIENT, false),
+            (SP_PROT_TLS1_3_CLIENT, false),
+            (SP_PROT_TLS1_2_CLIENT, true),
+        ] {
+            let server_cred = acquire(&CredentialSpec {
+                inbound: true,
+                thumbprint: Some(thumbprint),
+                ..Default::default()
+            })
+            .unwrap();
+            let mut tls =
+                kemu::testing::sspi::client_tls_parameters(disabled | SP_PROT_BELOW_TLS1_2);
+            let mut creds = kemu::testing::sspi::client_credentials(&mut tls);
+            if !no_default {
+                creds.dwFlags &= !SCH_CRED_NO_DEFAULT_CREDS;
             }
-        })
-        .unwrap();
-    kernel.shutdown().unwrap();
+            // SAFETY: the credentials and their parameters outlive the call.
+            let client_cred = unsafe {
+                kemu::testing::sspi::acquire_raw(
+                    &mut creds as *mut SCH_CREDENTIALS as *mut std::ffi::c_void,
+                )
+            }
+            .unwrap();
+            let mut client = Tls::client(client_cred, "localhost", &[], 0);
+            let mut server = Tls::server(server_cred, &[], ASC_REQ_MUTUAL_AUTH as u32);
+            let hello = client.step(&[]).output;
+            let flight = server.step(&hello).output;
+            let mut answer = client.step(&flight);
+            if !no_default {
+                assert_eq!(answer.status, SEC_I_INCOMPLETE_CREDENTIALS);
+                assert!(answer.output.is_empty(), "nothing goes out yet");
+                answer = client.step(&flight);
+            }
+            assert!(
+                answer.status == SEC_E_OK || answer.status == SEC_I_CONTINUE_NEEDED,
+                "{:#x}",
+                answer.status
+            );
+            assert!(!answer.output.is_empty());
+            let done = server.step(&answer.output);
+            assert_eq!(done.status, SEC_E_OK);
+            let verdict = server.query::<SecPkgContext_CertificateValidationResult>(
+                SECPKG_ATTR_CERT_CHECK_RESULT_INPROC,
+            );
+            assert_eq!(verdict.err(), Some(SEC_E_NO_CREDENTIALS));
+            client.delete();
+            server.delete();
+            free_credential(client_cred);
+            free_credential(server_cred);
+        }
+    });
 }
 
 /// Schannel's client session cache is keyed by credential and target name: a second handshake
@@ -629,16 +619,7 @@ fn a_second_handshake_to_the_same_target_resumes_and_says_so() {
                     let mut server = Tls::server(server_cred, &[], 0);
                     Tls::pump_handshake(&mut client, &mut server).unwrap();
                     // TLS 1.3 tickets reach the client's cache once it reads them.
-                    let mut sink = Vec::new();
-                    while !client.incoming.is_empty() {
-                        match client.decrypt_buffered() {
-                            Err(SEC_I_RENEGOTIATE) => {
-                                client.answer_post_handshake(&mut sink).unwrap()
-                            }
-                            Ok(_) => {}
-                            other => panic!("{other:?}"),
-                        }
-                    }
+                    answer_tickets(&mut client);
                     let info: SecPkgContext_SessionInfo =
                         client.query(SECPKG_ATTR_SESSION_INFO).unwrap();
                     let certs: SecPkgContext_Certificates =
@@ -711,42 +692,37 @@ fn an_ip_target_matches_the_certificates_ip_san() {
 /// goes on (what MsQuic does on SEC_E_BUFFER_TOO_SMALL; the status is W13's question).
 #[test]
 fn a_too_small_output_buffer_says_the_size_and_the_call_can_be_repeated() {
-    let kernel = boot();
-    let thumbprint = server_identity(&kernel);
-    kernel
-        .run("too small", move || {
-            let too_small = SECURITY_STATUS(ksys::ntdef::STATUS_BUFFER_TOO_SMALL.0);
-            for disabled in [SP_PROT_TLS1_2_CLIENT, SP_PROT_TLS1_3_CLIENT] {
-                let (server_cred, client_cred) = credentials(thumbprint, disabled);
-                let mut client = Tls::client(client_cred, "localhost", &[], 0);
-                let mut server = Tls::server(server_cred, &[], 0);
-                let small = client.step_sized(&[], 16);
-                assert_eq!(small.status, too_small);
-                assert!(small.needed > 16);
-                let hello = client.step_sized(&[], small.needed);
-                assert_eq!(hello.status, SEC_I_CONTINUE_NEEDED);
-                assert_eq!(hello.output.len(), small.needed);
-                let small = server.step_sized(&hello.output, 100);
-                assert_eq!(small.status, too_small);
-                let flight = server.step_sized(&hello.output, small.needed);
-                assert!(flight.status.is_success(), "{:#x}", flight.status);
-                assert_eq!(flight.output.len(), small.needed);
-                // The rest of the handshake as usual.
-                let answer = client.step(&flight.output);
-                assert!(answer.status.is_success(), "{:#x}", answer.status);
-                if !answer.output.is_empty() {
-                    let last = server.step(&answer.output);
-                    assert!(last.status.is_success(), "{:#x}", last.status);
-                    if answer.status != SEC_E_OK {
-                        assert_eq!(client.step(&last.output).status, SEC_E_OK);
-                    }
+    in_kernel("too small", move |thumbprint| {
+        let too_small = SECURITY_STATUS(ksys::ntdef::STATUS_BUFFER_TOO_SMALL.0);
+        for disabled in [SP_PROT_TLS1_2_CLIENT, SP_PROT_TLS1_3_CLIENT] {
+            let (server_cred, client_cred) = credentials(thumbprint, disabled);
+            let mut client = Tls::client(client_cred, "localhost", &[], 0);
+            let mut server = Tls::server(server_cred, &[], 0);
+            let small = client.step_sized(&[], 16);
+            assert_eq!(small.status, too_small);
+            assert!(small.needed > 16);
+            let hello = client.step_sized(&[], small.needed);
+            assert_eq!(hello.status, SEC_I_CONTINUE_NEEDED);
+            assert_eq!(hello.output.len(), small.needed);
+            let small = server.step_sized(&hello.output, 100);
+            assert_eq!(small.status, too_small);
+            let flight = server.step_sized(&hello.output, small.needed);
+            assert!(flight.status.is_success(), "{:#x}", flight.status);
+            assert_eq!(flight.output.len(), small.needed);
+            // The rest of the handshake as usual.
+            let answer = client.step(&flight.output);
+            assert!(answer.status.is_success(), "{:#x}", answer.status);
+            if !answer.output.is_empty() {
+                let last = server.step(&answer.output);
+                assert!(last.status.is_success(), "{:#x}", last.status);
+                if answer.status != SEC_E_OK {
+                    assert_eq!(client.step(&last.output).status, SEC_E_OK);
                 }
-                client.delete();
-                server.delete();
-                free_credential(client_cred);
-                free_credential(server_cred);
             }
-        })
-        .unwrap();
-    kernel.shutdown().unwrap();
+            client.delete();
+            server.delete();
+            free_credential(client_cred);
+            free_credential(server_cred);
+        }
+    });
 }

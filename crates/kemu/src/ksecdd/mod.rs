@@ -820,13 +820,7 @@ fn write_output(
 ) -> Result<(), SECURITY_STATUS> {
     // SAFETY: the caller's output descriptor, alive until the callback.
     let bufs = unsafe { buffers::buffers(desc.get::<SecBufferDesc>()) };
-    let allocate = u64::from(requirements)
-        & if inbound {
-            ASC_REQ_ALLOCATE_MEMORY
-        } else {
-            ISC_REQ_ALLOCATE_MEMORY
-        }
-        != 0;
+    let allocate = allocates(requirements, inbound);
     let mut result = Ok(());
     let mut written = false;
     for b in bufs.iter_mut() {
@@ -867,15 +861,19 @@ fn write_output(
     result
 }
 
+/// Whether the call asked SSPI to allocate its output (*_REQ_ALLOCATE_MEMORY).
+fn allocates(requirements: u32, inbound: bool) -> bool {
+    let flag = if inbound {
+        ASC_REQ_ALLOCATE_MEMORY
+    } else {
+        ISC_REQ_ALLOCATE_MEMORY
+    };
+    u64::from(requirements) & flag != 0
+}
+
 /// Whether `length` bytes fit the caller's output TOKEN (always, with *_REQ_ALLOCATE_MEMORY).
 fn output_fits(desc: Out, length: usize, requirements: u32, inbound: bool) -> bool {
-    let allocate = u64::from(requirements)
-        & if inbound {
-            ASC_REQ_ALLOCATE_MEMORY
-        } else {
-            ISC_REQ_ALLOCATE_MEMORY
-        }
-        != 0;
+    let allocate = allocates(requirements, inbound);
     // SAFETY: the caller's output descriptor, alive until the callback.
     let bufs = unsafe { buffers::buffers(desc.get::<SecBufferDesc>()) };
     allocate
