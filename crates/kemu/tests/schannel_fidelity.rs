@@ -2,6 +2,8 @@
 //! post-handshake messages through SEC_I_RENEGOTIATE, input buffering across records (and no
 //! panic on any input), output buffers on failure, control tokens, certificate rules.
 
+use std::io::Write;
+
 use kemu::testing::sspi::{CredentialSpec, Step, Tls, acquire, free_credential};
 use kemu::{CallbackSchedule, FaultPlan, Kernel, KernelConfig, TestCa, Thumbprint, Validity};
 use ksys::schannel::*;
@@ -725,4 +727,146 @@ fn a_too_small_output_buffer_says_the_size_and_the_call_can_be_repeated() {
             free_credential(server_cred);
         }
     });
+}
+
+/// A TLS 1.3 server (rustls) that cuts every record to 32 bytes of plaintext sends its tickets as
+/// handshake messages spanning many records; delivered to DecryptMessage in pieces of every size,
+/// each one still comes out as one SEC_I_RENEGOTIATE answered through ISC, and the data behind
+/// them arrives intact. Broken copies of the same stream get statuses, never a bugcheck.
+#[test]
+fn post_handshake_messages_spanning_records_are_taken_in_pieces() {
+    use rustls::crypto::ring::default_provider;
+    let kernel = boot();
+    let ca = TestCa::generate("fragmenting peer CA").unwrap();
+    let issued = ca.issue(&["localhost"], Validity::Current).unwrap();
+    kernel
+        .cert_store()
+        .add_root_pem(ca.cert_pem().as_bytes())
+        .unwrap();
+    let chain: Vec<_> = rustls_pemfile::certs(&mut issued.chain_pem.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls_pemfile::private_key(&mut issued.key_pem.as_bytes())
+        .unwrap()
+        .unwrap();
+    kernel
+        .run("fragmented tickets", move || {
+            let mut config = rustls::ServerConfig::builder_with_provider(default_provider().into())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap();
+            config.max_fragment_size = Some(32);
+            config.send_tls13_tickets = 3;
+            let config = std::sync::Arc::new(config);
+            let mut tls = kemu::testing::sspi::client_tls_parameters(!SP_PROT_TLS1_3_CLIENT);
+            let mut creds = kemu::testing::sspi::client_credentials(&mut tls);
+            // SAFETY: the credentials and their parameters outlive the call.
+            let cred = unsafe {
+                kemu::testing::sspi::acquire_raw(
+                    &mut creds as *mut SCH_CREDENTIALS as *mut std::ffi::c_void,
+                )
+            }
+            .unwrap();
+            let mut rng = fastrand::Rng::with_seed(7);
+            for round in 0..12 {
+                let mut peer = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut client = Tls::client(cred, "localhost", &[], 0);
+                let mut to_peer = client.step(&[]).output;
+                let mut after = Vec::new();
+                for _ in 0..8 {
+                    let mut input = &to_peer[..];
+                    while !input.is_empty() {
+                        peer.read_tls(&mut input).unwrap();
+                    }
+                    peer.process_new_packets().unwrap();
+                    let mut from_peer = Vec::new();
+                    if !peer.is_handshaking() {
+                        peer.writer().write_all(b"behind the tickets").unwrap();
+                    }
+                    while peer.wants_write() {
+                        peer.write_tls(&mut from_peer).unwrap();
+                    }
+                    if client.context.is_some() && client.sizes().cbMaximumMessage != 0 {
+                        after = from_peer;
+                        break;
+                    }
+                    let step = client.step(&from_peer);
+                    assert!(step.status.is_success(), "{:#x}", step.status);
+                    if step.status == SEC_E_OK {
+                        let q: SecPkgContext_StreamSizes =
+                            client.query(SECPKG_ATTR_STREAM_SIZES).unwrap();
+                        assert!(q.cbMaximumMessage > 0);
+                        // Tickets and data may already be in the rest of this flight.
+                        after = from_peer[from_peer.len() - step.extra..].to_vec();
+                        to_peer = step.output;
+                        let mut input = &to_peer[..];
+                        while !input.is_empty() {
+                            peer.read_tls(&mut input).unwrap();
+                        }
+                        peer.process_new_packets().unwrap();
+                        peer.writer().write_all(b"behind the tickets").unwrap();
+                        while peer.wants_write() {
+                            peer.write_tls(&mut after).unwrap();
+                        }
+                        break;
+                    }
+                    to_peer = step.output;
+                }
+                assert!(
+                    after.len() > 300,
+                    "tickets in 32-byte records: {}",
+                    after.len()
+                );
+                let mut wire = after.clone();
+                if round >= 8 {
+                    // Broken copies: statuses only.
+                    let at = rng.usize(..wire.len());
+                    wire[at] ^= 0x10;
+                }
+                let mut plain = Vec::new();
+                let mut renegotiations = 0;
+                let mut at = 0;
+                let mut failed = None;
+                while at < wire.len() && failed.is_none() {
+                    let n = rng.usize(1..=wire.len() - at).min(1 + round * 13);
+                    client.incoming.extend_from_slice(&wire[at..at + n]);
+                    at += n;
+                    loop {
+                        match client.decrypt_buffered() {
+                            Ok(Some(p)) => {
+                                plain.extend_from_slice(&p);
+                                if client.incoming.is_empty() {
+                                    break;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(SEC_E_INCOMPLETE_MESSAGE) => break,
+                            Err(SEC_I_RENEGOTIATE) => {
+                                renegotiations += 1;
+                                let mut sink = Vec::new();
+                                if let Err(e) = client.answer_post_handshake(&mut sink) {
+                                    failed = Some(e);
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                }
+                if round < 8 {
+                    assert_eq!(failed, None, "round {round}");
+                    assert_eq!(plain, b"behind the tickets", "round {round}");
+                    assert_eq!(renegotiations, 3, "one SEC_I_RENEGOTIATE per ticket");
+                }
+                client.delete();
+            }
+            free_credential(cred);
+        })
+        .unwrap();
+    kernel.shutdown().unwrap();
 }

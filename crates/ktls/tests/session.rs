@@ -956,6 +956,85 @@ fn a_forty_kilobyte_certificate_chain_goes_through() {
     });
 }
 
+/// A server whose certificate does not match its key fails every handshake; what reaches the
+/// client is what Schannel really wrote — an alert at most, then the FIN — never the handshake
+/// buffer (32 KiB of zeros went out when the output's cbBuffer was trusted on an error).
+#[test]
+fn a_server_whose_key_does_not_match_sends_no_garbage() {
+    isolated("a_server_whose_key_does_not_match_sends_no_garbage", || {
+        let (kernel, pki) = boot("mismatched_key");
+        let other = pki.ca.issue(&["localhost"], Validity::Current).unwrap();
+        let leaf = pem::parse(std::fs::read(pki.path("chain.pem")).unwrap()).unwrap();
+        let leaf_pem = pem::encode(&leaf);
+        let thumbprint = kernel
+            .cert_store()
+            .import_pem(leaf_pem.as_bytes(), other.key_pem.as_bytes())
+            .unwrap();
+        let ca = pem::parse(std::fs::read(pki.path("ca.pem")).unwrap()).unwrap();
+        let ca = ca.contents().to_vec();
+        let (failure, received) = kernel
+            .run("server", move || {
+                let (provider, changes, listener) = plain_listener(thumbprint);
+                let port = listener.local_port();
+                let peer = std::thread::spawn(move || {
+                    let mut roots = rustls::RootCertStore::empty();
+                    roots.add(ca.into()).unwrap();
+                    let config = rustls::ClientConfig::builder_with_provider(
+                        rustls::crypto::ring::default_provider().into(),
+                    )
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                    let mut tls = rustls::ClientConnection::new(
+                        Arc::new(config),
+                        "localhost".try_into().unwrap(),
+                    )
+                    .unwrap();
+                    let mut hello = Vec::new();
+                    while tls.wants_write() {
+                        tls.write_tls(&mut hello).unwrap();
+                    }
+                    let mut socket =
+                        std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
+                            .unwrap();
+                    socket
+                        .set_read_timeout(Some(Duration::from_secs(20)))
+                        .unwrap();
+                    socket.write_all(&hello).unwrap();
+                    let mut received = Vec::new();
+                    let _ = socket.read_to_end(&mut received);
+                    received
+                });
+                let server = changes.wait("an accepted session", || listener.next());
+                let failure = failure_of(&server, &changes);
+                let received = peer.join().unwrap();
+                drop(server);
+                finish(listener, &changes, provider);
+                (failure, received)
+            })
+            .unwrap();
+        assert!(
+            failure.is_some_and(|f| f.sspi != ksys::sspi::SEC_E_OK),
+            "{failure:?}"
+        );
+        assert!(
+            received.len() < 64,
+            "{} bytes reached the client: {:02x?}",
+            received.len(),
+            &received[..received.len().min(32)]
+        );
+        // Whatever came is whole TLS alert records.
+        let mut at = 0;
+        while at < received.len() {
+            assert_eq!(received[at], 21, "an alert record: {received:02x?}");
+            at += 5 + usize::from(u16::from_be_bytes([received[at + 3], received[at + 4]]));
+        }
+        assert_eq!(at, received.len());
+        kernel.shutdown().unwrap();
+    });
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .unwrap()
