@@ -1035,6 +1035,96 @@ fn a_server_whose_key_does_not_match_sends_no_garbage() {
     });
 }
 
+/// A listener on [::] takes IPv4 clients too: it sets IPV6_V6ONLY to FALSE before its bind, as
+/// echosrv does (WSK sockets are IPv6-only by default); a ktls client reaches it over IPv4 and
+/// over IPv6.
+#[test]
+fn a_listener_on_the_ipv6_any_address_takes_ipv4_clients_too() {
+    isolated(
+        "a_listener_on_the_ipv6_any_address_takes_ipv4_clients_too",
+        || {
+            let (kernel, pki) = boot("dual_stack");
+            let thumbprint = pki.thumbprint;
+            let states = kernel
+                .run("dual stack", move || {
+                    let provider = Provider::register(WSK_INFINITE_WAIT).unwrap();
+                    let changes = Changes::new();
+                    let any6 = SOCKADDR_STORAGE {
+                        ss_family: AF_INET6 as u16,
+                        data: [0; 126],
+                    };
+                    // SAFETY: the test driver's device and the captured provider outlive it.
+                    let listener = unsafe {
+                        Listener::start(
+                            device(),
+                            ListenerConfig {
+                                npi: provider.npi(),
+                                local: any6,
+                                alpn: Vec::new(),
+                                require_client_certificate: false,
+                                max_queued: 64 * 1024,
+                                receive_window: 64 * 1024,
+                                backlog: 8,
+                                handshake_timeout_ms: 5000,
+                                census: changes.census(),
+                            },
+                            server_credential(thumbprint),
+                            changes.clone(),
+                        )
+                    }
+                    .unwrap();
+                    changes.wait("listening", || {
+                        (listener.state() == ListenState::Listening).then_some(())
+                    });
+                    let port = listener.local_port();
+                    let mut states = Vec::new();
+                    let mut loopback6 = SOCKADDR_STORAGE {
+                        ss_family: AF_INET6 as u16,
+                        data: [0; 126],
+                    };
+                    loopback6.data[0..2].copy_from_slice(&port.to_be_bytes());
+                    loopback6.data[21] = 1; // ::1 (sin6_addr starts at byte 6 of data)
+                    for remote in [v4([127, 0, 0, 1], port), loopback6] {
+                        // SAFETY: as above.
+                        let client = unsafe {
+                            Session::start(
+                                device(),
+                                Config {
+                                    role: Role::Client {
+                                        npi: provider.npi(),
+                                        remote,
+                                        target: "localhost".encode_utf16().collect(),
+                                        resolve: None,
+                                    },
+                                    alpn: Vec::new(),
+                                    require_client_certificate: false,
+                                    max_queued: 64 * 1024,
+                                    receive_window: 64 * 1024,
+                                    handshake_timeout_ms: 5000,
+                                    pinned: None,
+                                    census: changes.census(),
+                                },
+                                client_credential(ALL, 0),
+                                changes.clone(),
+                            )
+                        }
+                        .unwrap();
+                        let server = changes.wait("an accepted session", || listener.next());
+                        open(&client, &changes);
+                        open(&server, &changes);
+                        states.push(client.state());
+                        drop((client, server));
+                    }
+                    finish(listener, &changes, provider);
+                    states
+                })
+                .unwrap();
+            assert_eq!(states, [State::Open, State::Open]);
+            kernel.shutdown().unwrap();
+        },
+    );
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .unwrap()
