@@ -203,6 +203,25 @@ fn connect_with(
     pinned: Option<[u8; 32]>,
     changes: &Changes,
 ) -> Session<Changes> {
+    connect_to(
+        provider,
+        credential,
+        v4([127, 0, 0, 1], port),
+        target,
+        pinned,
+        changes,
+    )
+}
+
+/// [`connect_with`] to any address.
+fn connect_to(
+    provider: &Provider,
+    credential: ktls::pool::PoolArc<Credential>,
+    remote: SOCKADDR_STORAGE,
+    target: &str,
+    pinned: Option<[u8; 32]>,
+    changes: &Changes,
+) -> Session<Changes> {
     // SAFETY: as in `listen`.
     unsafe {
         Session::start(
@@ -210,7 +229,7 @@ fn connect_with(
             Config {
                 role: Role::Client {
                     npi: provider.npi(),
-                    remote: v4([127, 0, 0, 1], port),
+                    remote,
                     target: target.encode_utf16().collect(),
                     resolve: None,
                 },
@@ -545,6 +564,21 @@ fn spawn_peer(mut command: Command, input: &[u8]) -> std::process::Child {
     child
 }
 
+/// Collects what a peer writes to `pipe`, as it comes, on a thread of its own.
+fn collect_pipe(
+    mut pipe: impl Read + Send + 'static,
+) -> (Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>) {
+    let collected = Arc::new(Mutex::new(Vec::new()));
+    let sink = collected.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok(n @ 1..) = pipe.read(&mut buf) {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    (collected, reader)
+}
+
 /// stdout + stderr of a peer once it exits (killed after 20 s).
 fn collect(mut child: std::process::Child) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -674,15 +708,7 @@ fn a_key_update_from_openssl_is_answered_and_the_records_behind_it_are_read() {
                     let mut child = spawn_peer(command, b"K\n");
                     // s_client takes the rest of a chunk that starts with "K" as part of the
                     // command: the data line goes in only once it said KEYUPDATE.
-                    let stderr = Arc::new(Mutex::new(Vec::new()));
-                    let mut pipe = child.stderr.take().unwrap();
-                    let sink = stderr.clone();
-                    let reader = std::thread::spawn(move || {
-                        let mut buf = [0u8; 512];
-                        while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-                        }
-                    });
+                    let (stderr, reader) = collect_pipe(child.stderr.take().unwrap());
                     let server = changes.wait("an accepted session", || listener.next());
                     open(&server, &changes);
                     changes.wait("s_client's KEYUPDATE", || {
@@ -744,15 +770,7 @@ fn a_long_conversation_with_tickets_and_key_updates_from_s_server() {
                 "5",
             ]);
             let mut server = spawn_peer(command, b"");
-            let printed = Arc::new(Mutex::new(Vec::new()));
-            let mut pipe = server.stdout.take().unwrap();
-            let sink = printed.clone();
-            let reader = std::thread::spawn(move || {
-                let mut buf = [0u8; 512];
-                while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            });
+            let (printed, reader) = collect_pipe(server.stdout.take().unwrap());
             wait_listening(port);
             let mut stdin = server.stdin.take().unwrap();
             let seen = printed.clone();
@@ -875,8 +893,8 @@ fn a_record_with_a_bad_tag_gets_the_alert_and_a_fin_not_a_reset() {
     );
 }
 
-/// The peer of the test above: handshake, one tampered record, then read to the end.
-fn tampering_peer(port: u16, ca: Vec<u8>) -> (Option<rustls::AlertDescription>, String) {
+/// A rustls client for "localhost" that trusts `ca` (DER): a peer no one here wrote.
+fn rustls_client(ca: Vec<u8>) -> rustls::ClientConnection {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.into()).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(
@@ -886,8 +904,12 @@ fn tampering_peer(port: u16, ca: Vec<u8>) -> (Option<rustls::AlertDescription>, 
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let mut tls =
-        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap()
+}
+
+/// The peer of the test above: handshake, one tampered record, then read to the end.
+fn tampering_peer(port: u16, ca: Vec<u8>) -> (Option<rustls::AlertDescription>, String) {
+    let mut tls = rustls_client(ca);
     let mut socket = std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -977,20 +999,7 @@ fn a_server_whose_key_does_not_match_sends_no_garbage() {
                 let (provider, changes, listener) = plain_listener(thumbprint);
                 let port = listener.local_port();
                 let peer = std::thread::spawn(move || {
-                    let mut roots = rustls::RootCertStore::empty();
-                    roots.add(ca.into()).unwrap();
-                    let config = rustls::ClientConfig::builder_with_provider(
-                        rustls::crypto::ring::default_provider().into(),
-                    )
-                    .with_safe_default_protocol_versions()
-                    .unwrap()
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                    let mut tls = rustls::ClientConnection::new(
-                        Arc::new(config),
-                        "localhost".try_into().unwrap(),
-                    )
-                    .unwrap();
+                    let mut tls = rustls_client(ca);
                     let mut hello = Vec::new();
                     while tls.wants_write() {
                         tls.write_tls(&mut hello).unwrap();
@@ -1085,30 +1094,14 @@ fn a_listener_on_the_ipv6_any_address_takes_ipv4_clients_too() {
                     loopback6.data[0..2].copy_from_slice(&port.to_be_bytes());
                     loopback6.data[21] = 1; // ::1 (sin6_addr starts at byte 6 of data)
                     for remote in [v4([127, 0, 0, 1], port), loopback6] {
-                        // SAFETY: as above.
-                        let client = unsafe {
-                            Session::start(
-                                device(),
-                                Config {
-                                    role: Role::Client {
-                                        npi: provider.npi(),
-                                        remote,
-                                        target: "localhost".encode_utf16().collect(),
-                                        resolve: None,
-                                    },
-                                    alpn: Vec::new(),
-                                    require_client_certificate: false,
-                                    max_queued: 64 * 1024,
-                                    receive_window: 64 * 1024,
-                                    handshake_timeout_ms: 5000,
-                                    pinned: None,
-                                    census: changes.census(),
-                                },
-                                client_credential(ALL, 0),
-                                changes.clone(),
-                            )
-                        }
-                        .unwrap();
+                        let client = connect_to(
+                            &provider,
+                            client_credential(ALL, 0),
+                            remote,
+                            "localhost",
+                            None,
+                            &changes,
+                        );
                         let server = changes.wait("an accepted session", || listener.next());
                         open(&client, &changes);
                         open(&server, &changes);
