@@ -50,6 +50,9 @@ pub struct FaultPlan {
     /// Wedge the Nth asynchronous SSPI call (1-based): it fails after the context went pending
     /// and no callback ever comes — the stuck-context failure mode of real ksecdd.
     pub wedge_sspi_call: Option<u64>,
+    /// The first N WskAccept calls fail with STATUS_CONNECTION_RESET (a client that reset
+    /// before its connection was taken), each as soon as it is made.
+    pub failing_accepts: u64,
 }
 
 impl Default for FaultPlan {
@@ -61,6 +64,7 @@ impl Default for FaultPlan {
             callback_irql: CallbackIrql::Random,
             worker_delay: Duration::ZERO,
             wedge_sspi_call: None,
+            failing_accepts: 0,
         }
     }
 }
@@ -92,6 +96,7 @@ pub(crate) struct Faults {
     counted_allocations: AtomicU64,
     injected_failures: AtomicU64,
     sspi_calls: AtomicU64,
+    accepts: AtomicU64,
 }
 
 impl Faults {
@@ -103,6 +108,7 @@ impl Faults {
             counted_allocations: AtomicU64::new(0),
             injected_failures: AtomicU64::new(0),
             sspi_calls: AtomicU64::new(0),
+            accepts: AtomicU64::new(0),
         }
     }
 
@@ -159,6 +165,16 @@ impl Faults {
     pub fn sspi_call_wedges(&self) -> bool {
         let n = self.sspi_calls.fetch_add(1, Ordering::AcqRel) + 1;
         self.plan.wedge_sspi_call == Some(n)
+    }
+
+    /// Counts a WskAccept call: whether the plan fails it.
+    pub fn accept_fails(&self) -> bool {
+        self.accepts.fetch_add(1, Ordering::AcqRel) < self.plan.failing_accepts
+    }
+
+    /// WskAccept calls made so far.
+    pub fn accepts(&self) -> u64 {
+        self.accepts.load(Ordering::Acquire)
     }
 
     /// The delay before a worker runs its next item.

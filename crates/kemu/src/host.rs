@@ -345,6 +345,11 @@ impl Kernel {
         lines.into_iter().map(|(_, l)| l).collect()
     }
 
+    /// WskAccept calls made so far (how often a listener re-posted its accept).
+    pub fn accept_calls(&self) -> u64 {
+        self.shared.faults.accepts()
+    }
+
     /// Everything the driver printed.
     pub fn debug_log(&self) -> Vec<LogLine> {
         self.shared.log.lines()

@@ -124,7 +124,12 @@ impl Pki {
 }
 
 fn boot(name: &str) -> (Kernel, Pki) {
-    let kernel = Kernel::boot(KernelConfig::from_env());
+    boot_with(name, KernelConfig::from_env())
+}
+
+/// [`boot`] with a kernel configuration of the test's own (a fault plan).
+fn boot_with(name: &str, config: KernelConfig) -> (Kernel, Pki) {
+    let kernel = Kernel::boot(config);
     let ca = TestCa::generate("ktls session CA").unwrap();
     let issued = ca.issue(&["localhost"], Validity::Current).unwrap();
     let store = kernel.cert_store();
@@ -1116,6 +1121,57 @@ fn a_listener_on_the_ipv6_any_address_takes_ipv4_clients_too() {
             kernel.shutdown().unwrap();
         },
     );
+}
+
+/// Accepts that keep failing (clients that reset before they were taken) do not make the
+/// listener spin: after the second failure in a row each new WskAccept waits 1 ms, doubling —
+/// ten failures take at least half a second — and the listener goes on serving afterwards.
+#[test]
+fn a_listener_backs_off_when_accepts_keep_failing() {
+    isolated("a_listener_backs_off_when_accepts_keep_failing", || {
+        let mut config = KernelConfig::from_env();
+        config.faults.failing_accepts = 10;
+        let (kernel, pki) = boot_with("accept_backoff", config);
+        let thumbprint = pki.thumbprint;
+        let started = Instant::now();
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (waited, calls, echoed) = std::thread::scope(|scope| {
+            let server = scope.spawn(|| {
+                kernel
+                    .run("listener", move || {
+                        let (provider, changes, listener) = plain_listener(thumbprint);
+                        port_tx.send(listener.local_port()).unwrap();
+                        go_rx.recv().unwrap();
+                        // Past the failures the listener serves as before.
+                        let (client, server) = established_pair(&provider, &listener, &changes);
+                        let echoed = echo(&client, &server, &changes, b"after the resets");
+                        drop((client, server));
+                        finish(listener, &changes, provider);
+                        echoed
+                    })
+                    .unwrap()
+            });
+            port_rx.recv().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while kernel.accept_calls() < 11 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let waited = started.elapsed();
+            let calls = kernel.accept_calls();
+            go_tx.send(()).unwrap();
+            (waited, calls, server.join().unwrap())
+        });
+        assert!(calls >= 11, "{calls} accepts");
+        // Pauses of 1, 2, 4, ... 256 ms after failures 2 to 10: at least 511 ms in all (a
+        // lower bound: a slow machine only makes it longer).
+        assert!(
+            waited >= Duration::from_millis(500),
+            "eleven accepts after ten failures came within {waited:?}: no backoff"
+        );
+        assert_eq!(echoed, b"after the resets");
+        kernel.shutdown().unwrap();
+    });
 }
 
 fn free_port() -> u16 {

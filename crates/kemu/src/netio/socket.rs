@@ -1210,6 +1210,9 @@ unsafe extern "win64" fn wsk_accept(
     if !listening {
         return respond(irp, STATUS_INVALID_DEVICE_STATE, 0);
     }
+    if thread::kernel().faults.accept_fails() {
+        return respond(irp, STATUS_CONNECTION_RESET, 0);
+    }
     queue_and_progress("WskAccept", socket, irp, |s| {
         s.accepts.push_back(AcceptOp {
             irp: irp as usize,
