@@ -15,6 +15,7 @@ mod errors;
 mod kemu_machine;
 mod selftest;
 mod serve;
+mod server_pem;
 #[cfg(windows)]
 mod windows_machine;
 
@@ -202,7 +203,10 @@ fn run(command: Command, globals: &Globals) -> Result<ExitCode, Failure> {
                 serve::Mode::Echo
             };
             let certificate = match (cert, key, thumbprint) {
-                (Some(c), Some(k), None) => args::Certificate::Pem(c, k),
+                (Some(c), Some(k), None) => {
+                    server_pem::check(&c, &k)?;
+                    args::Certificate::Pem(c, k)
+                }
                 (None, None, Some(t)) if store.eq_ignore_ascii_case("MY") => {
                     args::Certificate::Thumbprint(args::thumbprint(&t)?)
                 }

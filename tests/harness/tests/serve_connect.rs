@@ -396,3 +396,65 @@ fn five_megabytes_echoed_with_half_close_arrive_whole_every_time() {
         assert!(echoed == payload, "run {run}: the echo differs");
     }
 }
+
+/// `serve` refuses at start what would only fail every handshake later, naming the file: a key
+/// that is not the certificate's, an encrypted key (with how to decrypt it), an Ed25519
+/// certificate, and a key file that is not there.
+#[test]
+fn serve_refuses_a_bad_certificate_or_key_at_start_naming_the_file() {
+    let dir = pki("bad_pem");
+    let chain = dir.join("chain.pem");
+    let key = dir.join("key.pem");
+    // Another key of the same kind.
+    let other = TestCa::generate("other")
+        .unwrap()
+        .issue(&["localhost"], Validity::Current)
+        .unwrap();
+    let other_key = dir.join("other-key.pem");
+    std::fs::write(&other_key, &other.key_pem).unwrap();
+    let encrypted = dir.join("encrypted-key.pem");
+    let made = Command::new("openssl")
+        .args(["pkey", "-aes256", "-passout", "pass:secret", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&encrypted)
+        .status()
+        .expect("openssl");
+    assert!(made.success());
+    let ed_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let ed_cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&ed_key)
+        .unwrap();
+    let (ed_chain, ed_key_path) = (dir.join("ed-chain.pem"), dir.join("ed-key.pem"));
+    std::fs::write(&ed_chain, ed_cert.pem()).unwrap();
+    std::fs::write(&ed_key_path, ed_key.serialize_pem()).unwrap();
+    let missing = dir.join("missing.pem");
+    for (chain, key, words, names) in [
+        (
+            &chain,
+            &other_key,
+            "does not belong to certificate",
+            &other_key,
+        ),
+        (&chain, &encrypted, "is encrypted", &encrypted),
+        (&ed_chain, &ed_key_path, "EdDSA", &ed_chain),
+        (&chain, &missing, "key ", &missing),
+    ] {
+        let out = wsktls()
+            .args(["serve", "--port", "0", "--echo", "--cert"])
+            .arg(chain)
+            .arg("--key")
+            .arg(key)
+            .output()
+            .expect("wsktls serve");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(words), "{words}: {err}");
+        assert!(
+            err.contains(&names.display().to_string()),
+            "names {}: {err}",
+            names.display()
+        );
+    }
+}
