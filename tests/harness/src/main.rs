@@ -145,13 +145,13 @@ enum Command {
         #[arg(long)]
         driver: Option<PathBuf>,
     },
+    /// The driver's counters and limits (Windows; under kemu every command starts its own
+    /// kernel, so `serve` prints them when it stops).
+    Stats,
     /// Measure the driver against plain rustls over loopback in the same run: full handshakes/s
     /// with N parallel clients, bulk MB/s on one connection, p50/p99 of a 1-byte echo, and the
     /// pool one idle connection holds. With --driver, the image and the natively linked driver
     /// are both measured.
-    /// The driver's counters and limits (Windows; under kemu every command starts its own
-    /// kernel, so `serve` prints them when it stops).
-    Stats,
     Bench {
         /// Parallel clients in the handshake phase.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]

@@ -458,3 +458,21 @@ fn serve_refuses_a_bad_certificate_or_key_at_start_naming_the_file() {
         );
     }
 }
+
+/// Each command's `--help` describes that command (`stats` showed the bench text once).
+#[test]
+fn each_command_has_its_own_help() {
+    for (command, words) in [
+        ("stats", "counters and limits"),
+        ("bench", "against plain rustls"),
+        ("serve", "--cert"),
+        ("connect", "--pin"),
+    ] {
+        let out = wsktls().args([command, "--help"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{command}: {text}");
+        assert!(text.contains(words), "{command} --help: {text}");
+    }
+    let stats = wsktls().args(["stats", "--help"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&stats.stdout).contains("rustls"));
+}
