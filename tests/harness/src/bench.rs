@@ -561,10 +561,14 @@ fn rustls_handshakes(
                             .conn
                             .negotiated_key_exchange_group()
                             .map(|g| g.name());
+                        // The group's name as TLS spells it (X25519), not Rust's Some(X25519).
+                        let group = group.map_or_else(
+                            || "no key exchange group".to_string(),
+                            |g| format!("{g:?}"),
+                        );
                         first = Some(format!(
-                            "{}, {:?}",
+                            "{}, {group}",
                             cipher_name(suite.map(u16::from).unwrap_or(0)),
-                            group
                         ));
                     }
                     let _ = rustls_shutdown(&mut stream);
