@@ -2,12 +2,15 @@
 //! symbolic link and its parallel PASSIVE_LEVEL queue.
 
 use ksys::kmdf::{
-    self, ControlDeviceConfig, DPFLTR_ERROR_LEVEL, DPFLTR_INFO_LEVEL, DriverEntryArgs,
-    FileCallbacks, Request,
+    self, ControlDeviceConfig, DPFLTR_ERROR_LEVEL, DPFLTR_INFO_LEVEL, DPFLTR_WARNING_LEVEL,
+    DriverEntryArgs, FileCallbacks, Request,
 };
-use ksys::ntdef::{NTSTATUS, STATUS_SUCCESS};
+use ksys::ntdef::{NTSTATUS, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_SUCCESS};
 use ksys::utf16;
 use ksys::wdf::types::{WDFDEVICE, WDFDRIVER, WDFFILEOBJECT, WDFREQUEST};
+
+use crate::objects::Limits;
+use crate::service::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_HANDLE};
 
 /// NT name of the control device.
 pub const DEVICE_NAME: &[u16] = utf16!("\\Device\\WskTls");
@@ -76,6 +79,7 @@ fn log_windows_floor() {
 
 fn create_everything(args: &DriverEntryArgs) -> Result<(), NTSTATUS> {
     let driver = kmdf::create_non_pnp_driver(args, evt_driver_unload)?;
+    crate::service::set_limits(read_limits(driver));
     let device = kmdf::create_control_device(driver, &CONTROL_DEVICE)?;
     if let Err(status) =
         kmdf::create_default_parallel_queue(device, crate::ioctl::evt_io_device_control)
@@ -86,6 +90,61 @@ fn create_everything(args: &DriverEntryArgs) -> Result<(), NTSTATUS> {
     crate::service::set_device(kmdf::wdm_device_object(device));
     kmdf::finish_initializing(device);
     Ok(())
+}
+
+/// Registry value (REG_DWORD under the service's Parameters key): connections and listeners the
+/// driver holds at most.
+pub const MAX_CONNECTIONS_VALUE: &[u16] = utf16!("MaxConnections");
+/// Registry value: connections and listeners one handle may hold.
+pub const MAX_CONNECTIONS_PER_HANDLE_VALUE: &[u16] = utf16!("MaxConnectionsPerHandle");
+/// Largest limit the registry may set (each connection costs pool even when idle).
+pub const LARGEST_LIMIT: u32 = 1 << 20;
+
+/// The object limits: the defaults, or what the service's Parameters key sets (read once, at
+/// load). A value of 0 or above [`LARGEST_LIMIT`] is refused with a warning.
+fn read_limits(driver: WDFDRIVER) -> Limits {
+    let mut limits = Limits {
+        total: DEFAULT_MAX_CONNECTIONS,
+        per_handle: DEFAULT_MAX_CONNECTIONS_PER_HANDLE,
+    };
+    if let Ok(key) = kmdf::ParametersKey::open(driver) {
+        for (name, label, slot) in [
+            (MAX_CONNECTIONS_VALUE, "MaxConnections", &mut limits.total),
+            (
+                MAX_CONNECTIONS_PER_HANDLE_VALUE,
+                "MaxConnectionsPerHandle",
+                &mut limits.per_handle,
+            ),
+        ] {
+            match key.dword(name) {
+                Ok(v) if (1..=LARGEST_LIMIT).contains(&v) => *slot = v as usize,
+                Ok(v) => kmdf::debug_print_args(
+                    DPFLTR_WARNING_LEVEL,
+                    format_args!(
+                        "registry {label} = {v} ignored: must be 1 to {LARGEST_LIMIT}; using {}",
+                        *slot
+                    ),
+                ),
+                // Absent: the default.
+                Err(status) if status == STATUS_OBJECT_NAME_NOT_FOUND => {}
+                Err(status) => kmdf::debug_print_args(
+                    DPFLTR_WARNING_LEVEL,
+                    format_args!(
+                        "registry {label} unreadable ({:#010x}, not a REG_DWORD?); using {}",
+                        status.0 as u32, *slot
+                    ),
+                ),
+            }
+        }
+    }
+    kmdf::debug_print_args(
+        DPFLTR_INFO_LEVEL,
+        format_args!(
+            "limits: {} connections, {} per handle",
+            limits.total, limits.per_handle
+        ),
+    );
+    limits
 }
 
 /// EvtDriverUnload: the framework deletes the control device (and its queue) after this returns.

@@ -19,6 +19,7 @@ mod device;
 #[cfg(windows)]
 mod image;
 mod ioctl;
+mod objects;
 mod service;
 
 pub use device::{DEVICE_NAME, DOS_DEVICE_NAME, SDDL_SYSTEM_AND_ADMINISTRATORS};

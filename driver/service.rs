@@ -1,17 +1,22 @@
 //! The driver's TLS service: listeners and connections (ktls) owned by file handles, and the
 //! IOCTLs that wait on them.
 //!
-//! - One table, behind a spin lock, holds every object (with the file object that created it)
-//!   and every pending request. Requests that cannot finish at once are marked cancelable and
-//!   parked there.
-//! - Every ktls session and listener reports changes to [`Notify`], which re-examines the parked
-//!   requests (`service`). Readiness is decided under the lock; the request is removed, taken
-//!   back from the cancel machinery (WdfRequestUnmarkCancelable) and only then completed — so a
-//!   cancel racing with completion completes it exactly once.
+//! - The object table ([`crate::objects`]) finds a listener or connection by id in one step.
+//!   Each object keeps its own waiting requests behind its own spin lock: SENDs and RECVs each in
+//!   arrival order, ACCEPT/CONNECT/SHUTDOWN beside them.
+//! - Each ktls session and listener reports its changes to a [`Notify`] naming its object, and
+//!   only that object's requests are re-examined (`service`), so one connection's traffic never
+//!   walks another's requests. A request that can finish when it arrives (a SEND that fits, a
+//!   RECV with data waiting) completes in the dispatch routine; only the rest park.
+//! - Readiness is decided under the object's lock; a parked request is taken back from the
+//!   cancel machinery (WdfRequestUnmarkCancelable) before it is completed, so a cancel racing
+//!   with completion completes it exactly once. A parked request carries its object's id as a
+//!   KMDF context, so its cancel routine finds it without a search.
 //! - A handle's objects close when the handle is cleaned up; unload closes everything and waits
 //!   until every session and listener — those still in the table and those closed earlier that
 //!   are still releasing — has released its socket and security context before releasing WSK.
 
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -22,7 +27,7 @@ use ksys::wdf::types::{WDFFILEOBJECT, WDFREQUEST};
 use ksys::wsk::*;
 use ktls::census::Census;
 use ktls::credential::{Credential, CredentialSpec, Versions};
-use ktls::listener::{ListenState, Listener, ListenerConfig};
+use ktls::listener::{ListenObserver, ListenState, Listener, ListenerConfig};
 use ktls::pool::PoolArc;
 use ktls::session::{Config, Failure, Observer, Received, Role, Session, State};
 use ktls::sync::SpinLock;
@@ -32,10 +37,12 @@ use proto::session::{
     Validation, VersionRange,
 };
 
-/// Connections (and listeners) the driver holds at most.
-pub const MAX_CONNECTIONS: usize = 1024;
-/// Connections and listeners one handle may hold.
-pub const MAX_CONNECTIONS_PER_HANDLE: usize = 512;
+use crate::objects::{Limits, Objects};
+
+/// Connections (and listeners) the driver holds at most, unless the registry says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Connections and listeners one handle may hold, unless the registry says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS_PER_HANDLE: usize = 16_384;
 /// Plaintext a connection queues for sending before SEND pends.
 pub const MAX_QUEUED_BYTES: usize = 1 << 20;
 /// Plaintext a connection buffers for RECV before it stops reading the socket.
@@ -45,13 +52,59 @@ pub const HANDSHAKE_TIMEOUT_MS: u32 = 10_000;
 /// Accepted connections a listener holds (handshaking or waiting for ACCEPT) before it pauses.
 pub const LISTEN_BACKLOG: usize = 64;
 
-/// Observer of every ktls object: a change may let a parked request finish.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Notify;
+/// Tells the driver which object changed: a ktls session or listener reports here, and only
+/// that object's waiting requests are looked at again. The id is shared with the session so
+/// that an accepted session, reported under its listener until ACCEPT hands it out, can be
+/// pointed at its own connection object then.
+pub struct Notify {
+    target: PoolArc<AtomicU64>,
+    /// An accepted session's listener, reported to while the session has no object of its own.
+    listener: Option<PoolArc<AtomicU64>>,
+}
+
+impl Notify {
+    /// An observer reporting to `id` (0: nobody yet).
+    fn try_new(id: u64) -> Result<Notify, NTSTATUS> {
+        Ok(Notify {
+            target: PoolArc::try_new(AtomicU64::new(id))?,
+            listener: None,
+        })
+    }
+
+    /// An observer reporting to nobody yet, and the cell that names its object once it has one
+    /// (see [`assign`]).
+    fn unassigned() -> Result<(Notify, PoolArc<AtomicU64>), NTSTATUS> {
+        let notify = Notify::try_new(0)?;
+        let target = notify.target.clone();
+        Ok((notify, target))
+    }
+
+    /// Reports to `id` from now on.
+    fn retarget(&self, id: u64) {
+        self.target.store(id, Ordering::Release);
+    }
+}
 
 impl Observer for Notify {
     fn changed(&self) {
-        service();
+        let mut id = self.target.load(Ordering::Acquire);
+        if id == 0 {
+            id = self
+                .listener
+                .as_ref()
+                .map_or(0, |l| l.load(Ordering::Acquire));
+        }
+        if id != 0 {
+            service(id);
+        }
+    }
+}
+
+impl ListenObserver for Notify {
+    fn for_accepted(&self) -> Option<Self> {
+        let mut notify = Notify::try_new(0).ok()?;
+        notify.listener = Some(self.target.clone());
+        Some(notify)
     }
 }
 
@@ -64,12 +117,8 @@ enum Kind {
     Connection {
         session: Session<Notify>,
     },
-}
-
-struct Object {
-    id: u64,
-    owner: usize,
-    kind: Kind,
+    /// Taken out of the table; what it held is being released.
+    Closed,
 }
 
 /// What a parked request waits for.
@@ -91,54 +140,73 @@ pub enum Op {
 
 struct Parked {
     request: ParkedRequest,
-    owner: usize,
-    id: u64,
     op: Op,
 }
 
-impl Parked {
-    /// The (connection, direction) whose byte order this request takes part in.
-    fn stream(&self) -> Option<(u64, bool)> {
-        match self.op {
-            Op::Send { .. } => Some((self.id, true)),
-            Op::Recv { .. } => Some((self.id, false)),
-            _ => None,
+/// A listener or connection with the requests that wait on it.
+struct Object {
+    /// Set once, when the object goes into the table.
+    id: AtomicU64,
+    owner: usize,
+    state: SpinLock<ObjectState>,
+}
+
+impl Object {
+    fn id(&self) -> u64 {
+        self.id.load(Ordering::Acquire)
+    }
+}
+
+struct ObjectState {
+    kind: Kind,
+    /// SENDs in arrival order: only the first may queue bytes, so streams never interleave.
+    sends: VecDeque<Parked>,
+    /// RECVs in arrival order: only the first may take bytes.
+    recvs: VecDeque<Parked>,
+    /// ACCEPT, CONNECT and SHUTDOWN: each finishes on its own condition.
+    others: Vec<Parked>,
+}
+
+impl ObjectState {
+    fn queue(&mut self, op: &Op) -> Queue<'_> {
+        match op {
+            Op::Send { .. } => Queue::Fifo(&mut self.sends),
+            Op::Recv { .. } => Queue::Fifo(&mut self.recvs),
+            _ => Queue::Any(&mut self.others),
         }
     }
-}
 
-/// The streams with a request still waiting, in one pass over the parked requests.
-#[derive(Default)]
-struct Waiting {
-    streams: Vec<(u64, bool)>,
-    /// Out of memory to record one: hold back every later SEND and RECV this pass.
-    all: bool,
-}
-
-impl Waiting {
-    fn holds(&self, key: (u64, bool)) -> bool {
-        self.all || self.streams.contains(&key)
+    /// Takes out any one parked request.
+    fn pop_any(&mut self) -> Option<Parked> {
+        self.sends
+            .pop_front()
+            .or_else(|| self.recvs.pop_front())
+            .or_else(|| self.others.pop())
     }
 
-    fn add(&mut self, key: (u64, bool)) {
-        if self.streams.try_reserve(1).is_ok() {
-            self.streams.push(key);
-        } else {
-            self.all = true;
+    /// Takes out the parked request the framework names by `handle`.
+    fn remove(&mut self, handle: WDFREQUEST) -> Option<Parked> {
+        if let Some(at) = self.sends.iter().position(|p| p.request.is(handle)) {
+            return self.sends.remove(at);
         }
+        if let Some(at) = self.recvs.iter().position(|p| p.request.is(handle)) {
+            return self.recvs.remove(at);
+        }
+        let at = self.others.iter().position(|p| p.request.is(handle))?;
+        Some(self.others.remove(at))
     }
 }
 
-struct Table {
-    objects: Vec<Object>,
-    parked: Vec<Parked>,
+enum Queue<'a> {
+    Fifo(&'a mut VecDeque<Parked>),
+    Any(&'a mut Vec<Parked>),
 }
 
-static TABLE: SpinLock<Table> = SpinLock::new(Table {
-    objects: Vec::new(),
-    parked: Vec::new(),
+static TABLE: SpinLock<Objects<PoolArc<Object>>> = SpinLock::new(Objects::new());
+static LIMITS: SpinLock<Limits> = SpinLock::new(Limits {
+    total: DEFAULT_MAX_CONNECTIONS,
+    per_handle: DEFAULT_MAX_CONNECTIONS_PER_HANDLE,
 });
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 static DEVICE: AtomicUsize = AtomicUsize::new(0);
 static PROVIDER: SpinLock<Option<Provider>> = SpinLock::new(None);
 /// Every session and listener the driver started, until each has released its resources
@@ -152,6 +220,19 @@ static HANDSHAKES_OK: AtomicU64 = AtomicU64::new(0);
 static HANDSHAKES_FAILED: AtomicU64 = AtomicU64::new(0);
 static BYTES_SENT_CLOSED: AtomicU64 = AtomicU64::new(0);
 static BYTES_RECEIVED_CLOSED: AtomicU64 = AtomicU64::new(0);
+static PARKED: AtomicU64 = AtomicU64::new(0);
+/// Parked requests looked at by `service`: what proves one connection's traffic does not walk
+/// the others' requests.
+static EXAMINED: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the object limits (at load, from the service's registry parameters).
+pub fn set_limits(limits: Limits) {
+    *LIMITS.lock() = limits;
+}
+
+fn limits() -> Limits {
+    *LIMITS.lock()
+}
 
 /// Remembers the control device's DEVICE_OBJECT (work items reference it).
 pub fn set_device(device: *mut DEVICE_OBJECT) {
@@ -223,32 +304,48 @@ fn copy(bytes: &[u8]) -> Result<Vec<u8>, NTSTATUS> {
     Ok(v)
 }
 
-/// Whether `owner` may create one more object.
-fn check_limits(table: &Table, owner: usize) -> Result<(), NTSTATUS> {
-    if table.objects.len() >= MAX_CONNECTIONS
-        || table.objects.iter().filter(|o| o.owner == owner).count() >= MAX_CONNECTIONS_PER_HANDLE
-    {
-        return Err(STATUS_QUOTA_EXCEEDED);
-    }
-    Ok(())
+/// The object `id` names (a counted reference, taken under the table lock only for the lookup).
+fn lookup(id: u64) -> Option<PoolArc<Object>> {
+    TABLE.lock().get(id).map(|(_, object)| object.clone())
 }
 
-fn insert(owner: usize, kind: Kind) -> Result<u64, (NTSTATUS, Kind)> {
-    let mut t = TABLE.lock();
-    if let Err(status) = check_limits(&t, owner) {
-        return Err((status, kind));
-    }
-    if t.objects.try_reserve(1).is_err() {
-        return Err((STATUS_INSUFFICIENT_RESOURCES, kind));
-    }
-    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    t.objects.push(Object { id, owner, kind });
-    Ok(id)
+/// Puts a new object of `owner` in the table. On error the object is dropped here, outside
+/// every lock.
+fn insert(owner: usize, kind: Kind) -> Result<PoolArc<Object>, NTSTATUS> {
+    let object = PoolArc::try_new(Object {
+        id: AtomicU64::new(0),
+        owner,
+        state: SpinLock::new(ObjectState {
+            kind,
+            sends: VecDeque::new(),
+            recvs: VecDeque::new(),
+            others: Vec::new(),
+        }),
+    })?;
+    let limits = limits();
+    let inserted = TABLE.lock().insert(owner, &limits, |id| {
+        object.id.store(id, Ordering::Release);
+        object.clone()
+    });
+    inserted.map(|_| object)
+}
+
+/// Points an observer made [`Notify::unassigned`] at its object, and looks once at what it
+/// reported to nobody before.
+fn assign(target: &AtomicU64, object: &Object) {
+    target.store(object.id(), Ordering::Release);
+    serve(object);
+}
+
+/// Whether `owner` may create one more object (checked again when it goes in).
+fn check_limits(owner: usize) -> Result<(), NTSTATUS> {
+    let limits = limits();
+    TABLE.lock().check(owner, &limits)
 }
 
 /// LISTEN: acquires the certificate's credential, starts a listener → its id.
 pub fn listen(request: &ListenRequest<'_>, owner: usize) -> Result<ListenResponse, NTSTATUS> {
-    check_limits(&TABLE.lock(), owner)?;
+    check_limits(owner)?;
     let credential = Credential::acquire(&CredentialSpec {
         inbound: true,
         thumbprint: Some(request.thumbprint),
@@ -268,9 +365,10 @@ pub fn listen(request: &ListenRequest<'_>, owner: usize) -> Result<ListenRespons
         handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS,
         census: Some(census()?),
     };
+    let (notify, target) = Notify::unassigned()?;
     // SAFETY: the control device lives until unload, which closes every listener first; the
     // provider stays captured until then too.
-    let listener = unsafe { Listener::start(device(), config, credential, Notify) }?;
+    let listener = unsafe { Listener::start(device(), config, credential, notify) }?;
     // Wait (briefly, at PASSIVE_LEVEL) for the bind so LISTEN reports its outcome.
     let state = wait_listening(&listener);
     if let ListenState::Closed(status) = state {
@@ -285,8 +383,12 @@ pub fn listen(request: &ListenRequest<'_>, owner: usize) -> Result<ListenRespons
         listener,
         accepted: Vec::new(),
     };
-    let id = insert(owner, kind).map_err(|(status, _)| status)?;
-    Ok(ListenResponse { id, port })
+    let object = insert(owner, kind)?;
+    assign(&target, &object);
+    Ok(ListenResponse {
+        id: object.id(),
+        port,
+    })
 }
 
 fn wait_listening(listener: &Listener<Notify>) -> ListenState {
@@ -304,7 +406,7 @@ fn wait_listening(listener: &Listener<Notify>) -> ListenState {
 
 /// CONNECT: starts a client session; the request parks until the handshake ends.
 pub fn connect(request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTATUS> {
-    check_limits(&TABLE.lock(), owner)?;
+    check_limits(owner)?;
     // An unspecified address means "resolve the host name" (WskGetAddressInfo, in the session).
     let resolve = if request.endpoint.ip.iter().all(|&b| b == 0) {
         if request.host.is_empty() {
@@ -360,9 +462,12 @@ pub fn connect(request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTAT
         pinned,
         census: Some(census()?),
     };
+    let (notify, target) = Notify::unassigned()?;
     // SAFETY: as in `listen`.
-    let session = unsafe { Session::start(device(), config, credential, Notify) }?;
-    insert(owner, Kind::Connection { session }).map_err(|(status, _)| status)
+    let session = unsafe { Session::start(device(), config, credential, notify) }?;
+    let object = insert(owner, Kind::Connection { session })?;
+    assign(&target, &object);
+    Ok(object.id())
 }
 
 /// A client credential for these validation flags and versions: acquired once and shared by
@@ -404,99 +509,113 @@ fn sspi_to_status(status: ksys::sspi::SECURITY_STATUS) -> NTSTATUS {
     }
 }
 
-/// What a parked or immediate operation needs of its id.
-fn check_owner(t: &Table, id: u64, owner: usize) -> Result<(), NTSTATUS> {
-    match t.objects.iter().find(|o| o.id == id) {
-        Some(o) if o.owner == owner => Ok(()),
-        _ => Err(STATUS_INVALID_HANDLE),
+/// Parks a request, or finishes it at once if nothing is ahead of it and it can.
+pub fn park(request: Request, id: u64, mut op: Op) {
+    let owner = request.file().as_raw() as usize;
+    let Some(object) = lookup(id).filter(|o| o.owner == owner) else {
+        request.complete(STATUS_INVALID_HANDLE, 0);
+        return;
+    };
+    let mut retired = Vec::new();
+    let finished = {
+        let mut guard = object.state.lock();
+        let st = &mut *guard;
+        match (&op, &st.kind) {
+            (Op::Accept, Kind::Listener { .. }) => Ok(()),
+            (Op::Accept, _) | (_, Kind::Listener { .. }) | (_, Kind::Closed) => {
+                Err(STATUS_INVALID_HANDLE)
+            }
+            (Op::Shutdown, Kind::Connection { session }) => {
+                session.shutdown();
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+        .and_then(|()| {
+            collect_accepted(&mut st.kind, &mut retired);
+            let first = match st.queue(&op) {
+                Queue::Fifo(q) => q.is_empty(),
+                Queue::Any(_) => true,
+            };
+            let ready = if first {
+                EXAMINED.fetch_add(1, Ordering::Relaxed);
+                examine(&mut st.kind, object.id(), &request, &mut op)
+            } else {
+                None
+            };
+            match ready {
+                // Never parked, so never cancelable: nothing to take back.
+                Some(outcome) => Ok(Some(settle(&mut st.kind, owner, &request, &op, outcome))),
+                None => enqueue(st, &request, id, op).map(|()| None),
+            }
+        })
+    };
+    drop(retired);
+    match finished {
+        Ok(Some(outcome)) => finish(request, outcome),
+        // Parked: its queue holds it now.
+        Ok(None) => {}
+        Err(status) => request.complete(status, 0),
     }
 }
 
-/// Parks a request: marks it cancelable, then services it at once (it may be ready already).
-pub fn park(request: Request, id: u64, op: Op) {
-    let owner = request.file().as_raw() as usize;
-    {
-        let mut t = TABLE.lock();
-        let kind_ok = match (&op, t.objects.iter().find(|o| o.id == id)) {
-            (_, Some(o)) if o.owner != owner => Err(STATUS_INVALID_HANDLE),
-            (_, None) => Err(STATUS_INVALID_HANDLE),
-            (
-                Op::Accept,
-                Some(Object {
-                    kind: Kind::Listener { .. },
-                    ..
-                }),
-            ) => Ok(()),
-            (Op::Accept, _) => Err(STATUS_INVALID_HANDLE),
-            (
-                _,
-                Some(Object {
-                    kind: Kind::Connection { .. },
-                    ..
-                }),
-            ) => Ok(()),
-            (_, _) => Err(STATUS_INVALID_HANDLE),
-        };
-        if let Err(status) = kind_ok {
-            drop(t);
-            request.complete(status, 0);
-            return;
-        }
-        if t.parked.try_reserve(1).is_err() {
-            drop(t);
-            request.complete(STATUS_INSUFFICIENT_RESOURCES, 0);
-            return;
-        }
-        if let Err(status) = request.mark_cancelable(Some(cancel)) {
-            drop(t);
-            request.complete(status, 0);
-            return;
-        }
-        if let Op::Shutdown = op {
-            if let Some(Object {
-                kind: Kind::Connection { session },
-                ..
-            }) = t.objects.iter().find(|o| o.id == id)
-            {
-                session.shutdown();
-            }
-        }
-        t.parked.push(Parked {
-            request: request.park(),
-            owner,
-            id,
-            op,
-        });
+/// Puts a request that must wait at the end of its queue, cancelable.
+fn enqueue(st: &mut ObjectState, request: &Request, id: u64, op: Op) -> Result<(), NTSTATUS> {
+    let room = match st.queue(&op) {
+        Queue::Fifo(q) => q.try_reserve(1).is_ok(),
+        Queue::Any(v) => v.try_reserve(1).is_ok(),
+    };
+    if !room {
+        return Err(STATUS_INSUFFICIENT_RESOURCES);
     }
-    service();
+    request.set_tag(id)?;
+    // Err(STATUS_CANCELLED): cancelled already — it completes with that at once.
+    request.mark_cancelable(Some(cancel))?;
+    let parked = Parked {
+        request: Request::from_presented(request.handle()).park(),
+        op,
+    };
+    match st.queue(&parked.op) {
+        Queue::Fifo(q) => q.push_back(parked),
+        Queue::Any(v) => v.push(parked),
+    }
+    PARKED.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 /// EvtRequestCancel: the caller cancelled, or its handle is closing.
-extern "win64" fn cancel(request: WDFREQUEST) {
-    let removed = {
-        let mut t = TABLE.lock();
-        let at = t.parked.iter().position(|p| p.request.is(request));
-        at.map(|i| t.parked.remove(i))
-    };
-    if let Some(p) = removed {
-        // The cancelled request is completed below through the framework's handle.
+extern "win64" fn cancel(handle: WDFREQUEST) {
+    let request = Request::from_presented(handle);
+    let object = request.tag().and_then(lookup);
+    let removed = object
+        .as_ref()
+        .and_then(|o| o.state.lock().remove(handle).map(|p| (o, p)));
+    // The cancelled request is completed below through the framework's handle.
+    if let Some((object, p)) = removed {
+        PARKED.fetch_sub(1, Ordering::Relaxed);
         match p.op {
             // A cancelled CONNECT abandons its connection.
-            Op::Connect => close_object(p.id, p.owner),
+            Op::Connect => {
+                close_object(object.id(), Some(object.owner));
+            }
             // Say what the connection was doing: a request cancelled after a long wait is
             // how a stall shows.
-            Op::Send { .. } | Op::Recv { .. } | Op::Shutdown => trace_cancelled(p.id, &p.op),
+            Op::Send { .. } | Op::Recv { .. } | Op::Shutdown => trace_cancelled(object, &p.op),
             Op::Accept => {}
         }
     }
-    Request::from_presented(request).complete(STATUS_CANCELLED, 0);
+    request.complete(STATUS_CANCELLED, 0);
+    // The request behind a cancelled one in its queue may go now.
+    if let Some(object) = object {
+        serve(&object);
+    }
 }
 
 // Outcomes only travel in a heap Vec, so the larger variant costs nothing on the stack.
 #[allow(clippy::large_enum_variant)]
 enum Outcome {
     Status(NTSTATUS),
-    /// A finished handshake, with Schannel's stream sizes (traced after the table is released).
+    /// A finished handshake, with Schannel's stream sizes (traced after the lock is released).
     Info(ConnectionInfo, [u32; 3]),
     /// A connection is ready for this ACCEPT (taken in `settle`).
     Accept,
@@ -506,149 +625,165 @@ enum Outcome {
     Received(NTSTATUS, usize),
 }
 
-fn trace_cancelled(id: u64, op: &Op) {
+fn trace_cancelled(object: &Object, op: &Op) {
     let what = match op {
         Op::Send { .. } => "SEND",
         Op::Recv { .. } => "RECV",
         _ => "SHUTDOWN",
     };
-    let state = {
-        let t = TABLE.lock();
-        match t.objects.iter().find(|o| o.id == id).map(|o| &o.kind) {
-            Some(Kind::Connection { session }) => Some(session.describe()),
-            _ => None,
-        }
+    let state = match &object.state.lock().kind {
+        Kind::Connection { session } => Some(session.describe()),
+        _ => None,
     };
     if let Some(state) = state {
-        let line = alloc::format!("cancelled {what} on connection {id}: {state}");
-        ksys::kmdf::debug_print(ksys::kmdf::DPFLTR_WARNING_LEVEL, &line);
+        ksys::kmdf::debug_print_args(
+            ksys::kmdf::DPFLTR_WARNING_LEVEL,
+            format_args!("cancelled {what} on connection {}: {state}", object.id()),
+        );
     }
 }
 
-/// Re-examines every parked request; completes those whose condition now holds.
-pub fn service() {
-    let mut ready: Vec<(Parked, Outcome)> = Vec::new();
-    let mut retired: Vec<Session<Notify>> = Vec::new();
-    let mut promoted: Vec<Object> = Vec::new();
+/// Re-examines the parked requests of object `id` (its session or listener changed).
+pub fn service(id: u64) {
+    if let Some(object) = lookup(id) {
+        serve(&object);
+    }
+}
+
+/// Completes what can finish of `object`'s parked requests: the first SEND and the first RECV
+/// (and those behind each while they can), and any ACCEPT, CONNECT or SHUTDOWN whose condition
+/// holds.
+fn serve(object: &Object) {
+    let mut ready: Vec<(Request, Outcome)> = Vec::new();
+    let mut retired = Vec::new();
     {
-        let mut t = TABLE.lock();
-        let Table { objects, parked } = &mut *t;
-        // Listeners: collect accepted sessions; drop those whose handshake failed.
-        for o in objects.iter_mut() {
-            if let Kind::Listener { listener, accepted } = &mut o.kind {
-                while accepted.len() < LISTEN_BACKLOG && accepted.try_reserve(1).is_ok() {
-                    match listener.next() {
-                        Some(s) => accepted.push(s),
-                        None => break,
-                    }
+        let mut guard = object.state.lock();
+        let st = &mut *guard;
+        collect_accepted(&mut st.kind, &mut retired);
+        for fifo in [&mut st.sends, &mut st.recvs] {
+            while let Some(head) = fifo.front_mut() {
+                if ready.try_reserve(1).is_err() {
+                    break;
                 }
-                let mut i = 0;
-                while i < accepted.len() {
-                    if accepted[i].state() == State::Closed {
-                        HANDSHAKES_FAILED.fetch_add(1, Ordering::Relaxed);
-                        retired.push(accepted.swap_remove(i));
-                    } else {
-                        i += 1;
-                    }
+                let Some(outcome) = try_finish(object, &mut st.kind, head) else {
+                    break;
+                };
+                if let Some(p) = fifo.pop_front() {
+                    PARKED.fetch_sub(1, Ordering::Relaxed);
+                    ready.push((p.request.resume(), outcome));
                 }
             }
         }
-        // In parked order, so that requests on one connection finish in the order they came
-        // (several SENDs or RECVs in flight must not overtake one another).
-        // A SEND or RECV still waiting holds back the later ones of its kind on its connection:
-        // the session's queues move on other threads meanwhile, and a later SEND must not slip
-        // its bytes in before the rest of an earlier one (nor a later RECV take bytes first).
-        let mut waiting = Waiting::default();
         let mut i = 0;
-        while i < parked.len() {
-            let stream = parked[i].stream();
-            if stream.is_some_and(|key| waiting.holds(key)) {
-                i += 1;
-                continue;
-            }
-            let outcome = examine(objects, &mut parked[i], &mut promoted);
-            // Settle cancellation here, under the table lock: once unmarked no cancel routine
-            // runs, so what `settle` hands the request (an accepted connection, received bytes)
-            // reaches the caller. If the cancel routine has it already, it stays parked for that
-            // routine to take and complete.
-            let Some(outcome) = outcome.filter(|_| {
-                ready.try_reserve(1).is_ok()
-                    && parked[i].request.with(|r| r.unmark_cancelable()).is_ok()
-            }) else {
-                if let Some(key) = stream {
-                    waiting.add(key);
+        while i < st.others.len() && ready.try_reserve(1).is_ok() {
+            match try_finish(object, &mut st.kind, &mut st.others[i]) {
+                Some(outcome) => {
+                    let p = st.others.remove(i);
+                    PARKED.fetch_sub(1, Ordering::Relaxed);
+                    ready.push((p.request.resume(), outcome));
                 }
-                i += 1;
-                continue;
-            };
-            let p = parked.remove(i);
-            let outcome = settle(objects, &p, outcome, &mut promoted);
-            ready.push((p, outcome));
-        }
-        // Sessions handed out by ACCEPT become connection objects of the accepting handle.
-        if objects.try_reserve(promoted.len()).is_ok() {
-            objects.append(&mut promoted);
+                None => i += 1,
+            }
         }
     }
     drop(retired);
-    for (p, outcome) in ready {
-        let request = p.request.resume();
-        match outcome {
-            Outcome::Status(status) => request.complete(status, 0),
-            Outcome::Info(info, stream_sizes) => {
-                trace_connection(&info, stream_sizes);
-                match request.write_output(&info.encode()) {
-                    Ok(n) => request.complete(STATUS_SUCCESS, n),
-                    Err(status) => request.complete(status, 0),
-                }
-            }
-            Outcome::Received(status, n) => request.complete(status, n),
-            // `settle` turned these into one of the above.
-            Outcome::Accept | Outcome::Recv => request.complete(STATUS_INTERNAL_ERROR, 0),
+    for (request, outcome) in ready {
+        finish(request, outcome);
+    }
+}
+
+/// A listener's newly accepted sessions join its list (up to the backlog); those whose
+/// handshake failed leave it, into `retired` (dropped once the lock is released).
+fn collect_accepted(kind: &mut Kind, retired: &mut Vec<Session<Notify>>) {
+    let Kind::Listener { listener, accepted } = kind else {
+        return;
+    };
+    while accepted.len() < LISTEN_BACKLOG && accepted.try_reserve(1).is_ok() {
+        match listener.next() {
+            Some(s) => accepted.push(s),
+            None => break,
+        }
+    }
+    let mut i = 0;
+    while i < accepted.len() {
+        if accepted[i].state() == State::Closed && retired.try_reserve(1).is_ok() {
+            HANDSHAKES_FAILED.fetch_add(1, Ordering::Relaxed);
+            retired.push(accepted.swap_remove(i));
+        } else {
+            i += 1;
         }
     }
 }
 
-/// What a ready request finishes with, once it can no longer be cancelled: takes the accepted
-/// session, counts the handshake, or moves received plaintext into the request's buffer — all
-/// under the table lock, so RECVs on one connection take the bytes in the order they came.
-fn settle(
-    objects: &mut [Object],
-    p: &Parked,
-    outcome: Outcome,
-    promoted: &mut Vec<Object>,
-) -> Outcome {
-    let object = objects.iter_mut().find(|o| o.id == p.id);
-    match (outcome, object.map(|o| &mut o.kind)) {
-        (Outcome::Accept, Some(Kind::Listener { accepted, .. })) => {
+/// Examines one parked request; if it can finish, takes it back from the cancel machinery and
+/// settles it. None: it stays (not ready, or its cancel routine has it already and will take it).
+fn try_finish(object: &Object, kind: &mut Kind, p: &mut Parked) -> Option<Outcome> {
+    EXAMINED.fetch_add(1, Ordering::Relaxed);
+    let outcome = p
+        .request
+        .with(|r| examine(kind, object.id(), r, &mut p.op))?;
+    // Once unmarked no cancel routine runs, so what `settle` hands the request (an accepted
+    // connection, received bytes) reaches the caller.
+    p.request.with(|r| r.unmark_cancelable()).ok()?;
+    Some(
+        p.request
+            .with(|r| settle(kind, object.owner, r, &p.op, outcome)),
+    )
+}
+
+/// Completes a request with its outcome (no lock held).
+fn finish(request: Request, outcome: Outcome) {
+    match outcome {
+        Outcome::Status(status) => request.complete(status, 0),
+        Outcome::Info(info, stream_sizes) => {
+            trace_connection(&info, stream_sizes);
+            match request.write_output(&info.encode()) {
+                Ok(n) => request.complete(STATUS_SUCCESS, n),
+                Err(status) => request.complete(status, 0),
+            }
+        }
+        Outcome::Received(status, n) => request.complete(status, n),
+        // `settle` turned these into one of the above.
+        Outcome::Accept | Outcome::Recv => request.complete(STATUS_INTERNAL_ERROR, 0),
+    }
+}
+
+/// What a ready request finishes with, once it can no longer be cancelled: hands out the
+/// accepted session as a connection object of the accepting handle, counts the handshake, or
+/// moves received plaintext into the request's buffer — under the object's lock, so RECVs on
+/// one connection take the bytes in the order they came.
+fn settle(kind: &mut Kind, owner: usize, r: &Request, op: &Op, outcome: Outcome) -> Outcome {
+    match (outcome, kind) {
+        (Outcome::Accept, Kind::Listener { accepted, .. }) => {
             let Some(at) = accepted.iter().position(|s| s.state() == State::Open) else {
                 return Outcome::Status(STATUS_INTERNAL_ERROR);
             };
-            // `examine` reserved the room in `promoted`.
+            // The connection object goes in first: at a limit the session stays for a later
+            // ACCEPT and this one says why.
+            let object = match insert(owner, Kind::Closed) {
+                Ok(object) => object,
+                Err(status) => return Outcome::Status(status),
+            };
             let session = accepted.swap_remove(at);
+            let id = object.id();
+            session.observer().retarget(id);
             HANDSHAKES_OK.fetch_add(1, Ordering::Relaxed);
-            let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
             let info = handshake_outcome(&session, id);
-            promoted.push(Object {
-                id,
-                owner: p.owner,
-                kind: Kind::Connection { session },
-            });
+            // Nobody else knows the new id yet, so this lock is uncontended.
+            object.state.lock().kind = Kind::Connection { session };
             info
         }
-        (Outcome::Recv, Some(Kind::Connection { session })) => {
-            let Op::Recv { max } = p.op else {
+        (Outcome::Recv, Kind::Connection { session }) => {
+            let Op::Recv { max } = *op else {
                 return Outcome::Status(STATUS_INTERNAL_ERROR);
             };
             let mut result = Received::Pending;
-            let filled = p.request.with(|r| {
-                r.fill_output(max, |out| {
-                    result = session.recv(out);
-                    match result {
-                        Received::Data(n) => n,
-                        _ => 0,
-                    }
-                })
+            let filled = r.fill_output(max, |out| {
+                result = session.recv(out);
+                match result {
+                    Received::Data(n) => n,
+                    _ => 0,
+                }
             });
             match (filled, result) {
                 (Err(status), _) => Outcome::Received(status, 0),
@@ -660,7 +795,7 @@ fn settle(
             }
         }
         (outcome @ Outcome::Info(..), _) => {
-            if let Op::Connect = p.op {
+            if let Op::Connect = op {
                 let counter = match &outcome {
                     Outcome::Info(info, _) if info.status == STATUS_SUCCESS.0 => &HANDSHAKES_OK,
                     _ => &HANDSHAKES_FAILED,
@@ -739,17 +874,13 @@ fn trace_connection(info: &ConnectionInfo, sizes: [u32; 3]) {
     }
 }
 
-/// Decides whether a parked request can finish now. Only SEND acts here (it queues what fits);
-/// what must not be lost to a cancellation is left to [`settle`].
-fn examine(objects: &mut [Object], p: &mut Parked, promoted: &mut Vec<Object>) -> Option<Outcome> {
-    let Some(object) = objects.iter_mut().find(|o| o.id == p.id) else {
-        return Some(Outcome::Status(STATUS_CANCELLED));
-    };
-    match (&mut p.op, &mut object.kind) {
+/// Decides whether a request can finish now. Only SEND acts here (it queues what fits); what
+/// must not be lost to a cancellation is left to [`settle`].
+fn examine(kind: &mut Kind, id: u64, r: &Request, op: &mut Op) -> Option<Outcome> {
+    match (op, kind) {
         (Op::Accept, Kind::Listener { accepted, listener }) => {
             if accepted.iter().any(|s| s.state() == State::Open) {
-                // The room `settle` pushes the connection object into.
-                return promoted.try_reserve(1).is_ok().then_some(Outcome::Accept);
+                return Some(Outcome::Accept);
             }
             match listener.state() {
                 ListenState::Closed(status) => Some(Outcome::Status(if nt_success(status) {
@@ -762,15 +893,12 @@ fn examine(objects: &mut [Object], p: &mut Parked, promoted: &mut Vec<Object>) -
         }
         (Op::Connect, Kind::Connection { session }) => match session.state() {
             State::Handshaking => None,
-            State::Open | State::Closed => Some(handshake_outcome(session, p.id)),
+            State::Open | State::Closed => Some(handshake_outcome(session, id)),
         },
         (Op::Send { offset, len, at }, Kind::Connection { session }) => {
             // Straight from the request's buffer into the connection's queue.
             let (start, end) = (*offset + *at, *offset + *len);
-            let sent = p
-                .request
-                .with(|r| r.with_input(end, |input| session.send(&input[start..end])));
-            match sent {
+            match r.with_input(end, |input| session.send(&input[start..end])) {
                 Ok(Ok(n)) => {
                     *at += n;
                     (*at == *len).then_some(Outcome::Status(STATUS_SUCCESS))
@@ -792,6 +920,7 @@ fn examine(objects: &mut [Object], p: &mut Parked, promoted: &mut Vec<Object>) -
                 None
             }
         }
+        (_, Kind::Closed) => Some(Outcome::Status(STATUS_CANCELLED)),
         _ => Some(Outcome::Status(STATUS_INVALID_HANDLE)),
     }
 }
@@ -799,80 +928,80 @@ fn examine(objects: &mut [Object], p: &mut Parked, promoted: &mut Vec<Object>) -
 /// CLOSE: releases a listener or connection (abortively if it is still up); its parked requests
 /// complete with STATUS_CANCELLED.
 pub fn close(id: u64, owner: usize) -> Result<(), NTSTATUS> {
-    check_owner(&TABLE.lock(), id, owner)?;
-    close_object(id, owner);
-    service();
-    Ok(())
-}
-
-fn close_object(id: u64, owner: usize) {
-    let removed = {
-        let mut t = TABLE.lock();
-        let at = t
-            .objects
-            .iter()
-            .position(|o| o.id == id && o.owner == owner);
-        at.map(|i| t.objects.swap_remove(i))
-    };
-    if let Some(o) = removed {
-        retire(o);
+    if close_object(id, Some(owner)) {
+        Ok(())
+    } else {
+        Err(STATUS_INVALID_HANDLE)
     }
 }
 
-fn retire(o: Object) {
-    if let Kind::Connection { session } = &o.kind {
-        let c = session.counters();
-        BYTES_SENT_CLOSED.fetch_add(c.sent, Ordering::Relaxed);
-        BYTES_RECEIVED_CLOSED.fetch_add(c.received, Ordering::Relaxed);
-    }
-    match o.kind {
-        // A connection its owner shut down finishes its graceful close on its own (bounded);
-        // any other is aborted.
-        Kind::Connection { session } => session.release(),
-        // Dropping a listener closes it and its untaken sessions.
-        Kind::Listener { .. } => drop(o),
-    }
-}
-
-/// EvtFileCleanup: the handle's objects close and its parked requests are cancelled.
-pub fn cleanup(file: WDFFILEOBJECT) {
-    let owner = file.as_raw() as usize;
-    let (objects, parked) = {
-        let mut t = TABLE.lock();
-        let mut objects = Vec::new();
-        let mut parked = Vec::new();
-        let mut i = 0;
-        while i < t.objects.len() {
-            if t.objects[i].owner == owner && objects.try_reserve(1).is_ok() {
-                objects.push(t.objects.swap_remove(i));
-            } else {
-                i += 1;
-            }
+/// Takes object `id` out of the table (if `owner` holds it) and releases it.
+fn close_object(id: u64, owner: Option<usize>) -> bool {
+    let removed = TABLE.lock().remove(id, owner);
+    match removed {
+        Some(object) => {
+            retire(&object);
+            true
         }
-        let mut i = 0;
-        while i < t.parked.len() {
-            if t.parked[i].owner == owner && parked.try_reserve(1).is_ok() {
-                parked.push(t.parked.remove(i));
-            } else {
-                i += 1;
-            }
-        }
-        (objects, parked)
-    };
-    for p in parked {
+        None => false,
+    }
+}
+
+/// Cancels an object's parked requests and releases what it holds.
+fn retire(object: &Object) {
+    loop {
+        let next = object.state.lock().pop_any();
+        let Some(p) = next else { break };
+        PARKED.fetch_sub(1, Ordering::Relaxed);
         let request = p.request.resume();
+        // Err: its cancel routine runs and completes it.
         if request.unmark_cancelable().is_ok() {
             request.complete(STATUS_CANCELLED, 0);
         }
     }
-    for o in objects {
-        retire(o);
+    let kind = core::mem::replace(&mut object.state.lock().kind, Kind::Closed);
+    match kind {
+        // A connection its owner shut down finishes its graceful close on its own (bounded);
+        // any other is aborted.
+        Kind::Connection { session } => {
+            let c = session.counters();
+            BYTES_SENT_CLOSED.fetch_add(c.sent, Ordering::Relaxed);
+            BYTES_RECEIVED_CLOSED.fetch_add(c.received, Ordering::Relaxed);
+            session.release();
+        }
+        // Dropping a listener closes it and its untaken sessions.
+        Kind::Listener { .. } | Kind::Closed => drop(kind),
     }
+}
+
+/// Closes every object `owner` holds (every object, for None).
+fn close_all(owner: Option<usize>) {
+    let mut ids = Vec::new();
+    let listed = TABLE.lock().ids(owner, &mut ids);
+    if listed.is_err() {
+        // Out of memory for the list: one at a time.
+        loop {
+            let next = TABLE.lock().first(owner);
+            match next {
+                Some(id) => close_object(id, owner),
+                None => break,
+            };
+        }
+        return;
+    }
+    for id in ids {
+        close_object(id, owner);
+    }
+}
+
+/// EvtFileCleanup: the handle's objects close and their parked requests are cancelled.
+pub fn cleanup(file: WDFFILEOBJECT) {
+    close_all(Some(file.as_raw() as usize));
 }
 
 /// STATS.
 pub fn stats() -> Stats {
-    let t = TABLE.lock();
+    let limits = limits();
     let mut s = Stats {
         connections_open: 0,
         listeners_open: 0,
@@ -880,15 +1009,20 @@ pub fn stats() -> Stats {
         handshakes_failed: HANDSHAKES_FAILED.load(Ordering::Relaxed),
         bytes_sent: BYTES_SENT_CLOSED.load(Ordering::Relaxed),
         bytes_received: BYTES_RECEIVED_CLOSED.load(Ordering::Relaxed),
-        pending_operations: t.parked.len() as u64,
+        pending_operations: PARKED.load(Ordering::Relaxed),
         pool_bytes: ksys::pool::bytes_in_use() as u64,
-        max_connections: MAX_CONNECTIONS as u64,
-        max_connections_per_handle: MAX_CONNECTIONS_PER_HANDLE as u64,
+        max_connections: limits.total as u64,
+        max_connections_per_handle: limits.per_handle as u64,
         max_queued_bytes: MAX_QUEUED_BYTES as u64,
         handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS as u64,
+        requests_examined: EXAMINED.load(Ordering::Relaxed),
     };
-    for o in t.objects.iter() {
-        match &o.kind {
+    let mut ids = Vec::new();
+    if TABLE.lock().ids(None, &mut ids).is_err() {
+        return s;
+    }
+    for object in ids.into_iter().filter_map(lookup) {
+        match &object.state.lock().kind {
             Kind::Listener { .. } => s.listeners_open += 1,
             Kind::Connection { session } => {
                 s.connections_open += 1;
@@ -896,32 +1030,20 @@ pub fn stats() -> Stats {
                 s.bytes_sent += c.sent;
                 s.bytes_received += c.received;
             }
+            Kind::Closed => {}
         }
     }
     s
 }
 
-/// Unload: cancels every parked request, closes every object and waits (PASSIVE_LEVEL, bounded)
-/// until each has released its socket, then releases WSK.
+/// Unload: cancels every parked request, closes every object and waits (PASSIVE_LEVEL,
+/// unbounded but reported) until each has released its socket, then releases WSK.
 pub fn shutdown() {
-    let (objects, parked) = {
-        let mut t = TABLE.lock();
-        (
-            core::mem::take(&mut t.objects),
-            core::mem::take(&mut t.parked),
-        )
-    };
-    for p in parked {
-        let request = p.request.resume();
-        if request.unmark_cancelable().is_ok() {
-            request.complete(STATUS_CANCELLED, 0);
-        }
-    }
     // Dropping a session aborts it, dropping a listener closes it and the sessions it still
     // holds; each goes on releasing on its work item. The census counts them — and the
     // connections closed earlier that are still releasing (cancelling, waiting for an SSPI call,
     // closing the socket, deleting the context) — until all of it is done.
-    drop(objects);
+    close_all(None);
     // Cached client credentials go once their last session lets go (taken out of the lock
     // first: freeing a credential needs PASSIVE_LEVEL).
     let credentials = core::mem::take(&mut *CLIENT_CREDENTIALS.lock());

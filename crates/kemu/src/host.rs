@@ -327,6 +327,12 @@ impl Kernel {
         self.shared.bugcheck.get().cloned()
     }
 
+    /// Sets a REG_DWORD in a service's Parameters key (creating the key), as an administrator
+    /// would with `reg add` before loading the driver.
+    pub fn set_service_parameter(&self, service: &str, name: &str, value: u32) {
+        self.shared.registry.set_dword(service, name, value);
+    }
+
     /// The machine certificate store (import server certificates, trust roots).
     pub fn cert_store(&self) -> crate::ksecdd::store::CertStore {
         self.shared.ksecdd.store().clone()

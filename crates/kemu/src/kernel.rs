@@ -51,6 +51,7 @@ pub(crate) struct Shared {
     pub netio: Netio,
     pub ksecdd: Ksecdd,
     pub lsa: Arc<ThreadPool>,
+    pub registry: crate::registry::Registry,
     pub callers: crate::callers::Callers,
 }
 
@@ -78,6 +79,7 @@ impl Shared {
             netio: Netio::default(),
             ksecdd: Ksecdd::default(),
             lsa: Arc::new(ThreadPool::default()),
+            registry: crate::registry::Registry::default(),
             callers: Default::default(),
         })
     }

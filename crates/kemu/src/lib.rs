@@ -31,6 +31,7 @@ mod ksecdd;
 mod leaks;
 mod netio;
 pub mod pe;
+mod registry;
 mod rtl;
 pub mod sddl;
 pub mod testing;

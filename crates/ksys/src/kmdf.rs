@@ -99,6 +99,48 @@ pub fn create_non_pnp_driver(
     Ok(driver)
 }
 
+/// The service's `Parameters` registry key
+/// (`HKLM\SYSTEM\CurrentControlSet\Services\<service>\Parameters`), opened read-only: where an
+/// administrator tunes a driver. Closed on drop. PASSIVE_LEVEL only.
+#[derive(Debug)]
+pub struct ParametersKey {
+    key: WDFKEY,
+}
+
+impl ParametersKey {
+    /// Opens the key. Err (typically STATUS_OBJECT_NAME_NOT_FOUND) when it does not exist —
+    /// nothing was set — or cannot be read.
+    pub fn open(driver: WDFDRIVER) -> Result<ParametersKey, NTSTATUS> {
+        let mut key = WDFKEY::NULL;
+        // SAFETY: a live driver handle; NULL attributes are allowed (the key's parent is the
+        // driver); the out-param is a local.
+        check(unsafe {
+            WdfDriverOpenParametersRegistryKey(driver, KEY_READ, ptr::null_mut(), &mut key)
+        })?;
+        if key.is_null() {
+            return Err(STATUS_UNSUCCESSFUL);
+        }
+        Ok(ParametersKey { key })
+    }
+
+    /// The REG_DWORD value `name` (UTF-16, no terminator needed). Err(STATUS_OBJECT_NAME_NOT_FOUND)
+    /// when it is absent; another error when it is not a DWORD.
+    pub fn dword(&self, name: &'static [u16]) -> Result<u32, NTSTATUS> {
+        let name = UNICODE_STRING::from_static(name);
+        let mut value = 0u32;
+        // SAFETY: the key is open (ours until drop); the name and out-param are locals.
+        check(unsafe { WdfRegistryQueryULong(self.key, &name, &mut value) })?;
+        Ok(value)
+    }
+}
+
+impl Drop for ParametersKey {
+    fn drop(&mut self) {
+        // SAFETY: the key was opened by `open` and is closed exactly once, here.
+        unsafe { WdfRegistryClose(self.key) }
+    }
+}
+
 /// The WDM DEVICE_OBJECT behind a framework device (what IoAllocateWorkItem takes).
 pub fn wdm_device_object(device: WDFDEVICE) -> *mut crate::io::DEVICE_OBJECT {
     // SAFETY: a live framework device handle; the call only reads the framework's object.
@@ -367,6 +409,46 @@ impl Request {
     pub fn complete(self, status: NTSTATUS, information: usize) {
         // SAFETY: the request is ours and, consuming `self`, is completed exactly once here.
         unsafe { WdfRequestCompleteWithInformation(self.handle, status, information) }
+    }
+}
+
+/// The context type of [`Request::set_tag`]: one `u64` per tagged request.
+static REQUEST_TAG: WDF_OBJECT_CONTEXT_TYPE_INFO = WDF_OBJECT_CONTEXT_TYPE_INFO {
+    Size: core::mem::size_of::<WDF_OBJECT_CONTEXT_TYPE_INFO>() as u32,
+    ContextName: c"WSKTLS_REQUEST_TAG".as_ptr().cast(),
+    ContextSize: core::mem::size_of::<u64>(),
+    UniqueType: &REQUEST_TAG,
+    EvtDriverGetUniqueContextType: ptr::null(),
+};
+
+impl Request {
+    /// Attaches `tag` to the request (a KMDF object context, freed with the request), so a
+    /// cancel routine, which only gets the handle, can tell where the driver keeps it.
+    pub fn set_tag(&self, tag: u64) -> Result<(), NTSTATUS> {
+        let mut attributes = WDF_OBJECT_ATTRIBUTES::init();
+        attributes.ContextTypeInfo = &REQUEST_TAG;
+        let mut context: *mut c_void = ptr::null_mut();
+        // SAFETY: the request is ours and not completed; the attributes and out-param are locals
+        // and the type info is a static.
+        check(unsafe {
+            WdfObjectAllocateContext(self.handle.as_object(), &mut attributes, &mut context)
+        })?;
+        if context.is_null() {
+            return Err(STATUS_INSUFFICIENT_RESOURCES);
+        }
+        // SAFETY: the framework allocated ContextSize (8) bytes for this type, aligned for u64.
+        unsafe { (context as *mut u64).write(tag) };
+        Ok(())
+    }
+
+    /// The tag [`Self::set_tag`] attached, if any.
+    pub fn tag(&self) -> Option<u64> {
+        // SAFETY: the request is live (presented or in its cancel routine); the type info is a
+        // static.
+        let context =
+            unsafe { WdfObjectGetTypedContextWorker(self.handle.as_object(), &REQUEST_TAG) };
+        // SAFETY: a non-NULL context of this type is the u64 `set_tag` wrote.
+        (!context.is_null()).then(|| unsafe { (context as *const u64).read() })
     }
 }
 

@@ -18,6 +18,14 @@ use crate::credential::Credential;
 use crate::deadline::Deadline;
 use crate::pool::PoolArc;
 use crate::session::{Config, Observer, Role, Session};
+
+/// What a listener needs of its observer: one for each session it accepts, so an owner that
+/// tracks objects one by one can tell an accepted session's changes from the listener's own.
+pub trait ListenObserver: Observer + Sized {
+    /// The observer a newly accepted session reports to; None refuses the connection (e.g. out
+    /// of memory).
+    fn for_accepted(&self) -> Option<Self>;
+}
 use crate::sync::SpinLock;
 use crate::work::{Drain, Worker};
 use crate::wsk::IrpOp;
@@ -82,7 +90,7 @@ enum Step {
 
 type Op<O> = PoolArc<IrpOp<Worker<Shared<O>>>>;
 
-struct Engine<O: Observer + Clone> {
+struct Engine<O: ListenObserver> {
     socket: *mut WSK_SOCKET,
     op: Op<O>,
     step: Option<Step>,
@@ -103,7 +111,7 @@ struct Engine<O: Observer + Clone> {
 }
 
 /// The listener's shared state.
-pub struct Shared<O: Observer + Clone> {
+pub struct Shared<O: ListenObserver> {
     mailbox: SpinLock<Mailbox<O>>,
     engine: UnsafeCell<Engine<O>>,
     device: *mut DEVICE_OBJECT,
@@ -119,16 +127,16 @@ pub struct Shared<O: Observer + Clone> {
 
 // SAFETY: the mailbox is spin-locked; the engine is touched only by the (never concurrent)
 // drain; the device and NPI are kernel objects usable from any thread.
-unsafe impl<O: Observer + Clone> Send for Shared<O> {}
+unsafe impl<O: ListenObserver> Send for Shared<O> {}
 // SAFETY: as above.
-unsafe impl<O: Observer + Clone> Sync for Shared<O> {}
+unsafe impl<O: ListenObserver> Sync for Shared<O> {}
 
 /// The owner's handle to a listener.
-pub struct Listener<O: Observer + Clone> {
+pub struct Listener<O: ListenObserver> {
     worker: Worker<Shared<O>>,
 }
 
-impl<O: Observer + Clone> Listener<O> {
+impl<O: ListenObserver> Listener<O> {
     /// Starts listening; every session (and the listener itself) reports to `observer`.
     ///
     /// # Safety
@@ -211,13 +219,13 @@ impl<O: Observer + Clone> Listener<O> {
     }
 }
 
-impl<O: Observer + Clone> Drop for Listener<O> {
+impl<O: ListenObserver> Drop for Listener<O> {
     fn drop(&mut self) {
         self.close();
     }
 }
 
-impl<O: Observer + Clone> Drain for Shared<O> {
+impl<O: ListenObserver> Drain for Shared<O> {
     fn drain(worker: &Worker<Self>, _events: u32) {
         let shared = worker.target();
         // SAFETY: only the drain touches the engine, never concurrently.
@@ -229,7 +237,7 @@ impl<O: Observer + Clone> Drain for Shared<O> {
     }
 }
 
-impl<O: Observer + Clone> Engine<O> {
+impl<O: ListenObserver> Engine<O> {
     fn drain(&mut self, shared: &Shared<O>, worker: &Worker<Shared<O>>) {
         if let Some((status, information)) = self.op.take() {
             let step = self.step.take();
@@ -463,10 +471,13 @@ impl<O: Observer + Clone> Engine<O> {
             pinned: None,
             census: shared.census.clone(),
         };
+        let Some(observer) = shared.observer.for_accepted() else {
+            self.reject(worker, socket);
+            return;
+        };
         // SAFETY: the device outlives the listener's sessions (the listener's contract); the
         // accepted socket is ours alone.
-        match unsafe { Session::start(shared.device, config, credential, shared.observer.clone()) }
-        {
+        match unsafe { Session::start(shared.device, config, credential, observer) } {
             Ok(session) => {
                 let mut m = shared.mailbox.lock();
                 m.accepted_total += 1;

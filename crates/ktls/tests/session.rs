@@ -15,7 +15,7 @@ use ksys::sspi::{SEC_E_CERT_EXPIRED, SEC_E_UNTRUSTED_ROOT, SEC_E_WRONG_PRINCIPAL
 use ksys::wsk::*;
 use ktls::census::Census;
 use ktls::credential::{Credential, CredentialSpec, Versions};
-use ktls::listener::{ListenState, Listener, ListenerConfig};
+use ktls::listener::{ListenObserver, ListenState, Listener, ListenerConfig};
 use ktls::session::{
     Config, Failure, Observer, Received, Role, STATUS_TLS_FAILURE, Session, State,
 };
@@ -73,6 +73,12 @@ impl Observer for Changes {
     fn changed(&self) {
         *self.0.0.lock().unwrap() += 1;
         self.0.1.notify_all();
+    }
+}
+
+impl ListenObserver for Changes {
+    fn for_accepted(&self) -> Option<Self> {
+        Some(self.clone())
     }
 }
 

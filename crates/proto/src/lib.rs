@@ -19,7 +19,7 @@ pub use version::{DriverVersion, GetVersionResponse, validate_get_version_input}
 pub const MAGIC: u32 = u32::from_le_bytes(*b"WKTL");
 
 /// Version of the wire format described by this crate.
-pub const WIRE_VERSION: u32 = 1;
+pub const WIRE_VERSION: u32 = 2;
 
 /// Vendor device type of the wsktls control device (vendor types are 0x8000..=0xFFFF).
 pub const FILE_DEVICE_WSKTLS: u32 = 0x8A57;

@@ -718,10 +718,13 @@ pub struct Stats {
     pub max_connections_per_handle: u64,
     pub max_queued_bytes: u64,
     pub handshake_timeout_ms: u64,
+    /// Parked requests the driver has looked at again after a change (wire version 2): grows
+    /// with a connection's own traffic, never with how many other connections wait.
+    pub requests_examined: u64,
 }
 
 impl Stats {
-    const FIELDS: usize = 12;
+    const FIELDS: usize = 13;
     /// Size on the wire.
     pub const SIZE: usize = HEADER + 8 * Self::FIELDS;
 
@@ -739,6 +742,7 @@ impl Stats {
             self.max_connections_per_handle,
             self.max_queued_bytes,
             self.handshake_timeout_ms,
+            self.requests_examined,
         ]
     }
 
@@ -782,6 +786,7 @@ impl Stats {
             max_connections_per_handle: f[9],
             max_queued_bytes: f[10],
             handshake_timeout_ms: f[11],
+            requests_examined: f[12],
         })
     }
 }

@@ -302,6 +302,7 @@ fn responses_round_trip() {
         handshakes_ok: 9,
         max_connections: 500,
         handshake_timeout_ms: 10_000,
+        requests_examined: 77,
         ..Stats::default()
     };
     let bytes = stats.encode();

@@ -275,6 +275,7 @@ fn stats_text(s: &proto::session::Stats) -> String {
         ("bytes sent", s.bytes_sent),
         ("bytes received", s.bytes_received),
         ("pending requests", s.pending_operations),
+        ("requests re-examined", s.requests_examined),
         ("pool bytes in use", s.pool_bytes),
         ("limit: connections", s.max_connections),
         ("limit: per handle", s.max_connections_per_handle),

@@ -48,7 +48,7 @@ pub(crate) fn table() -> &'static [usize; TABLE_SIZE] {
                 t[fi::$name] = f as usize;
             )*};
         }
-        use super::{device, driver, file, lock, queue, request, workitem};
+        use super::{device, driver, file, lock, queue, registry, request, workitem};
         implement! {
             WdfControlDeviceInitAllocate => device::wdf_control_device_init_allocate,
             WdfControlFinishInitializing => device::wdf_control_finish_initializing,
@@ -63,6 +63,9 @@ pub(crate) fn table() -> &'static [usize; TABLE_SIZE] {
             WdfDeviceCreateSymbolicLink => device::wdf_device_create_symbolic_link,
             WdfDriverCreate => driver::wdf_driver_create,
             WdfDriverWdmGetDriverObject => driver::wdf_driver_wdm_get_driver_object,
+            WdfDriverOpenParametersRegistryKey => registry::wdf_driver_open_parameters_registry_key,
+            WdfRegistryClose => registry::wdf_registry_close,
+            WdfRegistryQueryULong => registry::wdf_registry_query_ulong,
             WdfFileObjectGetDevice => file::wdf_file_object_get_device,
             WdfIoQueueCreate => queue::wdf_io_queue_create,
             WdfIoQueueGetDevice => queue::wdf_io_queue_get_device,

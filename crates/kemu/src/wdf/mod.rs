@@ -9,6 +9,7 @@ pub(crate) mod file;
 pub(crate) mod lock;
 pub(crate) mod object;
 pub(crate) mod queue;
+pub(crate) mod registry;
 pub(crate) mod request;
 pub(crate) mod workitem;
 
@@ -33,6 +34,7 @@ pub(crate) enum Kind {
     WorkItem,
     SpinLock,
     WaitLock,
+    Key,
 }
 
 /// Where a request is.
@@ -115,6 +117,10 @@ pub(crate) enum Data {
     },
     WaitLock {
         state: Arc<(Mutex<usize>, Condvar)>,
+    },
+    /// An open Parameters key of this service.
+    Key {
+        service: String,
     },
 }
 

@@ -82,6 +82,7 @@ wdf_functions! {
     80 => fn WdfDeviceCreateSymbolicLink(device: WDFDEVICE, link: *const UNICODE_STRING) -> NTSTATUS;
     116 => fn WdfDriverCreate(driver_object: *mut DRIVER_OBJECT, registry_path: *const UNICODE_STRING, attributes: *mut WDF_OBJECT_ATTRIBUTES, config: *mut WDF_DRIVER_CONFIG, driver: *mut WDFDRIVER) -> NTSTATUS;
     118 => fn WdfDriverWdmGetDriverObject(driver: WDFDRIVER) -> *mut DRIVER_OBJECT;
+    119 => fn WdfDriverOpenParametersRegistryKey(driver: WDFDRIVER, desired_access: u32, attributes: *mut WDF_OBJECT_ATTRIBUTES, key: *mut WDFKEY) -> NTSTATUS;
     139 => fn WdfFileObjectGetDevice(file: WDFFILEOBJECT) -> WDFDEVICE;
     152 => fn WdfIoQueueCreate(device: WDFDEVICE, config: *mut WDF_IO_QUEUE_CONFIG, attributes: *mut WDF_OBJECT_ATTRIBUTES, queue: *mut WDFQUEUE) -> NTSTATUS;
     157 => fn WdfIoQueueGetDevice(queue: WDFQUEUE) -> WDFDEVICE;
@@ -93,6 +94,8 @@ wdf_functions! {
     205 => fn WdfObjectReferenceActual(object: WDFOBJECT, tag: *mut c_void, line: i32, file: *const u8);
     206 => fn WdfObjectDereferenceActual(object: WDFOBJECT, tag: *mut c_void, line: i32, file: *const u8);
     208 => fn WdfObjectDelete(object: WDFOBJECT);
+    231 => fn WdfRegistryClose(key: WDFKEY);
+    240 => fn WdfRegistryQueryULong(key: WDFKEY, value_name: *const UNICODE_STRING, value: *mut u32) -> NTSTATUS;
     254 => fn WdfRequestGetStatus(request: WDFREQUEST) -> NTSTATUS;
     255 => fn WdfRequestMarkCancelable(request: WDFREQUEST, cancel: PFN_WDF_REQUEST_CANCEL);
     256 => fn WdfRequestUnmarkCancelable(request: WDFREQUEST) -> NTSTATUS;

@@ -69,7 +69,12 @@ wdf_handles! {
     WDFSPINLOCK;
     /// A framework wait lock.
     WDFWAITLOCK;
+    /// An open registry key.
+    WDFKEY;
 }
+
+/// `KEY_READ`: query values, enumerate subkeys, be notified, read the security descriptor.
+pub const KEY_READ: u32 = 0x0002_0019;
 
 /// Opaque device-initialization block (`PWDFDEVICE_INIT`).
 #[repr(C)]

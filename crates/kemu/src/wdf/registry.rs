@@ -1,0 +1,113 @@
+//! Framework registry keys: WdfDriverOpenParametersRegistryKey, WdfRegistryQueryULong,
+//! WdfRegistryClose — over kemu's registry of service parameters (all PASSIVE_LEVEL).
+
+use ksys::ntdef::{
+    NTSTATUS, STATUS_ACCESS_DENIED, STATUS_INVALID_PARAMETER, STATUS_OBJECT_NAME_NOT_FOUND,
+    STATUS_SUCCESS, UNICODE_STRING,
+};
+use ksys::wdf::types::*;
+
+use super::{Data, Kind, object, violation, with_object};
+use crate::bugcheck::wdf_violation;
+use crate::thread::{self, PASSIVE};
+
+/// Access a read-only open may ask for: KEY_READ and its parts.
+const READ_ACCESS: u32 = KEY_READ | 0x0001 | 0x0008 | 0x0010;
+
+/// WdfDriverOpenParametersRegistryKey. A key that was never created (no parameter set for the
+/// service) fails with STATUS_OBJECT_NAME_NOT_FOUND: kemu does not create it for a read-only
+/// open (strictest reading; docs/windows-validation.md).
+pub(crate) unsafe extern "win64" fn wdf_driver_open_parameters_registry_key(
+    _g: *mut WDF_DRIVER_GLOBALS,
+    driver: WDFDRIVER,
+    desired_access: u32,
+    attrs: *mut WDF_OBJECT_ATTRIBUTES,
+    key_out: *mut WDFKEY,
+) -> NTSTATUS {
+    const ROUTINE: &str = "WdfDriverOpenParametersRegistryKey";
+    thread::require_at_most(ROUTINE, PASSIVE);
+    if key_out.is_null() {
+        violation(
+            wdf_violation::INVALID_PARAMETER,
+            0,
+            format!("{ROUTINE}: NULL key out-pointer"),
+        );
+    }
+    // SAFETY: the driver's out-pointer; cleared first as the framework does.
+    unsafe { *key_out = WDFKEY::NULL };
+    let attrs = object::attributes(attrs, ROUTINE);
+    let kernel = thread::kernel();
+    let mut state = kernel.wdf.lock();
+    let raw = driver.as_raw() as usize;
+    if let Err(m) = state.get(raw, &[Kind::Driver], ROUTINE) {
+        drop(state);
+        violation(wdf_violation::INVALID_HANDLE, raw, m);
+    }
+    if desired_access & !READ_ACCESS != 0 {
+        // kemu's registry is read-only to drivers.
+        return STATUS_ACCESS_DENIED;
+    }
+    let service = state.service_name.clone();
+    if !kernel.registry.has_parameters(&service) {
+        return STATUS_OBJECT_NAME_NOT_FOUND;
+    }
+    let parent = attrs
+        .filter(|a| !a.ParentObject.is_null())
+        .map_or(raw, |a| a.ParentObject.as_raw() as usize);
+    match object::create(
+        &mut state,
+        Kind::Key,
+        parent,
+        attrs,
+        true,
+        Data::Key { service },
+    ) {
+        Ok(handle) => {
+            // SAFETY: checked non-NULL above.
+            unsafe { *key_out = super::handle(handle, WDFKEY::from_raw) };
+            STATUS_SUCCESS
+        }
+        Err(status) => status,
+    }
+}
+
+/// WdfRegistryQueryULong: a REG_DWORD of the key.
+pub(crate) unsafe extern "win64" fn wdf_registry_query_ulong(
+    _g: *mut WDF_DRIVER_GLOBALS,
+    key: WDFKEY,
+    name: *const UNICODE_STRING,
+    value: *mut u32,
+) -> NTSTATUS {
+    const ROUTINE: &str = "WdfRegistryQueryULong";
+    thread::require_at_most(ROUTINE, PASSIVE);
+    let service = with_object(key.as_raw() as usize, &[Kind::Key], ROUTINE, |o| {
+        match &o.data {
+            Data::Key { service } => service.clone(),
+            _ => unreachable!("key data"),
+        }
+    });
+    // SAFETY: the driver passes NULL or a valid UNICODE_STRING.
+    let Some(name) = (unsafe { crate::rtl::unicode_text(name) }) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    if value.is_null() {
+        return STATUS_INVALID_PARAMETER;
+    }
+    match thread::kernel().registry.dword(&service, &name) {
+        Some(v) => {
+            // SAFETY: the driver's non-NULL out-pointer.
+            unsafe { *value = v };
+            STATUS_SUCCESS
+        }
+        None => STATUS_OBJECT_NAME_NOT_FOUND,
+    }
+}
+
+/// WdfRegistryClose: closes and deletes the key object.
+pub(crate) unsafe extern "win64" fn wdf_registry_close(_g: *mut WDF_DRIVER_GLOBALS, key: WDFKEY) {
+    const ROUTINE: &str = "WdfRegistryClose";
+    thread::require_at_most(ROUTINE, PASSIVE);
+    let raw = key.as_raw() as usize;
+    with_object(raw, &[Kind::Key], ROUTINE, |_| ());
+    object::delete_tree(raw);
+}
