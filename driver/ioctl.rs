@@ -28,10 +28,10 @@ pub(crate) extern "win64" fn evt_io_device_control(
     let request = Request::from_presented(request);
     let outcome = match code {
         IOCTL_WSKTLS_GET_VERSION => get_version(&request, input_length),
-        IOCTL_WSKTLS_LISTEN => listen(&request, input_length),
         IOCTL_WSKTLS_CLOSE => close(&request, input_length),
         IOCTL_WSKTLS_STATS => stats(&request, input_length),
-        IOCTL_WSKTLS_ACCEPT
+        IOCTL_WSKTLS_LISTEN
+        | IOCTL_WSKTLS_ACCEPT
         | IOCTL_WSKTLS_CONNECT
         | IOCTL_WSKTLS_SEND
         | IOCTL_WSKTLS_RECV
@@ -94,14 +94,6 @@ fn get_version(request: &Request, input_length: usize) -> Result<usize, NTSTATUS
     request.write_output(&response.encode())
 }
 
-fn listen(request: &Request, input_length: usize) -> Result<usize, NTSTATUS> {
-    let bytes = input(request, input_length, ListenRequest::FIXED + MAX_ALPN)?;
-    let decoded = ListenRequest::decode(&bytes).map_err(wire)?;
-    need_output(request, ListenResponse::SIZE)?;
-    let response = service::listen(&decoded, owner(request))?;
-    request.write_output(&response.encode())
-}
-
 fn close(request: &Request, input_length: usize) -> Result<usize, NTSTATUS> {
     let bytes = input(request, input_length, IdRequest::SIZE)?;
     let decoded = IdRequest::decode(&bytes).map_err(wire)?;
@@ -120,13 +112,21 @@ fn stats(request: &Request, input_length: usize) -> Result<usize, NTSTATUS> {
     request.write_output(&service::stats().encode())
 }
 
-/// Validates a request that will wait, and starts what it waits for (CONNECT's session).
+/// Validates a request that will wait, and starts what it waits for (LISTEN's listener,
+/// CONNECT's session).
 fn prepare_parked(
     request: &Request,
     input_length: usize,
     code: u32,
 ) -> Result<(u64, Op), NTSTATUS> {
     match code {
+        IOCTL_WSKTLS_LISTEN => {
+            let bytes = input(request, input_length, ListenRequest::FIXED + MAX_ALPN)?;
+            let decoded = ListenRequest::decode(&bytes).map_err(wire)?;
+            need_output(request, ListenResponse::SIZE)?;
+            let id = service::listen(&decoded, owner(request))?;
+            Ok((id, Op::Listen))
+        }
         IOCTL_WSKTLS_ACCEPT => {
             let bytes = input(request, input_length, IdRequest::SIZE)?;
             let decoded = IdRequest::decode(&bytes).map_err(wire)?;

@@ -26,7 +26,7 @@ use ksys::ntdef::*;
 use ksys::wdf::types::{WDFFILEOBJECT, WDFREQUEST};
 use ksys::wsk::*;
 use ktls::census::Census;
-use ktls::credential::{Credential, CredentialSpec, Versions};
+use ktls::credential::{Acquisition, Credential, CredentialSpec, Versions};
 use ktls::listener::{ListenObserver, ListenState, Listener, ListenerConfig};
 use ktls::pool::PoolArc;
 use ktls::session::{Config, Failure, Observer, Received, Role, Session, State};
@@ -108,6 +108,9 @@ impl ListenObserver for Notify {
     }
 }
 
+// Objects live in pool one by one (never on the stack or in arrays), so the larger waiting-for-
+// a-credential variant only costs the few hundred bytes of its plan per object.
+#[allow(clippy::large_enum_variant)]
 enum Kind {
     Listener {
         listener: Listener<Notify>,
@@ -117,12 +120,23 @@ enum Kind {
     Connection {
         session: Session<Notify>,
     },
+    /// Waiting for its credential (LISTEN, or a CONNECT without a cached one).
+    Acquiring {
+        acquisition: Acquisition<Acquired>,
+        plan: Plan,
+    },
+    /// Credential acquired; its listener or session is being started.
+    Opening,
+    /// The credential could not be acquired, or the listener or session not started: the
+    /// waiting LISTEN or CONNECT completes with this, and the object goes.
+    Failed(NTSTATUS),
     /// Taken out of the table; what it held is being released.
     Closed,
 }
 
 /// What a parked request waits for.
 pub enum Op {
+    Listen,
     Accept,
     Connect,
     /// The payload stays in the request's own buffer, `len` bytes at `offset`; `at` of them
@@ -343,17 +357,17 @@ fn check_limits(owner: usize) -> Result<(), NTSTATUS> {
     TABLE.lock().check(owner, &limits)
 }
 
-/// LISTEN: acquires the certificate's credential, starts a listener → its id.
-pub fn listen(request: &ListenRequest<'_>, owner: usize) -> Result<ListenResponse, NTSTATUS> {
+/// LISTEN: starts acquiring the certificate's credential → the listener's id. The request
+/// then waits (parked) until the listener is bound, or has failed.
+pub fn listen(request: &ListenRequest<'_>, owner: usize) -> Result<u64, NTSTATUS> {
     check_limits(owner)?;
-    let credential = Credential::acquire(&CredentialSpec {
+    let spec = CredentialSpec {
         inbound: true,
         thumbprint: Some(request.thumbprint),
         flags: 0,
         versions: versions(request.versions),
         require_client_certificate: request.require_client_certificate,
-    })
-    .map_err(sspi_to_status)?;
+    };
     let config = ListenerConfig {
         npi: provider_npi()?,
         local: sockaddr(&request.endpoint),
@@ -365,46 +379,11 @@ pub fn listen(request: &ListenRequest<'_>, owner: usize) -> Result<ListenRespons
         handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS,
         census: Some(census()?),
     };
-    let (notify, target) = Notify::unassigned()?;
-    // SAFETY: the control device lives until unload, which closes every listener first; the
-    // provider stays captured until then too.
-    let listener = unsafe { Listener::start(device(), config, credential, notify) }?;
-    // Wait (briefly, at PASSIVE_LEVEL) for the bind so LISTEN reports its outcome.
-    let state = wait_listening(&listener);
-    if let ListenState::Closed(status) = state {
-        return Err(if nt_success(status) {
-            STATUS_UNSUCCESSFUL
-        } else {
-            status
-        });
-    }
-    let port = listener.local_port();
-    let kind = Kind::Listener {
-        listener,
-        accepted: Vec::new(),
-    };
-    let object = insert(owner, kind)?;
-    assign(&target, &object);
-    Ok(ListenResponse {
-        id: object.id(),
-        port,
-    })
+    start_acquiring(owner, &spec, Plan::Listen(config))
 }
 
-fn wait_listening(listener: &Listener<Notify>) -> ListenState {
-    let delay: i64 = -10_000; // 1 ms
-    for _ in 0..5000 {
-        let state = listener.state();
-        if state != ListenState::Starting {
-            return state;
-        }
-        // SAFETY: a PASSIVE_LEVEL delay in a dispatch routine.
-        unsafe { ksys::imports::KeDelayExecutionThread(0, 0, &delay) };
-    }
-    listener.state()
-}
-
-/// CONNECT: starts a client session; the request parks until the handshake ends.
+/// CONNECT: starts a client session (once its credential is there) → its id; the request
+/// parks until the handshake ends.
 pub fn connect(request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTATUS> {
     check_limits(owner)?;
     // An unspecified address means "resolve the host name" (WskGetAddressInfo, in the session).
@@ -436,7 +415,6 @@ pub fn connect(request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTAT
         Validation::Pinned(digest) => Some(digest),
         _ => None,
     };
-    let credential = client_credential(flags, versions(request.versions))?;
     let name = if request.sni.is_empty() {
         request.host
     } else {
@@ -462,40 +440,136 @@ pub fn connect(request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTAT
         pinned,
         census: Some(census()?),
     };
+    let versions = versions(request.versions);
+    let cached = CLIENT_CREDENTIALS
+        .lock()
+        .iter()
+        .find(|(f, v, _)| *f == flags && *v == versions)
+        .map(|(_, _, c)| c.clone());
+    let Some(credential) = cached else {
+        let spec = CredentialSpec {
+            inbound: false,
+            thumbprint: None,
+            flags,
+            versions,
+            require_client_certificate: false,
+        };
+        return start_acquiring(owner, &spec, Plan::Connect(config, flags, versions));
+    };
     let (notify, target) = Notify::unassigned()?;
-    // SAFETY: as in `listen`.
+    // SAFETY: the control device lives until unload, which closes every session first; the
+    // provider stays captured until then too.
     let session = unsafe { Session::start(device(), config, credential, notify) }?;
     let object = insert(owner, Kind::Connection { session })?;
     assign(&target, &object);
     Ok(object.id())
 }
 
-/// A client credential for these validation flags and versions: acquired once and shared by
-/// every CONNECT that asks for the same (an acquisition is a round trip to the LSA).
-fn client_credential(flags: u32, versions: Versions) -> Result<PoolArc<Credential>, NTSTATUS> {
-    let cached = CLIENT_CREDENTIALS
-        .lock()
-        .iter()
-        .find(|(f, v, _)| *f == flags && *v == versions)
-        .map(|(_, _, c)| c.clone());
-    if let Some(credential) = cached {
-        return Ok(credential);
+/// What an object does once its credential is acquired.
+enum Plan {
+    /// Start listening.
+    Listen(ListenerConfig),
+    /// Connect; the credential is cached under these validation flags and versions.
+    Connect(Config, u32, Versions),
+}
+
+/// Hears that an object's credential acquisition finished (on its work item, PASSIVE_LEVEL).
+pub struct Acquired {
+    target: PoolArc<AtomicU64>,
+}
+
+impl Observer for Acquired {
+    fn changed(&self) {
+        let id = self.target.load(Ordering::Acquire);
+        if id != 0 {
+            acquired(id);
+        }
     }
-    let credential = Credential::acquire(&CredentialSpec {
-        inbound: false,
-        thumbprint: None,
-        flags,
-        versions,
-        require_client_certificate: false,
-    })
-    .map_err(sspi_to_status)?;
-    let mut cache = CLIENT_CREDENTIALS.lock();
-    if !cache.iter().any(|(f, v, _)| *f == flags && *v == versions) && cache.try_reserve(1).is_ok()
-    {
-        cache.push((flags, versions, credential.clone()));
+}
+
+/// Puts in an object that waits for its credential (SspiAcquireCredentialsHandleAsyncW, issued
+/// from a work item: nobody blocks) → its id.
+fn start_acquiring(owner: usize, spec: &CredentialSpec, plan: Plan) -> Result<u64, NTSTATUS> {
+    let target = PoolArc::try_new(AtomicU64::new(0))?;
+    let census = census()?;
+    let observer = Acquired {
+        target: target.clone(),
+    };
+    // SAFETY: the control device lives until unload, which waits (census) until every
+    // acquisition has finished.
+    let acquisition = unsafe { Acquisition::start(device(), spec, Some(&census), observer) }
+        .map_err(sspi_to_status)?;
+    let object = insert(owner, Kind::Acquiring { acquisition, plan })?;
+    let id = object.id();
+    target.store(id, Ordering::Release);
+    // It may have finished already, reporting to nobody.
+    acquired(id);
+    Ok(id)
+}
+
+/// An object's credential acquisition has finished (or not yet: then nothing happens): it
+/// starts listening or connecting with it, or records why it cannot.
+fn acquired(id: u64) {
+    let Some(object) = lookup(id) else {
+        return;
+    };
+    let finished = {
+        let mut st = object.state.lock();
+        let outcome = match &st.kind {
+            Kind::Acquiring { acquisition, .. } => acquisition.take(),
+            _ => None,
+        };
+        outcome.map(|outcome| (outcome, core::mem::replace(&mut st.kind, Kind::Opening)))
+    };
+    let Some((outcome, Kind::Acquiring { plan, .. })) = finished else {
+        return;
+    };
+    let kind = outcome
+        .map_err(sspi_to_status)
+        .and_then(|credential| open(plan, credential, id))
+        .unwrap_or_else(Kind::Failed);
+    let closed_meanwhile = {
+        let mut st = object.state.lock();
+        if matches!(st.kind, Kind::Opening) {
+            st.kind = kind;
+            None
+        } else {
+            Some(kind)
+        }
+    };
+    if let Some(kind) = closed_meanwhile {
+        release(kind);
     }
-    // A credential acquired twice by racing CONNECTs is released with its last session.
-    Ok(credential)
+    serve(&object);
+}
+
+/// Starts what `plan` says with the acquired credential (PASSIVE_LEVEL).
+fn open(plan: Plan, credential: PoolArc<Credential>, id: u64) -> Result<Kind, NTSTATUS> {
+    let notify = Notify::try_new(id)?;
+    match plan {
+        Plan::Listen(config) => {
+            // SAFETY: as in `connect`.
+            let listener = unsafe { Listener::start(device(), config, credential, notify) }?;
+            Ok(Kind::Listener {
+                listener,
+                accepted: Vec::new(),
+            })
+        }
+        Plan::Connect(config, flags, versions) => {
+            // Shared by every later CONNECT with the same policy (an acquisition is a round
+            // trip to the LSA); one acquired twice by racing CONNECTs goes with its sessions.
+            let mut cache = CLIENT_CREDENTIALS.lock();
+            if !cache.iter().any(|(f, v, _)| *f == flags && *v == versions)
+                && cache.try_reserve(1).is_ok()
+            {
+                cache.push((flags, versions, credential.clone()));
+            }
+            drop(cache);
+            // SAFETY: as in `connect`.
+            let session = unsafe { Session::start(device(), config, credential, notify) }?;
+            Ok(Kind::Connection { session })
+        }
+    }
 }
 
 /// Maps a credential failure to the NTSTATUS LISTEN/CONNECT complete with.
@@ -521,15 +595,16 @@ pub fn park(request: Request, id: u64, mut op: Op) {
         let mut guard = object.state.lock();
         let st = &mut *guard;
         match (&op, &st.kind) {
-            (Op::Accept, Kind::Listener { .. }) => Ok(()),
-            (Op::Accept, _) | (_, Kind::Listener { .. }) | (_, Kind::Closed) => {
-                Err(STATUS_INVALID_HANDLE)
-            }
             (Op::Shutdown, Kind::Connection { session }) => {
                 session.shutdown();
                 Ok(())
             }
-            _ => Ok(()),
+            // Nothing to shut down before the connection exists.
+            (Op::Shutdown, Kind::Acquiring { .. } | Kind::Opening) => {
+                Err(STATUS_INVALID_DEVICE_STATE)
+            }
+            (op, kind) if applies(op, kind) => Ok(()),
+            _ => Err(STATUS_INVALID_HANDLE),
         }
         .and_then(|()| {
             collect_accepted(&mut st.kind, &mut retired);
@@ -552,10 +627,40 @@ pub fn park(request: Request, id: u64, mut op: Op) {
     };
     drop(retired);
     match finished {
-        Ok(Some(outcome)) => finish(request, outcome),
+        Ok(Some(outcome)) => {
+            if finish(request, outcome) {
+                close_object(id, None);
+            }
+        }
         // Parked: its queue holds it now.
         Ok(None) => {}
         Err(status) => request.complete(status, 0),
+    }
+}
+
+/// Whether `op` is a request for an object like `kind`.
+fn applies(op: &Op, kind: &Kind) -> bool {
+    let connection = matches!(
+        kind,
+        Kind::Acquiring {
+            plan: Plan::Connect(..),
+            ..
+        } | Kind::Opening
+            | Kind::Connection { .. }
+    );
+    match op {
+        Op::Listen => matches!(
+            kind,
+            Kind::Acquiring {
+                plan: Plan::Listen(_),
+                ..
+            } | Kind::Opening
+                | Kind::Failed(_)
+                | Kind::Listener { .. }
+        ),
+        Op::Accept => matches!(kind, Kind::Listener { .. }),
+        Op::Connect => connection || matches!(kind, Kind::Failed(_)),
+        Op::Send { .. } | Op::Recv { .. } | Op::Shutdown => connection,
     }
 }
 
@@ -594,8 +699,8 @@ extern "win64" fn cancel(handle: WDFREQUEST) {
     if let Some((object, p)) = removed {
         PARKED.fetch_sub(1, Ordering::Relaxed);
         match p.op {
-            // A cancelled CONNECT abandons its connection.
-            Op::Connect => {
+            // A cancelled LISTEN or CONNECT abandons its object.
+            Op::Listen | Op::Connect => {
                 close_object(object.id(), Some(object.owner));
             }
             // Say what the connection was doing: a request cancelled after a long wait is
@@ -623,6 +728,10 @@ enum Outcome {
     Recv,
     /// A RECV's final status and byte count.
     Received(NTSTATUS, usize),
+    /// LISTEN: bound.
+    Listening(ListenResponse),
+    /// LISTEN or CONNECT could not start: the object goes once the request has completed.
+    Failed(NTSTATUS),
 }
 
 fn trace_cancelled(object: &Object, op: &Op) {
@@ -687,8 +796,12 @@ fn serve(object: &Object) {
         }
     }
     drop(retired);
+    let mut doomed = false;
     for (request, outcome) in ready {
-        finish(request, outcome);
+        doomed |= finish(request, outcome);
+    }
+    if doomed {
+        close_object(object.id(), None);
     }
 }
 
@@ -731,8 +844,10 @@ fn try_finish(object: &Object, kind: &mut Kind, p: &mut Parked) -> Option<Outcom
     )
 }
 
-/// Completes a request with its outcome (no lock held).
-fn finish(request: Request, outcome: Outcome) {
+/// Completes a request with its outcome (no lock held); true if its object must go (a LISTEN or
+/// CONNECT that could not start).
+fn finish(request: Request, outcome: Outcome) -> bool {
+    let doomed = matches!(outcome, Outcome::Failed(_));
     match outcome {
         Outcome::Status(status) => request.complete(status, 0),
         Outcome::Info(info, stream_sizes) => {
@@ -743,9 +858,15 @@ fn finish(request: Request, outcome: Outcome) {
             }
         }
         Outcome::Received(status, n) => request.complete(status, n),
+        Outcome::Listening(response) => match request.write_output(&response.encode()) {
+            Ok(n) => request.complete(STATUS_SUCCESS, n),
+            Err(status) => request.complete(status, 0),
+        },
+        Outcome::Failed(status) => request.complete(status, 0),
         // `settle` turned these into one of the above.
         Outcome::Accept | Outcome::Recv => request.complete(STATUS_INTERNAL_ERROR, 0),
     }
+    doomed
 }
 
 /// What a ready request finishes with, once it can no longer be cancelled: hands out the
@@ -804,7 +925,13 @@ fn settle(kind: &mut Kind, owner: usize, r: &Request, op: &Op, outcome: Outcome)
             }
             outcome
         }
-        (outcome @ (Outcome::Status(_) | Outcome::Received(..)), _) => outcome,
+        (
+            outcome @ (Outcome::Status(_)
+            | Outcome::Received(..)
+            | Outcome::Listening(_)
+            | Outcome::Failed(_)),
+            _,
+        ) => outcome,
         (Outcome::Accept | Outcome::Recv, _) => Outcome::Status(STATUS_INVALID_HANDLE),
     }
 }
@@ -878,6 +1005,24 @@ fn trace_connection(info: &ConnectionInfo, sizes: [u32; 3]) {
 /// must not be lost to a cancellation is left to [`settle`].
 fn examine(kind: &mut Kind, id: u64, r: &Request, op: &mut Op) -> Option<Outcome> {
     match (op, kind) {
+        // Not started yet.
+        (
+            Op::Listen | Op::Connect | Op::Send { .. } | Op::Recv { .. },
+            Kind::Acquiring { .. } | Kind::Opening,
+        ) => None,
+        (Op::Listen | Op::Connect, Kind::Failed(status)) => Some(Outcome::Failed(*status)),
+        (Op::Listen, Kind::Listener { listener, .. }) => match listener.state() {
+            ListenState::Starting => None,
+            ListenState::Closed(status) => Some(Outcome::Failed(if nt_success(status) {
+                STATUS_UNSUCCESSFUL
+            } else {
+                status
+            })),
+            _ => Some(Outcome::Listening(ListenResponse {
+                id,
+                port: listener.local_port(),
+            })),
+        },
         (Op::Accept, Kind::Listener { accepted, listener }) => {
             if accepted.iter().any(|s| s.state() == State::Open) {
                 return Some(Outcome::Accept);
@@ -960,6 +1105,11 @@ fn retire(object: &Object) {
         }
     }
     let kind = core::mem::replace(&mut object.state.lock().kind, Kind::Closed);
+    release(kind);
+}
+
+/// Lets go of what an object held.
+fn release(kind: Kind) {
     match kind {
         // A connection its owner shut down finishes its graceful close on its own (bounded);
         // any other is aborted.
@@ -969,8 +1119,14 @@ fn retire(object: &Object) {
             BYTES_RECEIVED_CLOSED.fetch_add(c.received, Ordering::Relaxed);
             session.release();
         }
-        // Dropping a listener closes it and its untaken sessions.
-        Kind::Listener { .. } | Kind::Closed => drop(kind),
+        // Dropping a listener closes it and its untaken sessions; dropping an acquisition
+        // abandons it (the call finishes and its credential goes then); an object being opened
+        // is released by `acquired`, which finds it closed.
+        Kind::Listener { .. }
+        | Kind::Acquiring { .. }
+        | Kind::Opening
+        | Kind::Failed(_)
+        | Kind::Closed => drop(kind),
     }
 }
 
@@ -1030,7 +1186,7 @@ pub fn stats() -> Stats {
                 s.bytes_sent += c.sent;
                 s.bytes_received += c.received;
             }
-            Kind::Closed => {}
+            Kind::Acquiring { .. } | Kind::Opening | Kind::Failed(_) | Kind::Closed => {}
         }
     }
     s
@@ -1044,6 +1200,9 @@ pub fn shutdown() {
     // connections closed earlier that are still releasing (cancelling, waiting for an SSPI call,
     // closing the socket, deleting the context) — until all of it is done.
     close_all(None);
+    // The empty table still holds its storage: give it back (unload leaves no pool behind).
+    let table = core::mem::take(&mut *TABLE.lock());
+    drop(table);
     // Cached client credentials go once their last session lets go (taken out of the lock
     // first: freeing a credential needs PASSIVE_LEVEL).
     let credentials = core::mem::take(&mut *CLIENT_CREDENTIALS.lock());

@@ -23,7 +23,17 @@ pub fn boot() -> (Kernel, Thumbprint) {
 
 /// As [`boot`], with REG_DWORDs set in the service's Parameters key before the driver loads.
 pub fn boot_with_parameters(parameters: &[(&str, u32)]) -> (Kernel, Thumbprint) {
-    let kernel = Kernel::boot(KernelConfig::from_env());
+    boot_with(parameters, |_| {})
+}
+
+/// As [`boot_with_parameters`], with the kernel's configuration adjusted first (faults).
+pub fn boot_with(
+    parameters: &[(&str, u32)],
+    adjust: impl FnOnce(&mut KernelConfig),
+) -> (Kernel, Thumbprint) {
+    let mut config = KernelConfig::from_env();
+    adjust(&mut config);
+    let kernel = Kernel::boot(config);
     for &(name, value) in parameters {
         kernel.set_service_parameter("wsktls", name, value);
     }

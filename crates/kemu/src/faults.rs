@@ -53,6 +53,10 @@ pub struct FaultPlan {
     /// The first N WskAccept calls fail with STATUS_CONNECTION_RESET (a client that reset
     /// before its connection was taken), each as soon as it is made.
     pub failing_accepts: u64,
+    /// How long the LSA takes over each SspiAcquireCredentialsHandleAsyncW (a busy or slow
+    /// LSA: certificate lookups, CRL fetches), so a caller can be seen not to wait for it and
+    /// its cancellation can be tried while the call is in flight.
+    pub credential_delay: Duration,
 }
 
 impl Default for FaultPlan {
@@ -65,6 +69,7 @@ impl Default for FaultPlan {
             worker_delay: Duration::ZERO,
             wedge_sspi_call: None,
             failing_accepts: 0,
+            credential_delay: Duration::ZERO,
         }
     }
 }
@@ -185,5 +190,10 @@ impl Faults {
         }
         let micros = max.as_micros().min(u64::MAX as u128) as u64;
         Duration::from_micros(self.rng(|r| r.u64(0..=micros)))
+    }
+
+    /// How long each credential acquisition takes on the LSA thread.
+    pub fn credential_delay(&self) -> Duration {
+        self.plan.credential_delay
     }
 }

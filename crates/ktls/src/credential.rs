@@ -1,6 +1,6 @@
 //! Schannel credentials (SCH_CREDENTIALS version 5): a server's certificate named by its SHA-1
 //! thumbprint in the machine store, or a client's validation policy, acquired asynchronously
-//! and shared by every session that uses them.
+//! (an [`Acquisition`] never blocks its caller) and shared by every session that uses them.
 
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
@@ -11,8 +11,14 @@ use ksys::ntdef::UNICODE_STRING;
 use ksys::schannel::*;
 use ksys::sspi::*;
 
+use ksys::io::DEVICE_OBJECT;
+
+use crate::census::{Census, Entry};
 use crate::pool::PoolArc;
+use crate::session::Observer;
 use crate::sspi::AsyncOp;
+use crate::sync::SpinLock;
+use crate::work::{Drain, Worker};
 
 /// TLS versions a credential allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,10 +66,21 @@ unsafe extern "win64" fn acquired(_context: *mut SspiAsyncContext, data: *mut c_
     unsafe { KeSetEvent((*(data as *const Waiter)).event.get(), 0, 0) };
 }
 
-impl Credential {
-    /// SspiAcquireCredentialsHandleAsyncW, waiting for its callback: call at PASSIVE_LEVEL from a
-    /// dispatch routine (it waits), never from a completion path.
-    pub fn acquire(spec: &CredentialSpec) -> Result<PoolArc<Credential>, SECURITY_STATUS> {
+/// What SspiAcquireCredentialsHandleAsyncW reads: kept in one place (pool, fixed address)
+/// from the call until its callback, since the LSA may read them after the call returned.
+struct Inputs {
+    hash: SCHANNEL_CERT_HASH_STORE,
+    tls: TLS_PARAMETERS,
+    creds: SCH_CREDENTIALS,
+    package: UNICODE_STRING,
+    expiry: TimeStamp,
+    inbound: bool,
+}
+
+impl Inputs {
+    /// The SCH_CREDENTIALS for `spec` (pointers inside are set by [`Self::link`] once the
+    /// inputs sit where they stay).
+    fn new(spec: &CredentialSpec) -> Result<Inputs, SECURITY_STATUS> {
         let (p12, p13) = if spec.inbound {
             (SP_PROT_TLS1_2_SERVER, SP_PROT_TLS1_3_SERVER)
         } else {
@@ -91,15 +108,6 @@ impl Credential {
             } else {
                 SCH_CRED_NO_DEFAULT_CREDS
             };
-        let waiter = PoolArc::try_new(Waiter {
-            // SAFETY: KEVENT is plain data, initialized below before use.
-            event: UnsafeCell::new(unsafe { core::mem::zeroed() }),
-        })
-        .map_err(|_| SEC_E_INSUFFICIENT_MEMORY)?;
-        // SAFETY: the pool-resident event, initialized once.
-        unsafe { KeInitializeEvent(waiter.event.get(), SYNCHRONIZATION_EVENT, 0) };
-        let mut op = AsyncOp::try_new(acquired, &*waiter as *const Waiter as *mut c_void)
-            .map_err(|_| SEC_E_INSUFFICIENT_MEMORY)?;
         let mut hash = SCHANNEL_CERT_HASH_STORE {
             dwLength: SCHANNEL_CERT_HASH_STORE_SIZE,
             dwFlags: SCH_MACHINE_CERT_HASH,
@@ -109,14 +117,6 @@ impl Credential {
         };
         hash.pwszStoreName[0] = u16::from(b'M');
         hash.pwszStoreName[1] = u16::from(b'Y');
-        let mut tls = TLS_PARAMETERS {
-            cAlpnIds: 0,
-            rgstrAlpnIds: core::ptr::null_mut(),
-            grbitDisabledProtocols: disabled,
-            cDisabledCrypto: 0,
-            pDisabledCrypto: core::ptr::null_mut(),
-            dwFlags: 0,
-        };
         let mut creds = SCH_CREDENTIALS {
             dwVersion: SCH_CREDENTIALS_VERSION,
             // A format only with a certificate to go with it.
@@ -129,46 +129,106 @@ impl Credential {
             dwSessionLifespan: 0,
             dwFlags: flags,
             cTlsParameters: 1,
-            pTlsParameters: &mut tls,
+            pTlsParameters: core::ptr::null_mut(),
         };
         if let Some(t) = spec.thumbprint {
             hash.ShaHash = t;
             creds.dwCredFormat = SCH_CRED_FORMAT_CERT_HASH_STORE;
             creds.cCreds = 1;
-            creds.paCred = &mut hash as *mut _ as *mut c_void;
         }
         let package_units = &SCHANNEL_NAME_W[..SCHANNEL_NAME_W.len() - 1];
-        let package = UNICODE_STRING {
-            Length: (package_units.len() * 2) as u16,
-            MaximumLength: (package_units.len() * 2) as u16,
-            Buffer: package_units.as_ptr() as *mut u16,
-        };
-        let credential = PoolArc::try_new(Credential {
-            handle: UnsafeCell::new(SecHandle::INVALID),
+        Ok(Inputs {
+            hash,
+            tls: TLS_PARAMETERS {
+                cAlpnIds: 0,
+                rgstrAlpnIds: core::ptr::null_mut(),
+                grbitDisabledProtocols: disabled,
+                cDisabledCrypto: 0,
+                pDisabledCrypto: core::ptr::null_mut(),
+                dwFlags: 0,
+            },
+            creds,
+            package: UNICODE_STRING {
+                Length: (package_units.len() * 2) as u16,
+                MaximumLength: (package_units.len() * 2) as u16,
+                Buffer: package_units.as_ptr() as *mut u16,
+            },
+            expiry: 0,
+            inbound: spec.inbound,
         })
-        .map_err(|_| SEC_E_INSUFFICIENT_MEMORY)?;
-        let mut expiry: TimeStamp = 0;
-        let context = op.begin().map_err(|_| SEC_E_INSUFFICIENT_MEMORY)?;
-        let use_ = if spec.inbound {
+    }
+
+    /// Points the structures at one another where they now lie.
+    fn link(&mut self) {
+        self.creds.pTlsParameters = &mut self.tls;
+        if self.creds.cCreds == 1 {
+            self.creds.paCred = &mut self.hash as *mut _ as *mut c_void;
+        }
+    }
+
+    /// Issues SspiAcquireCredentialsHandleAsyncW into `credential` on `context`.
+    ///
+    /// # Safety
+    /// `self` (linked) and `credential` must stay where they are until the call's callback.
+    unsafe fn issue(
+        &mut self,
+        context: *mut SspiAsyncContext,
+        credential: &Credential,
+    ) -> SECURITY_STATUS {
+        let use_ = if self.inbound {
             SECPKG_CRED_INBOUND
         } else {
             SECPKG_CRED_OUTBOUND
         };
-        // SAFETY: every structure the call reads or writes outlives it: we wait for the callback
-        // below before any of them goes away.
-        let queued = unsafe {
+        // SAFETY: per the contract, everything the call reads or writes outlives it.
+        unsafe {
             SspiAcquireCredentialsHandleAsyncW(
                 context,
                 core::ptr::null(),
-                &package,
+                &self.package,
                 use_,
                 core::ptr::null_mut(),
-                &mut creds as *mut _ as *mut c_void,
+                &mut self.creds as *mut _ as *mut c_void,
                 core::ptr::null_mut(),
                 core::ptr::null_mut(),
                 credential.handle.get(),
-                &mut expiry,
+                &mut self.expiry,
             )
+        }
+    }
+}
+
+impl Credential {
+    fn unacquired() -> Result<PoolArc<Credential>, SECURITY_STATUS> {
+        PoolArc::try_new(Credential {
+            handle: UnsafeCell::new(SecHandle::INVALID),
+        })
+        .map_err(|_| SEC_E_INSUFFICIENT_MEMORY)
+    }
+
+    /// SspiAcquireCredentialsHandleAsyncW, waiting for its callback: for a caller that may
+    /// block (PASSIVE_LEVEL, e.g. DriverEntry or a test). A dispatch routine uses
+    /// [`Acquisition`] instead, which never blocks.
+    pub fn acquire(spec: &CredentialSpec) -> Result<PoolArc<Credential>, SECURITY_STATUS> {
+        let inputs = PoolArc::try_new(UnsafeCell::new(Inputs::new(spec)?))
+            .map_err(|_| SEC_E_INSUFFICIENT_MEMORY)?;
+        let waiter = PoolArc::try_new(Waiter {
+            // SAFETY: KEVENT is plain data, initialized below before use.
+            event: UnsafeCell::new(unsafe { core::mem::zeroed() }),
+        })
+        .map_err(|_| SEC_E_INSUFFICIENT_MEMORY)?;
+        // SAFETY: the pool-resident event, initialized once.
+        unsafe { KeInitializeEvent(waiter.event.get(), SYNCHRONIZATION_EVENT, 0) };
+        let mut op = AsyncOp::try_new(acquired, &*waiter as *const Waiter as *mut c_void)
+            .map_err(|_| SEC_E_INSUFFICIENT_MEMORY)?;
+        let credential = Credential::unacquired()?;
+        let context = op.begin().map_err(|_| SEC_E_INSUFFICIENT_MEMORY)?;
+        // SAFETY: only this thread touches the inputs; they and the credential stay in pool
+        // until the callback, which we wait for below.
+        let queued = unsafe {
+            let inputs = &mut *inputs.get();
+            inputs.link();
+            inputs.issue(context, &credential)
         };
         op.issued(queued)?;
         // SAFETY: our event; the callback sets it exactly once for this call.
@@ -234,5 +294,179 @@ impl Drop for Credential {
             // SAFETY: acquired by `acquire`, freed once (the last reference is going away).
             unsafe { FreeCredentialsHandle(handle) };
         }
+    }
+}
+
+const EV_START: u32 = 1;
+const EV_SSPI: u32 = 2;
+
+/// Where an acquisition is.
+enum Step {
+    /// Not issued yet (the first drain issues it).
+    Start,
+    /// Issued; the callback will come.
+    Waiting,
+    /// Finished; the outcome is in the mailbox.
+    Done,
+}
+
+/// The drain's side of an acquisition.
+struct AcquireEngine {
+    inputs: Inputs,
+    op: Option<AsyncOp>,
+    step: Step,
+    /// Held until the call has finished: unload waits for it.
+    census: Option<Entry>,
+}
+
+/// An acquisition's shared state.
+pub struct Acquiring<O: Observer> {
+    engine: UnsafeCell<AcquireEngine>,
+    credential: PoolArc<Credential>,
+    require_client_certificate: bool,
+    outcome: SpinLock<Option<Result<PoolArc<Credential>, SECURITY_STATUS>>>,
+    observer: O,
+}
+
+// SAFETY: the engine is only touched by the drain (never concurrently); the outcome is behind a
+// spin lock; the credential's handle is written only by the LSA before the callback.
+unsafe impl<O: Observer> Send for Acquiring<O> {}
+// SAFETY: as above.
+unsafe impl<O: Observer> Sync for Acquiring<O> {}
+
+/// A credential being acquired without blocking anyone: SspiAcquireCredentialsHandleAsyncW is
+/// issued from a work item, its callback signals that work item, which records the outcome and
+/// tells the observer. Dropping the acquisition abandons it: the call still finishes (the census
+/// counts it) and the credential is freed then.
+pub struct Acquisition<O: Observer> {
+    worker: Worker<Acquiring<O>>,
+}
+
+unsafe extern "win64" fn acquisition_done<O: Observer>(
+    _context: *mut SspiAsyncContext,
+    data: *mut c_void,
+) {
+    // SAFETY: the reference the issuing drain gave up for this call.
+    let worker = unsafe { Worker::<Acquiring<O>>::from_raw(data) };
+    worker.signal(EV_SSPI);
+}
+
+impl<O: Observer> Acquisition<O> {
+    /// Starts acquiring what `spec` describes; `observer` hears when it has finished.
+    ///
+    /// # Safety
+    /// `device` must be a live device object of the calling driver, kept until the acquisition
+    /// has finished (its work item references it); `census`, if given, is what unload waits on.
+    pub unsafe fn start(
+        device: *mut DEVICE_OBJECT,
+        spec: &CredentialSpec,
+        census: Option<&Census>,
+        observer: O,
+    ) -> Result<Acquisition<O>, SECURITY_STATUS> {
+        let target = Acquiring {
+            engine: UnsafeCell::new(AcquireEngine {
+                inputs: Inputs::new(spec)?,
+                op: None,
+                step: Step::Start,
+                census: census.map(Census::enter),
+            }),
+            credential: Credential::unacquired()?,
+            require_client_certificate: spec.inbound && spec.require_client_certificate,
+            outcome: SpinLock::new(None),
+            observer,
+        };
+        // SAFETY: per the contract.
+        let worker =
+            unsafe { Worker::try_new(device, target) }.map_err(|_| SEC_E_INSUFFICIENT_MEMORY)?;
+        worker.signal(EV_START);
+        Ok(Acquisition { worker })
+    }
+
+    /// The outcome once the acquisition has finished (taken: later calls give None).
+    pub fn take(&self) -> Option<Result<PoolArc<Credential>, SECURITY_STATUS>> {
+        self.worker.target().outcome.lock().take()
+    }
+
+    /// The observer given to [`Self::start`].
+    pub fn observer(&self) -> &O {
+        &self.worker.target().observer
+    }
+}
+
+impl<O: Observer> Drain for Acquiring<O> {
+    fn drain(worker: &Worker<Self>, events: u32) {
+        let a = worker.target();
+        // SAFETY: only the drain touches the engine, and the worker never runs it concurrently.
+        let e = unsafe { &mut *a.engine.get() };
+        let finished = match e.step {
+            Step::Start if events & EV_START != 0 => e.issue(a, worker),
+            Step::Waiting if events & EV_SSPI != 0 => e.finished(a),
+            _ => None,
+        };
+        if let Some(outcome) = finished {
+            e.step = Step::Done;
+            *a.outcome.lock() = Some(outcome);
+            // The call is over: unload need not wait for this acquisition any more.
+            e.census = None;
+            a.observer.changed();
+        }
+    }
+}
+
+impl AcquireEngine {
+    /// Issues the call; Some(error) if it could not be queued (no callback will come).
+    fn issue<O: Observer>(
+        &mut self,
+        a: &Acquiring<O>,
+        worker: &Worker<Acquiring<O>>,
+    ) -> Option<Result<PoolArc<Credential>, SECURITY_STATUS>> {
+        if self.op.is_none() {
+            match AsyncOp::try_new(acquisition_done::<O>, worker.as_raw() as *mut c_void) {
+                Ok(op) => self.op = Some(op),
+                Err(status) => return Some(Err(status)),
+            }
+        }
+        let op = self.op.as_mut()?;
+        let context = match op.begin() {
+            Ok(context) => context,
+            Err(status) => return Some(Err(status)),
+        };
+        self.inputs.link();
+        // The callback's reference (taken back there, or below if none comes).
+        let raw = worker.clone().into_raw();
+        // SAFETY: the inputs and the credential live in this worker's pool block, which the
+        // callback's reference keeps until the callback has run.
+        let queued = unsafe { self.inputs.issue(context, &a.credential) };
+        match op.issued(queued) {
+            Ok(()) => {
+                self.step = Step::Waiting;
+                None
+            }
+            Err(status) => {
+                // SAFETY: no callback comes for this call: its reference is ours again.
+                drop(unsafe { Worker::<Acquiring<O>>::from_raw(raw) });
+                Some(Err(status))
+            }
+        }
+    }
+
+    /// The call's outcome, once its callback came.
+    fn finished<O: Observer>(
+        &mut self,
+        a: &Acquiring<O>,
+    ) -> Option<Result<PoolArc<Credential>, SECURITY_STATUS>> {
+        let status = self.op.as_ref()?.status();
+        if status == SEC_I_ASYNC_CALL_PENDING {
+            return None;
+        }
+        if status != SEC_E_OK {
+            return Some(Err(status));
+        }
+        if a.require_client_certificate {
+            if let Err(status) = a.credential.set_client_certificate_policy() {
+                return Some(Err(status));
+            }
+        }
+        Some(Ok(a.credential.clone()))
     }
 }

@@ -58,6 +58,10 @@ pub struct ListenerConfig {
     pub census: Option<Census>,
 }
 
+// SAFETY: the NPI is the captured provider's client handle and dispatch table, kernel objects
+// usable from any thread.
+unsafe impl Send for ListenerConfig {}
+
 /// Where the listener is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ListenState {

@@ -26,6 +26,9 @@ pub struct BenchOptions {
     pub connections: usize,
     /// Length of each timed phase.
     pub seconds: f64,
+    /// Idle connections held open (each waiting in a RECV, as a server's would) during a second
+    /// echo phase; 0 skips it.
+    pub idle: usize,
 }
 
 /// The three timed figures of one subject (the driver, or plain rustls).
@@ -46,6 +49,8 @@ pub struct DriverFigures {
     pub figures: Figures,
     /// Non-paged pool per idle established connection (one TLS session), bytes.
     pub pool_per_connection: f64,
+    /// Echo p50/p99 (µs) with `BenchOptions::idle` idle connections open beside it.
+    pub echo_with_idle: Option<(f64, f64)>,
 }
 
 const NAME: &str = "localhost";
@@ -62,6 +67,8 @@ const IN_FLIGHT: usize = 4;
 const MAX_SAMPLES: usize = 200_000;
 /// Idle connections opened to measure pool per connection.
 const IDLE_CONNECTIONS: usize = 32;
+/// Handshakes in flight while the idle connections of `--idle` are made.
+const IDLE_WINDOW: usize = 64;
 
 fn e(what: &'static str) -> impl Fn(CallError) -> String {
     move |err| format!("{what}: {err}")
@@ -318,7 +325,61 @@ impl DriverBench<'_> {
         let server = self.open()?;
         let client = self.open()?;
         let listener = self.listen(&server)?;
-        let (c, s, _) = self.pair(&server, &client, &listener)?;
+        let figures = self.echo_on(&server, &client, &listener)?;
+        server.close(listener.id).map_err(e("CLOSE listener"))?;
+        Ok(figures)
+    }
+
+    /// The echo phase again with `idle` connections open on the same handles, every server end
+    /// waiting in a RECV: what a busy server's other connections cost one of them.
+    fn echo_with_idle(&self, idle: usize) -> Result<(f64, f64), String> {
+        let server = self.open()?;
+        let client = self.open()?;
+        let listener = self.listen(&server)?;
+        let mut ids = Vec::with_capacity(idle);
+        let mut in_flight = VecDeque::new();
+        while ids.len() < idle {
+            while in_flight.len() < IDLE_WINDOW && ids.len() + in_flight.len() < idle {
+                let accept = server.accept(listener.id).map_err(e("ACCEPT"))?;
+                let connect = client
+                    .connect(&Self::connect_request(listener.port))
+                    .map_err(e("CONNECT"))?;
+                in_flight.push_back((connect, accept));
+            }
+            let (connect, accept) = in_flight.pop_front().expect("one in flight");
+            let at = ids.len() + 1;
+            let c = connect.wait(CALL_TIMEOUT).map_err(|err| {
+                format!("idle connection {at} of {idle}: client handshake: {err}")
+            })?;
+            let s = accept.wait(CALL_TIMEOUT).map_err(|err| {
+                format!("idle connection {at} of {idle}: server handshake: {err}")
+            })?;
+            ids.push((c.id, s.id));
+        }
+        let waiting = ids
+            .iter()
+            .map(|&(_, s)| server.recv_async(s, 1))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(e("idle RECV"))?;
+        let figures = self.echo_on(&server, &client, &listener)?;
+        // Closing completes the waiting RECVs (cancelled).
+        for (c, s) in ids {
+            client.close(c).map_err(e("CLOSE idle client"))?;
+            server.close(s).map_err(e("CLOSE idle server"))?;
+        }
+        drop(waiting);
+        server.close(listener.id).map_err(e("CLOSE listener"))?;
+        Ok(figures)
+    }
+
+    /// p50/p99 of a 1-byte echo on a fresh connection between these handles.
+    fn echo_on(
+        &self,
+        server: &Driver,
+        client: &Driver,
+        listener: &ListenResponse,
+    ) -> Result<(f64, f64), String> {
+        let (c, s, _) = self.pair(server, client, listener)?;
         let phase = Duration::from_secs_f64(self.options.seconds);
         let mut samples = std::thread::scope(|scope| -> Result<Vec<Duration>, String> {
             let echo = scope.spawn(|| -> Result<(), String> {
@@ -348,7 +409,6 @@ impl DriverBench<'_> {
         })?;
         client.close(c).map_err(e("CLOSE client"))?;
         server.close(s).map_err(e("CLOSE server"))?;
-        server.close(listener.id).map_err(e("CLOSE listener"))?;
         samples.sort();
         Ok((percentile(&samples, 0.5), percentile(&samples, 0.99)))
     }
@@ -401,6 +461,17 @@ pub fn measure_driver(
     bar.set_message(format!("idle pool: {subject}"));
     let pool_per_connection = bench.pool_per_connection()?;
     bar.inc(1);
+    let echo_with_idle = match options.idle {
+        0 => None,
+        idle => {
+            bar.set_message(format!(
+                "1-byte echo beside {idle} idle connections: {subject}"
+            ));
+            let figures = bench.echo_with_idle(idle)?;
+            bar.inc(1);
+            Some(figures)
+        }
+    };
     Ok(DriverFigures {
         subject,
         figures: Figures {
@@ -411,6 +482,7 @@ pub fn measure_driver(
             negotiated,
         },
         pool_per_connection,
+        echo_with_idle,
     })
 }
 
@@ -730,6 +802,16 @@ pub fn report_text(drivers: &[DriverFigures], anchor: &Figures, options: &BenchO
             ratio(d.figures.echo_p50_us, anchor.echo_p50_us),
         );
     }
+    for d in drivers {
+        if let Some((p50, p99)) = d.echo_with_idle {
+            out += &format!(
+                "echo beside {} idle connections, {}: p50 {p50:.0} µs, p99 {p99:.0} µs ({:.2}× the p50 with none)\n",
+                options.idle,
+                d.subject,
+                ratio(p50, d.figures.echo_p50_us),
+            );
+        }
+    }
     if let [image, native] = drivers {
         out += &format!(
             "ratio image / native: handshakes {:.2}×, bulk {:.2}×, echo p50 {:.2}× the time\n",
@@ -774,6 +856,12 @@ pub fn report_json(drivers: &[DriverFigures], anchor: &Figures, options: &BenchO
                 "subject": d.subject,
                 "figures": figures_json(&d.figures),
                 "pool_bytes_per_idle_connection": d.pool_per_connection,
+                "echo_with_idle": d.echo_with_idle.map(|(p50, p99)| serde_json::json!({
+                    "idle_connections": options.idle,
+                    "echo_p50_us": p50,
+                    "echo_p99_us": p99,
+                    "p50_ratio_to_none": ratio(p50, d.figures.echo_p50_us),
+                })),
                 "ratio_to_rustls": {
                     "handshakes": ratio(d.figures.handshakes_per_second, anchor.handshakes_per_second),
                     "bulk": ratio(d.figures.bulk_mb_per_second, anchor.bulk_mb_per_second),

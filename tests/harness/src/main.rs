@@ -165,6 +165,10 @@ enum Command {
         /// Also measure this wsktls.sys loaded into kemu, beside the natively linked driver.
         #[arg(long)]
         driver: Option<PathBuf>,
+        /// Repeat the echo phase with this many idle connections open beside it (each one two
+        /// sockets in this process under kemu: mind `ulimit -n`).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+        idle: u32,
     },
 }
 
@@ -250,6 +254,7 @@ fn run(command: Command, globals: &Globals) -> Result<ExitCode, Failure> {
             seconds,
             json,
             driver,
+            idle,
         } => {
             if !(0.05..=3600.0).contains(&seconds) {
                 return Err(Failure::usage(format!(
@@ -259,6 +264,7 @@ fn run(command: Command, globals: &Globals) -> Result<ExitCode, Failure> {
             let options = bench::BenchOptions {
                 connections: connections.into(),
                 seconds,
+                idle: idle as usize,
             };
             platform::bench(globals, driver, options, json)
         }
@@ -431,7 +437,8 @@ mod platform {
             Some(path) => vec![Some(path), None],
             None => vec![None],
         };
-        let bar = bench::progress(4 * subjects.len() as u64 + 3);
+        let phases = 4 + u64::from(options.idle > 0);
+        let bar = bench::progress(phases * subjects.len() as u64 + 3);
         let mut certificate = None;
         let mut drivers = Vec::new();
         for subject in subjects {

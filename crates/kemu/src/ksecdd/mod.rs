@@ -473,6 +473,10 @@ pub(crate) unsafe extern "win64" fn sspi_acquire_credentials_handle_async_w(
         "SspiAcquireCredentialsHandleAsyncW",
         true,
         move || {
+            let delay = thread::kernel().faults.credential_delay();
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
+            }
             let credential = match parsed {
                 None if !known => return SEC_E_SECPKG_NOT_FOUND,
                 None => return SEC_E_UNKNOWN_CREDENTIALS,
