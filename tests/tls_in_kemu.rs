@@ -101,6 +101,22 @@ fn driver_server_and_client_echo_through_ioctls() {
         );
         kernel.close(server_handle).unwrap();
         kernel.close(client_handle).unwrap();
+        kernel.unload().unwrap();
+        // Teardown never waits on the LSA: both contexts and both credentials were released
+        // with the asynchronous calls.
+        for (sync, asynchronous) in [
+            ("DeleteSecurityContext", "SspiDeleteSecurityContextAsync"),
+            ("FreeCredentialsHandle", "SspiFreeCredentialsHandleAsync"),
+        ] {
+            assert_eq!(
+                (
+                    kernel.sspi_release_calls(sync),
+                    kernel.sspi_release_calls(asynchronous)
+                ),
+                (0, 2),
+                "{sync} / {asynchronous}"
+            );
+        }
         kernel.shutdown().unwrap();
     });
 }

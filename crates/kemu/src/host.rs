@@ -356,6 +356,13 @@ impl Kernel {
         self.shared.faults.accepts()
     }
 
+    /// Calls of an SSPI releasing routine so far (DeleteSecurityContext,
+    /// SspiDeleteSecurityContextAsync, FreeCredentialsHandle, SspiFreeCredentialsHandleAsync):
+    /// which ones a driver's teardown uses.
+    pub fn sspi_release_calls(&self, routine: &str) -> u64 {
+        self.shared.ksecdd.release_calls(routine)
+    }
+
     /// Everything the driver printed.
     pub fn debug_log(&self) -> Vec<LogLine> {
         self.shared.log.lines()

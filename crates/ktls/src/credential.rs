@@ -50,6 +50,10 @@ pub struct CredentialSpec {
 /// An acquired credential handle; freed when the last session lets go (at PASSIVE_LEVEL).
 pub struct Credential {
     handle: UnsafeCell<SecHandle>,
+    /// Set for a credential an [`Acquisition`] made: the handle is then freed with
+    /// SspiFreeCredentialsHandleAsync and the census counts the free until its callback (a
+    /// driver's unload must not overtake a callback into its image).
+    census: Option<Census>,
 }
 
 // SAFETY: SSPI handles are usable from any thread; the handle value never changes after acquire.
@@ -199,9 +203,10 @@ impl Inputs {
 }
 
 impl Credential {
-    fn unacquired() -> Result<PoolArc<Credential>, SECURITY_STATUS> {
+    fn unacquired(census: Option<&Census>) -> Result<PoolArc<Credential>, SECURITY_STATUS> {
         PoolArc::try_new(Credential {
             handle: UnsafeCell::new(SecHandle::INVALID),
+            census: census.cloned(),
         })
         .map_err(|_| SEC_E_INSUFFICIENT_MEMORY)
     }
@@ -221,7 +226,7 @@ impl Credential {
         unsafe { KeInitializeEvent(waiter.event.get(), SYNCHRONIZATION_EVENT, 0) };
         let mut op = AsyncOp::try_new(acquired, &*waiter as *const Waiter as *mut c_void)
             .map_err(|_| SEC_E_INSUFFICIENT_MEMORY)?;
-        let credential = Credential::unacquired()?;
+        let credential = Credential::unacquired(None)?;
         let context = op.begin().map_err(|_| SEC_E_INSUFFICIENT_MEMORY)?;
         // SAFETY: only this thread touches the inputs; they and the credential stay in pool
         // until the callback, which we wait for below.
@@ -289,12 +294,65 @@ impl Credential {
 
 impl Drop for Credential {
     fn drop(&mut self) {
-        let handle = self.handle.get_mut();
-        if handle.is_valid() {
-            // SAFETY: acquired by `acquire`, freed once (the last reference is going away).
-            unsafe { FreeCredentialsHandle(handle) };
+        let handle = *self.handle.get_mut();
+        if !handle.is_valid() {
+            return;
+        }
+        if let Some(census) = &self.census {
+            if free_async(handle, census) {
+                return;
+            }
+        }
+        let mut handle = handle;
+        // SAFETY: acquired, freed once (the last reference is going away; the asynchronous free
+        // was not queued).
+        unsafe { FreeCredentialsHandle(&mut handle) };
+    }
+}
+
+/// What an asynchronous free keeps until its callback.
+struct Freeing {
+    _census: Entry,
+}
+
+unsafe extern "win64" fn credential_freed(context: *mut SspiAsyncContext, data: *mut c_void) {
+    // SAFETY: the context is this call's alone and done (freeing it in its own callback is
+    // allowed); `data` is the reference `free_async` gave up. The census entry goes last.
+    unsafe {
+        SspiFreeAsyncContext(context);
+        drop(PoolArc::from_raw(data as *const Freeing));
+    }
+}
+
+/// SspiFreeCredentialsHandleAsync on a context of its own, freed by its callback. False if it
+/// could not be queued (the handle is then still valid).
+fn free_async(mut handle: SecHandle, census: &Census) -> bool {
+    let Ok(freeing) = PoolArc::try_new(Freeing {
+        _census: census.enter(),
+    }) else {
+        return false;
+    };
+    // SAFETY: plain SSPI calls at PASSIVE_LEVEL; the context is ours until its callback, which
+    // takes back the reference given up here.
+    unsafe {
+        let context = SspiCreateAsyncContext();
+        if context.is_null() {
+            return false;
+        }
+        let data = PoolArc::into_raw(freeing) as *mut c_void;
+        if SspiSetAsyncNotifyCallback(context, Some(credential_freed), data) != SEC_E_OK {
+            SspiFreeAsyncContext(context);
+            drop(PoolArc::from_raw(data as *const Freeing));
+            return false;
+        }
+        if SspiFreeCredentialsHandleAsync(context, &mut handle) != SEC_E_OK {
+            // No callback comes (a context left pending is freed all the same: the way out).
+            SspiFreeAsyncContext(context);
+            drop(PoolArc::from_raw(data as *const Freeing));
+            return false;
         }
     }
+    true
 }
 
 const EV_START: u32 = 1;
@@ -370,7 +428,7 @@ impl<O: Observer> Acquisition<O> {
                 step: Step::Start,
                 census: census.map(Census::enter),
             }),
-            credential: Credential::unacquired()?,
+            credential: Credential::unacquired(census)?,
             require_client_certificate: spec.inbound && spec.require_client_certificate,
             outcome: SpinLock::new(None),
             observer,

@@ -334,6 +334,8 @@ struct Engine<O: Observer> {
     rx_len: usize,
     sspi: Option<AsyncOp>,
     sspi_pending: bool,
+    /// The SSPI call in flight is SspiDeleteSecurityContextAsync (teardown).
+    deleting_context: bool,
     sspi_status: SECURITY_STATUS,
     credential: Option<PoolArc<Credential>>,
     context: SecHandle,
@@ -473,6 +475,7 @@ impl<O: Observer> Session<O> {
             rx_len: 0,
             sspi: None,
             sspi_pending: false,
+            deleting_context: false,
             sspi_status: SEC_E_OK,
             credential: Some(credential),
             context: SecHandle::INVALID,
@@ -815,8 +818,13 @@ impl<O: Observer> Engine<O> {
                 let status = op.status();
                 if status != SEC_I_ASYNC_CALL_PENDING {
                     self.sspi_pending = false;
-                    self.sspi_status = status;
-                    self.sspi_completed(conn, status);
+                    if core::mem::take(&mut self.deleting_context) {
+                        // Whatever its status, the handle is gone.
+                        self.context = SecHandle::INVALID;
+                    } else {
+                        self.sspi_status = status;
+                        self.sspi_completed(conn, status);
+                    }
                 }
             }
         }
@@ -1099,6 +1107,29 @@ impl<O: Observer> Engine<O> {
 
     /// Arms the deadline for [`RELEASE_TIMEOUT_MS`] (if a quiet watch's DPC is still running,
     /// its EV_TIMER comes first and arms it then).
+    /// SspiDeleteSecurityContextAsync on the session's async operation: no thread waits on the
+    /// LSA for it. False if it could not be queued (no callback comes; the context is intact).
+    fn delete_context_async(&mut self, worker: &Worker<Conn<O>>) -> bool {
+        let Some(op) = self.sspi.as_mut() else {
+            return false;
+        };
+        let Ok(async_context) = op.begin() else {
+            return false;
+        };
+        // The call holds a reference to the session until its callback.
+        let reference = worker.clone().into_raw();
+        // SAFETY: our valid context; the handle is copied by the call.
+        let queued = unsafe { SspiDeleteSecurityContextAsync(async_context, &mut self.context) };
+        if op.issued(queued).is_err() {
+            // SAFETY: the reference given up above, never handed to a callback.
+            drop(unsafe { Worker::<Conn<O>>::from_raw(reference) });
+            return false;
+        }
+        self.sspi_pending = true;
+        self.deleting_context = true;
+        true
+    }
+
     fn arm_release(&mut self, worker: &Worker<Conn<O>>) {
         self.release_armed =
             Deadline::arm(&self.deadline, worker.clone(), RELEASE_TIMEOUT_MS).is_ok();
@@ -2074,6 +2105,11 @@ impl<O: Observer> Engine<O> {
             return;
         }
         if self.context.is_valid() {
+            if self.delete_context_async(worker) {
+                // Its callback brings the drain back here.
+                return;
+            }
+            // It could not be queued: delete it here (the LSA answers at once).
             // SAFETY: our context, deleted once at PASSIVE_LEVEL.
             unsafe { DeleteSecurityContext(&mut self.context) };
             self.context = SecHandle::INVALID;

@@ -73,6 +73,8 @@ struct SecState {
     freed_contexts: HashSet<usize>,
     context_buffers: HashMap<usize, (usize, Site)>,
     next_id: usize,
+    /// How often each releasing routine was called (which of them a driver uses for teardown).
+    release_calls: HashMap<&'static str, u64>,
 }
 
 /// Kernel Schannel of one kernel.
@@ -85,6 +87,16 @@ pub(crate) struct Ksecdd {
 impl Ksecdd {
     fn lock(&self) -> MutexGuard<'_, SecState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Calls of `routine` so far (DeleteSecurityContext, SspiDeleteSecurityContextAsync,
+    /// FreeCredentialsHandle, SspiFreeCredentialsHandleAsync).
+    pub fn release_calls(&self, routine: &str) -> u64 {
+        self.lock().release_calls.get(routine).copied().unwrap_or(0)
+    }
+
+    fn count_release(&self, routine: &'static str) {
+        *self.lock().release_calls.entry(routine).or_default() += 1;
     }
 
     /// Sets the machine store (at boot).
@@ -571,6 +583,7 @@ pub(crate) unsafe extern "win64" fn free_credentials_handle(
     credential: *mut SecHandle,
 ) -> SECURITY_STATUS {
     thread::require_at_most("FreeCredentialsHandle", PASSIVE);
+    ksecdd().ksecdd.count_release("FreeCredentialsHandle");
     if credential.is_null() {
         return SEC_E_INVALID_HANDLE;
     }
@@ -584,6 +597,9 @@ pub(crate) unsafe extern "win64" fn sspi_free_credentials_handle_async(
     credential: *mut SecHandle,
 ) -> SECURITY_STATUS {
     thread::require_at_most("SspiFreeCredentialsHandleAsync", PASSIVE);
+    ksecdd()
+        .ksecdd
+        .count_release("SspiFreeCredentialsHandleAsync");
     if credential.is_null() {
         return SEC_E_INVALID_HANDLE;
     }
@@ -1093,6 +1109,7 @@ pub(crate) unsafe extern "win64" fn delete_security_context(
     context: *mut SecHandle,
 ) -> SECURITY_STATUS {
     thread::require_at_most("DeleteSecurityContext", PASSIVE);
+    ksecdd().ksecdd.count_release("DeleteSecurityContext");
     if context.is_null() {
         return SEC_E_INVALID_HANDLE;
     }
@@ -1106,6 +1123,9 @@ pub(crate) unsafe extern "win64" fn sspi_delete_security_context_async(
     context: *mut SecHandle,
 ) -> SECURITY_STATUS {
     thread::require_at_most("SspiDeleteSecurityContextAsync", PASSIVE);
+    ksecdd()
+        .ksecdd
+        .count_release("SspiDeleteSecurityContextAsync");
     if context.is_null() {
         return SEC_E_INVALID_HANDLE;
     }
