@@ -26,6 +26,7 @@ fn two_thousand_connections_on_one_handle_and_one_connection_served_alone() {
             let server_handle = open(&kernel);
             let client_handle = open(&kernel);
             let listener = listen(&kernel, server_handle, thumbprint, b"");
+            let pool_before = stats(&kernel, server_handle).pool_bytes;
 
             // Make the connections, WINDOW handshakes at a time — the first one alone, so its
             // two ends are known to be each other's (the ACCEPTs of a window take whichever
@@ -55,6 +56,23 @@ fn two_thousand_connections_on_one_handle_and_one_connection_served_alone() {
                 "{s:?}"
             );
             assert!(s.max_connections_per_handle >= 16_384, "{s:?}");
+            // An idle established connection holds at most 16 KiB of pool (each gives its
+            // buffers back once nothing has moved for 200 ms).
+            let sessions = 2 * CONNECTIONS as u64;
+            let mut per_session = u64::MAX;
+            for _ in 0..100 {
+                let pool = stats(&kernel, server_handle).pool_bytes;
+                per_session = pool.saturating_sub(pool_before) / sessions;
+                if per_session <= 16 * 1024 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            eprintln!("{per_session} bytes of pool per idle session");
+            assert!(
+                per_session <= 16 * 1024,
+                "{per_session} bytes of pool per idle session"
+            );
 
             // Every server connection but the first waits in a RECV.
             let waiting: Vec<_> = pairs[1..]

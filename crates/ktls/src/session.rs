@@ -64,8 +64,12 @@ const RX_QUIET: usize = MAX_RECORD;
 /// Receive buffer while data streams in (a receive filled all the room it had): up to four
 /// records per WskReceive, so a busy connection costs a quarter of the completions.
 const RX_BUSY: usize = 4 * MAX_RECORD;
-/// A busy receive buffer still waiting after this long with nothing received is given back
-/// (its receive is cancelled and reposted with a quiet buffer): idle connections hold little.
+/// Receive buffer of an idle connection: its receive is reposted with this once nothing has come
+/// or gone for [`QUIET_AFTER_MS`]; a record that does not fit makes the buffer grow again.
+const RX_IDLE: usize = 4096;
+/// After this long with nothing received or sent, an established connection gives its buffers
+/// back: the send buffer entirely, the receive buffer down to [`RX_IDLE`] (its receive is
+/// cancelled and reposted). Idle connections hold little pool.
 const QUIET_AFTER_MS: u32 = 200;
 /// Send buffer while handshaking: room for a flight with a long certificate chain.
 const TX_HANDSHAKE: usize = 2 * TX_RECORD;
@@ -326,9 +330,9 @@ struct Engine<O: Observer> {
     rx: Buffer,
     /// What the receive buffer should be (see [`Engine::size_receive_buffer`]).
     rx_wanted: usize,
-    /// Open: the deadline watches a busy receive buffer (see [`QUIET_AFTER_MS`]); the receive
-    /// completions counted when it was armed.
-    quiet_watch: Option<u64>,
+    /// Open: the deadline watches the buffers (see [`QUIET_AFTER_MS`]); the record receives and
+    /// sends counted when it was armed.
+    quiet_watch: Option<(u64, u64)>,
     /// The receive in flight was cancelled to shrink its buffer (its STATUS_CANCELLED is ours).
     shrinking: bool,
     rx_len: usize,
@@ -947,6 +951,14 @@ impl<O: Observer> Engine<O> {
                 {
                     self.fail_or_end(conn, None);
                 }
+                // Buffers beyond an idle connection's are given back once nothing moves.
+                if self.phase == Phase::Open
+                    && !self.released
+                    && self.quiet_watch.is_none()
+                    && self.holds_more_than_idle()
+                {
+                    self.watch_quiet(conn, worker);
+                }
             }
             Phase::Releasing => self.release_step(conn, worker),
             Phase::Done => {}
@@ -1100,13 +1112,13 @@ impl<O: Observer> Engine<O> {
             // (the drain never touches this range while the receive is in flight).
             unsafe { receive(socket, &mut buf, 0, irp) }
         });
-        if self.phase == Phase::Open && self.rx.len() > RX_QUIET && self.quiet_watch.is_none() {
-            self.watch_quiet(conn, worker);
-        }
     }
 
-    /// Arms the deadline for [`RELEASE_TIMEOUT_MS`] (if a quiet watch's DPC is still running,
-    /// its EV_TIMER comes first and arms it then).
+    /// Whether the buffers hold more than an idle connection keeps.
+    fn holds_more_than_idle(&self) -> bool {
+        self.rx.len() > RX_IDLE || !self.tx.is_empty()
+    }
+
     /// SspiDeleteSecurityContextAsync on the session's async operation: no thread waits on the
     /// LSA for it. False if it could not be queued (no callback comes; the context is intact).
     fn delete_context_async(&mut self, worker: &Worker<Conn<O>>) -> bool {
@@ -1130,48 +1142,91 @@ impl<O: Observer> Engine<O> {
         true
     }
 
+    /// Arms the deadline for [`RELEASE_TIMEOUT_MS`] (if a quiet watch's DPC is still running,
+    /// its EV_TIMER comes first and arms it then).
     fn arm_release(&mut self, worker: &Worker<Conn<O>>) {
         self.release_armed =
             Deadline::arm(&self.deadline, worker.clone(), RELEASE_TIMEOUT_MS).is_ok();
     }
 
-    /// Arms the deadline to look at the busy receive buffer in [`QUIET_AFTER_MS`].
+    /// Arms the deadline to look at the buffers in [`QUIET_AFTER_MS`].
     fn watch_quiet(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
-        let receives = conn.mailbox.lock().counters.record_receives;
+        let traffic = {
+            let m = conn.mailbox.lock();
+            (m.counters.record_receives, m.counters.record_sends)
+        };
         if Deadline::arm(&self.deadline, worker.clone(), QUIET_AFTER_MS).is_ok() {
-            self.quiet_watch = Some(receives);
+            self.quiet_watch = Some(traffic);
         }
     }
 
-    /// The quiet deadline expired: a busy receive that has waited the whole time with nothing
-    /// received is cancelled (and reposted with a quiet buffer); otherwise look again later.
+    /// The quiet deadline expired. With nothing received or sent the whole time, the buffers
+    /// go back to an idle connection's: the send buffer is freed (if nothing uses it) and a
+    /// receive waiting with a bigger buffer is cancelled and reposted with [`RX_IDLE`].
+    /// Otherwise look again later.
     fn quiet_check(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
         let Some(armed_at) = self.quiet_watch.take() else {
             return;
         };
-        if self.rx.len() <= RX_QUIET {
+        if self.phase != Phase::Open || !self.holds_more_than_idle() {
             return;
         }
-        let receives = conn.mailbox.lock().counters.record_receives;
-        if receives == armed_at && self.rx_len < RX_QUIET && self.recv.is_pending() {
+        let (traffic, queued) = {
+            let m = conn.mailbox.lock();
+            (
+                (m.counters.record_receives, m.counters.record_sends),
+                m.outgoing.len(),
+            )
+        };
+        if traffic != armed_at {
+            self.watch_quiet(conn, worker);
+            return;
+        }
+        if !self.tx.is_empty()
+            && self.send.is_idle()
+            && self.pending_token == 0
+            && queued == 0
+            && !self.renegotiate
+        {
+            self.tx = Buffer::EMPTY;
+        }
+        if self.rx.len() > RX_IDLE
+            && self.rx_len <= RX_IDLE
+            && self.recv.is_pending()
+            && !self.renegotiate
+        {
             self.shrinking = true;
-            self.rx_wanted = RX_QUIET;
+            self.rx_wanted = RX_IDLE;
             self.recv.cancel();
-        } else if self.recv.is_pending() {
-            // Still streaming (or a record is half in): look again later.
+        } else if self.holds_more_than_idle() && self.recv.is_pending() {
+            // A record half in, or a send still going: look again later.
             self.watch_quiet(conn, worker);
         }
-        // Otherwise the next busy receive arms the watch again.
+        // Otherwise the next receive arms the watch again.
+    }
+
+    /// Makes the send buffer at least `at_least` bytes (an idle connection has none); false if
+    /// it is smaller and cannot grow now (a send or token still uses it, or no pool).
+    fn send_room(&mut self, at_least: usize) -> bool {
+        if self.tx.len() < at_least {
+            self.size_send_buffer(at_least);
+        }
+        self.tx.len() >= at_least
     }
 
     /// Grows the receive buffer while data streams in and shrinks it once the stream pauses
     /// (only between receives, and never while SSPI may be reading it). A failed allocation
     /// keeps the buffer there is: sizing is an optimisation, never a failure.
     fn size_receive_buffer(&mut self) {
-        if self.phase != Phase::Open || self.sspi_pending || self.renegotiate {
+        if self.phase != Phase::Open || self.sspi_pending {
             return;
         }
         let wanted = self.rx_wanted;
+        // While a post-handshake message is answered `rx` is ISC/ASC's input: it may only grow
+        // (the message needs more room than an idle buffer has).
+        if self.renegotiate && wanted < self.rx.len() {
+            return;
+        }
         if wanted == self.rx.len() || self.rx_len > wanted {
             return;
         }
@@ -1303,9 +1358,12 @@ impl<O: Observer> Engine<O> {
         // Streaming: the receive filled its room or brought more than a record. Quiet: it
         // brought a fraction of one. In between the buffer stays as it is (no flapping).
         let room = self.rx.len() - self.rx_len;
-        if n >= room || n > RX_QUIET {
+        if n >= room && self.rx.len() < RX_QUIET {
+            // An idle buffer filled: at least a whole record's room.
+            self.rx_wanted = RX_QUIET;
+        } else if n >= room || n > RX_QUIET {
             self.rx_wanted = RX_BUSY;
-        } else if n < RX_QUIET / 4 {
+        } else if n < RX_QUIET / 4 && self.rx.len() > RX_QUIET {
             self.rx_wanted = RX_QUIET;
         }
         self.rx_len += n;
@@ -1338,6 +1396,16 @@ impl<O: Observer> Engine<O> {
                     return;
                 }
             }
+        }
+        // The output token goes into the send buffer, which an idle connection has given back.
+        let room = if self.phase == Phase::Handshaking {
+            TX_HANDSHAKE
+        } else {
+            TX_QUIET
+        };
+        if !self.send_room(room) {
+            self.fail_or_end(conn, Some(Failure::net(STATUS_INSUFFICIENT_RESOURCES)));
+            return;
         }
         let Some(Ok(async_context)) = self.sspi.as_mut().map(AsyncOp::begin) else {
             self.fail_or_end(conn, Some(Failure::net(STATUS_INSUFFICIENT_RESOURCES)));
@@ -1541,8 +1609,14 @@ impl<O: Observer> Engine<O> {
                 }
             }
             SEC_E_INCOMPLETE_MESSAGE if self.rx_len >= self.rx.len() => {
-                // A handshake record larger than any legal one: more input cannot help.
-                self.fail_or_end(conn, Some(Failure::tls(SEC_E_ILLEGAL_MESSAGE)));
+                if self.rx.len() < RX_QUIET {
+                    // An idle connection's buffer: room for a whole record first.
+                    self.rx_wanted = self.rx_wanted.max(RX_QUIET);
+                    self.need_input = true;
+                } else {
+                    // A handshake record larger than any legal one: more input cannot help.
+                    self.fail_or_end(conn, Some(Failure::tls(SEC_E_ILLEGAL_MESSAGE)));
+                }
             }
             SEC_E_INCOMPLETE_MESSAGE => self.need_input = true,
             error => {
@@ -1799,7 +1873,12 @@ impl<O: Observer> Engine<O> {
                 }
                 SEC_E_INCOMPLETE_MESSAGE => {
                     if self.rx_len >= self.rx.len() {
-                        self.fail_or_end(conn, Some(Failure::tls(SEC_E_ILLEGAL_MESSAGE)));
+                        if self.rx.len() < RX_QUIET {
+                            // An idle connection's buffer: room for a whole record first.
+                            self.rx_wanted = self.rx_wanted.max(RX_QUIET);
+                        } else {
+                            self.fail_or_end(conn, Some(Failure::tls(SEC_E_ILLEGAL_MESSAGE)));
+                        }
                     }
                     return;
                 }
@@ -1850,7 +1929,14 @@ impl<O: Observer> Engine<O> {
         if queued > MAX_PLAINTEXT {
             self.size_send_buffer(TX_BUSY);
         } else if queued == 0 {
-            self.size_send_buffer(TX_QUIET);
+            // Down to one record (an idle connection's goes entirely; see `quiet_check`).
+            if self.tx.len() > TX_QUIET {
+                self.size_send_buffer(TX_QUIET);
+            }
+            return;
+        }
+        if !self.send_room(TX_QUIET) {
+            self.fail_or_end(conn, Some(Failure::net(STATUS_INSUFFICIENT_RESOURCES)));
             return;
         }
         let (header, trailer) = (self.sizes.cbHeader as usize, self.sizes.cbTrailer as usize);
@@ -1940,6 +2026,10 @@ impl<O: Observer> Engine<O> {
             return;
         }
         if !self.close_notify_sent {
+            if !self.send_room(TX_QUIET) {
+                self.fail_or_end(conn, Some(Failure::net(STATUS_INSUFFICIENT_RESOURCES)));
+                return;
+            }
             self.close_notify_sent = true;
             let header = self.sizes.cbHeader as usize;
             self.tx.bytes()[header..header + 2].copy_from_slice(&[1, 0]);
@@ -2016,13 +2106,16 @@ impl<O: Observer> Engine<O> {
                 return true;
             }
             self.alert_due = None;
-            let header = self.sizes.cbHeader as usize;
-            self.tx.bytes()[header..header + 2]
-                .copy_from_slice(&[ksys::schannel::TLS1_ALERT_FATAL as u8, description]);
-            // A package that cannot write this alert (kemu outside its own failures) leaves
-            // only the FIN.
-            if let Ok(len) = self.encrypt_in_place(0, 2, SECQOP_WRAP_OOB_DATA) {
-                self.pending_token = len;
+            // Without room for it (no pool), only the FIN goes.
+            if self.send_room(TX_QUIET) {
+                let header = self.sizes.cbHeader as usize;
+                self.tx.bytes()[header..header + 2]
+                    .copy_from_slice(&[ksys::schannel::TLS1_ALERT_FATAL as u8, description]);
+                // A package that cannot write this alert (kemu outside its own failures)
+                // leaves only the FIN.
+                if let Ok(len) = self.encrypt_in_place(0, 2, SECQOP_WRAP_OOB_DATA) {
+                    self.pending_token = len;
+                }
             }
         }
         if self.pending_token > 0 {

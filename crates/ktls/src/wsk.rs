@@ -214,6 +214,14 @@ unsafe impl Send for Buffer {}
 unsafe impl Sync for Buffer {}
 
 impl Buffer {
+    /// No memory at all: what an idle connection keeps for sending (see [`Self::try_new`] to
+    /// have some again).
+    pub const EMPTY: Buffer = Buffer {
+        data: core::ptr::null_mut(),
+        len: 0,
+        mdl: core::ptr::null_mut(),
+    };
+
     /// Allocates `len` zeroed bytes of non-paged pool and their MDL.
     pub fn try_new(len: usize) -> Result<Buffer, NTSTATUS> {
         if len == 0 || len > u32::MAX as usize {
@@ -252,6 +260,9 @@ impl Buffer {
 
     /// The bytes (the caller must not touch a range an in-flight call uses).
     pub fn bytes(&mut self) -> &mut [u8] {
+        if self.data.is_null() {
+            return &mut [];
+        }
         // SAFETY: `len` bytes of our pool block.
         unsafe { core::slice::from_raw_parts_mut(self.data, self.len) }
     }
@@ -261,7 +272,7 @@ impl Buffer {
         self.len
     }
 
-    /// Whether the buffer is empty (never: zero-length buffers are refused).
+    /// Whether the buffer has no memory ([`Self::EMPTY`]).
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -269,6 +280,9 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
+        if self.data.is_null() {
+            return;
+        }
         // SAFETY: allocated in `try_new`, freed once; no call uses it any more (the owner's duty).
         unsafe {
             IoFreeMdl(self.mdl);
