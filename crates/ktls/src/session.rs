@@ -907,7 +907,7 @@ impl<O: Observer> Engine<O> {
                     }
                 } else if !self.sspi_pending && self.send.is_idle() {
                     if self.need_input {
-                        self.start_receive(conn, worker);
+                        self.start_receive(worker);
                     } else {
                         self.handshake_step(conn, worker);
                     }
@@ -942,7 +942,7 @@ impl<O: Observer> Engine<O> {
                     && receive
                     && (self.released || self.window_open(conn))
                 {
-                    self.start_receive(conn, worker);
+                    self.start_receive(worker);
                 }
                 if self.phase == Phase::Open
                     && self.released
@@ -1096,7 +1096,7 @@ impl<O: Observer> Engine<O> {
         unsafe { &*((*self.socket).Dispatch as *const WSK_PROVIDER_CONNECTION_DISPATCH) }
     }
 
-    fn start_receive(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
+    fn start_receive(&mut self, worker: &Worker<Conn<O>>) {
         if self.socket.is_null() || !self.recv.is_idle() {
             return;
         }

@@ -32,6 +32,9 @@ impl KemuMachine {
             config.seed = seed;
         }
         let kernel = Kernel::boot(config);
+        for (name, value) in &globals.registry {
+            kernel.set_service_parameter("wsktls", name, *value);
+        }
         let driver = match image {
             Some(path) => {
                 kernel.load_image("wsktls", path).map_err(err)?;

@@ -53,6 +53,28 @@ pub struct Globals {
     /// or WinDbg).
     #[arg(long, global = true, value_enum, default_value_t = LogLevel::Off)]
     log: LogLevel,
+    /// Under kemu: a REG_DWORD in the driver's Parameters key before it loads, as NAME=VALUE
+    /// (e.g. MaxConnections=40000; repeatable). On Windows use `reg add` (docs/windows.md).
+    #[arg(long = "registry", global = true, value_name = "NAME=VALUE", value_parser = parse_registry)]
+    registry: Vec<(String, u32)>,
+}
+
+/// `NAME=VALUE` with a decimal (or 0x-hex) 32-bit value.
+fn parse_registry(text: &str) -> Result<(String, u32), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: give NAME=VALUE"))?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "{name:?}: a registry value name of letters and digits"
+        ));
+    }
+    let value = match value.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => value.parse(),
+    }
+    .map_err(|_| format!("{value:?}: a 32-bit number (decimal or 0x-hex)"))?;
+    Ok((name.to_string(), value))
 }
 
 /// DbgPrintEx levels, most severe first.

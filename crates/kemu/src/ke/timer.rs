@@ -4,7 +4,7 @@
 //! queues its DPC, which the DPC thread runs at DISPATCH_LEVEL. A DPC already queued is not
 //! queued again (KeInsertQueueDpc semantics); cancelling a timer does not dequeue its DPC.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -35,9 +35,11 @@ struct Dpc {
 }
 
 #[derive(Default)]
+/// Keyed by address and ordered, so the checks at every pool free look at the freed range only
+/// (one entry per session's timer and DPC: thousands with many connections).
 struct TimerState {
-    set: HashMap<usize, SetTimer>,
-    dpcs: HashMap<usize, Dpc>,
+    set: BTreeMap<usize, SetTimer>,
+    dpcs: BTreeMap<usize, Dpc>,
     stopping: bool,
 }
 
@@ -129,23 +131,28 @@ impl Timers {
     /// An active timer or queued DPC inside `[address, address + size)`.
     pub fn active_in(&self, address: usize, size: usize) -> Option<(usize, &'static str)> {
         let state = self.state.lock().unwrap();
-        let inside = |a: usize| a >= address && a < address + size;
-        if let Some(&t) = state.set.keys().find(|&&t| inside(t)) {
+        let range = address..address.saturating_add(size);
+        if let Some(&t) = state.set.range(range.clone()).map(|(t, _)| t).next() {
             return Some((t, "timer"));
         }
         state
             .dpcs
-            .iter()
-            .find(|(a, d)| inside(**a) && d.queued)
+            .range(range)
+            .find(|(_, d)| d.queued)
             .map(|(&a, _)| (a, "queued DPC"))
     }
 
     /// Forgets DPC registrations inside a freed block (they may be reinitialized later).
     pub fn forget_in(&self, address: usize, size: usize) {
         let mut state = self.state.lock().unwrap();
-        state
+        let inside: Vec<usize> = state
             .dpcs
-            .retain(|&a, _| a < address || a >= address + size);
+            .range(address..address.saturating_add(size))
+            .map(|(&a, _)| a)
+            .collect();
+        for a in inside {
+            state.dpcs.remove(&a);
+        }
     }
 
     /// Timers still set, as leaks.
