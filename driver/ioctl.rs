@@ -142,23 +142,12 @@ fn prepare_parked(
             Ok((id, Op::Connect))
         }
         IOCTL_WSKTLS_SEND => {
-            let max = SendRequest::FIXED + MAX_SEND;
-            if input_length > max {
-                return Err(wire(WireError::TooLong {
-                    allowed: max,
-                    got: input_length,
-                }));
-            }
-            // Validated where it lies: the payload is queued from the request's own buffer.
-            let (id, offset, len) = request
-                .with_input(input_length, |bytes| {
-                    SendRequest::decode(bytes).map(|d| {
-                        let offset = d.data.as_ptr() as usize - bytes.as_ptr() as usize;
-                        (d.id, offset, d.data.len())
-                    })
-                })?
-                .map_err(wire)?;
-            Ok((id, Op::Send { offset, len, at: 0 }))
+            let bytes = input(request, input_length, SendRequest::SIZE)?;
+            let decoded = SendRequest::decode(&bytes).map_err(wire)?;
+            // The payload is the caller's output buffer, read in place when it is queued.
+            let len = request.output_length();
+            SendRequest::check_payload(len).map_err(wire)?;
+            Ok((decoded.id, Op::Send { len, at: 0 }))
         }
         IOCTL_WSKTLS_RECV => {
             let bytes = input(request, input_length, RecvRequest::SIZE)?;

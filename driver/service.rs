@@ -139,10 +139,9 @@ pub enum Op {
     Listen,
     Accept,
     Connect,
-    /// The payload stays in the request's own buffer, `len` bytes at `offset`; `at` of them
-    /// are queued so far.
+    /// The payload is the request's output buffer (the caller's, METHOD_IN_DIRECT), `len`
+    /// bytes; `at` of them are queued so far.
     Send {
-        offset: usize,
         len: usize,
         at: usize,
     },
@@ -1040,10 +1039,10 @@ fn examine(kind: &mut Kind, id: u64, r: &Request, op: &mut Op) -> Option<Outcome
             State::Handshaking => None,
             State::Open | State::Closed => Some(handshake_outcome(session, id)),
         },
-        (Op::Send { offset, len, at }, Kind::Connection { session }) => {
-            // Straight from the request's buffer into the connection's queue.
-            let (start, end) = (*offset + *at, *offset + *len);
-            match r.with_input(end, |input| session.send(&input[start..end])) {
+        (Op::Send { len, at }, Kind::Connection { session }) => {
+            // Straight from the caller's buffer into the connection's queue.
+            let (start, end) = (*at, *len);
+            match r.with_output_data(end, |payload| session.send(&payload[start..end])) {
                 Ok(Ok(n)) => {
                     *at += n;
                     (*at == *len).then_some(Outcome::Status(STATUS_SUCCESS))

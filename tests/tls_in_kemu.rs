@@ -333,11 +333,23 @@ fn malformed_and_unauthorised_requests_change_nothing() {
             ),
             STATUS_BUFFER_TOO_SMALL
         );
-        let mut too_big = vec![0u8; SendRequest::FIXED + MAX_SEND + 1];
-        too_big[..8].copy_from_slice(&good[..8]);
+        // SEND: the header is the input, the payload the (direct) output buffer.
+        let header = SendRequest { id: 777 }.encode();
         assert_eq!(
-            call(IOCTL_WSKTLS_SEND, &too_big, 0),
-            STATUS_INVALID_BUFFER_SIZE
+            call(IOCTL_WSKTLS_SEND, &header, MAX_SEND + 1),
+            STATUS_INVALID_BUFFER_SIZE,
+            "a payload over MAX_SEND"
+        );
+        assert_eq!(
+            call(IOCTL_WSKTLS_SEND, &header, 0),
+            STATUS_INVALID_PARAMETER,
+            "an empty payload"
+        );
+        assert_eq!(call(IOCTL_WSKTLS_SEND, &header, 10), STATUS_INVALID_HANDLE);
+        assert_eq!(
+            call(IOCTL_WSKTLS_SEND, &[header.as_slice(), &[0]].concat(), 10),
+            STATUS_INVALID_BUFFER_SIZE,
+            "a longer header"
         );
         assert_eq!(
             call(IOCTL_WSKTLS_STATS, &[0], Stats::SIZE),
@@ -471,17 +483,11 @@ fn send_and_shutdown_pend_on_a_full_queue_and_can_be_cancelled() {
             // The server never reads: the client's queue (1 MiB) fills after the receive window
             // and the socket buffers, and a SEND then waits.
             let chunk = pattern(MAX_SEND, 5);
-            let mut buf = vec![0u8; SendRequest::FIXED + MAX_SEND];
-            let n = SendRequest {
-                id: client.id,
-                data: &chunk,
-            }
-            .encode(&mut buf)
-            .unwrap();
+            let header = SendRequest { id: client.id }.encode();
             let mut parked = None;
             for _ in 0..2000 {
                 let io = kernel
-                    .ioctl_async(b, IOCTL_WSKTLS_SEND, &buf[..n], 0)
+                    .ioctl_async_with(b, IOCTL_WSKTLS_SEND, &header, chunk.clone())
                     .unwrap();
                 match io.wait_timeout(Duration::from_millis(300)).unwrap() {
                     Some(r) => assert_eq!(r.status, STATUS_SUCCESS),
@@ -527,45 +533,33 @@ fn sends_and_receives_in_flight_together_keep_their_order() {
         || {
             let (kernel, a, b, client, server) = connected_pair();
             // The server does not read yet: SENDs of 64 KiB (distinct contents, so overtaking
-            // shows) until one waits for room — the client's queue, the server's receive window
-            // and the socket buffers are full — then six more that wait behind it.
+            // shows) until seven wait for room together — the client's queue, the server's
+            // receive window and the socket buffers are full.
             let send_async = |k: usize| {
                 let chunk = pattern(MAX_SEND, k as u8);
-                let mut buf = vec![0u8; SendRequest::FIXED + chunk.len()];
-                let n = SendRequest {
-                    id: client.id,
-                    data: &chunk,
-                }
-                .encode(&mut buf)
-                .unwrap();
                 let io = kernel
-                    .ioctl_async(b, IOCTL_WSKTLS_SEND, &buf[..n], 0)
+                    .ioctl_async_with(
+                        b,
+                        IOCTL_WSKTLS_SEND,
+                        &SendRequest { id: client.id }.encode(),
+                        chunk.clone(),
+                    )
                     .unwrap();
                 (chunk, io)
             };
+            // Issued without waiting: each SEND that fits completes at once, and once the
+            // queue is full they wait — until seven wait together (room that opens meanwhile
+            // only means more SENDs).
             let mut chunks = Vec::new();
             let mut sends = Vec::new();
-            while sends.len() < 2000 {
-                let (chunk, io) = send_async(chunks.len());
-                chunks.push(chunk);
-                let waiting = io
-                    .wait_timeout(Duration::from_millis(200))
-                    .unwrap()
-                    .is_none();
-                sends.push(io);
-                if waiting {
-                    break;
-                }
-            }
-            for _ in 0..6 {
+            let mut most_waiting = 0;
+            while sends.len() < 2000 && most_waiting < 7 {
                 let (chunk, io) = send_async(chunks.len());
                 chunks.push(chunk);
                 sends.push(io);
+                most_waiting = most_waiting.max(stats(&kernel, a).pending_operations);
             }
-            assert!(
-                stats(&kernel, a).pending_operations >= 7,
-                "seven SENDs wait for room"
-            );
+            assert!(most_waiting >= 7, "seven SENDs never waited together");
             // The server keeps four RECVs in flight and takes their results in the order it
             // issued them, as an overlapped reader does.
             let expected: Vec<u8> = chunks.concat();

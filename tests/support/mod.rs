@@ -124,11 +124,17 @@ pub fn info(io: PendingIo) -> ConnectionInfo {
     ConnectionInfo::decode(&r.output[..r.information]).unwrap()
 }
 
+/// SEND: the header as input, the payload as the (direct) output buffer.
 pub fn send(kernel: &Kernel, h: Handle, id: u64, data: &[u8]) -> NTSTATUS {
-    let mut buf = vec![0u8; SendRequest::FIXED + data.len()];
-    let n = SendRequest { id, data }.encode(&mut buf).unwrap();
     kernel
-        .ioctl(h, IOCTL_WSKTLS_SEND, &buf[..n], 0)
+        .ioctl_async_with(
+            h,
+            IOCTL_WSKTLS_SEND,
+            &SendRequest { id }.encode(),
+            data.to_vec(),
+        )
+        .unwrap()
+        .wait()
         .unwrap()
         .status
 }

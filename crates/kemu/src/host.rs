@@ -520,11 +520,24 @@ impl Kernel {
         input: &[u8],
         output_length: usize,
     ) -> Result<PendingIo, KernelError> {
+        self.ioctl_async_with(handle, code, input, vec![0; output_length])
+    }
+
+    /// As [`Self::ioctl_async`], with the caller's own output buffer: for METHOD_IN_DIRECT the
+    /// data the driver reads (a SEND's payload), for METHOD_OUT_DIRECT where it writes; kept
+    /// (locked) until the request completes and handed back in its result.
+    pub fn ioctl_async_with(
+        &self,
+        handle: Handle,
+        code: u32,
+        input: &[u8],
+        output: Vec<u8>,
+    ) -> Result<PendingIo, KernelError> {
         let input = input.to_vec();
         let slot = self.run("DeviceIoControl", move || {
             thread::kernel()
                 .io
-                .device_control(handle.0, code, &input, output_length)
+                .device_control(handle.0, code, &input, output)
         })?;
         let slot =
             slot.map_err(|s| KernelError::Status(s, format!("DeviceIoControl({code:#010X})")))?;

@@ -1,6 +1,8 @@
 //! The I/O manager: device objects and their names, symbolic links, handles (file objects) and
 //! the host's I/O — open with an access check against the device's security descriptor,
-//! METHOD_BUFFERED device-control IRPs with one system buffer, cancellation, cleanup and close.
+//! Device-control IRPs — METHOD_BUFFERED with one system buffer, METHOD_IN_DIRECT /
+//! METHOD_OUT_DIRECT with the input in a system buffer and the caller's output buffer locked for
+//! the request's life — cancellation, cleanup and close.
 //!
 //! Every device is a KMDF control device here, so requests go straight to the framework's
 //! dispatch (where Windows would go through the DRIVER_OBJECT's MajorFunction table that KMDF
@@ -9,7 +11,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 
-use ksys::io::{FILE_OBJECT, IRP, IRP_MJ_DEVICE_CONTROL, METHOD_BUFFERED};
+use ksys::io::{
+    FILE_OBJECT, IRP, IRP_MJ_DEVICE_CONTROL, METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT,
+};
 use ksys::ntdef::{
     NTSTATUS, STATUS_ACCESS_DENIED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_HANDLE,
     STATUS_INVALID_PARAMETER, STATUS_NO_SUCH_DEVICE, STATUS_NOT_SUPPORTED,
@@ -312,15 +316,18 @@ impl IoManager {
         handle: u64,
         code: u32,
         input: &[u8],
-        output_length: usize,
+        user_output: Vec<u8>,
     ) -> Result<Arc<IoSlot>, NTSTATUS> {
         let kernel = thread::kernel();
+        let output_length = user_output.len();
         if input.len() > MAX_IOCTL_BUFFER || output_length > MAX_IOCTL_BUFFER {
             return Err(STATUS_INVALID_PARAMETER);
         }
-        if code & 3 != METHOD_BUFFERED {
-            return Err(STATUS_NOT_SUPPORTED);
-        }
+        let direct = match code & 3 {
+            METHOD_BUFFERED => false,
+            METHOD_IN_DIRECT | METHOD_OUT_DIRECT => true,
+            _ => return Err(STATUS_NOT_SUPPORTED),
+        };
         let (file_object, wdf_device, wdf_file) = {
             let mut state = self.lock();
             let entry = state.handles.get(&handle).ok_or(STATUS_INVALID_HANDLE)?;
@@ -344,7 +351,19 @@ impl IoManager {
                 .unwrap_or(0);
             (file_object, wdf_device, wdf_file)
         };
-        let length = input.len().max(output_length);
+        // Buffered: one system buffer for both. Direct: the system buffer holds the input and the
+        // caller's own output buffer is used in place (kept here until completion).
+        let length = if direct {
+            input.len()
+        } else {
+            input.len().max(output_length)
+        };
+        let mut user_output = user_output;
+        let direct_buffer = if direct && output_length > 0 {
+            user_output.as_mut_ptr() as usize
+        } else {
+            0
+        };
         let system_buffer = if length == 0 {
             std::ptr::null_mut()
         } else {
@@ -379,13 +398,18 @@ impl IoManager {
                     ),
                 );
             }
-            let mut output = vec![0u8; output_length];
             let copied = if ksys::ntdef::nt_success(status) {
                 information.min(output_length)
             } else {
                 0
             };
-            if copied > 0 {
+            let mut output = if direct {
+                // The driver wrote (or read) the caller's buffer in place; it goes back as is.
+                std::mem::take(&mut user_output)
+            } else {
+                vec![0u8; output_length]
+            };
+            if copied > 0 && !direct {
                 // SAFETY: the system buffer holds at least output_length bytes.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
@@ -436,10 +460,13 @@ impl IoManager {
                 wdf_device,
                 irp,
                 wdf_file,
-                buffer_address,
                 code,
-                input.len(),
-                output_length,
+                crate::wdf::queue::ControlBuffers {
+                    system: buffer_address,
+                    direct: direct_buffer,
+                    input_length: input.len(),
+                    output_length,
+                },
             )
         });
         Ok(slot)

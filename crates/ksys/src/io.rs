@@ -254,9 +254,9 @@ pub const PAGE_SIZE: usize = 0x1000;
 
 /// I/O control code methods and access bits (`CTL_CODE`).
 pub const METHOD_BUFFERED: u32 = 0;
-/// Direct input.
+/// The output buffer is the caller's, locked and described by an MDL; the driver reads it.
 pub const METHOD_IN_DIRECT: u32 = 1;
-/// Direct output.
+/// The output buffer is the caller's, locked and described by an MDL; the driver writes it.
 pub const METHOD_OUT_DIRECT: u32 = 2;
 /// Neither (raw user pointers).
 pub const METHOD_NEITHER: u32 = 3;

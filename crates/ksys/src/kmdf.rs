@@ -333,6 +333,32 @@ impl Request {
         Ok(read(input))
     }
 
+    /// Lets `read` look at the first `length` bytes of the output buffer where they are: for
+    /// METHOD_IN_DIRECT the caller's own buffer (a SEND's payload), read in place through its
+    /// MDL. STATUS_BUFFER_TOO_SMALL if the output buffer is shorter.
+    pub fn with_output_data<R>(
+        &self,
+        length: usize,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, NTSTATUS> {
+        if length == 0 {
+            return Ok(read(&[]));
+        }
+        let mut buffer: *mut c_void = ptr::null_mut();
+        let mut available = 0usize;
+        // SAFETY: as in `with_input`.
+        check(unsafe {
+            WdfRequestRetrieveOutputBuffer(self.handle, length, &mut buffer, &mut available)
+        })?;
+        if buffer.is_null() || available < length {
+            return Err(STATUS_BUFFER_TOO_SMALL);
+        }
+        // SAFETY: the framework guarantees `available` (>= length) bytes at `buffer` while the
+        // request is ours; the slice does not outlive this call.
+        let data = unsafe { core::slice::from_raw_parts(buffer as *const u8, length) };
+        Ok(read(data))
+    }
+
     /// Copies `data` into the output buffer; STATUS_BUFFER_TOO_SMALL (nothing written) if the
     /// caller's output buffer is shorter. Returns the byte count to complete with.
     pub fn write_output(&self, data: &[u8]) -> Result<usize, NTSTATUS> {

@@ -19,13 +19,17 @@ pub use version::{DriverVersion, GetVersionResponse, validate_get_version_input}
 pub const MAGIC: u32 = u32::from_le_bytes(*b"WKTL");
 
 /// Version of the wire format described by this crate.
-pub const WIRE_VERSION: u32 = 2;
+pub const WIRE_VERSION: u32 = 3;
 
 /// Vendor device type of the wsktls control device (vendor types are 0x8000..=0xFFFF).
 pub const FILE_DEVICE_WSKTLS: u32 = 0x8A57;
 
 /// METHOD_BUFFERED: input and output travel through one system buffer.
 pub const METHOD_BUFFERED: u32 = 0;
+/// METHOD_IN_DIRECT: the output buffer is the caller's, read by the driver in place.
+pub const METHOD_IN_DIRECT: u32 = 1;
+/// METHOD_OUT_DIRECT: the output buffer is the caller's, written by the driver in place.
+pub const METHOD_OUT_DIRECT: u32 = 2;
 /// The caller's handle must have read access.
 pub const FILE_READ_ACCESS: u32 = 1;
 /// The caller's handle must have write access.
@@ -143,11 +147,6 @@ impl<'a> Reader<'a> {
         let chunk = self.bytes.get(self.at..end)?;
         self.at = end;
         Some(chunk)
-    }
-    pub(crate) fn rest(&mut self) -> &'a [u8] {
-        let rest = self.bytes.get(self.at..).unwrap_or(&[]);
-        self.at = self.bytes.len();
-        rest
     }
     pub(crate) fn remaining(&self) -> usize {
         self.bytes.len().saturating_sub(self.at)

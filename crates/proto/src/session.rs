@@ -9,8 +9,8 @@
 //! these codes with STATUS_INVALID_DEVICE_REQUEST.
 
 use crate::{
-    FILE_DEVICE_WSKTLS, FILE_READ_ACCESS, FILE_WRITE_ACCESS, MAGIC, METHOD_BUFFERED, Reader,
-    WIRE_VERSION, WireError, Writer, ctl_code,
+    FILE_DEVICE_WSKTLS, FILE_READ_ACCESS, FILE_WRITE_ACCESS, MAGIC, METHOD_BUFFERED,
+    METHOD_IN_DIRECT, METHOD_OUT_DIRECT, Reader, WIRE_VERSION, WireError, Writer, ctl_code,
 };
 
 const RW: u32 = FILE_READ_ACCESS | FILE_WRITE_ACCESS;
@@ -20,10 +20,10 @@ pub const IOCTL_WSKTLS_LISTEN: u32 = ctl_code(FILE_DEVICE_WSKTLS, 0x801, METHOD_
 pub const IOCTL_WSKTLS_ACCEPT: u32 = ctl_code(FILE_DEVICE_WSKTLS, 0x802, METHOD_BUFFERED, RW);
 /// Connects and handshakes as a client.
 pub const IOCTL_WSKTLS_CONNECT: u32 = ctl_code(FILE_DEVICE_WSKTLS, 0x803, METHOD_BUFFERED, RW);
-/// Sends application data.
-pub const IOCTL_WSKTLS_SEND: u32 = ctl_code(FILE_DEVICE_WSKTLS, 0x804, METHOD_BUFFERED, RW);
-/// Receives application data.
-pub const IOCTL_WSKTLS_RECV: u32 = ctl_code(FILE_DEVICE_WSKTLS, 0x805, METHOD_BUFFERED, RW);
+/// Sends application data: the payload is the output buffer, read in place (direct I/O).
+pub const IOCTL_WSKTLS_SEND: u32 = ctl_code(FILE_DEVICE_WSKTLS, 0x804, METHOD_IN_DIRECT, RW);
+/// Receives application data into the output buffer, written in place (direct I/O).
+pub const IOCTL_WSKTLS_RECV: u32 = ctl_code(FILE_DEVICE_WSKTLS, 0x805, METHOD_OUT_DIRECT, RW);
 /// close_notify, then a graceful disconnect.
 pub const IOCTL_WSKTLS_SHUTDOWN: u32 = ctl_code(FILE_DEVICE_WSKTLS, 0x806, METHOD_BUFFERED, RW);
 /// Releases a listener or connection (abortively if needed).
@@ -428,50 +428,38 @@ impl IdRequest {
     }
 }
 
-/// SEND: an id and the bytes to send.
+/// SEND (METHOD_IN_DIRECT): the input is this header, and the payload — 1 to [`MAX_SEND`]
+/// bytes — is the caller's output buffer, which the driver reads in place through its MDL (no
+/// copy into a system buffer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SendRequest<'a> {
+pub struct SendRequest {
     pub id: u64,
-    pub data: &'a [u8],
 }
 
-impl<'a> SendRequest<'a> {
-    /// Fixed part.
-    pub const FIXED: usize = HEADER + 8;
+impl SendRequest {
+    /// Size of the header on the wire.
+    pub const SIZE: usize = HEADER + 8;
 
-    /// Encodes into `out`; returns the length.
-    pub fn encode(&self, out: &mut [u8]) -> Option<usize> {
-        if out.len() < Self::FIXED + self.data.len() || self.data.len() > MAX_SEND {
-            return None;
-        }
-        let mut w = Writer::new(out);
-        w.u32(MAGIC);
-        w.u32(WIRE_VERSION);
-        w.u64(self.id);
-        w.bytes(self.data);
-        Some(w.written())
+    /// Encodes the header.
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        IdRequest { id: self.id }.encode()
     }
 
-    /// Decodes and validates (1..=MAX_SEND bytes).
-    pub fn decode(bytes: &'a [u8]) -> Result<SendRequest<'a>, WireError> {
-        let got = bytes.len();
-        let mut r = Reader::new(bytes);
-        request_header(&mut r, Self::FIXED + 1, got)?;
-        let id = r.u64().ok_or(short(Self::FIXED + 1, got))?;
-        let data = r.rest();
-        if id == 0 {
-            return Err(WireError::InvalidField("id"));
+    /// Decodes and validates the header.
+    pub fn decode(bytes: &[u8]) -> Result<SendRequest, WireError> {
+        IdRequest::decode(bytes).map(|r| SendRequest { id: r.id })
+    }
+
+    /// Validates the payload's length (the caller's output buffer).
+    pub fn check_payload(len: usize) -> Result<(), WireError> {
+        match len {
+            0 => Err(WireError::InvalidField("payload")),
+            n if n > MAX_SEND => Err(WireError::TooLong {
+                allowed: MAX_SEND,
+                got: n,
+            }),
+            _ => Ok(()),
         }
-        if data.is_empty() {
-            return Err(short(Self::FIXED + 1, got));
-        }
-        if data.len() > MAX_SEND {
-            return Err(WireError::TooLong {
-                allowed: Self::FIXED + MAX_SEND,
-                got,
-            });
-        }
-        Ok(SendRequest { id, data })
     }
 }
 

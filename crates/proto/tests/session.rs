@@ -187,45 +187,24 @@ fn id_send_and_recv_requests() {
         Err(WireError::InvalidField("id"))
     );
 
-    let mut out = vec![0u8; SendRequest::FIXED + MAX_SEND];
-    let n = SendRequest {
-        id: 7,
-        data: b"hello",
-    }
-    .encode(&mut out)
-    .unwrap();
-    assert_eq!(
-        SendRequest::decode(&out[..n]),
-        Ok(SendRequest {
-            id: 7,
-            data: b"hello"
-        })
-    );
-    // A shorter payload is still a valid SEND: only cuts into the fixed part must fail.
-    every_prefix_fails(&out[..SendRequest::FIXED + 1], |b| {
-        SendRequest::decode(b).is_err()
-    });
-    let n = SendRequest {
-        id: 7,
-        data: &vec![1u8; MAX_SEND],
-    }
-    .encode(&mut out)
-    .unwrap();
-    assert!(SendRequest::decode(&out[..n]).is_ok());
-    let mut too_big = out[..n].to_vec();
-    too_big.push(0);
+    let send = SendRequest { id: 7 }.encode();
+    assert_eq!(SendRequest::decode(&send), Ok(SendRequest { id: 7 }));
+    every_prefix_fails(&send, |b| SendRequest::decode(b).is_err());
+    let mut longer = send.to_vec();
+    longer.push(0);
     assert!(matches!(
-        SendRequest::decode(&too_big),
+        SendRequest::decode(&longer),
         Err(WireError::TooLong { .. })
     ));
-    assert!(
-        SendRequest {
-            id: 7,
-            data: &vec![1u8; MAX_SEND + 1]
-        }
-        .encode(&mut vec![0u8; MAX_SEND * 2])
-        .is_none()
+    assert_eq!(
+        SendRequest::check_payload(0),
+        Err(WireError::InvalidField("payload"))
     );
+    assert_eq!(SendRequest::check_payload(MAX_SEND), Ok(()));
+    assert!(matches!(
+        SendRequest::check_payload(MAX_SEND + 1),
+        Err(WireError::TooLong { .. })
+    ));
 
     let recv = RecvRequest { id: 9, max: 4096 }.encode();
     assert_eq!(
@@ -311,7 +290,7 @@ fn responses_round_trip() {
 }
 
 #[test]
-fn codes_are_distinct_buffered_and_require_read_write() {
+fn codes_are_distinct_buffered_or_direct_and_require_read_write() {
     let codes = [
         IOCTL_WSKTLS_LISTEN,
         IOCTL_WSKTLS_ACCEPT,
@@ -324,7 +303,12 @@ fn codes_are_distinct_buffered_and_require_read_write() {
         proto::IOCTL_WSKTLS_GET_VERSION,
     ];
     for (i, a) in codes.iter().enumerate() {
-        assert_eq!(a & 3, 0, "METHOD_BUFFERED");
+        let method = match *a {
+            IOCTL_WSKTLS_SEND => proto::METHOD_IN_DIRECT,
+            IOCTL_WSKTLS_RECV => proto::METHOD_OUT_DIRECT,
+            _ => proto::METHOD_BUFFERED,
+        };
+        assert_eq!(a & 3, method, "{a:#x}");
         assert_eq!(a >> 16, proto::FILE_DEVICE_WSKTLS);
         for b in &codes[i + 1..] {
             assert_ne!(a, b);

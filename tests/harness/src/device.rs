@@ -34,13 +34,24 @@ pub trait Pending: Send {
 
 /// One open handle to the driver; several requests may be in flight on it at once.
 pub trait Device: Send + Sync {
-    /// Sends a request without waiting for it.
+    /// Sends a request without waiting for it; `output` is the caller's output buffer (its
+    /// contents matter for METHOD_IN_DIRECT: a SEND's payload).
+    fn submit_buffer(
+        &self,
+        code: u32,
+        input: &[u8],
+        output: Vec<u8>,
+    ) -> Result<Box<dyn Pending>, DeviceError>;
+
+    /// Sends a request without waiting for it, with a zeroed output buffer.
     fn submit(
         &self,
         code: u32,
         input: &[u8],
         output_length: usize,
-    ) -> Result<Box<dyn Pending>, DeviceError>;
+    ) -> Result<Box<dyn Pending>, DeviceError> {
+        self.submit_buffer(code, input, vec![0; output_length])
+    }
 
     /// Sends a request and waits (up to `timeout`) for it.
     fn call(

@@ -221,26 +221,21 @@ impl Driver {
 
     /// SEND all of `data` (in MAX_SEND pieces; each completes once queued in the driver).
     pub fn send(&self, id: u64, data: &[u8]) -> Result<(), CallError> {
-        let mut buf = vec![0u8; SendRequest::FIXED + MAX_SEND];
         for chunk in data.chunks(MAX_SEND) {
-            let n = SendRequest { id, data: chunk }
-                .encode(&mut buf)
-                .ok_or(CallError::Wire(proto::WireError::InvalidField("data")))?;
-            let c = self
-                .device
-                .call(IOCTL_WSKTLS_SEND, &buf[..n], 0, CALL_TIMEOUT)?;
-            ok("SEND", c.status)?;
+            self.send_async(id, chunk)?.wait(CALL_TIMEOUT)?;
         }
         Ok(())
     }
 
-    /// SEND of one piece (at most MAX_SEND bytes) without waiting for it.
+    /// SEND of one piece (1 to MAX_SEND bytes) without waiting for it: the header is the input,
+    /// the payload the output buffer the driver reads in place (METHOD_IN_DIRECT).
     pub fn send_async(&self, id: u64, data: &[u8]) -> Result<PendingTransfer, CallError> {
-        let mut buf = vec![0u8; SendRequest::FIXED + data.len()];
-        let n = SendRequest { id, data }
-            .encode(&mut buf)
-            .ok_or(CallError::Wire(proto::WireError::InvalidField("data")))?;
-        let io = self.device.submit(IOCTL_WSKTLS_SEND, &buf[..n], 0)?;
+        SendRequest::check_payload(data.len()).map_err(CallError::Wire)?;
+        let io = self.device.submit_buffer(
+            IOCTL_WSKTLS_SEND,
+            &SendRequest { id }.encode(),
+            data.to_vec(),
+        )?;
         Ok(PendingTransfer { io, what: "SEND" })
     }
 

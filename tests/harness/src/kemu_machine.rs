@@ -139,15 +139,15 @@ impl Device for KemuDevice {
         ))
     }
 
-    fn submit(
+    fn submit_buffer(
         &self,
         code: u32,
         input: &[u8],
-        output_length: usize,
+        output: Vec<u8>,
     ) -> Result<Box<dyn Pending>, DeviceError> {
         let io = self
             .kernel
-            .ioctl_async(self.handle, code, input, output_length)
+            .ioctl_async_with(self.handle, code, input, output)
             .map_err(err)?;
         Ok(Box::new(KemuPending { io }))
     }

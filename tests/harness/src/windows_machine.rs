@@ -172,11 +172,11 @@ struct WindowsDevice {
 }
 
 impl Device for WindowsDevice {
-    fn submit(
+    fn submit_buffer(
         &self,
         code: u32,
         input: &[u8],
-        output_length: usize,
+        output: Vec<u8>,
     ) -> Result<Box<dyn Pending>, DeviceError> {
         // SAFETY: a manual-reset, initially unsignalled, unnamed event.
         let event = unsafe { CreateEventW(std::ptr::null(), 1, 0, std::ptr::null()) };
@@ -188,7 +188,7 @@ impl Device for WindowsDevice {
             iosb: unsafe { std::mem::zeroed() },
             event: OwnedHandle(event),
             input: input.to_vec(),
-            output: vec![0u8; output_length],
+            output,
         });
         let in_len =
             u32::try_from(request.input.len()).map_err(|_| DeviceError("input too long".into()))?;

@@ -11,6 +11,7 @@ pub(crate) mod tls;
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use ksys::ntdef::{
     NTSTATUS, STATUS_BUFFER_TOO_SMALL, STATUS_INVALID_PARAMETER, STATUS_SUCCESS, UNICODE_STRING,
@@ -364,6 +365,17 @@ fn start(
     callback_required: bool,
     work: impl FnOnce() -> SECURITY_STATUS + Send + 'static,
 ) -> SECURITY_STATUS {
+    start_after(context, routine, callback_required, Duration::ZERO, work)
+}
+
+/// As [`start`], for a call the LSA takes `delay` over: such a call never completes inline.
+fn start_after(
+    context: *mut SspiAsyncContext,
+    routine: &str,
+    callback_required: bool,
+    delay: Duration,
+    work: impl FnOnce() -> SECURITY_STATUS + Send + 'static,
+) -> SECURITY_STATUS {
     let kernel = ksecdd();
     {
         let mut s = kernel.ksecdd.lock();
@@ -394,6 +406,9 @@ fn start(
     let address = context as usize;
     let label = format!("LSA: {routine}");
     let job = move || {
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let status = thread::with_activity(&label, work);
         let k = thread::kernel();
         let notify = {
@@ -416,7 +431,7 @@ fn start(
             thread::check_balanced("SSPI notify callback", PASSIVE);
         }
     };
-    if kernel.faults.place(true, false).inline {
+    if delay.is_zero() && kernel.faults.place(true, false).inline {
         job();
     } else {
         kernel.lsa.submit(job);
@@ -480,15 +495,12 @@ pub(crate) unsafe extern "win64" fn sspi_acquire_credentials_handle_async_w(
         None
     };
     let (out, expiry) = (Out::of(credential_out), Out::of(expiry));
-    start(
+    start_after(
         context,
         "SspiAcquireCredentialsHandleAsyncW",
         true,
+        ksecdd().faults.credential_delay(),
         move || {
-            let delay = thread::kernel().faults.credential_delay();
-            if !delay.is_zero() {
-                std::thread::sleep(delay);
-            }
             let credential = match parsed {
                 None if !known => return SEC_E_SECPKG_NOT_FOUND,
                 None => return SEC_E_UNKNOWN_CREDENTIALS,

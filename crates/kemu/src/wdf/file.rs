@@ -44,6 +44,7 @@ pub(crate) fn create(device: usize) -> Result<usize, NTSTATUS> {
             irp: 0,
             file,
             system_buffer: 0,
+            direct_buffer: 0,
             place: RequestPlace::Driver(0),
             cancel_routine: None,
             cancel_requested: false,

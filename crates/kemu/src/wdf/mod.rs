@@ -66,6 +66,9 @@ pub(crate) struct RequestData {
     pub irp: usize,
     pub file: usize,
     pub system_buffer: usize,
+    /// METHOD_IN_DIRECT / METHOD_OUT_DIRECT: the caller's output buffer, locked for the
+    /// request's life (0 for buffered requests).
+    pub direct_buffer: usize,
     pub place: RequestPlace,
     pub cancel_routine: PFN_WDF_REQUEST_CANCEL,
     pub cancel_requested: bool,

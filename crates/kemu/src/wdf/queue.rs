@@ -106,15 +106,29 @@ pub(crate) unsafe extern "win64" fn wdf_io_queue_create(
 }
 
 /// A new device-control IRP for `device`'s default queue (from the I/O manager).
+/// Where a device-control request's data is (addresses and lengths).
+pub(crate) struct ControlBuffers {
+    /// The system buffer: input (and, buffered, output).
+    pub system: usize,
+    /// Direct methods: the caller's output buffer (0 otherwise).
+    pub direct: usize,
+    pub input_length: usize,
+    pub output_length: usize,
+}
+
 pub(crate) fn dispatch_device_control(
     device: usize,
     irp: *mut IRP,
     file: usize,
-    system_buffer: usize,
     code: u32,
-    input_length: usize,
-    output_length: usize,
+    buffers: ControlBuffers,
 ) {
+    let ControlBuffers {
+        system: system_buffer,
+        direct: direct_buffer,
+        input_length,
+        output_length,
+    } = buffers;
     let kernel = thread::kernel();
     let created = {
         let mut state = kernel.wdf.lock();
@@ -134,6 +148,7 @@ pub(crate) fn dispatch_device_control(
                 irp: irp as usize,
                 file,
                 system_buffer,
+                direct_buffer,
                 place: RequestPlace::Queued(queue),
                 cancel_routine: None,
                 cancel_requested: false,

@@ -240,9 +240,10 @@ fn retrieve(
     output: bool,
 ) -> NTSTATUS {
     thread::require_at_most(routine, DISPATCH);
-    let (kind, system_buffer) = with_request(request.as_raw() as usize, routine, false, |r| {
-        (r.kind, r.system_buffer)
-    });
+    let (kind, system_buffer, direct_buffer) =
+        with_request(request.as_raw() as usize, routine, false, |r| {
+            (r.kind, r.system_buffer, r.direct_buffer)
+        });
     let RequestKind::DeviceControl {
         input_length,
         output_length,
@@ -262,9 +263,16 @@ fn retrieve(
             format!("{routine}: NULL Buffer"),
         );
     }
+    // A direct request's output buffer is the caller's (mapped through its MDL); its input,
+    // like every buffered request's, is the system buffer.
+    let address = if output && direct_buffer != 0 {
+        direct_buffer
+    } else {
+        system_buffer
+    };
     // SAFETY: the driver's out-pointers (Buffer checked, Length optional).
     unsafe {
-        *buffer = system_buffer as *mut c_void;
+        *buffer = address as *mut c_void;
         if !length.is_null() {
             *length = available;
         }
@@ -290,7 +298,8 @@ pub(crate) unsafe extern "win64" fn wdf_request_retrieve_input_buffer(
     )
 }
 
-/// WdfRequestRetrieveOutputBuffer (METHOD_BUFFERED: the same shared system buffer).
+/// WdfRequestRetrieveOutputBuffer (METHOD_BUFFERED: the same shared system buffer; direct
+/// methods: the caller's buffer).
 pub(crate) unsafe extern "win64" fn wdf_request_retrieve_output_buffer(
     _g: *mut WDF_DRIVER_GLOBALS,
     request: WDFREQUEST,
