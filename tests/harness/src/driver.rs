@@ -272,6 +272,17 @@ impl Driver {
         ok("SHUTDOWN", c.status)
     }
 
+    /// SHUTDOWN without waiting for it (it completes once close_notify and the FIN are out).
+    pub fn shutdown_async(&self, id: u64) -> Result<PendingTransfer, CallError> {
+        let io = self
+            .device
+            .submit(IOCTL_WSKTLS_SHUTDOWN, &IdRequest { id }.encode(), 0)?;
+        Ok(PendingTransfer {
+            io,
+            what: "SHUTDOWN",
+        })
+    }
+
     /// CLOSE a listener or connection.
     pub fn close(&self, id: u64) -> Result<(), CallError> {
         let c = self.device.call(

@@ -22,7 +22,6 @@ mod windows_machine;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 
@@ -315,13 +314,13 @@ fn stats_text(s: &proto::session::Stats) -> String {
     .collect()
 }
 
-/// A flag Ctrl+C sets: `serve` polls it between connections and then stops cleanly.
-fn interrupt_flag() -> Result<Arc<AtomicBool>, Failure> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::Release))
+/// Counts Ctrl+C (and SIGTERM): the first asks `serve` to stop gracefully, the second to abort.
+fn interrupt_flag() -> Result<Arc<serve::Interrupts>, Failure> {
+    let interrupts = Arc::new(serve::Interrupts::default());
+    let counter = interrupts.clone();
+    ctrlc::set_handler(move || counter.interrupt())
         .map_err(|e| Failure::driver(format!("installing the interrupt handler: {e}")))?;
-    Ok(stop)
+    Ok(interrupts)
 }
 
 /// How a command that ran against the driver ends: its own failure (if any) decides the exit

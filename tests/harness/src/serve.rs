@@ -1,16 +1,45 @@
 //! `wsktls serve`: a TLS server in the driver. `--echo` echoes, `--http` answers each request
 //! with a small HTTP/1.1 response (for curl, browsers, scanners). One thread per connection on
 //! the harness side; the driver does the TLS. Stops after `--max-conns` connections or when
-//! interrupted, then closes everything and prints the driver's stats.
+//! interrupted (Ctrl+C or SIGTERM): it stops accepting, closes the open connections gracefully
+//! (close_notify and FIN, a few seconds at most), aborts them on a second interrupt, then prints
+//! the driver's stats.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use proto::session::*;
 
 use crate::driver::{CallError, Driver, cipher_name, version_name};
 use crate::errors::Failure;
+
+/// How many times the user interrupted: once to stop, twice to abort.
+#[derive(Default, Debug)]
+pub struct Interrupts {
+    count: AtomicU32,
+}
+
+impl Interrupts {
+    /// One more Ctrl+C or SIGTERM.
+    pub fn interrupt(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Asked to stop (gracefully).
+    pub fn stopping(&self) -> bool {
+        self.count.load(Ordering::Acquire) >= 1
+    }
+
+    /// Asked again: abort what is left.
+    pub fn aborting(&self) -> bool {
+        self.count.load(Ordering::Acquire) >= 2
+    }
+}
+
+/// How long open connections get to close gracefully after an interrupt.
+const GRACE: Duration = Duration::from_secs(5);
 
 /// What the server does with each connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,8 +99,8 @@ fn handle(driver: &Driver, info: &ConnectionInfo, mode: Mode) -> Result<u64, Cal
     Ok(bytes)
 }
 
-/// Runs the server until `stop` is set or `max_conns` connections were served.
-pub fn run(driver: Arc<Driver>, options: &ServeOptions, stop: &AtomicBool) -> Result<(), Failure> {
+/// Runs the server until interrupted or `max_conns` connections were served.
+pub fn run(driver: Arc<Driver>, options: &ServeOptions, stop: &Interrupts) -> Result<(), Failure> {
     let listener = driver
         .listen(&ListenRequest {
             endpoint: options.endpoint,
@@ -91,7 +120,9 @@ pub fn run(driver: Arc<Driver>, options: &ServeOptions, stop: &AtomicBool) -> Re
     println!("listening on {ip}:{}", listener.port);
     let mut served = 0u64;
     let mut workers = Vec::new();
-    while !stop.load(Ordering::Acquire) && options.max_conns.is_none_or(|m| served < m) {
+    // Connections still being served (their handler thread removes them).
+    let open: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
+    while !stop.stopping() && options.max_conns.is_none_or(|m| served < m) {
         let accept = driver
             .accept(listener.id)
             .map_err(|e| e.failure("ACCEPT"))?;
@@ -99,7 +130,7 @@ pub fn run(driver: Arc<Driver>, options: &ServeOptions, stop: &AtomicBool) -> Re
         let info = loop {
             match accept.poll(Duration::from_millis(200)) {
                 Ok(Some(info)) => break Some(info),
-                Ok(None) if stop.load(Ordering::Acquire) => {
+                Ok(None) if stop.stopping() => {
                     accept.cancel();
                     break None;
                 }
@@ -121,16 +152,63 @@ pub fn run(driver: Arc<Driver>, options: &ServeOptions, stop: &AtomicBool) -> Re
             cipher_name(info.cipher_suite),
             String::from_utf8_lossy(info.alpn())
         );
+        open.lock().unwrap().insert(info.id);
         let d = driver.clone();
         let mode = options.mode;
-        workers.push(std::thread::spawn(move || match handle(&d, &info, mode) {
-            Ok(bytes) => eprintln!("connection {}: closed after {bytes} bytes", info.id),
-            Err(e) => eprintln!("connection {}: {e}", info.id),
+        let mine = open.clone();
+        workers.push(std::thread::spawn(move || {
+            match handle(&d, &info, mode) {
+                Ok(bytes) => eprintln!("connection {}: closed after {bytes} bytes", info.id),
+                Err(e) => {
+                    eprintln!("connection {}: {e}", info.id);
+                    let _ = d.close(info.id);
+                }
+            }
+            mine.lock().unwrap().remove(&info.id);
         }));
+    }
+    // Stop accepting first.
+    driver.close(listener.id).map_err(|e| e.failure("CLOSE"))?;
+    if stop.stopping() {
+        wind_down(&driver, &open, stop);
     }
     for w in workers {
         let _ = w.join();
     }
-    driver.close(listener.id).map_err(|e| e.failure("CLOSE"))?;
     Ok(())
+}
+
+/// After an interrupt: every open connection gets close_notify and FIN (its client then ends
+/// its side and the handler finishes), for [`GRACE`] at most; what is left then, or at a second
+/// interrupt, is closed abortively (its waiting RECV completes cancelled).
+fn wind_down(driver: &Driver, open: &Mutex<BTreeSet<u64>>, stop: &Interrupts) {
+    let ids: Vec<u64> = open.lock().unwrap().iter().copied().collect();
+    if ids.is_empty() {
+        return;
+    }
+    eprintln!(
+        "wsktls serve: stopping; closing {} open connection(s) gracefully (Ctrl+C again to abort)",
+        ids.len()
+    );
+    // A connection already ending refuses it: its handler is closing it anyway. The requests
+    // are kept until the end (on Windows dropping one waits for it).
+    let shutdowns: Vec<_> = ids
+        .iter()
+        .filter_map(|&id| driver.shutdown_async(id).ok())
+        .collect();
+    let started = Instant::now();
+    while !open.lock().unwrap().is_empty() && started.elapsed() < GRACE && !stop.aborting() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<u64> = open.lock().unwrap().iter().copied().collect();
+    if !left.is_empty() {
+        eprintln!(
+            "wsktls serve: aborting {} connection(s) that did not close in time",
+            left.len()
+        );
+        for id in left {
+            let _ = driver.close(id);
+        }
+    }
+    drop(shutdowns);
 }

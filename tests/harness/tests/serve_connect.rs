@@ -476,3 +476,81 @@ fn each_command_has_its_own_help() {
     let stats = wsktls().args(["stats", "--help"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&stats.stdout).contains("rustls"));
 }
+
+/// `serve` with no connection limit (it runs until interrupted).
+fn serve_until_stopped(dir: &Path) -> Server {
+    let mut child = wsktls()
+        .args(["serve", "--port", "0", "--echo", "--cert"])
+        .arg(dir.join("chain.pem"))
+        .arg("--key")
+        .arg(dir.join("key.pem"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wsktls serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("serve printed {line:?}"));
+    Server { child, port }
+}
+
+/// An openssl client that stays connected (its stdin stays open) until the server ends the
+/// connection; returns once its handshake is done.
+fn idle_openssl_client(dir: &Path, port: u16) -> Child {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-verify_return_error", "-CAfile"])
+        .arg(dir.join("ca.pem"))
+        .args(["-servername", "localhost", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 && !line.contains("Verify return code") {
+        line.clear();
+    }
+    assert!(line.contains("Verify return code: 0"), "s_client: {line}");
+    // Keep reading in the background so the client never blocks on its output.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    child
+}
+
+#[test]
+fn serve_stops_on_sigterm_closing_its_connections_gracefully() {
+    let dir = pki("sigterm");
+    let mut server = serve_until_stopped(&dir);
+    let clients: Vec<Child> = (0..2)
+        .map(|_| idle_openssl_client(&dir, server.port))
+        .collect();
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let child = std::mem::replace(&mut server.child, Command::new("true").spawn().unwrap());
+    let (code, _, err) = finish(child);
+    assert_eq!(code, 0, "serve after SIGTERM: {err}");
+    assert!(
+        err.contains("closing 2 open connection(s) gracefully"),
+        "serve said: {err}"
+    );
+    assert!(
+        !err.contains("aborting"),
+        "the clients closed in time: {err}"
+    );
+    // Both clients saw the server end the connection (close_notify, FIN) and exited.
+    for client in clients {
+        let (code, _, _) = finish(client);
+        assert_ne!(code, -1, "s_client was still running");
+    }
+}
