@@ -49,13 +49,26 @@ impl KernelConfig {
     /// Default plan with the seed from `KEMU_SEED` (decimal or 0x-hex), else a fixed seed, so a
     /// suite can be rerun under many seeds.
     pub fn from_env() -> KernelConfig {
-        let seed = std::env::var("KEMU_SEED")
-            .ok()
-            .and_then(|s| match s.strip_prefix("0x") {
+        Self::try_from_env().unwrap_or_else(|_| Self::with_seed(0x5EED))
+    }
+
+    /// As [`Self::from_env`], but a `KEMU_SEED` that is not a number is an error (for tools
+    /// that must not silently run under another seed than the user asked for).
+    pub fn try_from_env() -> Result<KernelConfig, String> {
+        let seed = match std::env::var("KEMU_SEED") {
+            Err(_) => 0x5EED,
+            Ok(text) => match text.trim().strip_prefix("0x") {
                 Some(hex) => u64::from_str_radix(hex, 16).ok(),
-                None => s.parse().ok(),
-            })
-            .unwrap_or(0x5EED);
+                None => text.trim().parse().ok(),
+            }
+            .ok_or_else(|| {
+                format!("KEMU_SEED={text:?}: give a 64-bit number, decimal or 0x-hex")
+            })?,
+        };
+        Ok(Self::with_seed(seed))
+    }
+
+    fn with_seed(seed: u64) -> KernelConfig {
         KernelConfig {
             seed,
             faults: FaultPlan::default(),

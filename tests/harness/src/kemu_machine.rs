@@ -27,7 +27,7 @@ fn err(e: impl std::fmt::Display) -> DeviceError {
 impl KemuMachine {
     /// Boots a kernel and loads the driver: the shipped image at `image`, else the native one.
     pub fn boot(image: Option<&Path>, globals: &Globals) -> Result<KemuMachine, DeviceError> {
-        let mut config = KernelConfig::from_env();
+        let mut config = KernelConfig::try_from_env().map_err(DeviceError)?;
         if let Some(seed) = globals.seed {
             config.seed = seed;
         }

@@ -205,6 +205,11 @@ fn main() -> ExitCode {
 }
 
 fn run(command: Command, globals: &Globals) -> Result<ExitCode, Failure> {
+    // Under kemu a seed that is not a number would silently become the default one.
+    #[cfg(not(windows))]
+    if globals.seed.is_none() {
+        kemu::KernelConfig::try_from_env().map_err(Failure::usage)?;
+    }
     match command {
         Command::Selftest { driver, thumbprint } => platform::selftest(globals, driver, thumbprint),
         Command::Stats => platform::stats(),
@@ -221,6 +226,11 @@ fn run(command: Command, globals: &Globals) -> Result<ExitCode, Failure> {
             max_conns,
             driver,
         } => {
+            if http && alpn.split(',').any(|id| id.trim() == "h2") {
+                return Err(Failure::usage(
+                    "--alpn h2 with --http: the server speaks HTTP/1.x only; offer http/1.1",
+                ));
+            }
             let alpn = args::alpn(&alpn)?;
             let mode = if http {
                 serve::Mode::Http

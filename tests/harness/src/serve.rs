@@ -72,23 +72,19 @@ fn handle(driver: &Driver, info: &ConnectionInfo, mode: Mode) -> Result<u64, Cal
             Mode::Echo => driver.send(info.id, &data)?,
             Mode::Http => {
                 request.extend_from_slice(&data);
+                let mut last = false;
                 while let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
                     let head: Vec<u8> = request.drain(..end + 4).collect();
-                    let line = String::from_utf8_lossy(&head)
-                        .lines()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string();
-                    let body = format!(
-                        "wsktls: TLS in the Windows kernel\nrequest: {line}\nprotocol: {}\ncipher: {}\n",
-                        version_name(info.version),
-                        cipher_name(info.cipher_suite)
-                    );
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    driver.send(info.id, response.as_bytes())?;
+                    let answer = http_response(&String::from_utf8_lossy(&head), info);
+                    driver.send(info.id, answer.response.as_bytes())?;
+                    if answer.close {
+                        last = true;
+                        break;
+                    }
+                }
+                if last {
+                    // Connection: close (or HTTP/1.0): this side ends after the response.
+                    break;
                 }
             }
         }
@@ -97,6 +93,49 @@ fn handle(driver: &Driver, info: &ConnectionInfo, mode: Mode) -> Result<u64, Cal
     let _ = driver.shutdown(info.id);
     driver.close(info.id)?;
     Ok(bytes)
+}
+
+/// One HTTP response and whether the connection ends after it.
+struct HttpAnswer {
+    response: String,
+    close: bool,
+}
+
+/// The answer to one request head: a small text page (no body for HEAD); the connection closes
+/// after it for HTTP/1.0 (unless keep-alive was asked) and for `Connection: close`.
+fn http_response(head: &str, info: &ConnectionInfo) -> HttpAnswer {
+    let mut lines = head.lines();
+    let line = lines.next().unwrap_or_default().to_string();
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or_default();
+    let version = parts.nth(1).unwrap_or("HTTP/1.1");
+    let connection = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("connection"))
+        .map(|(_, value)| value.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let http10 = version.eq_ignore_ascii_case("HTTP/1.0");
+    let close = connection.split(',').any(|t| t.trim() == "close")
+        || (http10 && !connection.split(',').any(|t| t.trim() == "keep-alive"));
+    let body = format!(
+        "wsktls: TLS in the Windows kernel\nrequest: {line}\nprotocol: {}\ncipher: {}\n",
+        version_name(info.version),
+        cipher_name(info.cipher_suite)
+    );
+    let status_version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+    let connection_header = match (close, http10) {
+        (true, _) => "Connection: close\r\n",
+        (false, true) => "Connection: keep-alive\r\n",
+        (false, false) => "",
+    };
+    let mut response = format!(
+        "{status_version} 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{connection_header}\r\n",
+        body.len()
+    );
+    if !method.eq_ignore_ascii_case("HEAD") {
+        response.push_str(&body);
+    }
+    HttpAnswer { response, close }
 }
 
 /// Runs the server until interrupted or `max_conns` connections were served.
@@ -211,4 +250,48 @@ fn wind_down(driver: &Driver, open: &Mutex<BTreeSet<u64>>, stop: &Interrupts) {
         }
     }
     drop(shutdowns);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> ConnectionInfo {
+        ConnectionInfo {
+            status: 0,
+            sspi_status: 0,
+            id: 1,
+            version: Some(TlsVersion::Tls13),
+            cipher_suite: 0x1302,
+            peer_certificate: None,
+            alpn_len: 0,
+            alpn: [0; 255],
+        }
+    }
+
+    #[test]
+    fn http_answers_follow_the_request_version_method_and_connection_header() {
+        let get = http_response("GET / HTTP/1.1\r\nHost: x\r\n\r\n", &info());
+        assert!(!get.close);
+        assert!(get.response.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(get.response.contains("request: GET / HTTP/1.1"));
+
+        let head = http_response("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", &info());
+        assert!(!head.close);
+        let (headers, body) = head.response.split_once("\r\n\r\n").unwrap();
+        assert!(headers.contains("Content-Length: "), "{headers}");
+        assert_eq!(body, "", "HEAD has no body");
+
+        let closing = http_response("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n", &info());
+        assert!(closing.close);
+        assert!(closing.response.contains("Connection: close\r\n"));
+
+        let old = http_response("GET / HTTP/1.0\r\n\r\n", &info());
+        assert!(old.close, "HTTP/1.0 closes by default");
+        assert!(old.response.starts_with("HTTP/1.0 200 OK\r\n"));
+
+        let kept = http_response("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", &info());
+        assert!(!kept.close);
+        assert!(kept.response.contains("Connection: keep-alive\r\n"));
+    }
 }

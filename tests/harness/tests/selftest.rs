@@ -77,6 +77,16 @@ fn bad_arguments_are_refused_with_a_reason() {
     let (code, text) = run(wsktls().args(["bench", "--seconds", "0"]));
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("--seconds"), "{text}");
+    let (code, text) =
+        run(wsktls().args(["serve", "--port", "0", "--http", "--alpn", "h2,http/1.1"]));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("h2"), "{text}");
+    let (code, text) = run(wsktls().args(["--registry", "MaxConnections", "stats"]));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("NAME=VALUE"), "{text}");
+    let (code, text) = run(wsktls().arg("stats").env("KEMU_SEED", "banana"));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("KEMU_SEED"), "{text}");
 }
 
 #[test]
