@@ -124,5 +124,6 @@ pub fn connect_options(
         alpn: alpn(alpn_list)?,
         versions,
         validation,
+        ignore_eof: false,
     })
 }

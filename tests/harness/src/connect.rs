@@ -1,9 +1,10 @@
 //! `wsktls connect`: a TLS client in the driver, like `openssl s_client`: stdin goes out, what
-//! arrives goes to stdout, the end of stdin shuts the connection down. The negotiated parameters
-//! go to stderr.
+//! arrives goes to stdout, the end of stdin shuts the connection down (unless `--ign-eof`), and
+//! the server ending the stream ends the command (exit 0), whether stdin is still open or not.
+//! The negotiated parameters go to stderr.
 
 use std::io::{Read, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use proto::session::*;
@@ -19,6 +20,8 @@ pub struct ConnectOptions {
     pub alpn: Vec<u8>,
     pub versions: VersionRange,
     pub validation: Validation,
+    /// Keep reading after stdin ends (no SHUTDOWN then): the server decides when it is over.
+    pub ignore_eof: bool,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -46,8 +49,11 @@ pub fn run(driver: Arc<Driver>, options: &ConnectOptions) -> Result<(), Failure>
         info.peer_certificate.map_or("-".to_string(), |d| hex(&d))
     );
     let id = info.id;
+    let ignore_eof = options.ignore_eof;
     let sender = {
-        let driver = driver.clone();
+        // Weak: a sender still blocked on stdin when the server has ended must not keep the
+        // driver handle open.
+        let driver: Weak<Driver> = Arc::downgrade(&driver);
         std::thread::spawn(move || -> Result<(), Failure> {
             let mut stdin = std::io::stdin().lock();
             let mut buf = vec![0u8; MAX_SEND];
@@ -58,9 +64,18 @@ pub fn run(driver: Arc<Driver>, options: &ConnectOptions) -> Result<(), Failure>
                 if n == 0 {
                     break;
                 }
+                let Some(driver) = driver.upgrade() else {
+                    return Ok(());
+                };
                 driver.send(id, &buf[..n]).map_err(|e| e.failure("SEND"))?;
             }
-            driver.shutdown(id).map_err(|e| e.failure("SHUTDOWN"))
+            if ignore_eof {
+                return Ok(());
+            }
+            match driver.upgrade() {
+                Some(driver) => driver.shutdown(id).map_err(|e| e.failure("SHUTDOWN")),
+                None => Ok(()),
+            }
         })
     };
     let mut stdout = std::io::stdout().lock();
@@ -79,13 +94,11 @@ pub fn run(driver: Arc<Driver>, options: &ConnectOptions) -> Result<(), Failure>
             Err(e) => break Err(e.failure("RECV")),
         }
     };
-    // The server ended the stream; stdin may still be open (a terminal): wait a little for the
-    // sending side, not forever.
-    for _ in 0..100 {
-        if sender.is_finished() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    // The stream is over. If our side is still open (stdin not ended, or --ign-eof), end it
+    // gracefully too — close_notify and FIN rather than a reset; a SHUTDOWN the sender already
+    // made succeeds again.
+    if received.is_ok() {
+        let _ = driver.shutdown(id);
     }
     if sender.is_finished() {
         if let Ok(Err(e)) = sender.join() {

@@ -162,6 +162,9 @@ enum Command {
         /// TLS 1.3 only.
         #[arg(long)]
         tls13: bool,
+        /// Keep reading after stdin ends (no shutdown then); the server ends the connection.
+        #[arg(long = "ign-eof")]
+        ign_eof: bool,
         /// Load this wsktls.sys into kemu instead of the natively linked driver.
         #[arg(long)]
         driver: Option<PathBuf>,
@@ -274,10 +277,12 @@ fn run(command: Command, globals: &Globals) -> Result<ExitCode, Failure> {
             insecure,
             tls12,
             tls13,
+            ign_eof,
             driver,
         } => {
-            let options =
+            let mut options =
                 args::connect_options(&target, sni, &alpn, pin.as_deref(), insecure, tls12, tls13)?;
+            options.ignore_eof = ign_eof;
             platform::connect(globals, driver, ca, options)
         }
         Command::Bench {

@@ -554,3 +554,37 @@ fn serve_stops_on_sigterm_closing_its_connections_gracefully() {
         assert_ne!(code, -1, "s_client was still running");
     }
 }
+
+#[test]
+fn connect_ends_with_exit_0_when_the_server_closes_first_even_with_stdin_open() {
+    let dir = pki("server-closes");
+    for extra in [&[][..], &["--ign-eof"][..]] {
+        let server = serve_many(&dir, 1, &["--http"]);
+        let ca = dir.join("ca.pem");
+        let target = format!("localhost:{}", server.port);
+        let mut child = wsktls()
+            .args(["connect", &target, "--ca"])
+            .arg(&ca)
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wsktls connect");
+        // The request goes out; stdin stays open (held below) while the server answers an
+        // HTTP/1.0 request and closes.
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"GET /bye HTTP/1.0\r\n\r\n").unwrap();
+        stdin.flush().unwrap();
+        let (code, out, err) = finish(child);
+        drop(stdin);
+        assert_eq!(code, 0, "{extra:?}: {err}");
+        assert!(out.starts_with("HTTP/1.0 200 OK"), "{out}");
+        assert!(out.contains("request: GET /bye HTTP/1.0"), "{out}");
+        let (code, _, err) = finish(std::mem::replace(
+            &mut { server }.child,
+            Command::new("true").spawn().unwrap(),
+        ));
+        assert_eq!(code, 0, "serve: {err}");
+    }
+}
