@@ -266,6 +266,19 @@ fn run_on<R: Send + 'static>(
     }
 }
 
+/// The temporary certificate stores of this process's kernels (they hold private keys).
+static TEMPORARY_STORES: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes every temporary certificate store of this process's kernels now: for a host's
+/// signal handler about to exit, so that no private key is left behind. (A kernel's own store
+/// goes at its shutdown anyway.)
+pub fn remove_temporary_stores() {
+    let dirs = std::mem::take(&mut *TEMPORARY_STORES.lock().unwrap_or_else(|e| e.into_inner()));
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// How often a host thread blocked on the kernel looks for a bugcheck.
 const BUGCHECK_POLL: Duration = Duration::from_millis(50);
 
@@ -296,6 +309,9 @@ impl Kernel {
         };
         let store = crate::ksecdd::store::CertStore::open(&store_dir)
             .expect("kemu: cannot create the certificate store");
+        if temporary_store {
+            TEMPORARY_STORES.lock().unwrap().push(store_dir.clone());
+        }
         shared.ksecdd.set_store(store);
         let k = shared.clone();
         let timer = thread::spawn(&shared, "timer", move || Timers::run(k));
@@ -689,6 +705,7 @@ impl Kernel {
         self.shared.callers.stop();
         if let Some(dir) = &self.temporary_store {
             let _ = std::fs::remove_dir_all(dir);
+            TEMPORARY_STORES.lock().unwrap().retain(|d| d != dir);
         }
         self.shared.dpc.stop(join);
         self.shared.timers.stop();

@@ -40,7 +40,10 @@ mod wdf;
 
 pub use bugcheck::{Bugcheck, codes, verifier, wdf_violation};
 pub use faults::{CallbackIrql, CallbackSchedule, FaultPlan};
-pub use host::{DriverEntry, Handle, Kernel, KernelConfig, KernelError, NativeDriver, PendingIo};
+pub use host::{
+    DriverEntry, Handle, Kernel, KernelConfig, KernelError, NativeDriver, PendingIo,
+    remove_temporary_stores,
+};
 pub use iomgr::{IoResult, MAX_IOCTL_BUFFER};
 pub use ke::pool::TagUsage;
 pub use ksecdd::store::{CertStore, IssuedCert, StoreError, TestCa, Thumbprint, Validity};

@@ -198,6 +198,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    install_interrupt_handler();
     match run(cli.command, &cli.globals) {
         Ok(code) => code,
         Err(failure) => {
@@ -329,13 +330,37 @@ fn stats_text(s: &proto::session::Stats) -> String {
     .collect()
 }
 
-/// Counts Ctrl+C (and SIGTERM): the first asks `serve` to stop gracefully, the second to abort.
+/// Ctrl+C and SIGTERM, counted for `serve`, which stops on its own (gracefully, then abortively).
+static INTERRUPTS: std::sync::OnceLock<Arc<serve::Interrupts>> = std::sync::OnceLock::new();
+/// Whether the running command handles interrupts itself (`serve`).
+static HANDLES_INTERRUPTS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Exit status after an interrupt the command did not handle (128 + SIGINT, as shells report).
+const INTERRUPTED: i32 = 130;
+
+/// Installs the process's interrupt handler (once, at start): a command that does not handle
+/// interrupts ends at once — under kemu after removing the emulated certificate stores, so no
+/// private key is left in a temporary folder.
+fn install_interrupt_handler() {
+    let interrupts = INTERRUPTS.get_or_init(Arc::default).clone();
+    let installed = ctrlc::set_handler(move || {
+        interrupts.interrupt();
+        if !HANDLES_INTERRUPTS.load(std::sync::atomic::Ordering::Acquire) {
+            #[cfg(not(windows))]
+            kemu::remove_temporary_stores();
+            std::process::exit(INTERRUPTED);
+        }
+    });
+    if let Err(e) = installed {
+        eprintln!("wsktls: no interrupt handler ({e}): Ctrl+C ends the process abruptly");
+    }
+}
+
+/// The interrupt counter, for a command that stops on its own when interrupted (`serve`).
 fn interrupt_flag() -> Result<Arc<serve::Interrupts>, Failure> {
-    let interrupts = Arc::new(serve::Interrupts::default());
-    let counter = interrupts.clone();
-    ctrlc::set_handler(move || counter.interrupt())
-        .map_err(|e| Failure::driver(format!("installing the interrupt handler: {e}")))?;
-    Ok(interrupts)
+    HANDLES_INTERRUPTS.store(true, std::sync::atomic::Ordering::Release);
+    Ok(INTERRUPTS.get_or_init(Arc::default).clone())
 }
 
 /// How a command that ran against the driver ends: its own failure (if any) decides the exit

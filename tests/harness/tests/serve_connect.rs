@@ -588,3 +588,47 @@ fn connect_ends_with_exit_0_when_the_server_closes_first_even_with_stdin_open() 
         assert_eq!(code, 0, "serve: {err}");
     }
 }
+
+#[test]
+fn an_interrupted_connect_leaves_no_private_key_behind() {
+    let dir = pki("interrupted");
+    let server = serve_many(&dir, 1, &["--echo"]);
+    let mut child = wsktls()
+        .args(["connect", &format!("localhost:{}", server.port), "--ca"])
+        .arg(dir.join("ca.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wsktls connect");
+    let pid = child.id();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 && !line.contains("connected:") {
+        line.clear();
+    }
+    assert!(line.contains("connected:"), "connect said {line:?}");
+    // While connected, kemu's store (with the server certificate's trust, and any key) exists.
+    let stores = || -> Vec<PathBuf> {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("kemu-store-{pid}-")))
+            })
+            .collect()
+    };
+    assert!(!stores().is_empty(), "no kemu store while connected");
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let code = child.wait().unwrap().code();
+    assert_eq!(code, Some(130), "interrupted connect");
+    assert_eq!(stores(), Vec::<PathBuf>::new(), "stores left behind");
+}

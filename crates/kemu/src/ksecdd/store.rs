@@ -118,12 +118,45 @@ fn private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, StoreError> {
         .ok_or_else(|| StoreError::Pem("no private key block".into()))
 }
 
+/// Creates `dir` (and its parents) if needed and makes it readable by its owner only.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Writes a private key: created readable and writable by its owner only (mode 0600).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // An existing file keeps its old mode through open(): set it.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(bytes)
+}
+
 impl CertStore {
-    /// Opens (creating) the store in `dir`.
+    /// Opens (creating) the store in `dir`. The folders are the owner's alone (mode 0700): `MY`
+    /// holds private keys.
     pub fn open(dir: impl Into<PathBuf>) -> Result<CertStore, StoreError> {
         let dir = dir.into();
-        fs::create_dir_all(dir.join("MY"))?;
-        fs::create_dir_all(dir.join("Root"))?;
+        for folder in [dir.clone(), dir.join("MY"), dir.join("Root")] {
+            private_dir(&folder)?;
+        }
         Ok(CertStore { dir })
     }
 
@@ -141,8 +174,8 @@ impl CertStore {
             self.dir.join("MY").join(format!("{thumbprint}.pem")),
             chain_pem,
         )?;
-        fs::write(
-            self.dir.join("MY").join(format!("{thumbprint}.key")),
+        write_private(
+            &self.dir.join("MY").join(format!("{thumbprint}.key")),
             key_pem,
         )?;
         Ok(thumbprint)
@@ -281,5 +314,36 @@ impl TestCa {
             chain_pem: format!("{}{}", leaf.pem(), self.cert.pem()),
             key_pem: key.serialize_pem(),
         })
+    }
+}
+
+#[cfg(test)]
+mod permission_tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn the_store_and_its_keys_are_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("kemu-store-perm-{}", std::process::id()));
+        let store = CertStore::open(&dir).unwrap();
+        let ca = TestCa::generate("perm CA").unwrap();
+        let issued = ca.issue(&["localhost"], Validity::Current).unwrap();
+        let thumbprint = store
+            .import_pem(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
+            .unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for folder in [dir.clone(), dir.join("MY"), dir.join("Root")] {
+            assert_eq!(mode(&folder), 0o700, "{}", folder.display());
+        }
+        let key = dir.join("MY").join(format!("{thumbprint}.key"));
+        assert_eq!(mode(&key), 0o600);
+        // Importing again over an existing key keeps it private.
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        store
+            .import_pem(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
+            .unwrap();
+        assert_eq!(mode(&key), 0o600);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
