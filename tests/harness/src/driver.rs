@@ -28,6 +28,17 @@ impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Device(e) => write!(f, "device: {e}"),
+            // LISTEN names its certificate by thumbprint: "not found" is about that, not a host.
+            CallError::Status { what, status }
+                if *what == "LISTEN" && *status as u32 == errors::NOT_FOUND =>
+            {
+                write!(
+                    f,
+                    "{what} failed: no certificate with that thumbprint (and a private key) in \
+                     LocalMachine\\My (STATUS_NOT_FOUND, {:#010X})",
+                    *status as u32
+                )
+            }
             CallError::Status { what, status } => {
                 write!(f, "{what} failed: {}", errors::ntstatus(*status).0)
             }

@@ -299,6 +299,10 @@ pub const SECURITY_STATUS_TABLE: &[(u32, &str, &str)] = &[
 pub const PIN_MISMATCH: u32 = 0xE000_0001;
 
 /// "the peer reset the connection (STATUS_CONNECTION_RESET, 0xC000020D)".
+/// STATUS_NOT_FOUND: what the driver answers for an unknown host name and an unknown
+/// certificate alike.
+pub const NOT_FOUND: u32 = 0xC000_0225;
+
 pub fn ntstatus(status: i32) -> (String, Kind) {
     let value = status as u32;
     match NTSTATUS_TABLE.iter().find(|(v, ..)| *v == value) {

@@ -5,6 +5,21 @@
 #![deny(unsafe_code)]
 #![cfg_attr(windows, allow(dead_code))]
 
+/// `println!` for results on stdout, ending the process quietly if stdout is a pipe whose
+/// reader has gone (`wsktls selftest | head -1`) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*), "\n")
+    };
+}
+
+/// As [`out!`], without the line end.
+macro_rules! out_part {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*), "")
+    };
+}
+
 mod args;
 mod bench;
 mod connect;
@@ -194,6 +209,24 @@ enum Command {
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
         idle: u32,
     },
+}
+
+/// Writes to stdout; a reader that went away (broken pipe) ends the process quietly, leaving no
+/// emulated certificate store behind.
+fn write_stdout(args: std::fmt::Arguments<'_>, end: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(end.as_bytes()))
+        .and_then(|()| stdout.flush());
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            #[cfg(not(windows))]
+            kemu::remove_temporary_stores();
+            std::process::exit(0);
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -525,9 +558,9 @@ mod platform {
         let anchor = bench::measure_rustls(&cert, &options, &bar).map_err(Failure::driver)?;
         bar.finish_and_clear();
         if json {
-            println!("{}", bench::report_json(&drivers, &anchor, &options));
+            out!("{}", bench::report_json(&drivers, &anchor, &options));
         } else {
-            print!("{}", bench::report_text(&drivers, &anchor, &options));
+            out_part!("{}", bench::report_text(&drivers, &anchor, &options));
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -593,7 +626,7 @@ mod platform {
         let machine = machine()?;
         let driver = open(&machine)?;
         let stats = driver.stats().map_err(|e| e.failure("STATS"))?;
-        print!("{}", super::stats_text(&stats));
+        out_part!("{}", super::stats_text(&stats));
         Ok(ExitCode::SUCCESS)
     }
 

@@ -161,17 +161,17 @@ pub fn run_version(
 
 /// Runs the whole selftest on `machine` and prints the report; true if everything held.
 pub fn run(machine: Box<dyn Machine>, thumbprint: [u8; 20]) -> bool {
-    println!("wsktls selftest — {}", machine.describe());
+    out!("wsktls selftest — {}", machine.describe());
     let mut ok = true;
     let (server, client) = match (machine.open(), machine.open()) {
         (Ok(a), Ok(b)) => (Driver::new(a), Driver::new(b)),
         (Err(e), _) | (_, Err(e)) => {
-            println!("  FAIL open \\\\.\\WskTls: {e}");
+            out!("  FAIL open \\\\.\\WskTls: {e}");
             return false;
         }
     };
     match server.version() {
-        Ok(v) => println!(
+        Ok(v) => out!(
             "  driver {}.{}.{}, wire format {}, KMDF {}.{}",
             v.driver.major,
             v.driver.minor,
@@ -181,7 +181,7 @@ pub fn run(machine: Box<dyn Machine>, thumbprint: [u8; 20]) -> bool {
             v.kmdf_minor
         ),
         Err(e) => {
-            println!("  FAIL GET_VERSION: {e}");
+            out!("  FAIL GET_VERSION: {e}");
             ok = false;
         }
     }
@@ -189,7 +189,7 @@ pub fn run(machine: Box<dyn Machine>, thumbprint: [u8; 20]) -> bool {
         match run_version(&server, &client, thumbprint, version) {
             Ok(r) => {
                 let mb = r.bytes as f64 / 1e6;
-                println!(
+                out!(
                     "  ok   {}  {}  ALPN {}  handshake {:.1} ms  echo 1 B..1 MiB: {:.1} MB in {:.0} ms ({:.0} MB/s)",
                     version_name(r.version),
                     cipher_name(r.cipher_suite),
@@ -201,14 +201,14 @@ pub fn run(machine: Box<dyn Machine>, thumbprint: [u8; 20]) -> bool {
                 );
             }
             Err(e) => {
-                println!("  FAIL {}: {e}", version_name(Some(version)));
+                out!("  FAIL {}: {e}", version_name(Some(version)));
                 ok = false;
             }
         }
     }
     match server.stats() {
         Ok(s) => {
-            println!(
+            out!(
                 "  stats: {} handshakes ok, {} failed, {} B sent, {} B received, {} open, {} pending",
                 s.handshakes_ok,
                 s.handshakes_failed,
@@ -218,24 +218,24 @@ pub fn run(machine: Box<dyn Machine>, thumbprint: [u8; 20]) -> bool {
                 s.pending_operations
             );
             if s.connections_open + s.listeners_open + s.pending_operations != 0 {
-                println!("  FAIL objects left open after closing everything");
+                out!("  FAIL objects left open after closing everything");
                 ok = false;
             }
         }
         Err(e) => {
-            println!("  FAIL STATS: {e}");
+            out!("  FAIL STATS: {e}");
             ok = false;
         }
     }
     drop(server);
     drop(client);
     match machine.finish() {
-        Ok(verdict) => println!("  {verdict}"),
+        Ok(verdict) => out!("  {verdict}"),
         Err(e) => {
-            println!("  FAIL {e}");
+            out!("  FAIL {e}");
             ok = false;
         }
     }
-    println!("{}", if ok { "PASS" } else { "FAIL" });
+    out!("{}", if ok { "PASS" } else { "FAIL" });
     ok
 }

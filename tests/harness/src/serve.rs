@@ -156,7 +156,7 @@ pub fn run(driver: Arc<Driver>, options: &ServeOptions, stop: &Interrupts) -> Re
         format!("{a}.{b}.{c}.{d}")
     };
     // The first stdout line is machine-readable for scripts and tests.
-    println!("listening on {ip}:{}", listener.port);
+    out!("listening on {ip}:{}", listener.port);
     let mut served = 0u64;
     let mut workers = Vec::new();
     // Connections still being served (their handler thread removes them).

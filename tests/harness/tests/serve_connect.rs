@@ -180,6 +180,20 @@ fn failures_are_told_in_words_with_distinct_exit_codes() {
     let out = wsktls().arg("stats").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("serve"));
+    // An unknown server certificate is named as such (not as a host name that was not found),
+    // and the error comes last, after the driver's stats.
+    let out = wsktls()
+        .args(["serve", "--port", "0", "--echo", "--thumbprint"])
+        .arg("01".repeat(20))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("no certificate with that thumbprint") && !err.contains("host name"),
+        "{err}"
+    );
 }
 
 #[test]
