@@ -225,8 +225,12 @@ static PROVIDER: SpinLock<Option<Provider>> = SpinLock::new(None);
 /// Every session and listener the driver started, until each has released its resources
 /// (a closed connection goes on releasing after its id is gone; unload waits for it).
 static CENSUS: SpinLock<Option<Census>> = SpinLock::new(None);
-/// Client credentials by validation flags and versions (released at unload).
-static CLIENT_CREDENTIALS: SpinLock<Vec<(u32, Versions, PoolArc<Credential>)>> =
+/// What a client credential is acquired for: validation flags, versions and the client
+/// certificate it presents (if any).
+type ClientKey = (u32, Versions, Option<[u8; 20]>);
+
+/// Client credentials by what they are for (released at unload).
+static CLIENT_CREDENTIALS: SpinLock<Vec<(ClientKey, PoolArc<Credential>)>> =
     SpinLock::new(Vec::new());
 
 static HANDSHAKES_OK: AtomicU64 = AtomicU64::new(0);
@@ -439,21 +443,25 @@ pub fn connect(request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTAT
         pinned,
         census: Some(census()?),
     };
-    let versions = versions(request.versions);
+    let key: ClientKey = (
+        flags,
+        versions(request.versions),
+        request.client_certificate,
+    );
     let cached = CLIENT_CREDENTIALS
         .lock()
         .iter()
-        .find(|(f, v, _)| *f == flags && *v == versions)
-        .map(|(_, _, c)| c.clone());
+        .find(|(k, _)| *k == key)
+        .map(|(_, c)| c.clone());
     let Some(credential) = cached else {
         let spec = CredentialSpec {
             inbound: false,
-            thumbprint: None,
-            flags,
-            versions,
+            thumbprint: key.2,
+            flags: key.0,
+            versions: key.1,
             require_client_certificate: false,
         };
-        return start_acquiring(owner, &spec, Plan::Connect(config, flags, versions));
+        return start_acquiring(owner, &spec, Plan::Connect(config, key));
     };
     let (notify, target) = Notify::unassigned()?;
     // SAFETY: the control device lives until unload, which closes every session first; the
@@ -468,8 +476,8 @@ pub fn connect(request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTAT
 enum Plan {
     /// Start listening.
     Listen(ListenerConfig),
-    /// Connect; the credential is cached under these validation flags and versions.
-    Connect(Config, u32, Versions),
+    /// Connect; the credential is cached under this key.
+    Connect(Config, ClientKey),
 }
 
 /// Hears that an object's credential acquisition finished (on its work item, PASSIVE_LEVEL).
@@ -554,14 +562,12 @@ fn open(plan: Plan, credential: PoolArc<Credential>, id: u64) -> Result<Kind, NT
                 accepted: Vec::new(),
             })
         }
-        Plan::Connect(config, flags, versions) => {
+        Plan::Connect(config, key) => {
             // Shared by every later CONNECT with the same policy (an acquisition is a round
             // trip to the LSA); one acquired twice by racing CONNECTs goes with its sessions.
             let mut cache = CLIENT_CREDENTIALS.lock();
-            if !cache.iter().any(|(f, v, _)| *f == flags && *v == versions)
-                && cache.try_reserve(1).is_ok()
-            {
-                cache.push((flags, versions, credential.clone()));
+            if !cache.iter().any(|(k, _)| *k == key) && cache.try_reserve(1).is_ok() {
+                cache.push((key, credential.clone()));
             }
             drop(cache);
             // SAFETY: as in `connect`.
@@ -820,6 +826,15 @@ fn collect_accepted(kind: &mut Kind, retired: &mut Vec<Session<Notify>>) {
     while i < accepted.len() {
         if accepted[i].state() == State::Closed && retired.try_reserve(1).is_ok() {
             HANDSHAKES_FAILED.fetch_add(1, Ordering::Relaxed);
+            if let Some(Failure { status, sspi }) = accepted[i].failure() {
+                ksys::kmdf::debug_print_args(
+                    ksys::kmdf::DPFLTR_ERROR_LEVEL,
+                    format_args!(
+                        "accepted connection's handshake failed: NTSTATUS {:#010x}, SECURITY_STATUS {:#010x}",
+                        status.0 as u32, sspi.0 as u32
+                    ),
+                );
+            }
             retired.push(accepted.swap_remove(i));
         } else {
             i += 1;

@@ -364,6 +364,7 @@ fn malformed_and_unauthorised_requests_change_nothing() {
             alpn: b"",
             versions: VersionRange::ALL,
             validation: Validation::SystemRoots,
+            client_certificate: None,
         };
         unresolved.endpoint.ip = [0; 16];
         let mut buf = vec![0u8; ConnectRequest::FIXED];
@@ -455,6 +456,7 @@ fn connect_by_host_name_resolves_it() {
             alpn: b"",
             versions: VersionRange::ALL,
             validation: Validation::SystemRoots,
+            client_certificate: None,
         };
         request.endpoint.ip = [0; 16];
         let mut buf = vec![0u8; ConnectRequest::FIXED + 9];

@@ -296,11 +296,15 @@ pub struct ConnectRequest<'a> {
     pub alpn: &'a [u8],
     pub versions: VersionRange,
     pub validation: Validation,
+    /// A client certificate to present if the server asks for one: the SHA-1 thumbprint of a
+    /// certificate (with its private key) in LocalMachine\My.
+    pub client_certificate: Option<[u8; 20]>,
 }
 
 impl<'a> ConnectRequest<'a> {
-    /// Fixed part: header, endpoint, versions, validation, pin, three lengths, reserved.
-    pub const FIXED: usize = HEADER + 20 + 4 + 1 + 32 + 3 + 1;
+    /// Fixed part: header, endpoint, versions, validation, pin, three lengths, flags, client
+    /// certificate thumbprint.
+    pub const FIXED: usize = HEADER + 20 + 4 + 1 + 32 + 3 + 1 + 20;
 
     /// Encodes into `out`; returns the length.
     pub fn encode(&self, out: &mut [u8]) -> Option<usize> {
@@ -328,7 +332,8 @@ impl<'a> ConnectRequest<'a> {
         w.u8(self.host.len() as u8);
         w.u8(self.sni.len() as u8);
         w.u8(self.alpn.len() as u8);
-        w.u8(0);
+        w.u8(u8::from(self.client_certificate.is_some()));
+        w.bytes(&self.client_certificate.unwrap_or([0; 20]));
         w.bytes(self.host);
         w.bytes(self.sni);
         w.bytes(self.alpn);
@@ -347,9 +352,14 @@ impl<'a> ConnectRequest<'a> {
         let host_len = usize::from(r.u8().ok_or(short(Self::FIXED, got))?);
         let sni_len = usize::from(r.u8().ok_or(short(Self::FIXED, got))?);
         let alpn_len = usize::from(r.u8().ok_or(short(Self::FIXED, got))?);
-        if r.u8().ok_or(short(Self::FIXED, got))? != 0 {
-            return Err(WireError::InvalidField("reserved"));
-        }
+        let flags = r.u8().ok_or(short(Self::FIXED, got))?;
+        let thumbprint: [u8; 20] = r.array().ok_or(short(Self::FIXED, got))?;
+        let client_certificate = match flags {
+            0 if thumbprint == [0; 20] => None,
+            1 => Some(thumbprint),
+            0 => return Err(WireError::InvalidField("client certificate")),
+            _ => return Err(WireError::InvalidField("flags")),
+        };
         let total = Self::FIXED + host_len + sni_len + alpn_len;
         let host = r.bytes(host_len).ok_or(short(total, got))?;
         let sni = r.bytes(sni_len).ok_or(short(total, got))?;
@@ -385,6 +395,7 @@ impl<'a> ConnectRequest<'a> {
             alpn,
             versions,
             validation,
+            client_certificate,
         })
     }
 }

@@ -36,6 +36,7 @@ fn connect(validation: Validation) -> Vec<u8> {
             max: TlsVersion::Tls13,
         },
         validation,
+        client_certificate: None,
     };
     let mut out = vec![0u8; 1024];
     let n = req.encode(&mut out).unwrap();
@@ -150,6 +151,23 @@ fn connect_round_trips_and_rejects_bad_fields() {
         mutate(ConnectRequest::FIXED, b' '),
         Err(WireError::InvalidField("host"))
     );
+    // Flags (after the pin and the three lengths) and the client certificate's thumbprint.
+    let flags_at = ConnectRequest::FIXED - 21;
+    assert_eq!(mutate(flags_at, 2), Err(WireError::InvalidField("flags")));
+    assert_eq!(
+        mutate(flags_at + 1, 9),
+        Err(WireError::InvalidField("client certificate")),
+        "a thumbprint without the flag"
+    );
+    let mut with_certificate = bytes.clone();
+    with_certificate[flags_at] = 1;
+    with_certificate[flags_at + 1..flags_at + 21].fill(0xAB);
+    assert_eq!(
+        ConnectRequest::decode(&with_certificate)
+            .unwrap()
+            .client_certificate,
+        Some([0xAB; 20])
+    );
     let mut no_port = bytes.clone();
     no_port[10..12].fill(0);
     assert_eq!(
@@ -167,6 +185,7 @@ fn connect_round_trips_and_rejects_bad_fields() {
         alpn: b"",
         versions: VersionRange::ALL,
         validation: Validation::SystemRoots,
+        client_certificate: None,
     };
     let mut out = vec![0u8; 256];
     let n = nameless.encode(&mut out).unwrap();

@@ -125,5 +125,6 @@ pub fn connect_options(
         versions,
         validation,
         ignore_eof: false,
+        client_certificate: None,
     })
 }

@@ -135,6 +135,7 @@ impl DriverBench<'_> {
             alpn: b"",
             versions: tls13(),
             validation: Validation::SystemRoots,
+            client_certificate: None,
         }
     }
 

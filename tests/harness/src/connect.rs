@@ -22,6 +22,8 @@ pub struct ConnectOptions {
     pub validation: Validation,
     /// Keep reading after stdin ends (no SHUTDOWN then): the server decides when it is over.
     pub ignore_eof: bool,
+    /// Thumbprint of the client certificate to present (in LocalMachine\My), if any.
+    pub client_certificate: Option<[u8; 20]>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -38,6 +40,7 @@ pub fn run(driver: Arc<Driver>, options: &ConnectOptions) -> Result<(), Failure>
             alpn: &options.alpn,
             versions: options.versions,
             validation: options.validation,
+            client_certificate: options.client_certificate,
         })
         .and_then(|p| p.wait(CALL_TIMEOUT))
         .map_err(|e| e.failure("CONNECT"))?;

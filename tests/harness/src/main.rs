@@ -147,6 +147,13 @@ enum Command {
         /// Stop after this many connections.
         #[arg(long)]
         max_conns: Option<u64>,
+        /// Require a client certificate that chains to this CA (PEM; trusted in kemu's Root
+        /// store). On Windows trust the CA in LocalMachine\Root and give --require-client-cert.
+        #[arg(long)]
+        client_ca: Option<PathBuf>,
+        /// Require a client certificate that chains to a trusted root.
+        #[arg(long)]
+        require_client_cert: bool,
         /// Load this wsktls.sys into kemu instead of the natively linked driver.
         #[arg(long)]
         driver: Option<PathBuf>,
@@ -180,6 +187,16 @@ enum Command {
         /// Keep reading after stdin ends (no shutdown then); the server ends the connection.
         #[arg(long = "ign-eof")]
         ign_eof: bool,
+        /// A client certificate chain (PEM, leaf first) to present if the server asks; imported
+        /// into kemu's machine store. On Windows use --cert-thumbprint.
+        #[arg(long, requires = "key", conflicts_with = "cert_thumbprint")]
+        cert: Option<PathBuf>,
+        /// The client certificate's private key, PEM.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// SHA-1 thumbprint (hex) of a client certificate in LocalMachine\My.
+        #[arg(long)]
+        cert_thumbprint: Option<String>,
         /// Load this wsktls.sys into kemu instead of the natively linked driver.
         #[arg(long)]
         driver: Option<PathBuf>,
@@ -261,6 +278,8 @@ fn run(command: Command, globals: &Globals) -> Result<ExitCode, Failure> {
             echo: _,
             http,
             max_conns,
+            client_ca,
+            require_client_cert,
             driver,
         } => {
             if http && alpn.split(',').any(|id| id.trim() == "h2") {
@@ -299,6 +318,8 @@ fn run(command: Command, globals: &Globals) -> Result<ExitCode, Failure> {
                     alpn,
                     mode,
                     max_conns,
+                    require_client_certificate: require_client_cert || client_ca.is_some(),
+                    client_ca,
                 },
             )
         }
@@ -312,12 +333,23 @@ fn run(command: Command, globals: &Globals) -> Result<ExitCode, Failure> {
             tls12,
             tls13,
             ign_eof,
+            cert,
+            key,
+            cert_thumbprint,
             driver,
         } => {
             let mut options =
                 args::connect_options(&target, sni, &alpn, pin.as_deref(), insecure, tls12, tls13)?;
             options.ignore_eof = ign_eof;
-            platform::connect(globals, driver, ca, options)
+            let client = match (cert, key, cert_thumbprint) {
+                (Some(c), Some(k), None) => {
+                    server_pem::check(&c, &k)?;
+                    Some(args::Certificate::Pem(c, k))
+                }
+                (None, None, Some(t)) => Some(args::Certificate::Thumbprint(args::thumbprint(&t)?)),
+                _ => None,
+            };
+            platform::connect(globals, driver, ca, client, options)
         }
         Command::Bench {
             connections,
@@ -496,6 +528,11 @@ mod platform {
                 .map_err(|e| Failure::usage(format!("importing {}: {e}", chain.display())))?,
             Certificate::Thumbprint(t) => t,
         };
+        if let Some(ca) = &options.client_ca {
+            machine
+                .trust(ca)
+                .map_err(|e| Failure::usage(format!("trusting {}: {e}", ca.display())))?;
+        }
         let stop = super::interrupt_flag()?;
         let driver = open(&machine)?;
         let result = crate::serve::run(driver.clone(), &options, &stop);
@@ -506,7 +543,8 @@ mod platform {
         globals: &Globals,
         driver: Option<PathBuf>,
         ca: Option<PathBuf>,
-        options: ConnectOptions,
+        client: Option<Certificate>,
+        mut options: ConnectOptions,
     ) -> Result<ExitCode, Failure> {
         let machine = boot(globals, driver)?;
         if let Some(ca) = ca {
@@ -514,6 +552,15 @@ mod platform {
                 .trust(&ca)
                 .map_err(|e| Failure::usage(format!("trusting {}: {e}", ca.display())))?;
         }
+        options.client_certificate = match client {
+            Some(Certificate::Pem(chain, key)) => Some(
+                machine
+                    .import_certificate(&chain, &key)
+                    .map_err(|e| Failure::usage(format!("importing {}: {e}", chain.display())))?,
+            ),
+            Some(Certificate::Thumbprint(t)) => Some(t),
+            None => None,
+        };
         let driver = open(&machine)?;
         let result = crate::connect::run(driver.clone(), &options);
         finish(machine, driver, result)
@@ -637,6 +684,11 @@ mod platform {
         mut options: ServeOptions,
     ) -> Result<ExitCode, Failure> {
         no_image(driver)?;
+        if options.client_ca.is_some() {
+            return Err(Failure::usage(
+                "--client-ca imports into kemu's Root store; on Windows trust the CA in LocalMachine\\Root and give --require-client-cert",
+            ));
+        }
         options.thumbprint = match certificate {
             Certificate::Thumbprint(t) => t,
             Certificate::Pem(..) => {
@@ -660,9 +712,19 @@ mod platform {
         _: &Globals,
         driver: Option<PathBuf>,
         ca: Option<PathBuf>,
-        options: ConnectOptions,
+        client: Option<Certificate>,
+        mut options: ConnectOptions,
     ) -> Result<ExitCode, Failure> {
         no_image(driver)?;
+        options.client_certificate = match client {
+            Some(Certificate::Thumbprint(t)) => Some(t),
+            Some(Certificate::Pem(..)) => {
+                return Err(Failure::usage(
+                    "--cert/--key import into kemu's store; on Windows import the certificate into LocalMachine\\My and give --cert-thumbprint",
+                ));
+            }
+            None => None,
+        };
         if ca.is_some() {
             return Err(Failure::usage(
                 "--ca imports into kemu's Root store; on Windows trust the CA in LocalMachine\\Root, or use --pin",

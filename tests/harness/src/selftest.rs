@@ -65,6 +65,7 @@ pub fn run_version(
             alpn: ALPN,
             versions: range,
             validation: Validation::SystemRoots,
+            client_certificate: None,
         })
         .map_err(|x| e("CONNECT", x))?;
     let c = connect

@@ -57,6 +57,10 @@ pub struct ServeOptions {
     pub alpn: Vec<u8>,
     pub mode: Mode,
     pub max_conns: Option<u64>,
+    /// Ask every client for a certificate and refuse those without a valid one.
+    pub require_client_certificate: bool,
+    /// Under kemu: the CA client certificates chain to (trusted in the machine's Root store).
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 fn handle(driver: &Driver, info: &ConnectionInfo, mode: Mode) -> Result<u64, CallError> {
@@ -145,7 +149,7 @@ pub fn run(driver: Arc<Driver>, options: &ServeOptions, stop: &Interrupts) -> Re
             endpoint: options.endpoint,
             thumbprint: options.thumbprint,
             versions: VersionRange::ALL,
-            require_client_certificate: false,
+            require_client_certificate: options.require_client_certificate,
             alpn: &options.alpn,
         })
         .map_err(|e| e.failure("LISTEN"))?;

@@ -646,3 +646,46 @@ fn an_interrupted_connect_leaves_no_private_key_behind() {
     assert_eq!(code, Some(130), "interrupted connect");
     assert_eq!(stores(), Vec::<PathBuf>::new(), "stores left behind");
 }
+
+#[test]
+fn mutual_tls_from_the_command_line() {
+    let dir = pki("mutual");
+    // Client certificates come from a CA of their own, which the server is told to trust.
+    let ca = TestCa::generate("client CA").unwrap();
+    let client = ca.issue(&["wsktls client"], Validity::Current).unwrap();
+    std::fs::write(dir.join("client-ca.pem"), ca.cert_pem()).unwrap();
+    std::fs::write(dir.join("client.pem"), &client.chain_pem).unwrap();
+    std::fs::write(dir.join("client.key"), &client.key_pem).unwrap();
+    let client_ca = dir.join("client-ca.pem").display().to_string();
+    // One connection served: the refused one never counts (ACCEPT only hands out good ones).
+    let server = serve_many(&dir, 1, &["--echo", "--client-ca", &client_ca]);
+    let target = format!("localhost:{}", server.port);
+    let ca = dir.join("ca.pem").display().to_string();
+    // Without a certificate: refused.
+    let (code, out, err) = connect(&[&target, "--ca", &ca], b"no certificate");
+    assert_ne!(
+        code, 0,
+        "a client without a certificate got through: {out}{err}"
+    );
+    assert!(out.is_empty(), "{out}");
+    // With a certificate the server trusts: the echo comes back.
+    let (code, out, err) = connect(
+        &[
+            &target,
+            "--ca",
+            &ca,
+            "--cert",
+            &dir.join("client.pem").display().to_string(),
+            "--key",
+            &dir.join("client.key").display().to_string(),
+        ],
+        b"mutual hello",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "mutual hello");
+    let (code, _, err) = finish(std::mem::replace(
+        &mut { server }.child,
+        Command::new("true").spawn().unwrap(),
+    ));
+    assert_eq!(code, 0, "serve: {err}");
+}
