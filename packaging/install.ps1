@@ -1,19 +1,53 @@
-# install.ps1 — installs the wsktls test-signed kernel driver on a test machine.
-# Run from an elevated PowerShell in the package folder:  .\install.ps1 [-Method Sc|Inf] [-NoCertificate]
-# Needs test signing (bcdedit /set testsigning on, then reboot) with Secure Boot off.
-param(
-    [ValidateSet("Sc", "Inf")] [string] $Method = "Sc",
-    [switch] $NoCertificate
-)
+# install.ps1 - installs the wsktls test-signed kernel driver on a test machine with sc.exe.
+# Run from an elevated PowerShell in the package folder:  .\install.ps1 [-NoCertificate]
+# Needs Windows 10 2004 (build 19041) or later, test signing on (bcdedit /set testsigning on,
+# then reboot) and Secure Boot off.
+#
+# Why sc.exe and not the INF: wsktls is a primitive (non-PnP) driver. Since Windows 10 1903 an
+# INF installed with InstallHinfSection goes through the driver store, which requires a signed
+# catalog (.cat), and no Linux tool makes one (Microsoft Learn: "Creating a primitive driver",
+# "InstallHinfSection"). wsktls.inf stays in the package for inf2cat/signtool on Windows.
+param([switch] $NoCertificate)
 $ErrorActionPreference = "Stop"
 $here = Split-Path -Parent $MyInvocation.MyCommand.Path
+
+# sc.exe exit codes (Win32 errors) this script explains.
+$codes = @{
+    577  = "the signature was rejected: test signing is off, Secure Boot is on, or the test certificate is not trusted";
+    127  = "a kernel import is missing: this Windows build is too old for the driver";
+    998  = "the image has bad section attributes";
+    1060 = "the service does not exist";
+    1061 = "the service cannot take control requests now (it is starting or stopping): wait and retry";
+    1062 = "the service is not running";
+    1072 = "the service is marked for deletion: a handle to it or to \\.\WskTls is still open (close wsktls.exe, services.msc, Process Explorer) or reboot";
+    1073 = "the service exists already";
+}
+function Explain([int] $code) {
+    if ($codes.ContainsKey($code)) { "$code = $($codes[$code])" } else { "error $code" }
+}
+
+# Waits (polling, at most $Seconds) until $Test returns true; false on timeout.
+function Wait-Until([scriptblock] $Test, [int] $Seconds = 30) {
+    $deadline = (Get-Date).AddSeconds($Seconds)
+    while ((Get-Date) -lt $deadline) {
+        if (& $Test) { return $true }
+        Start-Sleep -Milliseconds 200
+    }
+    return $false
+}
 
 $principal = New-Object Security.Principal.WindowsPrincipal([Security.Principal.WindowsIdentity]::GetCurrent())
 if (-not $principal.IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)) {
     throw "run this script from an elevated (Administrator) PowerShell"
 }
-if (-not ((bcdedit /enum "{current}") -match "testsigning\s+Yes")) {
-    Write-Warning "test signing is off: run 'bcdedit /set testsigning on' and reboot, or the driver will not load (StartService error 577)"
+$build = [Environment]::OSVersion.Version.Build
+if ($build -lt 19041) {
+    throw "Windows build ${build}: wsktls needs Windows 10 2004 (build 19041) or later (ExAllocatePool2)"
+}
+# The boot options the loader was started with (not localized, unlike bcdedit's output).
+$options = (Get-ItemProperty "HKLM:\SYSTEM\CurrentControlSet\Control" -Name SystemStartOptions).SystemStartOptions
+if ($options -notmatch "TESTSIGNING") {
+    Write-Warning "test signing is off: run 'bcdedit /set testsigning on' and reboot, or the driver will not load (577)"
 }
 
 if (-not $NoCertificate) {
@@ -24,31 +58,28 @@ if (-not $NoCertificate) {
     Write-Host "trusted the test certificate (LocalMachine Root and TrustedPublisher)"
 }
 
-$existing = Get-Service -Name wsktls -ErrorAction SilentlyContinue
-if ($existing) {
+if (Get-Service -Name wsktls -ErrorAction SilentlyContinue) {
     Write-Host "a wsktls service exists already: stopping and deleting it first"
     sc.exe stop wsktls | Out-Null
+    if ($LASTEXITCODE -ne 0 -and $LASTEXITCODE -ne 1062) { throw "sc stop failed: $(Explain $LASTEXITCODE)" }
+    if (-not (Wait-Until { (Get-Service wsktls).Status -eq "Stopped" })) {
+        throw "wsktls did not stop within 30 s (its unload waits for every connection to release)"
+    }
     sc.exe delete wsktls | Out-Null
-    Start-Sleep -Seconds 1
+    if ($LASTEXITCODE -ne 0) { throw "sc delete failed: $(Explain $LASTEXITCODE)" }
+    if (-not (Wait-Until { -not (Get-Service -Name wsktls -ErrorAction SilentlyContinue) })) {
+        throw "the old service is still there: $(Explain 1072)"
+    }
 }
 
 $target = Join-Path $env:SystemRoot "System32\drivers\wsktls.sys"
-if ($Method -eq "Inf") {
-    # DefaultInstall of a non-PnP INF: copies wsktls.sys to System32\drivers and adds the service.
-    $inf = Join-Path $here "wsktls.inf"
-    & rundll32.exe setupapi.dll,InstallHinfSection DefaultInstall.NTamd64 132 $inf
-    Start-Sleep -Seconds 2
-    if (-not (Get-Service -Name wsktls -ErrorAction SilentlyContinue)) {
-        throw "the INF install did not create the service (see C:\Windows\INF\setupapi.app.log); try -Method Sc"
-    }
-} else {
-    Copy-Item (Join-Path $here "wsktls.sys") $target -Force
-    sc.exe create wsktls type= kernel start= demand error= normal binPath= "System32\drivers\wsktls.sys" DisplayName= "wsktls kernel TLS" | Out-Host
-    if ($LASTEXITCODE -ne 0) { throw "sc create failed ($LASTEXITCODE)" }
-}
+Copy-Item (Join-Path $here "wsktls.sys") $target -Force
+sc.exe create wsktls type= kernel start= demand error= normal binPath= "System32\drivers\wsktls.sys" DisplayName= "wsktls kernel TLS" | Out-Host
+if ($LASTEXITCODE -ne 0) { throw "sc create failed: $(Explain $LASTEXITCODE)" }
 
 sc.exe start wsktls | Out-Host
-if ($LASTEXITCODE -ne 0) {
-    throw "sc start failed ($LASTEXITCODE): 577 = signature rejected (test signing off or certificate not trusted), 127 = a missing kernel import, 998 = bad section attributes"
+if ($LASTEXITCODE -ne 0) { throw "sc start failed: $(Explain $LASTEXITCODE)" }
+if (-not (Wait-Until { (Get-Service wsktls).Status -eq "Running" })) {
+    throw "wsktls did not reach RUNNING within 30 s (see DebugView)"
 }
 Write-Host "wsktls is running; try: .\wsktls.exe selftest --thumbprint <SHA-1 of a localhost certificate in LocalMachine\My>"

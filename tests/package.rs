@@ -167,13 +167,36 @@ fn readme_and_scripts_are_stamped_and_do_what_the_docs_say() {
         "Cert:\\LocalMachine\\Root",
         "Cert:\\LocalMachine\\TrustedPublisher",
         "sc.exe create wsktls type= kernel",
-        "InstallHinfSection DefaultInstall.NTamd64",
         "sc.exe start wsktls",
+        // The Windows floor, checked.
+        "19041",
+        // Test signing read from the registry, not from localized bcdedit output.
+        "SystemStartOptions",
     ] {
         assert!(install.contains(step), "install.ps1 lacks {step:?}");
     }
     let uninstall = std::fs::read_to_string(dir.join("uninstall.ps1")).unwrap();
-    for step in ["sc.exe stop wsktls", "sc.exe delete wsktls", "Remove-Item"] {
+    for step in [
+        "sc.exe stop wsktls",
+        "sc.exe delete wsktls",
+        "Remove-Item",
+        "VerifyDrivers",
+        "IHVDRIVER",
+    ] {
         assert!(uninstall.contains(step), "uninstall.ps1 lacks {step:?}");
+    }
+    for (name, script) in [("install.ps1", &install), ("uninstall.ps1", &uninstall)] {
+        // Both check elevation, explain the service errors users meet, and wait for states
+        // instead of sleeping a fixed time.
+        assert!(script.contains("IsInRole"), "{name}: no elevation check");
+        assert!(script.contains("1072") && script.contains("1061"), "{name}");
+        assert!(
+            !script.contains("Start-Sleep -Seconds"),
+            "{name} sleeps a fixed time"
+        );
+        assert!(!script.contains("bcdedit /enum"), "{name} parses localized text");
+        // No install path through InstallHinfSection (it needs a catalog on 1903+).
+        assert!(!script.contains("setupapi.dll,InstallHinfSection"), "{name}");
+        assert!(script.is_ascii(), "{name} is not ASCII");
     }
 }
