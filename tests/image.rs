@@ -339,6 +339,58 @@ fn shipped_images_pass_every_rule() {
     }
 }
 
+fn utf16(text: &str) -> Vec<u8> {
+    text.encode_utf16().flat_map(u16::to_le_bytes).collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn shipped_images_carry_their_version() {
+    let Some((images, _)) = inputs() else {
+        return;
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    let dotted = format!("{version}.0");
+    for path in images {
+        let data = load(&path);
+        let pe = object::read::pe::PeFile64::parse(&*data).unwrap();
+        let rsrc = pe
+            .section_by_name(".rsrc")
+            .unwrap_or_else(|| panic!("{}: no resource section", path.display()));
+        let bytes = rsrc.data().unwrap();
+        // VS_VERSIONINFO with its fixed part (signature 0xFEEF04BD) and the version strings.
+        assert!(
+            contains(bytes, &utf16("VS_VERSION_INFO")),
+            "{}",
+            path.display()
+        );
+        assert!(
+            contains(bytes, &0xFEEF_04BDu32.to_le_bytes()),
+            "{}",
+            path.display()
+        );
+        for (key, value) in [
+            ("FileVersion", dotted.as_str()),
+            ("ProductVersion", version),
+            ("OriginalFilename", "wsktls.sys"),
+        ] {
+            let mut entry = utf16(key);
+            entry.extend([0, 0]);
+            assert!(contains(bytes, &entry), "{}: no {key}", path.display());
+            let mut text = utf16(value);
+            text.extend([0, 0]);
+            assert!(
+                contains(bytes, &text),
+                "{}: {key} is not {value}",
+                path.display()
+            );
+        }
+    }
+}
+
 /// Rewrites the stored checksum so that only the mutation under test is wrong.
 fn fix_checksum(data: &mut [u8]) {
     let offset = checksum_offset(data);

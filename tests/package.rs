@@ -194,9 +194,15 @@ fn readme_and_scripts_are_stamped_and_do_what_the_docs_say() {
             !script.contains("Start-Sleep -Seconds"),
             "{name} sleeps a fixed time"
         );
-        assert!(!script.contains("bcdedit /enum"), "{name} parses localized text");
+        assert!(
+            !script.contains("bcdedit /enum"),
+            "{name} parses localized text"
+        );
         // No install path through InstallHinfSection (it needs a catalog on 1903+).
-        assert!(!script.contains("setupapi.dll,InstallHinfSection"), "{name}");
+        assert!(
+            !script.contains("setupapi.dll,InstallHinfSection"),
+            "{name}"
+        );
         assert!(script.is_ascii(), "{name} is not ASCII");
     }
 }
