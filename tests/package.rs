@@ -76,6 +76,7 @@ fn the_package_holds_every_file() {
         "wsktls.exe",
         "install.ps1",
         "uninstall.ps1",
+        "validate.ps1",
         "README.txt",
     ] {
         let meta = std::fs::metadata(dir.join(file)).unwrap_or_else(|_| panic!("{file} missing"));
@@ -185,6 +186,12 @@ fn readme_and_scripts_are_stamped_and_do_what_the_docs_say() {
     ] {
         assert!(uninstall.contains(step), "uninstall.ps1 lacks {step:?}");
     }
+    let validate = std::fs::read_to_string(dir.join("validate.ps1")).unwrap();
+    for row in ["W1/W2", "W3/W8/W11", "W4", "W12", "W6/W13/W15", "W17"] {
+        assert!(validate.contains(row), "validate.ps1 does not run {row}");
+    }
+    assert!(validate.contains("Set-Content -Path $path"), "validate.ps1 writes no report");
+    assert!(validate.is_ascii() && !validate.contains("Start-Sleep -Seconds"));
     for (name, script) in [("install.ps1", &install), ("uninstall.ps1", &uninstall)] {
         // Both check elevation, explain the service errors users meet, and wait for states
         // instead of sleeping a fixed time.
