@@ -190,7 +190,10 @@ fn readme_and_scripts_are_stamped_and_do_what_the_docs_say() {
     for row in ["W1/W2", "W3/W8/W11", "W4", "W12", "W6/W13/W15", "W17"] {
         assert!(validate.contains(row), "validate.ps1 does not run {row}");
     }
-    assert!(validate.contains("Set-Content -Path $path"), "validate.ps1 writes no report");
+    assert!(
+        validate.contains("Set-Content -Path $path"),
+        "validate.ps1 writes no report"
+    );
     assert!(validate.is_ascii() && !validate.contains("Start-Sleep -Seconds"));
     for (name, script) in [("install.ps1", &install), ("uninstall.ps1", &uninstall)] {
         // Both check elevation, explain the service errors users meet, and wait for states

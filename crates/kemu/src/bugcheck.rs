@@ -140,6 +140,15 @@ pub(crate) fn bugcheck(code: u32, parameters: [usize; 4], message: String) -> ! 
         ),
     };
     match thread::try_state() {
+        Some(state) if state.borrowed => {
+            // A host thread dispatching its own call (KernelConfig::dispatch_on_caller): it is
+            // inside driver code and can neither go back to its caller nor unwind through the
+            // driver's frames. The machine stops as Windows does: the report, then the process
+            // ends with the driver-failure status.
+            state.kernel.record_bugcheck(record.clone());
+            eprintln!("kemu: the kernel stopped on the calling thread: {record}");
+            std::process::exit(BUGCHECK_EXIT_STATUS)
+        }
         Some(state) => {
             state.kernel.record_bugcheck(record);
             park_forever()
@@ -148,6 +157,10 @@ pub(crate) fn bugcheck(code: u32, parameters: [usize; 4], message: String) -> ! 
         None => panic!("{record}"),
     }
 }
+
+/// Exit status of a process whose kernel stopped on a host thread that was dispatching its own
+/// call (what `wsktls` reports for a driver failure).
+pub const BUGCHECK_EXIT_STATUS: i32 = 5;
 
 /// Parks the calling thread until the process exits.
 pub(crate) fn park_forever() -> ! {

@@ -43,6 +43,12 @@ pub struct KernelConfig {
     /// The machine certificate store's folder; None: a fresh temporary store per kernel
     /// (removed at shutdown).
     pub cert_store: Option<std::path::PathBuf>,
+    /// IOCTLs are dispatched on the calling host thread, as Windows runs a DeviceIoControl on
+    /// the caller's thread (true by default). A bugcheck on such a thread cannot return to its
+    /// caller: kemu prints it and the process exits with status 5. False: a kemu caller thread
+    /// takes each IOCTL and the caller gets `KernelError::Bugcheck` (for tests that provoke
+    /// bugchecks through IOCTLs).
+    pub dispatch_on_caller: bool,
 }
 
 impl KernelConfig {
@@ -74,6 +80,7 @@ impl KernelConfig {
             faults: FaultPlan::default(),
             workers: 2,
             cert_store: None,
+            dispatch_on_caller: true,
         }
     }
 }
@@ -154,6 +161,7 @@ pub struct Kernel {
     poller_thread: Mutex<Option<JoinHandle<()>>>,
     temporary_store: Option<std::path::PathBuf>,
     shut_down: AtomicBool,
+    dispatch_on_caller: bool,
 }
 
 impl fmt::Debug for Kernel {
@@ -324,7 +332,31 @@ impl Kernel {
             poller_thread: Mutex::new(Some(poller)),
             temporary_store: temporary_store.then_some(store_dir),
             shut_down: AtomicBool::new(false),
+            dispatch_on_caller: config.dispatch_on_caller,
         }
+    }
+
+    /// Runs `f` as a system call of the calling host thread: on this very thread, which enters
+    /// the kernel for the call (see [`KernelConfig::dispatch_on_caller`]); on a kemu caller
+    /// thread if that is off or this thread is a kernel thread already.
+    fn syscall<R: Send + 'static>(
+        &self,
+        activity: &str,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, KernelError> {
+        if let Some(b) = self.shared.bugcheck.get() {
+            return Err(KernelError::Bugcheck(b.clone()));
+        }
+        if !self.dispatch_on_caller {
+            return self.run(activity, f);
+        }
+        let Some(inside) = thread::borrow(self.shared.clone(), activity) else {
+            return self.run(activity, f);
+        };
+        let result = thread::with_activity(activity, f);
+        thread::check_balanced(activity, PASSIVE);
+        drop(inside);
+        Ok(result)
     }
 
     /// Runs `f` on a kernel thread at PASSIVE_LEVEL (how tests call kernel routines directly).
@@ -563,7 +595,7 @@ impl Kernel {
         output: Vec<u8>,
     ) -> Result<PendingIo, KernelError> {
         let input = input.to_vec();
-        let slot = self.run("DeviceIoControl", move || {
+        let slot = self.syscall("DeviceIoControl", move || {
             thread::kernel()
                 .io
                 .device_control(handle.0, code, &input, output)

@@ -29,6 +29,8 @@ pub(crate) struct ThreadState {
     pub activity: RefCell<String>,
     /// Non-zero while a KMDF work item callback runs on this thread (its handle).
     pub work_item: Cell<usize>,
+    /// A host thread inside the kernel for one call (see [`borrow`]).
+    pub borrowed: bool,
 }
 
 thread_local! {
@@ -43,8 +45,37 @@ pub(crate) fn enter(kernel: Arc<Shared>, activity: &str) {
         spin_locks_held: Cell::new(0),
         activity: RefCell::new(activity.to_owned()),
         work_item: Cell::new(0),
+        borrowed: false,
     });
     STATE.with(|s| *s.borrow_mut() = Some(state));
+}
+
+/// A host thread that entered the kernel for one call; it leaves when this is dropped.
+pub(crate) struct Borrowed(());
+
+impl Drop for Borrowed {
+    fn drop(&mut self) {
+        STATE.with(|s| *s.borrow_mut() = None);
+    }
+}
+
+/// Makes the calling host thread a kernel thread of `kernel` (PASSIVE_LEVEL) for one call, as a
+/// user thread entering the kernel through a system call is: None if it is a kernel thread
+/// already.
+pub(crate) fn borrow(kernel: Arc<Shared>, activity: &str) -> Option<Borrowed> {
+    if try_state().is_some() {
+        return None;
+    }
+    let state = Rc::new(ThreadState {
+        kernel,
+        irql: Cell::new(PASSIVE),
+        spin_locks_held: Cell::new(0),
+        activity: RefCell::new(activity.to_owned()),
+        work_item: Cell::new(0),
+        borrowed: true,
+    });
+    STATE.with(|s| *s.borrow_mut() = Some(state));
+    Some(Borrowed(()))
 }
 
 /// The calling thread's state, if it is a kernel thread.

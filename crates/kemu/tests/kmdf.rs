@@ -442,8 +442,11 @@ ksys::kmdf_driver_entry!(test_driver::driver_entry);
 const PATH: &str = r"\\.\KemuTest";
 
 fn kernel(plan: FaultPlan) -> Kernel {
+    // These tests provoke bugchecks through IOCTLs and look at them: a kemu caller thread takes
+    // each IOCTL, so the bugcheck comes back as an error instead of ending the process.
     let k = Kernel::boot(KernelConfig {
         faults: plan,
+        dispatch_on_caller: false,
         ..KernelConfig::from_env()
     });
     k.load(NativeDriver {
@@ -756,5 +759,36 @@ fn every_kmdf_function_ksys_declares_is_implemented() {
     assert!(
         !kemu::exports::wdf_function_implemented(0),
         "entry 0 is not implemented and must say so"
+    );
+}
+
+#[test]
+fn an_ioctl_runs_on_the_calling_thread_and_a_bugcheck_there_ends_the_process_with_its_report() {
+    let name =
+        "an_ioctl_runs_on_the_calling_thread_and_a_bugcheck_there_ends_the_process_with_its_report";
+    let outcome = kemu::testing::isolated_outcome(name, || {
+        let k = Kernel::boot(KernelConfig {
+            dispatch_on_caller: true,
+            ..KernelConfig::from_env()
+        });
+        k.load(NativeDriver {
+            service_name: "kemutest",
+            entry: FxDriverEntry,
+            imports: ksys::imports::IMPORT_DIRECTORY,
+        })
+        .expect("load");
+        let h = k.open(PATH, Caller::Administrator).unwrap();
+        let _ = k.ioctl(h, test_driver::WAIT_AT_DISPATCH, &[], 8);
+        panic!("the IOCTL returned to its caller after a bugcheck");
+    });
+    let Some(out) = outcome else { return };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The machine stopped: the report, and the driver-failure status.
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("BUGCHECK 0xA "), "{stderr}");
+    // It happened on the test's own thread (libtest names it after the test), inside the call.
+    assert!(
+        stderr.contains(&format!("on {name} (IOCTL 0x")),
+        "not on the calling thread: {stderr}"
     );
 }

@@ -11,12 +11,12 @@ pub mod wsk;
 
 const CHILD_ENV: &str = "KEMU_ISOLATED_TEST";
 
-/// Runs `body` in a fresh process. `name` must be the test's full path as libtest knows it
-/// (e.g. `module::test_name`, or just `test_name` at the crate root).
-pub fn isolated(name: &str, body: impl FnOnce()) {
+/// Runs `body` in a fresh process and returns how that process ended, whatever it was (for a
+/// test whose body ends the process on purpose); None in the child itself.
+pub fn isolated_outcome(name: &str, body: impl FnOnce()) -> Option<std::process::Output> {
     if std::env::var(CHILD_ENV).as_deref() == Ok(name) {
         body();
-        return;
+        return None;
     }
     let exe = std::env::current_exe().expect("test executable path");
     let output = Command::new(exe)
@@ -25,6 +25,15 @@ pub fn isolated(name: &str, body: impl FnOnce()) {
         .env("KEMU_QUIET", "1")
         .output()
         .expect("spawning the isolated test process");
+    Some(output)
+}
+
+/// Runs `body` in a fresh process. `name` must be the test's full path as libtest knows it
+/// (e.g. `module::test_name`, or just `test_name` at the crate root).
+pub fn isolated(name: &str, body: impl FnOnce()) {
+    let Some(output) = isolated_outcome(name, body) else {
+        return;
+    };
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
