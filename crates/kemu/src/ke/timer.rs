@@ -67,7 +67,11 @@ impl Timers {
                 .map(|(&a, _)| a)
                 .collect();
             for timer in due {
-                let entry = state.set.remove(&timer).expect("due timer");
+                // The lock is let go while each timer fires: one found due may have been
+                // cancelled meanwhile (KeCancelTimer saw it set, so it must not fire).
+                let Some(entry) = state.set.remove(&timer) else {
+                    continue;
+                };
                 let queue = match state.dpcs.get_mut(&entry.dpc) {
                     Some(d) if !d.queued => {
                         d.queued = true;
