@@ -6,28 +6,9 @@ param([switch] $KeepCertificate)
 $ErrorActionPreference = "Stop"
 $here = Split-Path -Parent $MyInvocation.MyCommand.Path
 
-$codes = @{
-    1060 = "the service does not exist";
-    1061 = "the service cannot take control requests now (it is starting or stopping): wait and retry";
-    1062 = "the service is not running";
-    1072 = "the service is marked for deletion: a handle to it or to \\.\WskTls is still open (close wsktls.exe, services.msc, Process Explorer) or reboot";
-}
-function Explain([int] $code) {
-    if ($codes.ContainsKey($code)) { "$code = $($codes[$code])" } else { "error $code" }
-}
-function Wait-Until([scriptblock] $Test, [int] $Seconds = 30) {
-    $deadline = (Get-Date).AddSeconds($Seconds)
-    while ((Get-Date) -lt $deadline) {
-        if (& $Test) { return $true }
-        Start-Sleep -Milliseconds 200
-    }
-    return $false
-}
+. (Join-Path $here "common.ps1")
 
-$principal = New-Object Security.Principal.WindowsPrincipal([Security.Principal.WindowsIdentity]::GetCurrent())
-if (-not $principal.IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)) {
-    throw "run this script from an elevated (Administrator) PowerShell"
-}
+Assert-Administrator
 $removed = @()
 
 if (Get-Service -Name wsktls -ErrorAction SilentlyContinue) {

@@ -14,10 +14,9 @@ param(
 $ErrorActionPreference = "Stop"
 $here = Split-Path -Parent $MyInvocation.MyCommand.Path
 $exe = Join-Path $here "wsktls.exe"
-$principal = New-Object Security.Principal.WindowsPrincipal([Security.Principal.WindowsIdentity]::GetCurrent())
-if (-not $principal.IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)) {
-    throw "run this script from an elevated (Administrator) PowerShell (\\.\WskTls admits Administrators only)"
-}
+. (Join-Path $here "common.ps1")
+
+Assert-Administrator
 
 $lines = New-Object System.Collections.Generic.List[string]
 function Note([string] $text) { $lines.Add($text); Write-Host $text }
@@ -47,16 +46,6 @@ function Run([string] $Row, [string[]] $Arguments, [string] $InputText = "") {
         foreach ($line in ($text -split "`r?`n")) { if ($line) { Note "   $line" } }
     }
     return $process.ExitCode
-}
-
-# Waits (polling, at most $Seconds) until $Test returns true; false on timeout.
-function Wait-Until([scriptblock] $Test, [int] $Seconds = 30) {
-    $deadline = (Get-Date).AddSeconds($Seconds)
-    while ((Get-Date) -lt $deadline) {
-        if (& $Test) { return $true }
-        Start-Sleep -Milliseconds 200
-    }
-    return $false
 }
 
 # Stops and starts the service (it reads its registry parameters at load).

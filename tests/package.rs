@@ -77,6 +77,7 @@ fn the_package_holds_every_file() {
         "install.ps1",
         "uninstall.ps1",
         "validate.ps1",
+        "common.ps1",
         "README.txt",
     ] {
         let meta = std::fs::metadata(dir.join(file)).unwrap_or_else(|_| panic!("{file} missing"));
@@ -195,11 +196,28 @@ fn readme_and_scripts_are_stamped_and_do_what_the_docs_say() {
         "validate.ps1 writes no report"
     );
     assert!(validate.is_ascii() && !validate.contains("Start-Sleep -Seconds"));
-    for (name, script) in [("install.ps1", &install), ("uninstall.ps1", &uninstall)] {
-        // Both check elevation, explain the service errors users meet, and wait for states
-        // instead of sleeping a fixed time.
-        assert!(script.contains("IsInRole"), "{name}: no elevation check");
-        assert!(script.contains("1072") && script.contains("1061"), "{name}");
+    let common = std::fs::read_to_string(dir.join("common.ps1")).unwrap();
+    assert!(
+        common.contains("IsInRole"),
+        "common.ps1: no elevation check"
+    );
+    assert!(
+        common.contains("1072") && common.contains("1061"),
+        "common.ps1"
+    );
+    for (name, script) in [
+        ("install.ps1", &install),
+        ("uninstall.ps1", &uninstall),
+        ("common.ps1", &common),
+    ] {
+        // Every script checks elevation (common.ps1's Assert-Administrator), explains the
+        // service errors users meet, and waits for states instead of sleeping a fixed time.
+        if name != "common.ps1" {
+            assert!(
+                script.contains("common.ps1") && script.contains("Assert-Administrator"),
+                "{name}: no elevation check"
+            );
+        }
         assert!(
             !script.contains("Start-Sleep -Seconds"),
             "{name} sleeps a fixed time"

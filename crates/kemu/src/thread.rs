@@ -39,13 +39,17 @@ thread_local! {
 
 /// Makes the calling thread a kernel thread of `kernel` at PASSIVE_LEVEL.
 pub(crate) fn enter(kernel: Arc<Shared>, activity: &str) {
+    install(kernel, activity, false);
+}
+
+fn install(kernel: Arc<Shared>, activity: &str, borrowed: bool) {
     let state = Rc::new(ThreadState {
         kernel,
         irql: Cell::new(PASSIVE),
         spin_locks_held: Cell::new(0),
         activity: RefCell::new(activity.to_owned()),
         work_item: Cell::new(0),
-        borrowed: false,
+        borrowed,
     });
     STATE.with(|s| *s.borrow_mut() = Some(state));
 }
@@ -66,15 +70,7 @@ pub(crate) fn borrow(kernel: Arc<Shared>, activity: &str) -> Option<Borrowed> {
     if try_state().is_some() {
         return None;
     }
-    let state = Rc::new(ThreadState {
-        kernel,
-        irql: Cell::new(PASSIVE),
-        spin_locks_held: Cell::new(0),
-        activity: RefCell::new(activity.to_owned()),
-        work_item: Cell::new(0),
-        borrowed: true,
-    });
-    STATE.with(|s| *s.borrow_mut() = Some(state));
+    install(kernel, activity, true);
     Some(Borrowed(()))
 }
 

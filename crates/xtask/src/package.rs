@@ -182,7 +182,7 @@ pub fn package(args: &[String]) -> Result<PathBuf, String> {
         &out.join("wsktls.exe"),
     )?;
     copy(&built.join("wsktls.inf"), &out.join("wsktls.inf"))?;
-    for script in ["install.ps1", "uninstall.ps1", "validate.ps1"] {
+    for script in ["common.ps1", "install.ps1", "uninstall.ps1", "validate.ps1"] {
         copy(&root.join("packaging").join(script), &out.join(script))?;
     }
     let mut der = tool("openssl")?;

@@ -45,12 +45,19 @@ fn serve(dir: &Path, extra: &[&str]) -> Server {
 /// `serve` that stops after `conns` connections.
 fn serve_many(dir: &Path, conns: u32, extra: &[&str]) -> Server {
     let conns = conns.to_string();
+    let mut args = vec!["--max-conns", &conns];
+    args.extend_from_slice(extra);
+    spawn_server(dir, &args)
+}
+
+/// `serve --port 0` with the test certificate and `args`, once it printed its address.
+fn spawn_server(dir: &Path, args: &[&str]) -> Server {
     let mut child = wsktls()
-        .args(["serve", "--port", "0", "--max-conns", &conns, "--cert"])
+        .args(["serve", "--port", "0", "--cert"])
         .arg(dir.join("chain.pem"))
         .arg("--key")
         .arg(dir.join("key.pem"))
-        .args(extra)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -493,26 +500,7 @@ fn each_command_has_its_own_help() {
 
 /// `serve` with no connection limit (it runs until interrupted).
 fn serve_until_stopped(dir: &Path) -> Server {
-    let mut child = wsktls()
-        .args(["serve", "--port", "0", "--echo", "--cert"])
-        .arg(dir.join("chain.pem"))
-        .arg("--key")
-        .arg(dir.join("key.pem"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("wsktls serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("serve printed {line:?}"));
-    Server { child, port }
+    spawn_server(dir, &["--echo"])
 }
 
 /// An openssl client that stays connected (its stdin stays open) until the server ends the
