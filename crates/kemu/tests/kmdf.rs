@@ -444,11 +444,16 @@ const PATH: &str = r"\\.\KemuTest";
 fn kernel(plan: FaultPlan) -> Kernel {
     // These tests provoke bugchecks through IOCTLs and look at them: a kemu caller thread takes
     // each IOCTL, so the bugcheck comes back as an error instead of ending the process.
-    let k = Kernel::boot(KernelConfig {
+    kernel_with(KernelConfig {
         faults: plan,
         dispatch_on_caller: false,
         ..KernelConfig::from_env()
-    });
+    })
+}
+
+/// A kernel with the test driver loaded.
+fn kernel_with(config: KernelConfig) -> Kernel {
+    let k = Kernel::boot(config);
     k.load(NativeDriver {
         service_name: "kemutest",
         entry: FxDriverEntry,
@@ -767,16 +772,10 @@ fn an_ioctl_runs_on_the_calling_thread_and_a_bugcheck_there_ends_the_process_wit
     let name =
         "an_ioctl_runs_on_the_calling_thread_and_a_bugcheck_there_ends_the_process_with_its_report";
     let outcome = kemu::testing::isolated_outcome(name, || {
-        let k = Kernel::boot(KernelConfig {
+        let k = kernel_with(KernelConfig {
             dispatch_on_caller: true,
             ..KernelConfig::from_env()
         });
-        k.load(NativeDriver {
-            service_name: "kemutest",
-            entry: FxDriverEntry,
-            imports: ksys::imports::IMPORT_DIRECTORY,
-        })
-        .expect("load");
         let h = k.open(PATH, Caller::Administrator).unwrap();
         let _ = k.ioctl(h, test_driver::WAIT_AT_DISPATCH, &[], 8);
         panic!("the IOCTL returned to its caller after a bugcheck");

@@ -95,15 +95,20 @@ fn finish(mut child: Child) -> (i32, String, String) {
     (child.wait().unwrap().code().unwrap_or(-1), out, err)
 }
 
-fn connect(args: &[&str], input: &[u8]) -> (i32, String, String) {
-    let mut child = wsktls()
+/// `wsktls connect ARGS` with every stream piped.
+fn spawn_connect(args: &[&str]) -> Child {
+    wsktls()
         .arg("connect")
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("wsktls connect");
+        .expect("wsktls connect")
+}
+
+fn connect(args: &[&str], input: &[u8]) -> (i32, String, String) {
+    let mut child = spawn_connect(args);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input).unwrap();
     drop(stdin);
@@ -562,17 +567,11 @@ fn connect_ends_with_exit_0_when_the_server_closes_first_even_with_stdin_open() 
     let dir = pki("server-closes");
     for extra in [&[][..], &["--ign-eof"][..]] {
         let server = serve_many(&dir, 1, &["--http"]);
-        let ca = dir.join("ca.pem");
+        let ca = dir.join("ca.pem").display().to_string();
         let target = format!("localhost:{}", server.port);
-        let mut child = wsktls()
-            .args(["connect", &target, "--ca"])
-            .arg(&ca)
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("wsktls connect");
+        let mut args = vec![target.as_str(), "--ca", &ca];
+        args.extend_from_slice(extra);
+        let mut child = spawn_connect(&args);
         // The request goes out; stdin stays open (held below) while the server answers an
         // HTTP/1.0 request and closes.
         let mut stdin = child.stdin.take().unwrap();
@@ -595,14 +594,9 @@ fn connect_ends_with_exit_0_when_the_server_closes_first_even_with_stdin_open() 
 fn an_interrupted_connect_leaves_no_private_key_behind() {
     let dir = pki("interrupted");
     let server = serve_many(&dir, 1, &["--echo"]);
-    let mut child = wsktls()
-        .args(["connect", &format!("localhost:{}", server.port), "--ca"])
-        .arg(dir.join("ca.pem"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("wsktls connect");
+    let target = format!("localhost:{}", server.port);
+    let ca = dir.join("ca.pem").display().to_string();
+    let mut child = spawn_connect(&[&target, "--ca", &ca]);
     let pid = child.id();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
