@@ -39,6 +39,19 @@ impl std::fmt::Display for CallError {
                     *status as u32
                 )
             }
+            // LISTEN's bind refused: a privileged or reserved port, not the caller's rights.
+            CallError::Status { what, status }
+                if *what == "LISTEN" && *status as u32 == errors::ACCESS_DENIED =>
+            {
+                write!(
+                    f,
+                    "{what} failed: the address cannot be bound here (STATUS_ACCESS_DENIED, {:#010X}): \
+                     under kemu on Linux ports below 1024 need root or CAP_NET_BIND_SERVICE; on \
+                     Windows the port may be reserved (netsh int ipv4 show excludedportrange \
+                     protocol=tcp). Use another --port",
+                    *status as u32
+                )
+            }
             CallError::Status { what, status } => {
                 write!(f, "{what} failed: {}", errors::ntstatus(*status).0)
             }
@@ -338,5 +351,38 @@ pub fn version_name(v: Option<TlsVersion>) -> &'static str {
         Some(TlsVersion::Tls13) => "TLS 1.3",
         Some(TlsVersion::Tls12) => "TLS 1.2",
         None => "unknown version",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_failures_name_their_real_cause() {
+        let unknown = CallError::Status {
+            what: "LISTEN",
+            status: errors::NOT_FOUND as i32,
+        }
+        .to_string();
+        assert!(
+            unknown.contains("no certificate with that thumbprint"),
+            "{unknown}"
+        );
+        assert!(!unknown.contains("host name"), "{unknown}");
+        let refused = CallError::Status {
+            what: "LISTEN",
+            status: errors::ACCESS_DENIED as i32,
+        }
+        .to_string();
+        assert!(refused.contains("ports below 1024"), "{refused}");
+        assert!(!refused.contains("Administrator"), "{refused}");
+        // Elsewhere the same codes keep their general meaning.
+        let connect = CallError::Status {
+            what: "CONNECT",
+            status: errors::NOT_FOUND as i32,
+        }
+        .to_string();
+        assert!(connect.contains("host name"), "{connect}");
     }
 }

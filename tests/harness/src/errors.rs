@@ -299,6 +299,9 @@ pub const SECURITY_STATUS_TABLE: &[(u32, &str, &str)] = &[
 pub const PIN_MISMATCH: u32 = 0xE000_0001;
 
 /// "the peer reset the connection (STATUS_CONNECTION_RESET, 0xC000020D)".
+/// STATUS_ACCESS_DENIED: a handle without the rights, or (LISTEN) a bind the host refused.
+pub const ACCESS_DENIED: u32 = 0xC000_0022;
+
 /// STATUS_NOT_FOUND: what the driver answers for an unknown host name and an unknown
 /// certificate alike.
 pub const NOT_FOUND: u32 = 0xC000_0225;

@@ -393,6 +393,9 @@ fn status_of(e: &std::io::Error) -> NTSTATUS {
         ErrorKind::ConnectionAborted => STATUS_CONNECTION_ABORTED,
         ErrorKind::NotConnected => STATUS_CONNECTION_DISCONNECTED,
         ErrorKind::AddrInUse => STATUS_ADDRESS_ALREADY_EXISTS,
+        // The host refused the bind (a port below 1024 without privilege on Linux); Windows
+        // refuses a reserved or exclusively held address the same way.
+        ErrorKind::PermissionDenied => STATUS_ACCESS_DENIED,
         ErrorKind::AddrNotAvailable => STATUS_INVALID_ADDRESS,
         ErrorKind::TimedOut => STATUS_IO_TIMEOUT,
         ErrorKind::BrokenPipe => STATUS_CONNECTION_RESET,
