@@ -30,6 +30,7 @@ pub(crate) extern "win64" fn evt_io_device_control(
         IOCTL_WSKTLS_GET_VERSION => get_version(&request, input_length),
         IOCTL_WSKTLS_CLOSE => close(&request, input_length),
         IOCTL_WSKTLS_STATS => stats(&request, input_length),
+        IOCTL_WSKTLS_PEER_CERTIFICATES => peer_certificates(&request, input_length),
         IOCTL_WSKTLS_LISTEN
         | IOCTL_WSKTLS_ACCEPT
         | IOCTL_WSKTLS_CONNECT
@@ -99,6 +100,12 @@ fn close(request: &Request, input_length: usize) -> Result<usize, NTSTATUS> {
     let decoded = IdRequest::decode(&bytes).map_err(wire)?;
     service::close(decoded.id, owner(request))?;
     Ok(0)
+}
+
+fn peer_certificates(request: &Request, input_length: usize) -> Result<usize, NTSTATUS> {
+    let bytes = input(request, input_length, IdRequest::SIZE)?;
+    let decoded = IdRequest::decode(&bytes).map_err(wire)?;
+    service::peer_certificates(request, decoded.id, owner(request))
 }
 
 fn stats(request: &Request, input_length: usize) -> Result<usize, NTSTATUS> {

@@ -441,6 +441,7 @@ pub fn connect(request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTAT
         receive_window: RECEIVE_WINDOW,
         handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS,
         pinned,
+        keep_peer_certificates: request.keep_peer_certificates,
         census: Some(census()?),
     };
     let key: ClientKey = (
@@ -1167,6 +1168,19 @@ fn close_all(owner: Option<usize>) {
 /// EvtFileCleanup: the handle's objects close and their parked requests are cancelled.
 pub fn cleanup(file: WDFFILEOBJECT) {
     close_all(Some(file.as_raw() as usize));
+}
+
+/// PEER_CERTIFICATES: the chain a connection kept (empty if its CONNECT did not ask), copied
+/// into the request's output. STATUS_BUFFER_TOO_SMALL (nothing written) if it does not fit.
+pub fn peer_certificates(request: &Request, id: u64, owner: usize) -> Result<usize, NTSTATUS> {
+    let object = lookup(id)
+        .filter(|o| o.owner == owner)
+        .ok_or(STATUS_INVALID_HANDLE)?;
+    let st = object.state.lock();
+    let Kind::Connection { session } = &st.kind else {
+        return Err(STATUS_INVALID_HANDLE);
+    };
+    session.with_peer_certificates(|chain| request.write_output(chain))
 }
 
 /// STATS.

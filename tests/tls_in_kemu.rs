@@ -305,6 +305,7 @@ fn malformed_and_unauthorised_requests_change_nothing() {
             IOCTL_WSKTLS_ACCEPT,
             IOCTL_WSKTLS_SHUTDOWN,
             IOCTL_WSKTLS_CLOSE,
+            IOCTL_WSKTLS_PEER_CERTIFICATES,
         ] {
             assert_eq!(
                 call(code, &IdRequest { id: 777 }.encode(), ConnectionInfo::SIZE),
@@ -365,6 +366,7 @@ fn malformed_and_unauthorised_requests_change_nothing() {
             versions: VersionRange::ALL,
             validation: Validation::SystemRoots,
             client_certificate: None,
+            keep_peer_certificates: false,
         };
         unresolved.endpoint.ip = [0; 16];
         let mut buf = vec![0u8; ConnectRequest::FIXED];
@@ -457,6 +459,7 @@ fn connect_by_host_name_resolves_it() {
             versions: VersionRange::ALL,
             validation: Validation::SystemRoots,
             client_certificate: None,
+            keep_peer_certificates: false,
         };
         request.endpoint.ip = [0; 16];
         let mut buf = vec![0u8; ConnectRequest::FIXED + 9];

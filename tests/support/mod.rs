@@ -91,6 +91,7 @@ pub fn connect_request(port: u16, sni: &[u8], alpn: &[u8], validation: Validatio
         versions: VersionRange::ALL,
         validation,
         client_certificate: None,
+        keep_peer_certificates: false,
     };
     let mut buf = vec![0u8; ConnectRequest::FIXED + 9 + sni.len() + alpn.len()];
     let n = request.encode(&mut buf).unwrap();

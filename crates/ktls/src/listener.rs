@@ -473,6 +473,7 @@ impl<O: ListenObserver> Engine<O> {
             receive_window: shared.receive_window,
             handshake_timeout_ms: shared.handshake_timeout_ms,
             pinned: None,
+            keep_peer_certificates: false,
             census: shared.census.clone(),
         };
         let Some(observer) = shared.observer.for_accepted() else {

@@ -147,6 +147,9 @@ pub struct Config {
     /// skip chain validation, SCH_CRED_MANUAL_CRED_VALIDATION); a different one fails the
     /// session with [`STATUS_PIN_MISMATCH`] (and SEC_E_UNTRUSTED_ROOT).
     pub pinned: Option<[u8; 32]>,
+    /// Keep the peer's certificate chain after the handshake (see
+    /// [`Session::with_peer_certificates`]); off, nothing is kept (it costs pool).
+    pub keep_peer_certificates: bool,
     /// Counts the session until it has released every kernel resource (see [`Census`]).
     pub census: Option<Census>,
 }
@@ -268,6 +271,8 @@ struct Mailbox {
     failure: Option<Failure>,
     outgoing: VecDeque<u8>,
     incoming: VecDeque<u8>,
+    /// The peer's chain as SECPKG_ATTR_REMOTE_CERTIFICATES gives it, if asked to keep it.
+    peer_certificates: Vec<u8>,
     peer_ended: bool,
     shutdown_requested: bool,
     shutdown_done: bool,
@@ -368,6 +373,9 @@ struct Engine<O: Observer> {
     deadline_armed: bool,
     handshake_timeout_ms: u32,
     pinned: Option<[u8; 32]>,
+    keep_peer_certificates: bool,
+    /// The chain kept at the handshake's end, on its way to the mailbox.
+    peer_chain: Vec<u8>,
     /// Held until the session's memory goes (the last reference: the owner's handle, a work
     /// item, a call in flight), so a driver's unload waits for all of it. Only its drop matters.
     _census: Option<Entry>,
@@ -522,6 +530,8 @@ impl<O: Observer> Session<O> {
             deadline_armed: false,
             handshake_timeout_ms: config.handshake_timeout_ms,
             pinned: config.pinned,
+            keep_peer_certificates: config.keep_peer_certificates,
+            peer_chain: Vec::new(),
             _census: config.census.as_ref().map(Census::enter),
             released: false,
             release_armed: false,
@@ -538,6 +548,7 @@ impl<O: Observer> Session<O> {
                 failure: None,
                 outgoing: VecDeque::new(),
                 incoming: VecDeque::new(),
+                peer_certificates: Vec::new(),
                 peer_ended: false,
                 shutdown_requested: false,
                 shutdown_done: false,
@@ -566,6 +577,14 @@ impl<O: Observer> Session<O> {
     /// What was negotiated, once open.
     pub fn negotiated(&self) -> Option<Negotiated> {
         self.worker.target().mailbox.lock().negotiated
+    }
+
+    /// Lends the peer's certificate chain — `[u32 length][DER]` per certificate, leaf first, as
+    /// SECPKG_ATTR_REMOTE_CERTIFICATES gives it — if [`Config::keep_peer_certificates`] asked for
+    /// it and the handshake finished (empty otherwise). Called under the session's lock: keep it
+    /// short (a copy).
+    pub fn with_peer_certificates<R>(&self, read: impl FnOnce(&[u8]) -> R) -> R {
+        read(&self.worker.target().mailbox.lock().peer_certificates)
     }
 
     /// Why the connection failed, if it did.
@@ -1743,6 +1762,7 @@ impl<O: Observer> Engine<O> {
             let mut m = conn.mailbox.lock();
             m.state = State::Open;
             m.negotiated = Some(negotiated);
+            m.peer_certificates = core::mem::take(&mut self.peer_chain);
         }
         // Application records that came with the last flight.
         if self.rx_len > 0 {
@@ -1807,6 +1827,14 @@ impl<O: Observer> Engine<O> {
             let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
             chain.get(4..4 + len).map(crate::sha256::sha256)
         });
+        if self.keep_peer_certificates {
+            let mut kept = Vec::new();
+            // Kept only if the pool has room: the owner then sees no chain, never a cut one.
+            if kept.try_reserve_exact(chain.len()).is_ok() {
+                kept.extend_from_slice(chain);
+                self.peer_chain = kept;
+            }
+        }
         // SAFETY: the buffer SSPI allocated for this query, freed once.
         unsafe { FreeContextBuffer(certs.pbCertificateChain as *mut c_void) };
         digest

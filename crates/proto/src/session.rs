@@ -28,6 +28,10 @@ pub const IOCTL_WSKTLS_RECV: u32 = ctl_code(FILE_DEVICE_WSKTLS, 0x805, METHOD_OU
 pub const IOCTL_WSKTLS_SHUTDOWN: u32 = ctl_code(FILE_DEVICE_WSKTLS, 0x806, METHOD_BUFFERED, RW);
 /// Releases a listener or connection (abortively if needed).
 pub const IOCTL_WSKTLS_CLOSE: u32 = ctl_code(FILE_DEVICE_WSKTLS, 0x807, METHOD_BUFFERED, RW);
+/// The peer's certificate chain kept by a CONNECT that asked for it (input: [`IdRequest`];
+/// output: `[u32 length][DER]` per certificate, leaf first).
+pub const IOCTL_WSKTLS_PEER_CERTIFICATES: u32 =
+    ctl_code(FILE_DEVICE_WSKTLS, 0x809, METHOD_BUFFERED, RW);
 /// The driver's counters and limits.
 pub const IOCTL_WSKTLS_STATS: u32 =
     ctl_code(FILE_DEVICE_WSKTLS, 0x808, METHOD_BUFFERED, FILE_READ_ACCESS);
@@ -299,7 +303,14 @@ pub struct ConnectRequest<'a> {
     /// A client certificate to present if the server asks for one: the SHA-1 thumbprint of a
     /// certificate (with its private key) in LocalMachine\My.
     pub client_certificate: Option<[u8; 20]>,
+    /// Keep the server's certificate chain for [`IOCTL_WSKTLS_PEER_CERTIFICATES`].
+    pub keep_peer_certificates: bool,
 }
+
+/// Flag of [`ConnectRequest`]: a client certificate thumbprint follows.
+const CONNECT_CLIENT_CERTIFICATE: u8 = 1;
+/// Flag of [`ConnectRequest`]: keep the server's chain.
+const CONNECT_KEEP_CERTIFICATES: u8 = 2;
 
 impl<'a> ConnectRequest<'a> {
     /// Fixed part: header, endpoint, versions, validation, pin, three lengths, flags, client
@@ -332,7 +343,14 @@ impl<'a> ConnectRequest<'a> {
         w.u8(self.host.len() as u8);
         w.u8(self.sni.len() as u8);
         w.u8(self.alpn.len() as u8);
-        w.u8(u8::from(self.client_certificate.is_some()));
+        let mut flags = 0;
+        if self.client_certificate.is_some() {
+            flags |= CONNECT_CLIENT_CERTIFICATE;
+        }
+        if self.keep_peer_certificates {
+            flags |= CONNECT_KEEP_CERTIFICATES;
+        }
+        w.u8(flags);
         w.bytes(&self.client_certificate.unwrap_or([0; 20]));
         w.bytes(self.host);
         w.bytes(self.sni);
@@ -354,12 +372,15 @@ impl<'a> ConnectRequest<'a> {
         let alpn_len = usize::from(r.u8().ok_or(short(Self::FIXED, got))?);
         let flags = r.u8().ok_or(short(Self::FIXED, got))?;
         let thumbprint: [u8; 20] = r.array().ok_or(short(Self::FIXED, got))?;
-        let client_certificate = match flags {
+        if flags & !(CONNECT_CLIENT_CERTIFICATE | CONNECT_KEEP_CERTIFICATES) != 0 {
+            return Err(WireError::InvalidField("flags"));
+        }
+        let client_certificate = match flags & CONNECT_CLIENT_CERTIFICATE {
             0 if thumbprint == [0; 20] => None,
-            1 => Some(thumbprint),
             0 => return Err(WireError::InvalidField("client certificate")),
-            _ => return Err(WireError::InvalidField("flags")),
+            _ => Some(thumbprint),
         };
+        let keep_peer_certificates = flags & CONNECT_KEEP_CERTIFICATES != 0;
         let total = Self::FIXED + host_len + sni_len + alpn_len;
         let host = r.bytes(host_len).ok_or(short(total, got))?;
         let sni = r.bytes(sni_len).ok_or(short(total, got))?;
@@ -396,6 +417,7 @@ impl<'a> ConnectRequest<'a> {
             versions,
             validation,
             client_certificate,
+            keep_peer_certificates,
         })
     }
 }

@@ -37,6 +37,7 @@ fn connect(validation: Validation) -> Vec<u8> {
         },
         validation,
         client_certificate: None,
+        keep_peer_certificates: false,
     };
     let mut out = vec![0u8; 1024];
     let n = req.encode(&mut out).unwrap();
@@ -186,6 +187,7 @@ fn connect_round_trips_and_rejects_bad_fields() {
         versions: VersionRange::ALL,
         validation: Validation::SystemRoots,
         client_certificate: None,
+        keep_peer_certificates: false,
     };
     let mut out = vec![0u8; 256];
     let n = nameless.encode(&mut out).unwrap();

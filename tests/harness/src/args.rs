@@ -126,5 +126,6 @@ pub fn connect_options(
         validation,
         ignore_eof: false,
         client_certificate: None,
+        show_certificates: false,
     })
 }

@@ -136,6 +136,7 @@ impl DriverBench<'_> {
             versions: tls13(),
             validation: Validation::SystemRoots,
             client_certificate: None,
+            keep_peer_certificates: false,
         }
     }
 

@@ -24,6 +24,38 @@ pub struct ConnectOptions {
     pub ignore_eof: bool,
     /// Thumbprint of the client certificate to present (in LocalMachine\My), if any.
     pub client_certificate: Option<[u8; 20]>,
+    /// Print the server's chain (subject, issuer, validity, SHA-256 of each certificate).
+    pub show_certificates: bool,
+}
+
+/// One line per certificate of a chain, leaf first: subject, issuer, validity, SHA-256.
+pub fn describe_chain(chain: &[Vec<u8>]) -> String {
+    let mut out = String::new();
+    for (i, der) in chain.iter().enumerate() {
+        let digest = hex(&sha256(der));
+        match x509_parser::parse_x509_certificate(der) {
+            Ok((_, cert)) => {
+                let validity = cert.validity();
+                out += &format!(
+                    "certificate {i}: subject {}\n  issuer {}\n  valid {} to {}\n  SHA-256 {digest}\n",
+                    cert.subject(),
+                    cert.issuer(),
+                    validity.not_before,
+                    validity.not_after,
+                );
+            }
+            Err(e) => out += &format!("certificate {i}: not parsed ({e}); SHA-256 {digest}\n"),
+        }
+    }
+    out
+}
+
+/// SHA-256 (the digest `--pin` takes).
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -41,6 +73,7 @@ pub fn run(driver: Arc<Driver>, options: &ConnectOptions) -> Result<(), Failure>
             versions: options.versions,
             validation: options.validation,
             client_certificate: options.client_certificate,
+            keep_peer_certificates: options.show_certificates,
         })
         .and_then(|p| p.wait(CALL_TIMEOUT))
         .map_err(|e| e.failure("CONNECT"))?;
@@ -52,6 +85,12 @@ pub fn run(driver: Arc<Driver>, options: &ConnectOptions) -> Result<(), Failure>
         info.peer_certificate.map_or("-".to_string(), |d| hex(&d))
     );
     let id = info.id;
+    if options.show_certificates {
+        let chain = driver
+            .peer_certificates(id)
+            .map_err(|e| e.failure("PEER_CERTIFICATES"))?;
+        eprint!("{}", describe_chain(&chain));
+    }
     let ignore_eof = options.ignore_eof;
     let sender = {
         // Weak: a sender still blocked on stdin when the server has ended must not keep the

@@ -178,6 +178,9 @@ impl PendingTransfer {
     }
 }
 
+/// Room asked for a peer's chain (a long chain with large keys stays well below).
+const PEER_CERTIFICATES_ROOM: usize = 256 * 1024;
+
 /// Typed calls on one handle.
 pub struct Driver {
     device: Box<dyn Device>,
@@ -305,6 +308,31 @@ impl Driver {
             io,
             what: "SHUTDOWN",
         })
+    }
+
+    /// The peer's certificates a connection kept (its CONNECT asked for them), leaf first,
+    /// each as DER.
+    pub fn peer_certificates(&self, id: u64) -> Result<Vec<Vec<u8>>, CallError> {
+        let c = self.device.call(
+            IOCTL_WSKTLS_PEER_CERTIFICATES,
+            &IdRequest { id }.encode(),
+            PEER_CERTIFICATES_ROOM,
+            CALL_TIMEOUT,
+        )?;
+        ok("PEER_CERTIFICATES", c.status)?;
+        let mut chain = Vec::new();
+        let mut rest = c.output.as_slice();
+        while let Some((len, after)) = rest.split_first_chunk::<4>() {
+            let len = u32::from_le_bytes(*len) as usize;
+            let der = after
+                .get(..len)
+                .ok_or(CallError::Wire(proto::WireError::InvalidField(
+                    "certificates",
+                )))?;
+            chain.push(der.to_vec());
+            rest = &after[len..];
+        }
+        Ok(chain)
     }
 
     /// CLOSE a listener or connection.

@@ -197,6 +197,9 @@ enum Command {
         /// SHA-1 thumbprint (hex) of a client certificate in LocalMachine\My.
         #[arg(long)]
         cert_thumbprint: Option<String>,
+        /// Print the server's certificate chain: subject, issuer, validity, SHA-256 of each.
+        #[arg(long)]
+        show_certs: bool,
         /// Load this wsktls.sys into kemu instead of the natively linked driver.
         #[arg(long)]
         driver: Option<PathBuf>,
@@ -336,11 +339,13 @@ fn run(command: Command, globals: &Globals) -> Result<ExitCode, Failure> {
             cert,
             key,
             cert_thumbprint,
+            show_certs,
             driver,
         } => {
             let mut options =
                 args::connect_options(&target, sni, &alpn, pin.as_deref(), insecure, tls12, tls13)?;
             options.ignore_eof = ign_eof;
+            options.show_certificates = show_certs;
             let client = match (cert, key, cert_thumbprint) {
                 (Some(c), Some(k), None) => {
                     server_pem::check(&c, &k)?;

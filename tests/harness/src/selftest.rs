@@ -66,6 +66,7 @@ pub fn run_version(
             versions: range,
             validation: Validation::SystemRoots,
             client_certificate: None,
+            keep_peer_certificates: false,
         })
         .map_err(|x| e("CONNECT", x))?;
     let c = connect

@@ -671,3 +671,32 @@ fn mutual_tls_from_the_command_line() {
     ));
     assert_eq!(code, 0, "serve: {err}");
 }
+
+#[test]
+fn connect_shows_the_servers_chain() {
+    let dir = pki("show-certs");
+    let server = serve(&dir, &["--echo"]);
+    let target = format!("localhost:{}", server.port);
+    let ca = dir.join("ca.pem").display().to_string();
+    let (code, out, err) = connect(&[&target, "--ca", &ca, "--show-certs"], b"x");
+    assert_eq!((code, out.as_str()), (0, "x"), "{err}");
+    // The leaf (its SHA-256 is the one the driver reports), then the CA that issued it.
+    let digest = err
+        .split("server certificate SHA-256 ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no digest in {err}"));
+    let leaf = err
+        .split("certificate 0: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no chain in {err}"));
+    assert!(leaf.starts_with("subject CN="), "{err}");
+    assert!(leaf.contains("issuer CN=harness CA"), "{err}");
+    assert!(leaf.contains("valid "), "{err}");
+    assert!(leaf.contains(&format!("SHA-256 {digest}")), "{err}");
+    assert!(
+        err.contains("certificate 1: subject CN=harness CA"),
+        "{err}"
+    );
+    drop(server);
+}
