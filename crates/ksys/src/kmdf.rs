@@ -469,10 +469,10 @@ impl Request {
 
     /// The tag [`Self::set_tag`] attached, if any.
     pub fn tag(&self) -> Option<u64> {
+        let object = self.handle.as_object();
         // SAFETY: the request is live (presented or in its cancel routine); the type info is a
         // static.
-        let context =
-            unsafe { WdfObjectGetTypedContextWorker(self.handle.as_object(), &REQUEST_TAG) };
+        let context = unsafe { WdfObjectGetTypedContextWorker(object, &REQUEST_TAG) };
         // SAFETY: a non-NULL context of this type is the u64 `set_tag` wrote.
         (!context.is_null()).then(|| unsafe { (context as *const u64).read() })
     }
