@@ -74,6 +74,45 @@ fn stamped_inf_agrees_with_the_build() {
             "unstamped placeholder in {}",
             path.display()
         );
+        // What Microsoft's INF rules ask: ASCII (or UTF-16) text, no file deleted from the
+        // driver store's DIRID 13, and no section that nothing references.
+        assert!(text.is_ascii(), "{} is not ASCII", path.display());
+        assert!(
+            !text.to_ascii_lowercase().contains("delfiles"),
+            "{}: DelFiles on DIRID 13",
+            path.display()
+        );
+        let lower = text.to_ascii_lowercase();
+        for line in lower.lines() {
+            let Some(name) = line
+                .trim()
+                .strip_prefix('[')
+                .and_then(|l| l.strip_suffix(']'))
+            else {
+                continue;
+            };
+            let standard = [
+                "version",
+                "strings",
+                "sourcedisksnames",
+                "sourcedisksfiles",
+                "destinationdirs",
+            ];
+            let install =
+                name.starts_with("defaultinstall") || name.starts_with("defaultuninstall");
+            if standard.contains(&name) || install {
+                continue;
+            }
+            let referenced = lower
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('['))
+                .any(|l| l.split_once('=').is_some_and(|(_, v)| v.contains(name)));
+            assert!(
+                referenced,
+                "{}: section [{name}] is not used",
+                path.display()
+            );
+        }
         let inf = parse(&text);
         assert_eq!(value(&inf, "version", "signature"), "$WINDOWS NT$");
         assert_eq!(
