@@ -487,8 +487,25 @@ mod platform {
         if let Ok(s) = driver.stats() {
             eprint!("{}", super::stats_text(&s));
         }
-        drop(Arc::try_unwrap(driver).map_err(|_| Failure::driver("a connection is still in use"))?);
+        drop(sole_owner(driver).ok_or_else(|| Failure::driver("a connection is still in use"))?);
         conclude(result, Box::new(machine).finish())
+    }
+
+    /// The driver handle once no other thread holds it: a thread finishing its last call (the
+    /// stdin pump of `connect` sending or shutting down) lets go within a call's time; a thread
+    /// that still holds it after that is a defect (None).
+    fn sole_owner(mut driver: Arc<Driver>) -> Option<Driver> {
+        let deadline = std::time::Instant::now() + crate::driver::CALL_TIMEOUT;
+        loop {
+            match Arc::try_unwrap(driver) {
+                Ok(d) => return Some(d),
+                Err(_) if std::time::Instant::now() > deadline => return None,
+                Err(shared) => {
+                    driver = shared;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+        }
     }
 
     pub fn selftest(
