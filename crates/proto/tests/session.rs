@@ -154,7 +154,14 @@ fn connect_round_trips_and_rejects_bad_fields() {
     );
     // Flags (after the pin and the three lengths) and the client certificate's thumbprint.
     let flags_at = ConnectRequest::FIXED - 21;
-    assert_eq!(mutate(flags_at, 2), Err(WireError::InvalidField("flags")));
+    assert_eq!(mutate(flags_at, 4), Err(WireError::InvalidField("flags")));
+    let mut keep = bytes.clone();
+    keep[flags_at] = 2;
+    assert!(
+        ConnectRequest::decode(&keep)
+            .unwrap()
+            .keep_peer_certificates
+    );
     assert_eq!(
         mutate(flags_at + 1, 9),
         Err(WireError::InvalidField("client certificate")),
