@@ -535,7 +535,7 @@ fn idle_openssl_client(dir: &Path, port: u16) -> Child {
 #[test]
 fn serve_stops_on_sigterm_closing_its_connections_gracefully() {
     let dir = pki("sigterm");
-    let mut server = serve_until_stopped(&dir);
+    let server = serve_until_stopped(&dir);
     let clients: Vec<Child> = (0..2)
         .map(|_| idle_openssl_client(&dir, server.port))
         .collect();
@@ -544,8 +544,7 @@ fn serve_stops_on_sigterm_closing_its_connections_gracefully() {
         .status()
         .unwrap();
     assert!(status.success());
-    let child = std::mem::replace(&mut server.child, Command::new("true").spawn().unwrap());
-    let (code, _, err) = finish(child);
+    let (code, _, err) = finish(server.into_child());
     assert_eq!(code, 0, "serve after SIGTERM: {err}");
     assert!(
         err.contains("closing 2 open connection(s) gracefully"),
@@ -582,10 +581,7 @@ fn connect_ends_with_exit_0_when_the_server_closes_first_even_with_stdin_open() 
         assert_eq!(code, 0, "{extra:?}: {err}");
         assert!(out.starts_with("HTTP/1.0 200 OK"), "{out}");
         assert!(out.contains("request: GET /bye HTTP/1.0"), "{out}");
-        let (code, _, err) = finish(std::mem::replace(
-            &mut { server }.child,
-            Command::new("true").spawn().unwrap(),
-        ));
+        let (code, _, err) = finish(server.into_child());
         assert_eq!(code, 0, "serve: {err}");
     }
 }
@@ -665,10 +661,7 @@ fn mutual_tls_from_the_command_line() {
     );
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "mutual hello");
-    let (code, _, err) = finish(std::mem::replace(
-        &mut { server }.child,
-        Command::new("true").spawn().unwrap(),
-    ));
+    let (code, _, err) = finish(server.into_child());
     assert_eq!(code, 0, "serve: {err}");
 }
 
