@@ -87,7 +87,10 @@ fn create_everything(args: &DriverEntryArgs) -> Result<(), NTSTATUS> {
         kmdf::delete_object(device.as_object());
         return Err(status);
     }
-    crate::service::set_device(kmdf::wdm_device_object(device));
+    if let Err(status) = crate::service::start(kmdf::wdm_device_object(device)) {
+        kmdf::delete_object(device.as_object());
+        return Err(status);
+    }
     kmdf::finish_initializing(device);
     Ok(())
 }

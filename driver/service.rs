@@ -18,20 +18,17 @@
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::net::{IpAddr, SocketAddr};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use ksys::io::DEVICE_OBJECT;
 use ksys::kmdf::{ParkedRequest, Request};
 use ksys::ntdef::*;
 use ksys::wdf::types::{WDFFILEOBJECT, WDFREQUEST};
-use ksys::wsk::*;
-use ktls::census::Census;
-use ktls::credential::{Acquisition, Credential, CredentialSpec, Versions};
-use ktls::listener::{ListenObserver, ListenState, Listener, ListenerConfig};
-use ktls::pool::PoolArc;
-use ktls::session::{Config, Failure, Observer, Received, Role, Session, State};
-use ktls::sync::SpinLock;
-use ktls::wsk::Provider;
+use ktls::{
+    Client, ClientConfig, Error, ListenObserver, ListenState, Listener, Observer, Pending, PoolArc,
+    Received, Server, ServerConfig, Session, SpinLock, State, Tls, Verify, Versions,
+};
 use proto::session::{
     ConnectRequest, ConnectionInfo, Endpoint, ListenRequest, ListenResponse, Stats, TlsVersion,
     Validation, VersionRange,
@@ -69,14 +66,6 @@ impl Notify {
             target: PoolArc::try_new(AtomicU64::new(id))?,
             listener: None,
         })
-    }
-
-    /// An observer reporting to nobody yet, and the cell that names its object once it has one
-    /// (see [`assign`]).
-    fn unassigned() -> Result<(Notify, PoolArc<AtomicU64>), NTSTATUS> {
-        let notify = Notify::try_new(0)?;
-        let target = notify.target.clone();
-        Ok((notify, target))
     }
 
     /// Reports to `id` from now on.
@@ -121,10 +110,7 @@ enum Kind {
         session: Session<Notify>,
     },
     /// Waiting for its credential (LISTEN, or a CONNECT without a cached one).
-    Acquiring {
-        acquisition: Acquisition<Acquired>,
-        plan: Plan,
-    },
+    Acquiring(Acquiring),
     /// Credential acquired; its listener or session is being started.
     Opening,
     /// The credential could not be acquired, or the listener or session not started: the
@@ -220,18 +206,9 @@ static LIMITS: SpinLock<Limits> = SpinLock::new(Limits {
     total: DEFAULT_MAX_CONNECTIONS,
     per_handle: DEFAULT_MAX_CONNECTIONS_PER_HANDLE,
 });
-static DEVICE: AtomicUsize = AtomicUsize::new(0);
-static PROVIDER: SpinLock<Option<Provider>> = SpinLock::new(None);
-/// Every session and listener the driver started, until each has released its resources
-/// (a closed connection goes on releasing after its id is gone; unload waits for it).
-static CENSUS: SpinLock<Option<Census>> = SpinLock::new(None);
-/// What a client credential is acquired for: validation flags, versions and the client
-/// certificate it presents (if any).
-type ClientKey = (u32, Versions, Option<[u8; 20]>);
-
-/// Client credentials by what they are for (released at unload).
-static CLIENT_CREDENTIALS: SpinLock<Vec<(ClientKey, PoolArc<Credential>)>> =
-    SpinLock::new(Vec::new());
+/// The driver's kernel TLS (WSK registration, census, cached client credentials): made at
+/// load, dropped at unload after every object is closed.
+static TLS: SpinLock<Option<PoolArc<Tls>>> = SpinLock::new(None);
 
 static HANDSHAKES_OK: AtomicU64 = AtomicU64::new(0);
 static HANDSHAKES_FAILED: AtomicU64 = AtomicU64::new(0);
@@ -251,59 +228,49 @@ fn limits() -> Limits {
     *LIMITS.lock()
 }
 
-/// Remembers the control device's DEVICE_OBJECT (work items reference it).
-pub fn set_device(device: *mut DEVICE_OBJECT) {
-    DEVICE.store(device as usize, Ordering::Release);
+/// Starts kernel TLS on the control device's DEVICE_OBJECT (its work items run there).
+pub fn start(device: *mut DEVICE_OBJECT) -> Result<(), NTSTATUS> {
+    // SAFETY: the control device lives until unload, and `shutdown` (the unload routine) drops
+    // the Tls — which waits for every connection — before it returns.
+    let tls = unsafe { Tls::new(device) }.map_err(|e| e.status())?;
+    *TLS.lock() = Some(PoolArc::try_new(tls)?);
+    Ok(())
 }
 
-fn device() -> *mut DEVICE_OBJECT {
-    DEVICE.load(Ordering::Acquire) as *mut DEVICE_OBJECT
+/// The driver's kernel TLS (a counted reference: `shutdown` waits until it is given back).
+fn tls() -> Result<PoolArc<Tls>, NTSTATUS> {
+    TLS.lock().clone().ok_or(STATUS_DEVICE_NOT_READY)
 }
 
-/// The captured WSK provider, registered at first use (PASSIVE_LEVEL).
-fn provider_npi() -> Result<WSK_PROVIDER_NPI, NTSTATUS> {
-    if let Some(p) = PROVIDER.lock().as_ref() {
-        return Ok(p.npi());
-    }
-    let fresh = Provider::register(WSK_INFINITE_WAIT)?;
-    let mut slot = PROVIDER.lock();
-    if slot.is_none() {
-        *slot = Some(fresh);
+/// The socket address an IOCTL's endpoint names.
+fn socket_address(endpoint: &Endpoint) -> SocketAddr {
+    let ip = if endpoint.v6 {
+        IpAddr::from(endpoint.ip)
     } else {
-        // Another request registered first: ours is released outside the lock below.
-        drop(slot);
-        drop(fresh);
-        slot = PROVIDER.lock();
-    }
-    slot.as_ref().map(Provider::npi).ok_or(STATUS_UNSUCCESSFUL)
-}
-
-/// The driver's census, made at first use.
-fn census() -> Result<Census, NTSTATUS> {
-    let mut slot = CENSUS.lock();
-    if slot.is_none() {
-        *slot = Some(Census::try_new()?);
-    }
-    slot.clone().ok_or(STATUS_UNSUCCESSFUL)
-}
-
-fn sockaddr(endpoint: &Endpoint) -> SOCKADDR_STORAGE {
-    let mut s = SOCKADDR_STORAGE {
-        ss_family: if endpoint.v6 {
-            AF_INET6 as u16
-        } else {
-            AF_INET as u16
-        },
-        data: [0; 126],
+        IpAddr::from([
+            endpoint.ip[0],
+            endpoint.ip[1],
+            endpoint.ip[2],
+            endpoint.ip[3],
+        ])
     };
-    s.data[0..2].copy_from_slice(&endpoint.port.to_be_bytes());
-    if endpoint.v6 {
-        // flowinfo (4 bytes) then the address, then scope id.
-        s.data[6..22].copy_from_slice(&endpoint.ip);
-    } else {
-        s.data[2..6].copy_from_slice(&endpoint.ip[..4]);
+    SocketAddr::new(ip, endpoint.port)
+}
+
+/// The ids of an ALPN list in wire format (each prefixed by its length).
+fn alpn_ids(mut wire: &[u8]) -> Result<Vec<&[u8]>, NTSTATUS> {
+    let mut ids = Vec::new();
+    while let Some((&len, rest)) = wire.split_first() {
+        let len = usize::from(len);
+        if len == 0 || len > rest.len() {
+            return Err(STATUS_INVALID_PARAMETER);
+        }
+        ids.try_reserve(1)
+            .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+        ids.push(&rest[..len]);
+        wire = &rest[len..];
     }
-    s
+    Ok(ids)
 }
 
 fn versions(range: VersionRange) -> Versions {
@@ -347,13 +314,6 @@ fn insert(owner: usize, kind: Kind) -> Result<PoolArc<Object>, NTSTATUS> {
     inserted.map(|_| object)
 }
 
-/// Points an observer made [`Notify::unassigned`] at its object, and looks once at what it
-/// reported to nobody before.
-fn assign(target: &AtomicU64, object: &Object) {
-    target.store(object.id(), Ordering::Release);
-    serve(object);
-}
-
 /// Whether `owner` may create one more object (checked again when it goes in).
 fn check_limits(owner: usize) -> Result<(), NTSTATUS> {
     let limits = limits();
@@ -364,25 +324,27 @@ fn check_limits(owner: usize) -> Result<(), NTSTATUS> {
 /// then waits (parked) until the listener is bound, or has failed.
 pub fn listen(request: &ListenRequest<'_>, owner: usize) -> Result<u64, NTSTATUS> {
     check_limits(owner)?;
-    let spec = CredentialSpec {
-        inbound: true,
-        thumbprint: Some(request.thumbprint),
-        flags: 0,
-        versions: versions(request.versions),
-        require_client_certificate: request.require_client_certificate,
-    };
-    let config = ListenerConfig {
-        npi: provider_npi()?,
-        local: sockaddr(&request.endpoint),
-        alpn: copy(request.alpn)?,
-        require_client_certificate: request.require_client_certificate,
-        max_queued: MAX_QUEUED_BYTES,
-        receive_window: RECEIVE_WINDOW,
-        backlog: LISTEN_BACKLOG,
-        handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS,
-        census: Some(census()?),
-    };
-    start_acquiring(owner, &spec, Plan::Listen(config))
+    let config = ServerConfig::builder(request.thumbprint)
+        .versions(versions(request.versions))
+        .alpn(alpn_ids(request.alpn)?)
+        .require_client_certificate(request.require_client_certificate)
+        .backlog(LISTEN_BACKLOG)
+        .max_queued(MAX_QUEUED_BYTES)
+        .receive_window(RECEIVE_WINDOW)
+        .handshake_timeout_ms(HANDSHAKE_TIMEOUT_MS)
+        .build()
+        .map_err(|e| e.status())?;
+    let at = socket_address(&request.endpoint);
+    start_acquiring(owner, |tls, observer| {
+        tls.acquire_server(config, observer)
+            .map(|pending| Acquiring::Server { pending, at })
+    })
+}
+
+/// Where a CONNECT goes: an address, or a host name the session resolves.
+enum Destination {
+    Address(SocketAddr),
+    Name { host: Vec<u8>, port: u16 },
 }
 
 /// CONNECT: starts a client session (once its credential is there) → its id; the request
@@ -390,95 +352,62 @@ pub fn listen(request: &ListenRequest<'_>, owner: usize) -> Result<u64, NTSTATUS
 pub fn connect(request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTATUS> {
     check_limits(owner)?;
     // An unspecified address means "resolve the host name" (WskGetAddressInfo, in the session).
-    let resolve = if request.endpoint.ip.iter().all(|&b| b == 0) {
+    let to = if request.endpoint.ip.iter().all(|&b| b == 0) {
         if request.host.is_empty() {
             return Err(STATUS_INVALID_PARAMETER);
         }
-        let mut name = Vec::new();
-        name.try_reserve_exact(request.host.len())
-            .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
-        name.extend(request.host.iter().map(|&b| u16::from(b)));
-        Some(name)
+        Destination::Name {
+            host: copy(request.host)?,
+            port: request.endpoint.port,
+        }
     } else {
-        None
+        Destination::Address(socket_address(&request.endpoint))
     };
-    let flags = match request.validation {
-        Validation::SystemRoots => 0,
-        Validation::Insecure => {
-            ksys::schannel::SCH_CRED_MANUAL_CRED_VALIDATION
-                | ksys::schannel::SCH_CRED_NO_SERVERNAME_CHECK
-        }
-        // The chain is not validated; the session compares the certificate's SHA-256.
-        Validation::Pinned(_) => {
-            ksys::schannel::SCH_CRED_MANUAL_CRED_VALIDATION
-                | ksys::schannel::SCH_CRED_NO_SERVERNAME_CHECK
-        }
+    let verify = match request.validation {
+        Validation::SystemRoots => Verify::SystemRoots,
+        Validation::Insecure => Verify::InsecureAcceptAnyCertificate,
+        Validation::Pinned(digest) => Verify::Pinned(digest),
     };
-    let pinned = match request.validation {
-        Validation::Pinned(digest) => Some(digest),
-        _ => None,
-    };
+    let mut config = ClientConfig::builder(verify)
+        .versions(versions(request.versions))
+        .alpn(alpn_ids(request.alpn)?)
+        .keep_peer_certificates(request.keep_peer_certificates)
+        .max_queued(MAX_QUEUED_BYTES)
+        .receive_window(RECEIVE_WINDOW)
+        .handshake_timeout_ms(HANDSHAKE_TIMEOUT_MS);
+    if let Some(thumbprint) = request.client_certificate {
+        config = config.client_certificate(thumbprint);
+    }
+    let config = config.build().map_err(|e| e.status())?;
     let name = if request.sni.is_empty() {
         request.host
     } else {
         request.sni
     };
-    let mut target = Vec::new();
-    target
-        .try_reserve_exact(name.len())
-        .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
-    target.extend(name.iter().map(|&b| u16::from(b)));
-    let config = Config {
-        role: Role::Client {
-            npi: provider_npi()?,
-            remote: sockaddr(&request.endpoint),
-            target,
-            resolve,
-        },
-        alpn: copy(request.alpn)?,
-        require_client_certificate: false,
-        max_queued: MAX_QUEUED_BYTES,
-        receive_window: RECEIVE_WINDOW,
-        handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS,
-        pinned,
-        keep_peer_certificates: request.keep_peer_certificates,
-        census: Some(census()?),
-    };
-    let key: ClientKey = (
-        flags,
-        versions(request.versions),
-        request.client_certificate,
-    );
-    let cached = CLIENT_CREDENTIALS
-        .lock()
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, c)| c.clone());
-    let Some(credential) = cached else {
-        let spec = CredentialSpec {
-            inbound: false,
-            thumbprint: key.2,
-            flags: key.0,
-            versions: key.1,
-            require_client_certificate: false,
-        };
-        return start_acquiring(owner, &spec, Plan::Connect(config, key));
-    };
-    let (notify, target) = Notify::unassigned()?;
-    // SAFETY: the control device lives until unload, which closes every session first; the
-    // provider stays captured until then too.
-    let session = unsafe { Session::start(device(), config, credential, notify) }?;
-    let object = insert(owner, Kind::Connection { session })?;
-    assign(&target, &object);
-    Ok(object.id())
+    let server_name = copy(name)?;
+    start_acquiring(owner, |tls, observer| {
+        tls.acquire_client(config, observer)
+            .map(|pending| Acquiring::Client {
+                pending,
+                to,
+                server_name,
+            })
+    })
 }
 
-/// What an object does once its credential is acquired.
-enum Plan {
-    /// Start listening.
-    Listen(ListenerConfig),
-    /// Connect; the credential is cached under this key.
-    Connect(Config, ClientKey),
+/// An object waiting for its credential, and what it starts once the credential is there.
+enum Acquiring {
+    /// LISTEN: listen here.
+    Server {
+        pending: Pending<Server, Acquired>,
+        at: SocketAddr,
+    },
+    /// CONNECT: connect there, with this server name (ASCII bytes).
+    Client {
+        pending: Pending<Client, Acquired>,
+        to: Destination,
+        server_name: Vec<u8>,
+    },
 }
 
 /// Hears that an object's credential acquisition finished (on its work item, PASSIVE_LEVEL).
@@ -496,18 +425,17 @@ impl Observer for Acquired {
 }
 
 /// Puts in an object that waits for its credential (SspiAcquireCredentialsHandleAsyncW, issued
-/// from a work item: nobody blocks) → its id.
-fn start_acquiring(owner: usize, spec: &CredentialSpec, plan: Plan) -> Result<u64, NTSTATUS> {
+/// from a work item: nobody blocks; at once with a cached client credential) → its id.
+fn start_acquiring(
+    owner: usize,
+    begin: impl FnOnce(&Tls, Acquired) -> Result<Acquiring, Error>,
+) -> Result<u64, NTSTATUS> {
     let target = PoolArc::try_new(AtomicU64::new(0))?;
-    let census = census()?;
     let observer = Acquired {
         target: target.clone(),
     };
-    // SAFETY: the control device lives until unload, which waits (census) until every
-    // acquisition has finished.
-    let acquisition = unsafe { Acquisition::start(device(), spec, Some(&census), observer) }
-        .map_err(sspi_to_status)?;
-    let object = insert(owner, Kind::Acquiring { acquisition, plan })?;
+    let acquiring = begin(&*tls()?, observer).map_err(|e| e.status())?;
+    let object = insert(owner, Kind::Acquiring(acquiring))?;
     let id = object.id();
     target.store(id, Ordering::Release);
     // It may have finished already, reporting to nobody.
@@ -523,18 +451,23 @@ fn acquired(id: u64) {
     };
     let finished = {
         let mut st = object.state.lock();
-        let outcome = match &st.kind {
-            Kind::Acquiring { acquisition, .. } => acquisition.take(),
+        let ready = match &mut st.kind {
+            Kind::Acquiring(Acquiring::Server { pending, .. }) => {
+                pending.take().map(|r| r.map(Made::Server))
+            }
+            Kind::Acquiring(Acquiring::Client { pending, .. }) => {
+                pending.take().map(|r| r.map(Made::Client))
+            }
             _ => None,
         };
-        outcome.map(|outcome| (outcome, core::mem::replace(&mut st.kind, Kind::Opening)))
+        ready.map(|made| (made, core::mem::replace(&mut st.kind, Kind::Opening)))
     };
-    let Some((outcome, Kind::Acquiring { plan, .. })) = finished else {
+    let Some((made, Kind::Acquiring(acquiring))) = finished else {
         return;
     };
-    let kind = outcome
-        .map_err(sspi_to_status)
-        .and_then(|credential| open(plan, credential, id))
+    let kind = made
+        .map_err(|e| e.status())
+        .and_then(|made| open(made, acquiring, id))
         .unwrap_or_else(Kind::Failed);
     let closed_meanwhile = {
         let mut st = object.state.lock();
@@ -551,41 +484,41 @@ fn acquired(id: u64) {
     serve(&object);
 }
 
-/// Starts what `plan` says with the acquired credential (PASSIVE_LEVEL).
-fn open(plan: Plan, credential: PoolArc<Credential>, id: u64) -> Result<Kind, NTSTATUS> {
+/// What a finished acquisition made.
+enum Made {
+    Server(Server),
+    Client(Client),
+}
+
+/// Starts listening or connecting with what the acquisition made (PASSIVE_LEVEL).
+fn open(made: Made, acquiring: Acquiring, id: u64) -> Result<Kind, NTSTATUS> {
     let notify = Notify::try_new(id)?;
-    match plan {
-        Plan::Listen(config) => {
-            // SAFETY: as in `connect`.
-            let listener = unsafe { Listener::start(device(), config, credential, notify) }?;
+    match (made, acquiring) {
+        (Made::Server(server), Acquiring::Server { at, .. }) => {
+            let listener = server.listen(at, notify).map_err(|e| e.status())?;
             Ok(Kind::Listener {
                 listener,
                 accepted: Vec::new(),
             })
         }
-        Plan::Connect(config, key) => {
-            // Shared by every later CONNECT with the same policy (an acquisition is a round
-            // trip to the LSA); one acquired twice by racing CONNECTs goes with its sessions.
-            let mut cache = CLIENT_CREDENTIALS.lock();
-            if !cache.iter().any(|(k, _)| *k == key) && cache.try_reserve(1).is_ok() {
-                cache.push((key, credential.clone()));
+        (
+            Made::Client(client),
+            Acquiring::Client {
+                to, server_name, ..
+            },
+        ) => {
+            let name = core::str::from_utf8(&server_name).map_err(|_| STATUS_INVALID_PARAMETER)?;
+            let session = match to {
+                Destination::Address(addr) => client.connect(addr, name, notify),
+                Destination::Name { host, port } => {
+                    let host = core::str::from_utf8(&host).map_err(|_| STATUS_INVALID_PARAMETER)?;
+                    client.connect_by_name(host, port, name, notify)
+                }
             }
-            drop(cache);
-            // SAFETY: as in `connect`.
-            let session = unsafe { Session::start(device(), config, credential, notify) }?;
+            .map_err(|e| e.status())?;
             Ok(Kind::Connection { session })
         }
-    }
-}
-
-/// Maps a credential failure to the NTSTATUS LISTEN/CONNECT complete with.
-fn sspi_to_status(status: ksys::sspi::SECURITY_STATUS) -> NTSTATUS {
-    match status {
-        ksys::sspi::SEC_E_NO_CREDENTIALS | ksys::sspi::SEC_E_UNKNOWN_CREDENTIALS => {
-            STATUS_NOT_FOUND
-        }
-        ksys::sspi::SEC_E_INSUFFICIENT_MEMORY => STATUS_INSUFFICIENT_RESOURCES,
-        _ => STATUS_INVALID_PARAMETER,
+        _ => Err(STATUS_INTERNAL_ERROR),
     }
 }
 
@@ -606,9 +539,7 @@ pub fn park(request: Request, id: u64, mut op: Op) {
                 Ok(())
             }
             // Nothing to shut down before the connection exists.
-            (Op::Shutdown, Kind::Acquiring { .. } | Kind::Opening) => {
-                Err(STATUS_INVALID_DEVICE_STATE)
-            }
+            (Op::Shutdown, Kind::Acquiring(_) | Kind::Opening) => Err(STATUS_INVALID_DEVICE_STATE),
             (op, kind) if applies(op, kind) => Ok(()),
             _ => Err(STATUS_INVALID_HANDLE),
         }
@@ -648,19 +579,13 @@ pub fn park(request: Request, id: u64, mut op: Op) {
 fn applies(op: &Op, kind: &Kind) -> bool {
     let connection = matches!(
         kind,
-        Kind::Acquiring {
-            plan: Plan::Connect(..),
-            ..
-        } | Kind::Opening
-            | Kind::Connection { .. }
+        Kind::Acquiring(Acquiring::Client { .. }) | Kind::Opening | Kind::Connection { .. }
     );
     match op {
         Op::Listen => matches!(
             kind,
-            Kind::Acquiring {
-                plan: Plan::Listen(_),
-                ..
-            } | Kind::Opening
+            Kind::Acquiring(Acquiring::Server { .. })
+                | Kind::Opening
                 | Kind::Failed(_)
                 | Kind::Listener { .. }
         ),
@@ -827,7 +752,8 @@ fn collect_accepted(kind: &mut Kind, retired: &mut Vec<Session<Notify>>) {
     while i < accepted.len() {
         if accepted[i].state() == State::Closed && retired.try_reserve(1).is_ok() {
             HANDSHAKES_FAILED.fetch_add(1, Ordering::Relaxed);
-            if let Some(Failure { status, sspi }) = accepted[i].failure() {
+            if let Some(error) = accepted[i].failure() {
+                let (status, sspi) = (error.status(), error.sspi());
                 ksys::kmdf::debug_print_args(
                     ksys::kmdf::DPFLTR_ERROR_LEVEL,
                     format_args!(
@@ -925,7 +851,7 @@ fn settle(kind: &mut Kind, owner: usize, r: &Request, op: &Op, outcome: Outcome)
                 (Err(status), _) => Outcome::Received(status, 0),
                 (Ok(n), Received::Data(_)) => Outcome::Received(STATUS_SUCCESS, n),
                 (Ok(_), Received::End) => Outcome::Received(STATUS_SUCCESS, 0),
-                (Ok(_), Received::Failed(f)) => Outcome::Received(f.status, 0),
+                (Ok(_), Received::Failed(f)) => Outcome::Received(f.status(), 0),
                 // `examine` saw it readable under this same lock.
                 (Ok(_), Received::Pending) => Outcome::Received(STATUS_INTERNAL_ERROR, 0),
             }
@@ -978,7 +904,8 @@ fn info_of(session: &Session<Notify>, id: u64) -> ConnectionInfo {
         info.alpn = n.alpn;
         info.peer_certificate = n.peer_certificate;
     }
-    if let Some(Failure { status, sspi }) = session.failure() {
+    if let Some(error) = session.failure() {
+        let (status, sspi) = (error.status(), error.sspi());
         info.status = status.0;
         // The wire carries the SECURITY_STATUS's 32 bits as they are.
         info.sspi_status = sspi.0;
@@ -1023,7 +950,7 @@ fn examine(kind: &mut Kind, id: u64, r: &Request, op: &mut Op) -> Option<Outcome
         // Not started yet.
         (
             Op::Listen | Op::Connect | Op::Send { .. } | Op::Recv { .. },
-            Kind::Acquiring { .. } | Kind::Opening,
+            Kind::Acquiring(_) | Kind::Opening,
         ) => None,
         (Op::Listen | Op::Connect, Kind::Failed(status)) => Some(Outcome::Failed(*status)),
         (Op::Listen, Kind::Listener { listener, .. }) => match listener.state() {
@@ -1063,7 +990,8 @@ fn examine(kind: &mut Kind, id: u64, r: &Request, op: &mut Op) -> Option<Outcome
                     *at += n;
                     (*at == *len).then_some(Outcome::Status(STATUS_SUCCESS))
                 }
-                Ok(Err(status)) | Err(status) => Some(Outcome::Status(status)),
+                Ok(Err(error)) => Some(Outcome::Status(error.status())),
+                Err(status) => Some(Outcome::Status(status)),
             }
         }
         (Op::Recv { .. }, Kind::Connection { session }) => {
@@ -1074,7 +1002,7 @@ fn examine(kind: &mut Kind, id: u64, r: &Request, op: &mut Op) -> Option<Outcome
                 Some(Outcome::Status(STATUS_SUCCESS))
             } else if session.state() == State::Closed {
                 Some(Outcome::Status(
-                    session.failure().map_or(STATUS_SUCCESS, |f| f.status),
+                    session.failure().map_or(STATUS_SUCCESS, |f| f.status()),
                 ))
             } else {
                 None
@@ -1138,7 +1066,7 @@ fn release(kind: Kind) {
         // abandons it (the call finishes and its credential goes then); an object being opened
         // is released by `acquired`, which finds it closed.
         Kind::Listener { .. }
-        | Kind::Acquiring { .. }
+        | Kind::Acquiring(_)
         | Kind::Opening
         | Kind::Failed(_)
         | Kind::Closed => drop(kind),
@@ -1214,7 +1142,7 @@ pub fn stats() -> Stats {
                 s.bytes_sent += c.sent;
                 s.bytes_received += c.received;
             }
-            Kind::Acquiring { .. } | Kind::Opening | Kind::Failed(_) | Kind::Closed => {}
+            Kind::Acquiring(_) | Kind::Opening | Kind::Failed(_) | Kind::Closed => {}
         }
     }
     s
@@ -1231,35 +1159,15 @@ pub fn shutdown() {
     // The empty table still holds its storage: give it back (unload leaves no pool behind).
     let table = core::mem::take(&mut *TABLE.lock());
     drop(table);
-    // Cached client credentials go once their last session lets go (taken out of the lock
-    // first: freeing a credential needs PASSIVE_LEVEL).
-    let credentials = core::mem::take(&mut *CLIENT_CREDENTIALS.lock());
-    drop(credentials);
     // Unload never goes on while a session still has an SSPI call, an IRP or a socket out:
-    // every session's teardown is bounded (timeouts on handshakes, graceful ends and releases),
-    // so this ends; a call the kernel never completes would keep the driver loaded, which is
-    // the only safe outcome. A line every 10 s says what it waits for.
-    let census = CENSUS.lock().take();
-    if let Some(census) = census {
-        let delay: i64 = -10_000; // 1 ms
-        let mut waited_ms: u64 = 0;
-        while census.live() != 0 {
-            // SAFETY: a PASSIVE_LEVEL delay in the unload routine.
-            unsafe { ksys::imports::KeDelayExecutionThread(0, 0, &delay) };
-            waited_ms += 1;
-            if waited_ms % 10_000 == 0 {
-                ksys::kmdf::debug_print_args(
-                    ksys::kmdf::DPFLTR_WARNING_LEVEL,
-                    format_args!(
-                        "unload: waiting for {} session(s) still releasing ({} s)",
-                        census.live(),
-                        waited_ms / 1000
-                    ),
-                );
-            }
+    // dropping the Tls waits for all of it (every teardown is bounded by timeouts; a call the
+    // kernel never completes would keep the driver loaded, the only safe outcome), then
+    // releases WSK. A dispatch routine or observer still holding it is waited for first.
+    let tls = TLS.lock().take();
+    if let Some(tls) = tls {
+        while PoolArc::references(&tls) > 1 {
+            ksys::kmdf::sleep_ms(1);
         }
+        drop(tls);
     }
-    // WskDeregister waits for any socket still closing.
-    let provider = PROVIDER.lock().take();
-    drop(provider);
 }

@@ -426,7 +426,7 @@ fn pinned_connects_report_the_peer_certificate_and_refuse_other_certificates() {
             assert_eq!(
                 (bad.status, bad.sspi_status),
                 (
-                    ktls::session::STATUS_PIN_MISMATCH.0,
+                    ktls::STATUS_PIN_MISMATCH.0,
                     ksys::sspi::SEC_E_UNTRUSTED_ROOT.0
                 )
             );

@@ -40,7 +40,7 @@ pub fn boot_with(
     let ca = TestCa::generate("wsktls test CA").unwrap();
     let issued = ca.issue(&["localhost"], Validity::Current).unwrap();
     let leaf = pem::parse(issued.chain_pem.as_bytes()).unwrap();
-    *SERVER_DIGEST.lock().unwrap() = ktls::sha256::sha256(leaf.contents());
+    *SERVER_DIGEST.lock().unwrap() = ktls::sha256(leaf.contents());
     let store = kernel.cert_store();
     let thumbprint = store
         .import_pem(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())

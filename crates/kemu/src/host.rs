@@ -394,6 +394,11 @@ impl Kernel {
         self.shared.registry.set_dword(service, name, value);
     }
 
+    /// Sets a REG_SZ under the service's Parameters key (see [`Self::set_service_parameter`]).
+    pub fn set_service_string(&self, service: &str, name: &str, value: &str) {
+        self.shared.registry.set_string(service, name, value);
+    }
+
     /// The machine certificate store (import server certificates, trust roots).
     pub fn cert_store(&self) -> crate::ksecdd::store::CertStore {
         self.shared.ksecdd.store().clone()

@@ -132,6 +132,25 @@ impl ParametersKey {
         check(unsafe { WdfRegistryQueryULong(self.key, &name, &mut value) })?;
         Ok(value)
     }
+
+    /// Copies the REG_SZ value `name` into `buffer` as UTF-16 and returns how many code
+    /// units it has (its NUL left out). Err: STATUS_OBJECT_NAME_NOT_FOUND when absent,
+    /// STATUS_OBJECT_TYPE_MISMATCH when not a string, STATUS_BUFFER_OVERFLOW when it does not
+    /// fit (with its NUL), STATUS_INVALID_PARAMETER for an empty buffer.
+    pub fn string(&self, name: &'static [u16], buffer: &mut [u16]) -> Result<usize, NTSTATUS> {
+        let name = UNICODE_STRING::from_static(name);
+        let room = buffer.len().min(usize::from(u16::MAX) / 2);
+        let mut value = UNICODE_STRING {
+            Length: 0,
+            MaximumLength: (room * 2) as u16,
+            Buffer: buffer.as_mut_ptr(),
+        };
+        // SAFETY: the key is open; the buffer holds MaximumLength bytes and outlives the call.
+        check(unsafe {
+            WdfRegistryQueryUnicodeString(self.key, &name, ptr::null_mut(), &mut value)
+        })?;
+        Ok(usize::from(value.Length) / 2)
+    }
 }
 
 impl Drop for ParametersKey {
@@ -575,6 +594,14 @@ pub fn debug_print_args(level: u32, args: core::fmt::Arguments<'_>) {
         Err(e) => core::str::from_utf8(&line.bytes[..e.valid_up_to()]).unwrap_or(""),
     };
     debug_print(level, text);
+}
+
+/// Waits `ms` milliseconds (KeDelayExecutionThread: kernel mode, not alertable). PASSIVE_LEVEL
+/// only: for an unload routine that waits for work still finishing elsewhere.
+pub fn sleep_ms(ms: u32) {
+    let interval = -(i64::from(ms) * 10_000);
+    // SAFETY: a relative interval that outlives the call.
+    unsafe { crate::imports::KeDelayExecutionThread(0, 0, &interval) };
 }
 
 /// The running Windows build (RtlGetVersion; PASSIVE_LEVEL).

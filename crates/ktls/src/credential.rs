@@ -20,14 +20,7 @@ use crate::sspi::AsyncOp;
 use crate::sync::SpinLock;
 use crate::work::{Drain, Worker};
 
-/// TLS versions a credential allows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Versions {
-    /// TLS 1.2 allowed.
-    pub tls12: bool,
-    /// TLS 1.3 allowed.
-    pub tls13: bool,
-}
+pub use crate::config::Versions;
 
 /// What to acquire.
 #[derive(Clone, Copy, Debug)]
@@ -215,6 +208,15 @@ impl Credential {
     /// block (PASSIVE_LEVEL, e.g. DriverEntry or a test). A dispatch routine uses
     /// [`Acquisition`] instead, which never blocks.
     pub fn acquire(spec: &CredentialSpec) -> Result<PoolArc<Credential>, SECURITY_STATUS> {
+        Credential::acquire_counted(spec, None)
+    }
+
+    /// [`Credential::acquire`]; with a census, the credential is later freed asynchronously
+    /// and the census counts the free until its callback.
+    pub(crate) fn acquire_counted(
+        spec: &CredentialSpec,
+        census: Option<&Census>,
+    ) -> Result<PoolArc<Credential>, SECURITY_STATUS> {
         let inputs = PoolArc::try_new(UnsafeCell::new(Inputs::new(spec)?))
             .map_err(|_| SEC_E_INSUFFICIENT_MEMORY)?;
         let waiter = PoolArc::try_new(Waiter {
@@ -226,7 +228,7 @@ impl Credential {
         unsafe { KeInitializeEvent(waiter.event.get(), SYNCHRONIZATION_EVENT, 0) };
         let mut op = AsyncOp::try_new(acquired, &*waiter as *const Waiter as *mut c_void)
             .map_err(|_| SEC_E_INSUFFICIENT_MEMORY)?;
-        let credential = Credential::unacquired(None)?;
+        let credential = Credential::unacquired(census)?;
         let context = op.begin().map_err(|_| SEC_E_INSUFFICIENT_MEMORY)?;
         // SAFETY: only this thread touches the inputs; they and the credential stay in pool
         // until the callback, which we wait for below.

@@ -38,6 +38,7 @@ use ksys::wsk::*;
 use crate::census::{Census, Entry};
 use crate::credential::Credential;
 use crate::deadline::Deadline;
+use crate::error::Error;
 use crate::pool::PoolArc;
 use crate::sspi::AsyncOp;
 use crate::sync::SpinLock;
@@ -88,15 +89,6 @@ const END_TIMEOUT_MS: u32 = 5_000;
 const MAX_HANDSHAKE_TOKEN: usize = 256 * 1024;
 /// Room for an alert SSPI may return separately from the token.
 const ALERT_CAPACITY: usize = 64;
-
-/// NTSTATUS of a connection that failed in TLS (the SECURITY_STATUS says why).
-pub const STATUS_TLS_FAILURE: NTSTATUS = STATUS_UNSUCCESSFUL;
-
-/// NTSTATUS of a client whose server certificate is valid-looking but not the pinned one (its
-/// SECURITY_STATUS is SEC_E_UNTRUSTED_ROOT): a customer-defined code (bit 29 set, as
-/// ntstatus.h reserves for drivers' own codes), so a pin mismatch never reads as an untrusted
-/// chain.
-pub const STATUS_PIN_MISMATCH: NTSTATUS = NTSTATUS(0xE000_0001_u32 as i32);
 
 /// Hears that something the owner can see changed (called from the work item, PASSIVE_LEVEL).
 pub trait Observer: Send + Sync + 'static {
@@ -179,30 +171,6 @@ impl Negotiated {
     }
 }
 
-/// Why a connection ended badly: the NTSTATUS and, for TLS failures, the SECURITY_STATUS.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Failure {
-    /// STATUS_TLS_FAILURE for TLS, else the network or resource status.
-    pub status: NTSTATUS,
-    /// The SSPI status (SEC_E_OK when the failure was not TLS's).
-    pub sspi: SECURITY_STATUS,
-}
-
-impl Failure {
-    fn tls(sspi: SECURITY_STATUS) -> Failure {
-        Failure {
-            status: STATUS_TLS_FAILURE,
-            sspi,
-        }
-    }
-    fn net(status: NTSTATUS) -> Failure {
-        Failure {
-            status,
-            sspi: SEC_E_OK,
-        }
-    }
-}
-
 /// Where the connection is, as its owner sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
@@ -224,7 +192,7 @@ pub enum Received {
     /// The peer ended its side (close_notify or TCP FIN) and every byte was read.
     End,
     /// The connection failed.
-    Failed(Failure),
+    Failed(Error),
 }
 
 /// Counters of one session.
@@ -268,7 +236,7 @@ struct Mailbox {
     snapshot: Snapshot,
     state: State,
     negotiated: Option<Negotiated>,
-    failure: Option<Failure>,
+    failure: Option<Error>,
     outgoing: VecDeque<u8>,
     incoming: VecDeque<u8>,
     /// The peer's chain as SECPKG_ATTR_REMOTE_CERTIFICATES gives it, if asked to keep it.
@@ -361,7 +329,7 @@ struct Engine<O: Observer> {
     /// client certificate.
     incomplete_credentials: bool,
     sizes: SecPkgContext_StreamSizes,
-    failure: Option<Failure>,
+    failure: Option<Error>,
     close_notify_sent: bool,
     disconnected: bool,
     peer_ended: bool,
@@ -588,7 +556,7 @@ impl<O: Observer> Session<O> {
     }
 
     /// Why the connection failed, if it did.
-    pub fn failure(&self) -> Option<Failure> {
+    pub fn failure(&self) -> Option<Error> {
         self.worker.target().mailbox.lock().failure
     }
 
@@ -600,20 +568,20 @@ impl<O: Observer> Session<O> {
 
     /// Queues plaintext: returns how many bytes were taken (0 when the queue is full — wait for
     /// [`Observer::changed`]). Err once the connection is closed, failed or shut down.
-    pub fn send(&self, data: &[u8]) -> Result<usize, NTSTATUS> {
+    pub fn send(&self, data: &[u8]) -> Result<usize, Error> {
         let conn = self.worker.target();
         let taken = {
             let mut m = conn.mailbox.lock();
             if let Some(f) = m.failure {
-                return Err(f.status);
+                return Err(f);
             }
             if m.state == State::Closed || m.shutdown_requested || m.abort_requested {
-                return Err(STATUS_INVALID_DEVICE_STATE);
+                return Err(Error::closed());
             }
             let room = conn.max_queued.saturating_sub(m.outgoing.len());
             let n = room.min(data.len());
             if m.outgoing.try_reserve(n).is_err() {
-                return Err(STATUS_INSUFFICIENT_RESOURCES);
+                return Err(Error::out_of_memory());
             }
             m.outgoing.extend(&data[..n]);
             n
@@ -815,7 +783,7 @@ impl<O: Observer> Engine<O> {
                 Deadline::arm(&self.deadline, worker.clone(), self.handshake_timeout_ms).is_ok();
         }
         if events & EV_TIMER != 0 && handshaking && self.deadline.expired() {
-            self.fail_or_end(conn, Some(Failure::net(STATUS_IO_TIMEOUT)));
+            self.fail_or_end(conn, Some(Error::net(STATUS_IO_TIMEOUT)));
         }
         if events & EV_TIMER != 0
             && self.phase == Phase::Releasing
@@ -995,7 +963,7 @@ impl<O: Observer> Engine<O> {
             return;
         };
         if self.resolve_name.is_empty() || self.resolve_name.len() > 255 {
-            self.fail_or_end(conn, Some(Failure::net(STATUS_INVALID_PARAMETER)));
+            self.fail_or_end(conn, Some(Error::net(STATUS_INVALID_PARAMETER)));
             return;
         }
         // The name lives in the engine; the provider reads it during the call.
@@ -1306,7 +1274,7 @@ impl<O: Observer> Engine<O> {
                         } else {
                             status
                         };
-                        self.fail_or_end(conn, Some(Failure::net(why)));
+                        self.fail_or_end(conn, Some(Error::net(why)));
                     }
                 }
             }
@@ -1317,9 +1285,9 @@ impl<O: Observer> Engine<O> {
                         self.phase = Phase::Handshaking;
                     }
                 } else if nt_success(status) {
-                    self.fail_or_end(conn, Some(Failure::net(STATUS_UNSUCCESSFUL)));
+                    self.fail_or_end(conn, Some(Error::net(STATUS_UNSUCCESSFUL)));
                 } else if self.phase == Phase::Connecting {
-                    self.fail_or_end(conn, Some(Failure::net(status)));
+                    self.fail_or_end(conn, Some(Error::net(status)));
                 }
             }
             Control::Disconnect => {
@@ -1327,7 +1295,7 @@ impl<O: Observer> Engine<O> {
                 if nt_success(status) {
                     conn.mailbox.lock().shutdown_done = true;
                 } else {
-                    self.fail_or_end(conn, Some(Failure::net(status)));
+                    self.fail_or_end(conn, Some(Error::net(status)));
                 }
             }
             Control::Close => {
@@ -1340,7 +1308,7 @@ impl<O: Observer> Engine<O> {
 
     fn send_completed(&mut self, conn: &Conn<O>, status: NTSTATUS) {
         if !nt_success(status) {
-            self.fail_or_end(conn, Some(Failure::net(status)));
+            self.fail_or_end(conn, Some(Error::net(status)));
         }
     }
 
@@ -1360,7 +1328,7 @@ impl<O: Observer> Engine<O> {
             return;
         }
         if !nt_success(status) {
-            self.fail_or_end(conn, Some(Failure::net(status)));
+            self.fail_or_end(conn, Some(Error::net(status)));
             return;
         }
         if n == 0 {
@@ -1368,7 +1336,7 @@ impl<O: Observer> Engine<O> {
             self.peer_ended = true;
             if self.phase != Phase::Open {
                 // The peer left mid-handshake.
-                self.fail_or_end(conn, Some(Failure::net(STATUS_CONNECTION_DISCONNECTED)));
+                self.fail_or_end(conn, Some(Error::net(STATUS_CONNECTION_DISCONNECTED)));
             } else {
                 conn.mailbox.lock().peer_ended = true;
             }
@@ -1411,7 +1379,7 @@ impl<O: Observer> Engine<O> {
             match AsyncOp::try_new(sspi_done::<O>, worker.as_raw() as *mut c_void) {
                 Ok(op) => self.sspi = Some(op),
                 Err(status) => {
-                    self.fail_or_end(conn, Some(Failure::tls(status)));
+                    self.fail_or_end(conn, Some(Error::tls(status)));
                     return;
                 }
             }
@@ -1423,11 +1391,11 @@ impl<O: Observer> Engine<O> {
             TX_QUIET
         };
         if !self.send_room(room) {
-            self.fail_or_end(conn, Some(Failure::net(STATUS_INSUFFICIENT_RESOURCES)));
+            self.fail_or_end(conn, Some(Error::net(STATUS_INSUFFICIENT_RESOURCES)));
             return;
         }
         let Some(Ok(async_context)) = self.sspi.as_mut().map(AsyncOp::begin) else {
-            self.fail_or_end(conn, Some(Failure::net(STATUS_INSUFFICIENT_RESOURCES)));
+            self.fail_or_end(conn, Some(Error::net(STATUS_INSUFFICIENT_RESOURCES)));
             return;
         };
         let Some(credential) = self.credential.as_ref().map(|c| c.handle()) else {
@@ -1565,7 +1533,7 @@ impl<O: Observer> Engine<O> {
             // SAFETY: the reference given up above, never handed to a callback.
             drop(unsafe { Worker::<Conn<O>>::from_raw(reference) });
             self.sspi_pending = false;
-            self.fail_or_end(conn, Some(Failure::tls(status)));
+            self.fail_or_end(conn, Some(Error::tls(status)));
         }
     }
 
@@ -1623,7 +1591,7 @@ impl<O: Observer> Engine<O> {
                 match Buffer::try_new(written) {
                     Ok(bigger) => self.tx = bigger,
                     Err(_) => {
-                        self.fail_or_end(conn, Some(Failure::net(STATUS_INSUFFICIENT_RESOURCES)))
+                        self.fail_or_end(conn, Some(Error::net(STATUS_INSUFFICIENT_RESOURCES)))
                     }
                 }
             }
@@ -1634,7 +1602,7 @@ impl<O: Observer> Engine<O> {
                     self.need_input = true;
                 } else {
                     // A handshake record larger than any legal one: more input cannot help.
-                    self.fail_or_end(conn, Some(Failure::tls(SEC_E_ILLEGAL_MESSAGE)));
+                    self.fail_or_end(conn, Some(Error::tls(SEC_E_ILLEGAL_MESSAGE)));
                 }
             }
             SEC_E_INCOMPLETE_MESSAGE => self.need_input = true,
@@ -1646,7 +1614,7 @@ impl<O: Observer> Engine<O> {
                     self.pending_token = written;
                     self.release_after_send = true;
                 }
-                self.fail_or_end(conn, Some(Failure::tls(error)));
+                self.fail_or_end(conn, Some(Error::tls(error)));
             }
         }
     }
@@ -1683,7 +1651,7 @@ impl<O: Observer> Engine<O> {
         {
             self.fail_or_end(
                 conn,
-                Some(Failure::tls(if status == SEC_E_OK {
+                Some(Error::tls(if status == SEC_E_OK {
                     SEC_E_INTERNAL_ERROR
                 } else {
                     status
@@ -1725,17 +1693,13 @@ impl<O: Observer> Engine<O> {
         };
         if let Some(pin) = self.pinned {
             if negotiated.peer_certificate != Some(pin) {
-                let mismatch = Failure {
-                    status: STATUS_PIN_MISMATCH,
-                    sspi: SEC_E_UNTRUSTED_ROOT,
-                };
-                self.fail_or_end(conn, Some(mismatch));
+                self.fail_or_end(conn, Some(Error::pin_mismatch()));
                 return;
             }
         }
         if conn.server && conn.require_client_certificate {
             if let Err(status) = self.client_certificate_verdict() {
-                self.fail_or_end(conn, Some(Failure::tls(status)));
+                self.fail_or_end(conn, Some(Error::tls(status)));
                 return;
             }
         }
@@ -1872,7 +1836,7 @@ impl<O: Observer> Engine<O> {
                         if let Some(data) = buffers.iter().find(|b| b.kind() == SECBUFFER_DATA) {
                             let (at, len) = (offset(data), data.cbBuffer as usize);
                             if at.checked_add(len).is_none_or(|end| end > self.rx_len) {
-                                self.fail_or_end(conn, Some(Failure::tls(SEC_E_INTERNAL_ERROR)));
+                                self.fail_or_end(conn, Some(Error::tls(SEC_E_INTERNAL_ERROR)));
                                 return;
                             }
                             if len > 0 && !self.deliver(conn, at, len) {
@@ -1905,13 +1869,13 @@ impl<O: Observer> Engine<O> {
                             // An idle connection's buffer: room for a whole record first.
                             self.rx_wanted = self.rx_wanted.max(RX_QUIET);
                         } else {
-                            self.fail_or_end(conn, Some(Failure::tls(SEC_E_ILLEGAL_MESSAGE)));
+                            self.fail_or_end(conn, Some(Error::tls(SEC_E_ILLEGAL_MESSAGE)));
                         }
                     }
                     return;
                 }
                 error => {
-                    self.fail_or_end(conn, Some(Failure::tls(error)));
+                    self.fail_or_end(conn, Some(Error::tls(error)));
                     return;
                 }
             }
@@ -1937,7 +1901,7 @@ impl<O: Observer> Engine<O> {
         let mut m = conn.mailbox.lock();
         if m.incoming.try_reserve(len).is_err() {
             drop(m);
-            self.fail_or_end(conn, Some(Failure::net(STATUS_INSUFFICIENT_RESOURCES)));
+            self.fail_or_end(conn, Some(Error::net(STATUS_INSUFFICIENT_RESOURCES)));
             return false;
         }
         m.incoming.extend(bytes);
@@ -1964,7 +1928,7 @@ impl<O: Observer> Engine<O> {
             return;
         }
         if !self.send_room(TX_QUIET) {
-            self.fail_or_end(conn, Some(Failure::net(STATUS_INSUFFICIENT_RESOURCES)));
+            self.fail_or_end(conn, Some(Error::net(STATUS_INSUFFICIENT_RESOURCES)));
             return;
         }
         let (header, trailer) = (self.sizes.cbHeader as usize, self.sizes.cbTrailer as usize);
@@ -1994,7 +1958,7 @@ impl<O: Observer> Engine<O> {
                     plain += n as u64;
                 }
                 Err(status) => {
-                    self.fail_or_end(conn, Some(Failure::tls(status)));
+                    self.fail_or_end(conn, Some(Error::tls(status)));
                     return;
                 }
             }
@@ -2055,7 +2019,7 @@ impl<O: Observer> Engine<O> {
         }
         if !self.close_notify_sent {
             if !self.send_room(TX_QUIET) {
-                self.fail_or_end(conn, Some(Failure::net(STATUS_INSUFFICIENT_RESOURCES)));
+                self.fail_or_end(conn, Some(Error::net(STATUS_INSUFFICIENT_RESOURCES)));
                 return;
             }
             self.close_notify_sent = true;
@@ -2063,7 +2027,7 @@ impl<O: Observer> Engine<O> {
             self.tx.bytes()[header..header + 2].copy_from_slice(&[1, 0]);
             match self.encrypt_in_place(0, 2, SECQOP_WRAP_OOB_DATA) {
                 Ok(len) => self.start_send(worker, len),
-                Err(status) => self.fail_or_end(conn, Some(Failure::tls(status))),
+                Err(status) => self.fail_or_end(conn, Some(Error::tls(status))),
             }
             return;
         }
@@ -2083,7 +2047,7 @@ impl<O: Observer> Engine<O> {
     /// on a live socket ends gracefully — the fatal alert (the handshake's alert token, or one
     /// written now with EncryptMessage(SECQOP_WRAP_OOB_DATA)), then our FIN and the peer's —
     /// while a network failure or the owner's abort resets.
-    fn fail_or_end(&mut self, conn: &Conn<O>, failure: Option<Failure>) {
+    fn fail_or_end(&mut self, conn: &Conn<O>, failure: Option<Error>) {
         if let Some(f) = failure {
             if self.failure.is_none() {
                 self.failure = Some(f);
@@ -2093,13 +2057,13 @@ impl<O: Observer> Engine<O> {
         if self.phase == Phase::Releasing || self.phase == Phase::Done {
             return;
         }
-        if let Some(f) = failure.filter(|f| f.sspi != SEC_E_OK) {
+        if let Some(f) = failure.filter(|f| f.sspi() != SEC_E_OK) {
             if !self.socket.is_null() && !self.peer_gone() {
                 self.graceful_end = true;
                 // After the handshake (or a check of its result), the alert is written now.
                 let established = self.sizes.cbMaximumMessage != 0;
                 if established && !self.release_after_send {
-                    self.alert_due = Some(alert_for(f.sspi));
+                    self.alert_due = Some(alert_for(f.sspi()));
                 }
             }
         }

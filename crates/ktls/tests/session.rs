@@ -16,10 +16,9 @@ use ksys::wsk::*;
 use ktls::census::Census;
 use ktls::credential::{Credential, CredentialSpec, Versions};
 use ktls::listener::{ListenObserver, ListenState, Listener, ListenerConfig};
-use ktls::session::{
-    Config, Failure, Observer, Received, Role, STATUS_TLS_FAILURE, Session, State,
-};
+use ktls::session::{Config, Observer, Received, Role, Session, State};
 use ktls::wsk::Provider;
+use ktls::{Error, STATUS_PIN_MISMATCH, STATUS_TLS_FAILURE};
 
 mod test_driver {
     use core::sync::atomic::{AtomicUsize, Ordering};
@@ -892,7 +891,7 @@ fn a_record_with_a_bad_tag_gets_the_alert_and_a_fin_not_a_reset() {
                 })
                 .unwrap();
             assert_eq!(
-                failure.map(|f| f.sspi),
+                failure.map(|f| f.sspi()),
                 Some(ksys::sspi::SEC_E_MESSAGE_ALTERED)
             );
             assert_eq!(
@@ -1037,7 +1036,7 @@ fn a_server_whose_key_does_not_match_sends_no_garbage() {
             })
             .unwrap();
         assert!(
-            failure.is_some_and(|f| f.sspi != ksys::sspi::SEC_E_OK),
+            failure.is_some_and(|f| f.sspi() != ksys::sspi::SEC_E_OK),
             "{failure:?}"
         );
         assert!(
@@ -1302,8 +1301,13 @@ fn wait_shut_down(session: &Session<Changes>, changes: &Changes) {
     });
 }
 
+/// A failure as the (NTSTATUS, SECURITY_STATUS) pair it carries.
+fn pair(failure: Option<Error>) -> Option<(ksys::ntdef::NTSTATUS, ksys::sspi::SECURITY_STATUS)> {
+    failure.map(|f| (f.status(), f.sspi()))
+}
+
 /// Waits until the session closed and returns its failure.
-fn failure_of(session: &Session<Changes>, changes: &Changes) -> Option<Failure> {
+fn failure_of(session: &Session<Changes>, changes: &Changes) -> Option<Error> {
     changes.wait(&format!("close (state {:?})", session.state()), || {
         (session.state() == State::Closed).then_some(())
     });
@@ -1337,11 +1341,8 @@ fn a_wrong_name_fails_the_client_handshake_with_its_sspi_status() {
                 })
                 .unwrap();
             assert_eq!(
-                client_failure,
-                Some(Failure {
-                    status: STATUS_TLS_FAILURE,
-                    sspi: SEC_E_WRONG_PRINCIPAL
-                })
+                pair(client_failure),
+                Some((STATUS_TLS_FAILURE, SEC_E_WRONG_PRINCIPAL))
             );
             // The client's alert reached the server, which failed too (never opened).
             assert!(server_failure.is_some(), "{server_failure:?}");
@@ -1392,7 +1393,7 @@ fn an_untrusted_server_fails_unless_validation_is_manual() {
                     (strict_failure, manual_state)
                 })
                 .unwrap();
-            assert_eq!(strict.map(|f| f.sspi), Some(SEC_E_UNTRUSTED_ROOT));
+            assert_eq!(strict.map(|f| f.sspi()), Some(SEC_E_UNTRUSTED_ROOT));
             assert_eq!(manual, State::Open);
             kernel.shutdown().unwrap();
         },
@@ -1417,7 +1418,7 @@ fn peers_that_abort_mid_handshake_or_trickle_bytes_are_handled() {
                     let server = changes.wait("an accepted session", || listener.next());
                     drop(peer);
                     let f = failure_of(&server, &changes).expect("a failure");
-                    assert_eq!(f.status, STATUS_CONNECTION_DISCONNECTED, "{f:?}");
+                    assert_eq!(f.status(), STATUS_CONNECTION_DISCONNECTED, "{f:?}");
                     drop(server);
                     // 2. Garbage instead of TLS that announces a long record and then stalls: either
                     //    Schannel rejects it at once or the handshake deadline (2 s here) ends it.
@@ -1427,7 +1428,7 @@ fn peers_that_abort_mid_handshake_or_trickle_bytes_are_handled() {
                     let server = changes.wait("an accepted session", || listener.next());
                     let f = failure_of(&server, &changes).expect("a failure");
                     assert!(
-                        f.status == STATUS_TLS_FAILURE || f.status == STATUS_IO_TIMEOUT,
+                        f.status() == STATUS_TLS_FAILURE || f.status() == STATUS_IO_TIMEOUT,
                         "{f:?}"
                     );
                     drop(server);
@@ -1436,7 +1437,7 @@ fn peers_that_abort_mid_handshake_or_trickle_bytes_are_handled() {
                     let peer = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
                     let server = changes.wait("an accepted session", || listener.next());
                     let f = failure_of(&server, &changes).expect("a failure");
-                    assert_eq!(f.status, STATUS_IO_TIMEOUT, "{f:?}");
+                    assert_eq!(f.status(), STATUS_IO_TIMEOUT, "{f:?}");
                     drop(server);
                     drop(peer);
                     // 4. A ktls client whose bytes reach the server one at a time is exercised by
@@ -1840,11 +1841,8 @@ fn pinning_accepts_the_pinned_certificate_only_and_reports_the_peer_digest() {
                 .unwrap();
             assert_eq!(reported, Some(digest));
             assert_eq!(
-                wrong,
-                Some(Failure {
-                    status: ktls::session::STATUS_PIN_MISMATCH,
-                    sspi: SEC_E_UNTRUSTED_ROOT
-                })
+                pair(wrong),
+                Some((STATUS_PIN_MISMATCH, SEC_E_UNTRUSTED_ROOT))
             );
             kernel.shutdown().unwrap();
         },
@@ -1878,7 +1876,7 @@ fn an_expired_server_certificate_fails_validation() {
                 f
             })
             .unwrap();
-        assert_eq!(failure.map(|f| f.sspi), Some(SEC_E_CERT_EXPIRED));
+        assert_eq!(failure.map(|f| f.sspi()), Some(SEC_E_CERT_EXPIRED));
         kernel.shutdown().unwrap();
     });
 }
@@ -1996,10 +1994,10 @@ fn a_listener_that_requires_client_certificates_refuses_clients_without_one() {
             // Schannel completes the handshake without a certificate; the server's check of
             // the verdict fails it.
             assert_eq!(
-                without.map(|f| (f.status, f.sspi)),
+                without.map(|f| (f.status(), f.sspi())),
                 Some((STATUS_TLS_FAILURE, ksys::sspi::SEC_E_NO_CREDENTIALS))
             );
-            assert_eq!(untrusted.map(|f| f.sspi), Some(SEC_E_UNTRUSTED_ROOT));
+            assert_eq!(untrusted.map(|f| f.sspi()), Some(SEC_E_UNTRUSTED_ROOT));
             assert_eq!(with_state, State::Open);
             assert_eq!(seen_by_server, Some(client_digest));
             kernel.shutdown().unwrap();

@@ -66,6 +66,7 @@ pub(crate) fn table() -> &'static [usize; TABLE_SIZE] {
             WdfDriverOpenParametersRegistryKey => registry::wdf_driver_open_parameters_registry_key,
             WdfRegistryClose => registry::wdf_registry_close,
             WdfRegistryQueryULong => registry::wdf_registry_query_ulong,
+            WdfRegistryQueryUnicodeString => registry::wdf_registry_query_unicode_string,
             WdfFileObjectGetDevice => file::wdf_file_object_get_device,
             WdfIoQueueCreate => queue::wdf_io_queue_create,
             WdfIoQueueGetDevice => queue::wdf_io_queue_get_device,

@@ -1,14 +1,15 @@
 //! Framework registry keys: WdfDriverOpenParametersRegistryKey, WdfRegistryQueryULong,
-//! WdfRegistryClose — over kemu's registry of service parameters (all PASSIVE_LEVEL).
+//! WdfRegistryQueryUnicodeString, WdfRegistryClose — over kemu's registry of service parameters (all PASSIVE_LEVEL).
 
 use ksys::ntdef::{
-    NTSTATUS, STATUS_ACCESS_DENIED, STATUS_INVALID_PARAMETER, STATUS_OBJECT_NAME_NOT_FOUND,
-    STATUS_SUCCESS, UNICODE_STRING,
+    NTSTATUS, STATUS_ACCESS_DENIED, STATUS_BUFFER_OVERFLOW, STATUS_INVALID_PARAMETER,
+    STATUS_OBJECT_NAME_NOT_FOUND, STATUS_OBJECT_TYPE_MISMATCH, STATUS_SUCCESS, UNICODE_STRING,
 };
 use ksys::wdf::types::*;
 
 use super::{Data, Kind, object, violation, with_object};
 use crate::bugcheck::wdf_violation;
+use crate::registry::Value;
 use crate::thread::{self, PASSIVE};
 
 /// Access a read-only open may ask for: KEY_READ and its parts.
@@ -93,14 +94,77 @@ pub(crate) unsafe extern "win64" fn wdf_registry_query_ulong(
     if value.is_null() {
         return STATUS_INVALID_PARAMETER;
     }
-    match thread::kernel().registry.dword(&service, &name) {
-        Some(v) => {
+    match thread::kernel().registry.value(&service, &name) {
+        Some(Value::Dword(v)) => {
             // SAFETY: the driver's non-NULL out-pointer.
             unsafe { *value = v };
             STATUS_SUCCESS
         }
+        // The framework checks the value's type (FxRegKey::QueryULong: REG_DWORD only).
+        Some(Value::String(_)) => STATUS_OBJECT_TYPE_MISMATCH,
         None => STATUS_OBJECT_NAME_NOT_FOUND,
     }
+}
+
+/// WdfRegistryQueryUnicodeString, as the framework's fxregistryapi.cpp does it: the value's
+/// bytes with their NUL go into `value`'s buffer (Length then leaves the NUL out);
+/// `byte_length`, if given, receives the bytes the value takes (NUL included), also when the
+/// buffer is too small (STATUS_BUFFER_OVERFLOW, nothing copied). A NULL `value` only asks for
+/// the length; a `value` with MaximumLength 0 is STATUS_INVALID_PARAMETER; a value that is not
+/// a string is STATUS_OBJECT_TYPE_MISMATCH.
+pub(crate) unsafe extern "win64" fn wdf_registry_query_unicode_string(
+    _g: *mut WDF_DRIVER_GLOBALS,
+    key: WDFKEY,
+    name: *const UNICODE_STRING,
+    byte_length: *mut u16,
+    value: *mut UNICODE_STRING,
+) -> NTSTATUS {
+    const ROUTINE: &str = "WdfRegistryQueryUnicodeString";
+    thread::require_at_most(ROUTINE, PASSIVE);
+    let service = with_object(key.as_raw() as usize, &[Kind::Key], ROUTINE, |o| {
+        match &o.data {
+            Data::Key { service } => service.clone(),
+            _ => unreachable!("key data"),
+        }
+    });
+    // SAFETY: the driver passes NULL or a valid UNICODE_STRING.
+    let Some(name) = (unsafe { crate::rtl::unicode_text(name) }) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    // SAFETY: NULL or the driver's UNICODE_STRING.
+    let target = unsafe { value.as_mut() };
+    if target
+        .as_ref()
+        .is_some_and(|v| v.MaximumLength == 0 || v.Buffer.is_null())
+    {
+        return STATUS_INVALID_PARAMETER;
+    }
+    let text = match thread::kernel().registry.value(&service, &name) {
+        Some(Value::String(text)) => text,
+        Some(Value::Dword(_)) => return STATUS_OBJECT_TYPE_MISMATCH,
+        None => return STATUS_OBJECT_NAME_NOT_FOUND,
+    };
+    let mut wide: Vec<u16> = text.encode_utf16().collect();
+    wide.push(0);
+    let bytes = wide.len() * 2;
+    let Ok(bytes16) = u16::try_from(bytes) else {
+        // A UNICODE_STRING cannot hold it.
+        return STATUS_BUFFER_OVERFLOW;
+    };
+    if !byte_length.is_null() {
+        // SAFETY: the driver's non-NULL out-pointer.
+        unsafe { *byte_length = bytes16 };
+    }
+    let Some(target) = target else {
+        return STATUS_BUFFER_OVERFLOW;
+    };
+    if usize::from(target.MaximumLength) < bytes {
+        return STATUS_BUFFER_OVERFLOW;
+    }
+    // SAFETY: the driver's buffer holds MaximumLength bytes, at least `bytes`.
+    unsafe { core::ptr::copy_nonoverlapping(wide.as_ptr(), target.Buffer, wide.len()) };
+    target.Length = bytes16 - 2;
+    STATUS_SUCCESS
 }
 
 /// WdfRegistryClose: closes and deletes the key object.

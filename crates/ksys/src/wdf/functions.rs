@@ -95,6 +95,7 @@ wdf_functions! {
     206 => fn WdfObjectDereferenceActual(object: WDFOBJECT, tag: *mut c_void, line: i32, file: *const u8);
     208 => fn WdfObjectDelete(object: WDFOBJECT);
     231 => fn WdfRegistryClose(key: WDFKEY);
+    238 => fn WdfRegistryQueryUnicodeString(key: WDFKEY, value_name: *const UNICODE_STRING, value_byte_length: *mut u16, value: *mut UNICODE_STRING) -> NTSTATUS;
     240 => fn WdfRegistryQueryULong(key: WDFKEY, value_name: *const UNICODE_STRING, value: *mut u32) -> NTSTATUS;
     254 => fn WdfRequestGetStatus(request: WDFREQUEST) -> NTSTATUS;
     255 => fn WdfRequestMarkCancelable(request: WDFREQUEST, cancel: PFN_WDF_REQUEST_CANCEL);
