@@ -70,7 +70,8 @@ macro_rules! internal_modules {
 }
 
 internal_modules!(
-    census, credential, deadline, listener, pool, session, sha256, sspi, sync, work, wsk,
+    census, context, credential, deadline, listener, pool, session, sha256, socket, sspi, sync,
+    work, wsk,
 );
 
 mod config;

@@ -1,0 +1,208 @@
+//! The drain: what one run of the session's work item does — the handshake deadline, the
+//! quiet watch, completions taken in order, then the phase moved on as far as it can go.
+
+use super::*;
+
+impl<O: Observer> Drain for Conn<O> {
+    fn drain(worker: &Worker<Self>, events: u32) {
+        let conn = worker.target();
+        // SAFETY: only the drain touches the engine, and the worker never runs it concurrently.
+        let e = unsafe { &mut *conn.engine.get() };
+        e.drain(conn, worker, events);
+        conn.observer.changed();
+    }
+}
+
+impl<O: Observer> Engine<O> {
+    pub(super) fn drain(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>, events: u32) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        let handshaking = matches!(
+            self.phase,
+            Phase::Resolving | Phase::Connecting | Phase::Handshaking
+        );
+        if handshaking && !self.deadline_armed && self.handshake_timeout_ms > 0 {
+            self.deadline_armed =
+                Deadline::arm(&self.deadline, worker.clone(), self.handshake_timeout_ms).is_ok();
+        }
+        if events & EV_TIMER != 0 && handshaking && self.deadline.expired() {
+            self.fail_or_end(conn, Some(Error::net(STATUS_IO_TIMEOUT)));
+        }
+        if events & EV_TIMER != 0
+            && self.phase == Phase::Releasing
+            && self.graceful_end
+            && self.deadline_armed_for_end
+            && self.deadline.expired()
+        {
+            // The alert, our FIN or the peer's FIN did not get through in time: reset.
+            self.end_abruptly();
+        }
+        if events & EV_TIMER != 0 && self.phase == Phase::Open && self.deadline.expired() {
+            if !self.released {
+                self.quiet_check(conn, worker);
+            } else if self.release_armed {
+                // The graceful close took too long (a peer that never reads or never closes).
+                self.fail_or_end(conn, None);
+            } else {
+                self.arm_release(worker);
+            }
+        }
+        if events & EV_SSPI != 0 && self.sspi_busy() {
+            if let Some(op) = &self.sspi {
+                let status = op.status();
+                if status != SEC_I_ASYNC_CALL_PENDING {
+                    match core::mem::replace(&mut self.sspi_call, SspiCall::Idle) {
+                        // Whatever its status, the handle is gone.
+                        SspiCall::DeletingContext => self.context.forget(),
+                        SspiCall::Step { input } => {
+                            self.sspi_status = status;
+                            self.sspi_completed(conn, status, input);
+                        }
+                        SspiCall::Idle => {}
+                    }
+                }
+            }
+        }
+        if let Some((status, n)) = self.control.take() {
+            self.control_completed(conn, status, n);
+        }
+        if let Some((status, _)) = self.send.take() {
+            self.send_completed(conn, status);
+        }
+        if let Some((status, n)) = self.recv.take() {
+            self.receive_completed(conn, status, n);
+        }
+        let (abort, shutdown, released) = {
+            let m = conn.mailbox.lock();
+            (m.abort_requested, m.shutdown_requested, m.released)
+        };
+        if abort && self.phase != Phase::Releasing {
+            self.fail_or_end(conn, None);
+        }
+        if abort && self.graceful_end && !released {
+            self.end_abruptly();
+        }
+        if released && !self.released && self.phase == Phase::Open {
+            self.released = true;
+            self.quiet_watch = None;
+            Deadline::disarm(&self.deadline);
+            self.arm_release(worker);
+        }
+        self.advance(conn, worker, shutdown);
+        let mut m = conn.mailbox.lock();
+        m.counters.buffer_bytes = self.tx.len() + self.rx.len();
+        m.snapshot = Snapshot {
+            phase: Some(self.phase),
+            events,
+            sspi_pending: self.sspi_busy(),
+            renegotiate: self.renegotiate,
+            need_input: self.need_input,
+            send_idle: self.send.is_idle(),
+            recv_idle: self.recv.is_idle(),
+            control: Some(self.control_kind),
+            pending_token: self.pending_token,
+            rx_len: self.rx_len,
+            release_after_send: self.release_after_send,
+            peer_ended: self.peer_ended,
+        };
+    }
+
+    /// Starts whatever can start now.
+    pub(super) fn advance(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>, shutdown: bool) {
+        let before = self.phase;
+        self.advance_phase(conn, worker, shutdown);
+        // A step that failed just now (an EncryptMessage, a call that could not be queued) must
+        // start the teardown at once: no completion may be coming to run the drain again.
+        if self.phase == Phase::Releasing && before != Phase::Releasing {
+            self.release_step(conn, worker);
+        }
+    }
+
+    pub(super) fn advance_phase(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>, shutdown: bool) {
+        match self.phase {
+            Phase::Resolving => {
+                if self.control_kind == Control::None {
+                    self.start_resolve(conn, worker);
+                }
+            }
+            Phase::Connecting => {
+                if self.control_kind == Control::None {
+                    self.start_connect(worker);
+                }
+            }
+            Phase::Handshaking => {
+                if self.pending_token > 0 {
+                    if self.send.is_idle() {
+                        let len = core::mem::take(&mut self.pending_token);
+                        self.start_send(worker, len);
+                    }
+                } else if !self.sspi_busy() && self.send.is_idle() {
+                    if self.need_input {
+                        self.start_receive(worker);
+                    } else {
+                        self.handshake_step(conn, worker);
+                    }
+                }
+            }
+            Phase::Open => {
+                if self.pending_token > 0 {
+                    // The last flight (TLS 1.3 tickets) or a KeyUpdate answer goes out first:
+                    // the token lives in the send buffer, which the next step would overwrite.
+                    if self.send.is_idle() {
+                        let len = core::mem::take(&mut self.pending_token);
+                        self.start_send(worker, len);
+                    }
+                } else if self.renegotiate {
+                    if !self.sspi_busy() && self.send.is_idle() && !self.need_input {
+                        self.handshake_step(conn, worker);
+                    }
+                } else if self.send.is_idle() && !self.release_after_send {
+                    self.fill_send(conn, worker);
+                }
+                if self.phase == Phase::Open && shutdown {
+                    self.shutdown_step(conn, worker);
+                }
+                // While a post-handshake message is answered `rx` is ISC/ASC's input and is
+                // compacted when it returns: receive only when that call asked for more.
+                let receive = !self.renegotiate || (self.need_input && !self.sspi_busy());
+                // Released: nobody reads any more; after our FIN, receive (and drop) until
+                // the peer's FIN, then close without a reset.
+                let linger = self.released && self.disconnected && !self.fin_received;
+                if self.phase == Phase::Open
+                    && (!self.peer_ended || linger)
+                    && receive
+                    && (self.released || self.window_open(conn))
+                {
+                    self.start_receive(worker);
+                }
+                if self.phase == Phase::Open
+                    && self.released
+                    && self.disconnected
+                    && self.fin_received
+                {
+                    self.fail_or_end(conn, None);
+                }
+                // Buffers beyond an idle connection's are given back once nothing moves.
+                if self.phase == Phase::Open
+                    && !self.released
+                    && self.quiet_watch.is_none()
+                    && self.holds_more_than_idle()
+                {
+                    self.watch_quiet(conn, worker);
+                }
+            }
+            Phase::Releasing => self.release_step(conn, worker),
+            Phase::Done => {}
+        }
+    }
+
+    /// Whether an SSPI call is in flight (the context and the buffers it was given are its).
+    pub(super) fn sspi_busy(&self) -> bool {
+        self.sspi_call != SspiCall::Idle
+    }
+
+    pub(super) fn window_open(&self, conn: &Conn<O>) -> bool {
+        conn.mailbox.lock().incoming.len() < conn.receive_window
+    }
+}

@@ -1,0 +1,192 @@
+//! The network side: resolving the host name (WskGetAddressInfo), connecting
+//! (WskSocketConnect), and the receive, send and control IRPs with their completions.
+
+use super::*;
+use crate::socket;
+
+impl<O: Observer> Engine<O> {
+    pub(super) fn start_resolve(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
+        let Some((npi, _, _)) = self.client else {
+            return;
+        };
+        // SAFETY: the resolution lives in the pool-resident engine until the call completes.
+        let started = unsafe { self.resolution.start(&npi, &self.control, worker.clone()) };
+        match started {
+            Ok(()) => self.control_kind = Control::Resolve,
+            Err(status) if status == STATUS_INVALID_PARAMETER => {
+                self.fail_or_end(conn, Some(Error::net(status)))
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Takes the first IPv4 answer (else IPv6) into the remote address, keeping its port, and
+    /// frees the list.
+    pub(super) fn take_resolved(&mut self) -> bool {
+        let Some((npi, local, remote)) = self.client.as_mut() else {
+            return false;
+        };
+        let port = [remote.data[0], remote.data[1]];
+        match self.resolution.take_address(npi) {
+            Some(mut s) => {
+                s.data[0..2].copy_from_slice(&port);
+                *remote = s;
+                *local = SOCKADDR_STORAGE {
+                    ss_family: s.ss_family,
+                    data: [0; 126],
+                };
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn start_connect(&mut self, worker: &Worker<Conn<O>>) {
+        let Some((npi, local, remote)) = self.client else {
+            return;
+        };
+        if socket::connect(&npi, &local, &remote, &self.control, worker.clone()).is_ok() {
+            self.control_kind = Control::Connect;
+        }
+    }
+
+    pub(super) fn start_receive(&mut self, worker: &Worker<Conn<O>>) {
+        if !self.socket.is_open() || !self.recv.is_idle() {
+            return;
+        }
+        self.size_receive_buffer();
+        if self.rx_len >= self.rx.len() {
+            return;
+        }
+        let (at, len) = (self.rx_len, self.rx.len() - self.rx_len);
+        // SAFETY: the range lives in the engine until completion (the drain never touches it
+        // while the receive is in flight).
+        let _ = unsafe {
+            self.socket
+                .receive(&self.recv, worker.clone(), &self.rx, at, len)
+        };
+    }
+
+    pub(super) fn start_send(&mut self, worker: &Worker<Conn<O>>, len: usize) {
+        // SAFETY: as in start_receive, for the send buffer.
+        let _ = unsafe { self.socket.send(&self.send, worker.clone(), &self.tx, 0, len) };
+    }
+
+    pub(super) fn control_completed(&mut self, conn: &Conn<O>, status: NTSTATUS, information: usize) {
+        let kind = core::mem::replace(&mut self.control_kind, Control::None);
+        match kind {
+            Control::Resolve => {
+                let found = nt_success(status) && self.take_resolved();
+                if self.resolution.holds_result() {
+                    // Failed call that still returned a list (not expected): free it anyway.
+                    self.take_resolved();
+                }
+                if self.phase == Phase::Resolving {
+                    if found {
+                        self.phase = Phase::Connecting;
+                    } else {
+                        let why = if nt_success(status) {
+                            STATUS_NOT_FOUND
+                        } else {
+                            status
+                        };
+                        self.fail_or_end(conn, Some(Error::net(why)));
+                    }
+                }
+            }
+            Control::Connect => {
+                if nt_success(status) && information != 0 {
+                    // SAFETY: a successful WskSocketConnect's information is the new socket,
+                    // ours from now on.
+                    self.socket = unsafe { ConnectionSocket::from_raw(information as *mut WSK_SOCKET) };
+                    if self.phase == Phase::Connecting {
+                        self.phase = Phase::Handshaking;
+                    }
+                } else if nt_success(status) {
+                    self.fail_or_end(conn, Some(Error::net(STATUS_UNSUCCESSFUL)));
+                } else if self.phase == Phase::Connecting {
+                    self.fail_or_end(conn, Some(Error::net(status)));
+                }
+            }
+            Control::Disconnect => {
+                self.disconnected = true;
+                if nt_success(status) {
+                    conn.mailbox.lock().shutdown_done = true;
+                } else {
+                    self.fail_or_end(conn, Some(Error::net(status)));
+                }
+            }
+            Control::Close => {
+                // Closing always releases the socket, whatever the status says.
+                self.socket.forget();
+            }
+            Control::None => {}
+        }
+    }
+
+    pub(super) fn send_completed(&mut self, conn: &Conn<O>, status: NTSTATUS) {
+        if !nt_success(status) {
+            self.fail_or_end(conn, Some(Error::net(status)));
+        }
+    }
+
+    pub(super) fn receive_completed(&mut self, conn: &Conn<O>, status: NTSTATUS, n: usize) {
+        if self.phase == Phase::Releasing {
+            // Ending: nothing is read any more; only the peer's FIN (or its loss) matters.
+            self.rx_len = 0;
+            if !nt_success(status) && status != STATUS_CANCELLED {
+                self.graceful_end = false;
+            } else if nt_success(status) && n == 0 {
+                self.fin_received = true;
+            }
+            return;
+        }
+        if core::mem::take(&mut self.shrinking) && status == STATUS_CANCELLED {
+            // Our own cancel (see `quiet_check`): the next receive gets a quiet buffer.
+            return;
+        }
+        if !nt_success(status) {
+            self.fail_or_end(conn, Some(Error::net(status)));
+            return;
+        }
+        if n == 0 {
+            self.fin_received = true;
+            self.peer_ended = true;
+            if self.phase != Phase::Open {
+                // The peer left mid-handshake.
+                self.fail_or_end(conn, Some(Error::net(STATUS_CONNECTION_DISCONNECTED)));
+            } else {
+                conn.mailbox.lock().peer_ended = true;
+            }
+            return;
+        }
+        // Streaming: the receive filled its room or brought more than a record. Quiet: it
+        // brought a fraction of one. In between the buffer stays as it is (no flapping).
+        let room = self.rx.len() - self.rx_len;
+        if n >= room && self.rx.len() < RX_QUIET {
+            // An idle buffer filled: at least a whole record's room.
+            self.rx_wanted = RX_QUIET;
+        } else if n >= room || n > RX_QUIET {
+            self.rx_wanted = RX_BUSY;
+        } else if n < RX_QUIET / 4 && self.rx.len() > RX_QUIET {
+            self.rx_wanted = RX_QUIET;
+        }
+        self.rx_len += n;
+        match self.phase {
+            Phase::Handshaking => self.need_input = false,
+            Phase::Open if self.released && self.peer_ended => {
+                // After the peer's close_notify, with no owner: nothing more is read.
+                self.rx_len = 0;
+            }
+            Phase::Open => {
+                conn.mailbox.lock().counters.record_receives += 1;
+                self.need_input = false;
+                self.decrypt_all(conn);
+                if self.released {
+                    conn.mailbox.lock().incoming.clear();
+                }
+            }
+            _ => {}
+        }
+    }
+}
