@@ -1,0 +1,656 @@
+//! The socket calls a WSK client makes: WskSocket, WskSocketConnect, WskBind, WskConnect,
+//! WskAccept, addresses, WskSend, WskReceive, WskDisconnect, WskRelease, WskCloseSocket.
+
+use super::*;
+
+pub(super) fn domain_of(family: u16) -> Option<Domain> {
+    match u32::from(family) {
+        AF_INET => Some(Domain::IPV4),
+        AF_INET6 => Some(Domain::IPV6),
+        _ => None,
+    }
+}
+
+/// Creates the OS socket and the WSK_SOCKET; Err is the status to complete with.
+pub(super) fn create(
+    registration: usize,
+    family: u16,
+    category: Category,
+) -> Result<usize, NTSTATUS> {
+    let kernel = thread::kernel();
+    let domain = domain_of(family).ok_or(STATUS_INVALID_PARAMETER)?;
+    if kernel.faults.allocation_fails() {
+        return Err(STATUS_INSUFFICIENT_RESOURCES);
+    }
+    let os = socket2::Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| status_of(&e))?;
+    os.set_nonblocking(true).map_err(|e| status_of(&e))?;
+    let block = crate::io::alloc_zeroed(SOCKET_BLOCK);
+    let dispatch: *const c_void = match category {
+        Category::Listen => &LISTEN_DISPATCH.0 as *const _ as *const c_void,
+        Category::Connection => &CONNECTION_DISPATCH.0 as *const _ as *const c_void,
+    };
+    // SAFETY: a fresh block whose first field is the WSK_SOCKET Dispatch pointer.
+    unsafe { (*(block as *mut WSK_SOCKET)).Dispatch = dispatch };
+    let mut state = kernel.netio.lock();
+    state.next_token += 1;
+    let token = state.next_token;
+    let refused = state
+        .registrations
+        .get(&registration)
+        .is_none_or(|r| r.deregistering);
+    if refused {
+        drop(state);
+        crate::io::free(block, SOCKET_BLOCK);
+        return Err(STATUS_DEVICE_NOT_READY);
+    }
+    state.sockets.insert(
+        block as usize,
+        Socket::new(
+            category,
+            family,
+            registration,
+            token,
+            Io::Fresh(os),
+            Site::here(kernel.next_sequence()),
+        ),
+    );
+    state.tokens.insert(token, block as usize);
+    if let Some(r) = state.registrations.get_mut(&registration) {
+        r.sockets += 1;
+    }
+    Ok(block as usize)
+}
+
+/// WskSocket: listen and connection sockets over TCP; other kinds are STATUS_NOT_SUPPORTED.
+pub(super) unsafe extern "win64" fn wsk_socket(
+    client: *mut c_void,
+    family: u16,
+    socket_type: u16,
+    protocol: u32,
+    flags: u32,
+    _context: *mut c_void,
+    _dispatch: *const c_void,
+    _owning_process: *mut c_void,
+    _owning_thread: *mut c_void,
+    _security_descriptor: *mut c_void,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    thread::require_at_most("WskSocket", DISPATCH);
+    let registration = check_client(client, "WskSocket");
+    if let Err(s) = take_irp(irp) {
+        return s;
+    }
+    let category = match flags {
+        WSK_FLAG_LISTEN_SOCKET => Category::Listen,
+        WSK_FLAG_CONNECTION_SOCKET => Category::Connection,
+        _ => return respond(irp, STATUS_NOT_SUPPORTED, 0),
+    };
+    if u32::from(socket_type) != SOCK_STREAM || (protocol != IPPROTO_TCP && protocol != 0) {
+        return respond(irp, STATUS_NOT_SUPPORTED, 0);
+    }
+    match create(registration, family, category) {
+        Ok(socket) => respond(irp, STATUS_SUCCESS, socket),
+        Err(status) => respond(irp, status, 0),
+    }
+}
+
+/// WskSocketConnect: a connection socket bound to `local` and connected to `remote`.
+pub(super) unsafe extern "win64" fn wsk_socket_connect(
+    client: *mut c_void,
+    socket_type: u16,
+    protocol: u32,
+    local: *mut SOCKADDR,
+    remote: *mut SOCKADDR,
+    flags: u32,
+    _context: *mut c_void,
+    _dispatch: *const WSK_CLIENT_CONNECTION_DISPATCH,
+    _owning_process: *mut c_void,
+    _owning_thread: *mut c_void,
+    _security_descriptor: *mut c_void,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    thread::require_at_most("WskSocketConnect", DISPATCH);
+    let registration = check_client(client, "WskSocketConnect");
+    if let Err(s) = take_irp(irp) {
+        return s;
+    }
+    if u32::from(socket_type) != SOCK_STREAM
+        || (protocol != IPPROTO_TCP && protocol != 0)
+        || flags != 0
+    {
+        return respond(irp, STATUS_NOT_SUPPORTED, 0);
+    }
+    // SAFETY: the driver's addresses (or NULL).
+    let (Some(local), Some(remote)) = (unsafe { addr::read(local) }, unsafe { addr::read(remote) })
+    else {
+        return respond(irp, STATUS_INVALID_PARAMETER, 0);
+    };
+    let socket = match create(registration, addr::family_of(&local), Category::Connection) {
+        Ok(s) => s,
+        Err(status) => return respond(irp, status, 0),
+    };
+    let started = with_socket("WskSocketConnect", socket as *mut WSK_SOCKET, |state, s| {
+        let sock = state.sockets.get_mut(&s).expect("just created");
+        bind_os(sock, local).and_then(|()| start_connect(sock, remote))
+    });
+    match started {
+        Ok(()) => queue_and_progress("WskSocketConnect", socket as *mut WSK_SOCKET, irp, |s| {
+            s.connect = Some(ConnectOp {
+                irp: irp as usize,
+                socket_connect: true,
+            })
+        }),
+        Err(status) => {
+            drop_socket(socket);
+            respond(irp, status, 0)
+        }
+    }
+}
+
+/// WskGetNameInfo: reverse lookups are not offered.
+pub(super) unsafe extern "win64" fn wsk_get_name_info(
+    client: *mut c_void,
+    _addr: *mut SOCKADDR,
+    _len: u32,
+    _node: *mut UNICODE_STRING,
+    _service: *mut UNICODE_STRING,
+    _flags: u32,
+    _process: *mut c_void,
+    _thread: *mut c_void,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    thread::require_at_most("WskGetNameInfo", ksys::ntdef::PASSIVE_LEVEL);
+    check_client(client, "WskGetNameInfo");
+    if let Err(s) = take_irp(irp) {
+        return s;
+    }
+    respond(irp, STATUS_NOT_SUPPORTED, 0)
+}
+
+pub(super) fn bind_os(sock: &mut Socket, local: SocketAddr) -> Result<(), NTSTATUS> {
+    if addr::family_of(&local) != sock.family {
+        return Err(STATUS_INVALID_PARAMETER);
+    }
+    let Io::Fresh(os) = std::mem::replace(&mut sock.io, Io::Dead) else {
+        return Err(STATUS_INVALID_DEVICE_STATE);
+    };
+    let fail = |sock: &mut Socket, os: socket2::Socket, status: NTSTATUS| {
+        sock.io = Io::Fresh(os);
+        Err(status)
+    };
+    if sock.category == Category::Listen {
+        // Windows lets a listener reuse a port held by TIME_WAIT connections; Linux needs
+        // SO_REUSEADDR for that (it still refuses a port another socket listens on).
+        if let Err(e) = os.set_reuse_address(true) {
+            return fail(sock, os, status_of(&e));
+        }
+    }
+    if local.is_ipv6() {
+        // WSK sockets are IPv6-only unless IPV6_V6ONLY was set to FALSE before the bind
+        // (echosrv does so to accept IPv4 on [::]); Linux defaults to dual stack.
+        if let Err(e) = os.set_only_v6(sock.v6only.unwrap_or(true)) {
+            return fail(sock, os, status_of(&e));
+        }
+    }
+    if let Err(e) = os.bind(&local.into()) {
+        return fail(sock, os, status_of(&e));
+    }
+    match sock.category {
+        Category::Connection => sock.io = Io::Bound(os),
+        Category::Listen => {
+            // A WSK listen socket listens as soon as it is bound.
+            if let Err(e) = os.listen(BACKLOG) {
+                return fail(sock, os, status_of(&e));
+            }
+            let mut listener = mio::net::TcpListener::from_std(os.into());
+            if let Err(e) = thread::kernel().netio.poller.registry().register(
+                &mut listener,
+                Token(sock.token),
+                Interest::READABLE,
+            ) {
+                return Err(status_of(&e));
+            }
+            sock.io = Io::Listener(listener);
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn start_connect(sock: &mut Socket, remote: SocketAddr) -> Result<(), NTSTATUS> {
+    if addr::family_of(&remote) != sock.family {
+        return Err(STATUS_INVALID_PARAMETER);
+    }
+    let Io::Bound(os) = std::mem::replace(&mut sock.io, Io::Dead) else {
+        return Err(STATUS_INVALID_DEVICE_STATE);
+    };
+    match os.connect(&remote.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(115) || e.kind() == ErrorKind::WouldBlock => {}
+        Err(e) => {
+            sock.io = Io::Bound(os);
+            return Err(status_of(&e));
+        }
+    }
+    let mut stream = mio::net::TcpStream::from_std(os.into());
+    if let Err(e) = thread::kernel().netio.poller.registry().register(
+        &mut stream,
+        Token(sock.token),
+        Interest::READABLE | Interest::WRITABLE,
+    ) {
+        return Err(status_of(&e));
+    }
+    sock.io = Io::Connecting(stream);
+    Ok(())
+}
+
+/// Drops a socket kemu created for a call that then failed.
+pub(super) fn drop_socket(socket: usize) {
+    let kernel = thread::kernel();
+    let removed = {
+        let mut state = kernel.netio.lock();
+        let removed = state.sockets.remove(&socket);
+        if let Some(s) = &removed {
+            state.tokens.remove(&s.token);
+            if let Some(r) = state.registrations.get_mut(&s.registration) {
+                r.sockets -= 1;
+            }
+        }
+        removed
+    };
+    if let Some(mut s) = removed {
+        deregister_io(&mut s.io);
+        crate::io::free(socket as *mut u8, SOCKET_BLOCK);
+    }
+}
+
+pub(super) fn deregister_io(io: &mut Io) {
+    let kernel = thread::kernel();
+    let registry = kernel.netio.poller.registry();
+    match io {
+        Io::Listener(l) => {
+            let _ = registry.deregister(l);
+        }
+        Io::Connecting(s) | Io::Stream(s) => {
+            let _ = registry.deregister(s);
+        }
+        _ => {}
+    }
+}
+
+/// WskBind.
+pub(super) unsafe extern "win64" fn wsk_bind(
+    socket: *mut WSK_SOCKET,
+    local: *mut SOCKADDR,
+    flags: u32,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    thread::require_at_most("WskBind", DISPATCH);
+    with_socket("WskBind", socket, |_, _| ());
+    if let Err(s) = take_irp(irp) {
+        return s;
+    }
+    // SAFETY: the driver's address (or NULL).
+    let Some(local) = (unsafe { addr::read(local) }).filter(|_| flags == 0) else {
+        return respond(irp, STATUS_INVALID_PARAMETER, 0);
+    };
+    let result = with_socket("WskBind", socket, |state, s| {
+        bind_os(state.sockets.get_mut(&s).expect("checked"), local)
+    });
+    respond(irp, result.err().unwrap_or(STATUS_SUCCESS), 0)
+}
+
+/// WskConnect (the socket must be bound).
+pub(super) unsafe extern "win64" fn wsk_connect(
+    socket: *mut WSK_SOCKET,
+    remote: *mut SOCKADDR,
+    flags: u32,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    thread::require_at_most("WskConnect", DISPATCH);
+    with_socket("WskConnect", socket, |_, _| ());
+    if let Err(s) = take_irp(irp) {
+        return s;
+    }
+    // SAFETY: the driver's address (or NULL).
+    let Some(remote) = (unsafe { addr::read(remote) }).filter(|_| flags == 0) else {
+        return respond(irp, STATUS_INVALID_PARAMETER, 0);
+    };
+    let started = with_socket("WskConnect", socket, |state, s| {
+        start_connect(state.sockets.get_mut(&s).expect("checked"), remote)
+    });
+    match started {
+        Ok(()) => queue_and_progress("WskConnect", socket, irp, |s| {
+            s.connect = Some(ConnectOp {
+                irp: irp as usize,
+                socket_connect: false,
+            })
+        }),
+        Err(status) => respond(irp, status, 0),
+    }
+}
+
+/// WskAccept: completes with the accepted socket in Information.
+pub(super) unsafe extern "win64" fn wsk_accept(
+    socket: *mut WSK_SOCKET,
+    flags: u32,
+    _context: *mut c_void,
+    _dispatch: *const WSK_CLIENT_CONNECTION_DISPATCH,
+    local: *mut SOCKADDR,
+    remote: *mut SOCKADDR,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    thread::require_at_most("WskAccept", DISPATCH);
+    let listening = with_socket("WskAccept", socket, |state, s| {
+        matches!(state.sockets[&s].io, Io::Listener(_))
+    });
+    if let Err(s) = take_irp(irp) {
+        return s;
+    }
+    if flags != 0 {
+        return respond(irp, STATUS_INVALID_PARAMETER, 0);
+    }
+    if !listening {
+        return respond(irp, STATUS_INVALID_DEVICE_STATE, 0);
+    }
+    if thread::kernel().faults.accept_fails() {
+        return respond(irp, STATUS_CONNECTION_RESET, 0);
+    }
+    queue_and_progress("WskAccept", socket, irp, |s| {
+        s.accepts.push_back(AcceptOp {
+            irp: irp as usize,
+            local_out: local as usize,
+            remote_out: remote as usize,
+        })
+    })
+}
+
+/// WskInspectComplete: conditional accept is not offered.
+pub(super) unsafe extern "win64" fn wsk_inspect_complete(
+    socket: *mut WSK_SOCKET,
+    _id: *mut c_void,
+    _action: i32,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    thread::require_at_most("WskInspectComplete", DISPATCH);
+    with_socket("WskInspectComplete", socket, |_, _| ());
+    if let Err(s) = take_irp(irp) {
+        return s;
+    }
+    respond(irp, STATUS_NOT_SUPPORTED, 0)
+}
+
+pub(super) fn get_address(
+    routine: &str,
+    socket: *mut WSK_SOCKET,
+    out: *mut SOCKADDR,
+    irp: *mut IRP,
+    remote: bool,
+) -> NTSTATUS {
+    thread::require_at_most(routine, DISPATCH);
+    with_socket(routine, socket, |_, _| ());
+    if let Err(s) = take_irp(irp) {
+        return s;
+    }
+    if out.is_null() {
+        return respond(irp, STATUS_INVALID_PARAMETER, 0);
+    }
+    let found = with_socket(routine, socket, |state, s| {
+        let sock = &state.sockets[&s];
+        match (&sock.io, remote) {
+            (Io::Bound(os), false) => os.local_addr().ok().and_then(|a| a.as_socket()),
+            (Io::Listener(l), false) => l.local_addr().ok(),
+            (Io::Connecting(st) | Io::Stream(st), false) => st.local_addr().ok(),
+            (Io::Stream(st), true) => st.peer_addr().ok(),
+            _ => None,
+        }
+    });
+    match found {
+        Some(a) => {
+            // SAFETY: the driver's SOCKADDR storage for its socket's family.
+            unsafe { addr::write(out, a) };
+            respond(irp, STATUS_SUCCESS, 0)
+        }
+        None => respond(irp, STATUS_INVALID_DEVICE_STATE, 0),
+    }
+}
+
+/// WskGetLocalAddress.
+pub(super) unsafe extern "win64" fn wsk_get_local_address(
+    socket: *mut WSK_SOCKET,
+    out: *mut SOCKADDR,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    get_address("WskGetLocalAddress", socket, out, irp, false)
+}
+
+/// WskGetRemoteAddress.
+pub(super) unsafe extern "win64" fn wsk_get_remote_address(
+    socket: *mut WSK_SOCKET,
+    out: *mut SOCKADDR,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    get_address("WskGetRemoteAddress", socket, out, irp, true)
+}
+
+/// Why a data call cannot run on this socket now, if it cannot.
+pub(super) fn data_state(sock: &Socket, sending: bool) -> Option<NTSTATUS> {
+    if sock.aborted {
+        return Some(STATUS_CONNECTION_ABORTED);
+    }
+    match sock.io {
+        Io::Stream(_) if sending && (sock.fin_sent || sock.disconnect.is_some()) => {
+            Some(STATUS_INVALID_DEVICE_STATE)
+        }
+        Io::Stream(_) => None,
+        _ => Some(STATUS_INVALID_DEVICE_STATE),
+    }
+}
+
+/// WskSend: completes only once every byte is written (Information = Length).
+pub(super) unsafe extern "win64" fn wsk_send(
+    socket: *mut WSK_SOCKET,
+    buf: *mut WSK_BUF,
+    flags: u32,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    thread::require_at_most("WskSend", DISPATCH);
+    let state = with_socket("WskSend", socket, |state, s| {
+        data_state(&state.sockets[&s], true)
+    });
+    if let Err(s) = take_irp(irp) {
+        return s;
+    }
+    if flags & !WSK_FLAG_NODELAY != 0 {
+        return respond(irp, STATUS_NOT_SUPPORTED, 0);
+    }
+    if let Some(status) = state {
+        return respond(irp, status, 0);
+    }
+    // SAFETY: the driver's WSK_BUF and MDLs.
+    let (segments, length) = match unsafe { segments(buf) } {
+        Ok(v) => v,
+        Err(status) => return respond(irp, status, 0),
+    };
+    if length == 0 {
+        return respond(irp, STATUS_SUCCESS, 0);
+    }
+    queue_and_progress("WskSend", socket, irp, |s| {
+        s.sends.push_back(SendOp {
+            irp: irp as usize,
+            segments,
+            length,
+            written: 0,
+        })
+    })
+}
+
+/// WskReceive: completes with what arrived (≤ Length; WSK_FLAG_WAITALL waits for all of it);
+/// success with 0 bytes is the peer's graceful close.
+pub(super) unsafe extern "win64" fn wsk_receive(
+    socket: *mut WSK_SOCKET,
+    buf: *mut WSK_BUF,
+    flags: u32,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    thread::require_at_most("WskReceive", DISPATCH);
+    let state = with_socket("WskReceive", socket, |state, s| {
+        data_state(&state.sockets[&s], false)
+    });
+    if let Err(s) = take_irp(irp) {
+        return s;
+    }
+    if flags & !WSK_FLAG_WAITALL != 0 {
+        return respond(irp, STATUS_NOT_SUPPORTED, 0);
+    }
+    if let Some(status) = state {
+        return respond(irp, status, 0);
+    }
+    // SAFETY: the driver's WSK_BUF and MDLs.
+    let (segments, length) = match unsafe { segments(buf) } {
+        Ok(v) => v,
+        Err(status) => return respond(irp, status, 0),
+    };
+    if length == 0 {
+        return respond(irp, STATUS_SUCCESS, 0);
+    }
+    let wait_all = flags & WSK_FLAG_WAITALL != 0;
+    queue_and_progress("WskReceive", socket, irp, |s| {
+        s.receives.push_back(ReceiveOp {
+            irp: irp as usize,
+            segments,
+            length,
+            filled: 0,
+            wait_all,
+        })
+    })
+}
+
+/// Resets a connection: linger 0, close (RST); pending data calls fail with CONNECTION_ABORTED.
+pub(super) fn reset(sock: &mut Socket, out: &mut Vec<Done>) {
+    deregister_io(&mut sock.io);
+    if let Io::Stream(stream) | Io::Connecting(stream) = &sock.io {
+        let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+    }
+    sock.io = Io::Dead;
+    sock.aborted = true;
+    let mut pending: Vec<usize> = sock.receives.drain(..).map(|o| o.irp).collect();
+    pending.extend(sock.sends.drain(..).map(|o| o.irp).filter(|&i| i != 0));
+    pending.extend(sock.disconnect.take());
+    for irp in pending {
+        if claim(irp) {
+            out.push(done(irp, STATUS_CONNECTION_ABORTED, 0));
+        }
+    }
+}
+
+/// WskDisconnect: graceful (optional final buffer, then FIN once queued sends are out) or
+/// abortive (WSK_FLAG_ABORTIVE: RST at once).
+pub(super) unsafe extern "win64" fn wsk_disconnect(
+    socket: *mut WSK_SOCKET,
+    buf: *mut WSK_BUF,
+    flags: u32,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    thread::require_at_most("WskDisconnect", DISPATCH);
+    let state = with_socket("WskDisconnect", socket, |state, s| {
+        data_state(&state.sockets[&s], true)
+    });
+    if let Err(s) = take_irp(irp) {
+        return s;
+    }
+    if flags & !WSK_FLAG_ABORTIVE != 0 {
+        return respond(irp, STATUS_NOT_SUPPORTED, 0);
+    }
+    if let Some(status) = state {
+        return respond(irp, status, 0);
+    }
+    if flags & WSK_FLAG_ABORTIVE != 0 {
+        if !buf.is_null() {
+            return respond(irp, STATUS_INVALID_PARAMETER, 0);
+        }
+        let mut out = Vec::new();
+        with_socket("WskDisconnect", socket, |state, s| {
+            reset(state.sockets.get_mut(&s).expect("checked"), &mut out)
+        });
+        finish(out, true);
+        return respond(irp, STATUS_SUCCESS, 0);
+    }
+    let (final_segments, final_length) = if buf.is_null() {
+        (Vec::new(), 0)
+    } else {
+        // SAFETY: the driver's WSK_BUF and MDLs.
+        match unsafe { segments(buf) } {
+            Ok(v) => v,
+            Err(status) => return respond(irp, status, 0),
+        }
+    };
+    queue_and_progress("WskDisconnect", socket, irp, |s| {
+        if final_length > 0 {
+            s.sends.push_back(SendOp {
+                irp: 0,
+                segments: final_segments,
+                length: final_length,
+                written: 0,
+            });
+        }
+        s.disconnect = Some(irp as usize);
+    })
+}
+
+/// WskRelease: only for data indicated through receive events, which kemu does not offer.
+pub(super) unsafe extern "win64" fn wsk_release(
+    socket: *mut WSK_SOCKET,
+    _list: *mut WSK_DATA_INDICATION,
+) -> NTSTATUS {
+    thread::require_at_most("WskRelease", DISPATCH);
+    with_socket("WskRelease", socket, |_, _| ());
+    STATUS_NOT_SUPPORTED
+}
+
+/// WskCloseSocket: cancels pending IRPs, resets a connection unless both directions are shut,
+/// frees the socket.
+pub(super) unsafe extern "win64" fn wsk_close_socket(
+    socket: *mut WSK_SOCKET,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    thread::require_at_most("WskCloseSocket", DISPATCH);
+    with_socket("WskCloseSocket", socket, |_, _| ());
+    if let Err(s) = take_irp(irp) {
+        return s;
+    }
+    let kernel = thread::kernel();
+    let removed = {
+        let mut state = kernel.netio.lock();
+        let removed = state.sockets.remove(&(socket as usize));
+        if let Some(s) = &removed {
+            state.tokens.remove(&s.token);
+        }
+        removed
+    };
+    let Some(mut sock) = removed else {
+        lookup_violation("WskCloseSocket", socket)
+    };
+    let mut out = Vec::new();
+    for irp in sock.pending_irps() {
+        if claim(irp) {
+            out.push(done(irp, STATUS_CANCELLED, 0));
+        }
+    }
+    deregister_io(&mut sock.io);
+    if let Io::Stream(stream) | Io::Connecting(stream) = &sock.io {
+        if !(sock.fin_sent && sock.fin_received) {
+            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+        }
+    }
+    drop(sock.io);
+    {
+        let mut state = kernel.netio.lock();
+        if let Some(r) = state.registrations.get_mut(&sock.registration) {
+            r.sockets -= 1;
+        }
+        retire(&mut state, socket as usize, sock.category);
+    }
+    finish(out, true);
+    respond(irp, STATUS_SUCCESS, 0)
+}
