@@ -513,6 +513,7 @@ impl Kernel {
         let mut driver_object: Box<DRIVER_OBJECT> = Box::new(unsafe { std::mem::zeroed() });
         driver_object.Type = 4;
         driver_object.Size = std::mem::size_of::<DRIVER_OBJECT>() as i16;
+        crate::wdf::dispatch::initialize_major_functions(&mut driver_object);
         driver_object.DriverName = UNICODE_STRING {
             Length: ((driver_name.len() - 1) * 2) as u16,
             MaximumLength: (driver_name.len() * 2) as u16,

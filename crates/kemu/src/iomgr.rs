@@ -4,15 +4,18 @@
 //! METHOD_OUT_DIRECT with the input in a system buffer and the caller's output buffer locked for
 //! the request's life — cancellation, cleanup and close.
 //!
-//! Every device is a KMDF control device here, so requests go straight to the framework's
-//! dispatch (where Windows would go through the DRIVER_OBJECT's MajorFunction table that KMDF
-//! fills with its own routines).
+//! Every request is an IRP handed to the device's driver through its DRIVER_OBJECT's
+//! MajorFunction table, as IoCallDriver does: IRP_MJ_CREATE at open, IRP_MJ_CLEANUP when the
+//! handle closes, IRP_MJ_CLOSE when the file object's last request is done, IRP_MJ_DEVICE_CONTROL
+//! per DeviceIoControl. A KMDF driver's table holds the framework's routines
+//! (`wdf::dispatch`); an entry nobody set answers STATUS_INVALID_DEVICE_REQUEST.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 
 use ksys::io::{
-    FILE_OBJECT, IRP, IRP_MJ_DEVICE_CONTROL, METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT,
+    DEVICE_OBJECT, DRIVER_OBJECT, FILE_OBJECT, IRP, IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE,
+    IRP_MJ_DEVICE_CONTROL, METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT,
 };
 use ksys::ntdef::{
     NTSTATUS, STATUS_ACCESS_DENIED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_HANDLE,
@@ -46,12 +49,13 @@ struct DeviceEntry {
     deleted: bool,
     references: usize,
     wdf_device: usize,
+    /// The DRIVER_OBJECT whose MajorFunction table serves the device.
+    driver_object: usize,
     open_files: usize,
 }
 
 struct FileEntry {
     device: usize,
-    wdf_file: usize,
     outstanding: usize,
     cleaned_up: bool,
 }
@@ -126,6 +130,7 @@ impl IoManager {
         descriptor: SecurityDescriptor,
         exclusive: bool,
         wdf_device: usize,
+        driver_object: usize,
     ) -> Result<usize, NTSTATUS> {
         let kernel = thread::kernel();
         let mut state = self.lock();
@@ -138,6 +143,9 @@ impl IoManager {
             return Err(STATUS_INSUFFICIENT_RESOURCES);
         }
         let object = crate::io::alloc_zeroed(DEVICE_OBJECT_SIZE) as usize;
+        // DEVICE_OBJECT.DriverObject (offset 8), as IoCreateDevice sets it.
+        // SAFETY: a fresh DEVICE_OBJECT_SIZE-byte allocation.
+        unsafe { ((object + 8) as *mut usize).write(driver_object) };
         if let Some(n) = &name {
             state.names.insert(key(n), object);
         }
@@ -151,10 +159,86 @@ impl IoManager {
                 deleted: false,
                 references: 0,
                 wdf_device,
+                driver_object,
                 open_files: 0,
             },
         );
         Ok(object)
+    }
+
+    /// The framework device a device object belongs to (0: none, or unknown).
+    pub fn framework_device(&self, device: usize) -> usize {
+        self.lock().devices.get(&device).map_or(0, |d| d.wdf_device)
+    }
+
+    /// IoCallDriver: the device's driver gets the IRP through its MajorFunction table (the
+    /// IRP's current stack location is already set up).
+    fn call_driver(&self, device: usize, irp: *mut IRP, major: u8) -> NTSTATUS {
+        let driver_object = self
+            .lock()
+            .devices
+            .get(&device)
+            .map_or(0, |d| d.driver_object);
+        let routine = if driver_object == 0 {
+            None
+        } else {
+            // SAFETY: the loaded driver's object, alive while its devices are.
+            unsafe { (*(driver_object as *const DRIVER_OBJECT)).MajorFunction[major as usize] }
+        };
+        match routine {
+            // SAFETY: the driver's dispatch routine with its device and a live IRP.
+            Some(dispatch) => unsafe { dispatch(device as *mut DEVICE_OBJECT, irp) },
+            None => {
+                // SAFETY: the live IRP, ours to complete.
+                unsafe { (*irp).IoStatus.Status = ksys::ntdef::STATUS_INVALID_DEVICE_REQUEST };
+                thread::kernel().irps.complete(irp);
+                ksys::ntdef::STATUS_INVALID_DEVICE_REQUEST
+            }
+        }
+    }
+
+    /// Sends a CREATE, CLEANUP or CLOSE IRP for `file_object` to the device's driver and waits
+    /// for its completion → the final status.
+    fn send_file_irp(&self, device: usize, file_object: usize, major: u8) -> NTSTATUS {
+        let kernel = thread::kernel();
+        let done: Arc<(Mutex<Option<NTSTATUS>>, Condvar)> = Arc::default();
+        let signal = done.clone();
+        let finish = Box::new(move |irp: *mut IRP| {
+            // SAFETY: the final completion runs on the live IRP before kemu frees it.
+            let status = unsafe { (*irp).IoStatus.Status };
+            *signal.0.lock().unwrap() = Some(status);
+            signal.1.notify_all();
+        });
+        let irp = kernel.irps.allocate(1, Owner::Kernel, Some(finish));
+        let stack = kernel.irps.call_lower(irp);
+        // SAFETY: a fresh kernel IRP and its only stack location.
+        unsafe {
+            (*irp).IoStatus.Status = STATUS_PENDING;
+            (*irp).Tail.OriginalFileObject = file_object as *mut FILE_OBJECT;
+            (*stack).MajorFunction = major;
+            (*stack).FileObject = file_object as *mut FILE_OBJECT;
+        }
+        let activity = match major {
+            IRP_MJ_CREATE => "IRP_MJ_CREATE",
+            IRP_MJ_CLEANUP => "IRP_MJ_CLEANUP",
+            _ => "IRP_MJ_CLOSE",
+        };
+        thread::with_activity(activity, || self.call_driver(device, irp, major));
+        let mut status = done.0.lock().unwrap();
+        loop {
+            if let Some(s) = *status {
+                return s;
+            }
+            if kernel.bugcheck.get().is_some() {
+                drop(status);
+                crate::bugcheck::park_forever();
+            }
+            status = done
+                .1
+                .wait_timeout(status, std::time::Duration::from_millis(10))
+                .unwrap()
+                .0;
+        }
     }
 
     /// IoCreateSymbolicLink.
@@ -243,7 +327,7 @@ impl IoManager {
     /// CreateFile(path, GENERIC_READ | GENERIC_WRITE) as `caller`. Runs on a kernel thread.
     pub fn open(&self, path: &str, caller: Caller) -> Result<u64, NTSTATUS> {
         let kernel = thread::kernel();
-        let (device, wdf_device, granted) = {
+        let (device, granted) = {
             let mut state = self.lock();
             let target = state
                 .links
@@ -269,19 +353,20 @@ impl IoManager {
                 return Err(STATUS_ACCESS_DENIED);
             }
             d.open_files += 1;
-            (device, d.wdf_device, granted)
+            (device, granted)
         };
         let file_object = crate::io::alloc_zeroed(FILE_OBJECT_SIZE) as usize;
-        let created =
-            thread::with_activity("IRP_MJ_CREATE", || crate::wdf::file::create(wdf_device));
+        // FILE_OBJECT.DeviceObject (offset 8).
+        // SAFETY: a fresh FILE_OBJECT_SIZE-byte allocation.
+        unsafe { ((file_object + 8) as *mut usize).write(device) };
+        let created = self.send_file_irp(device, file_object, IRP_MJ_CREATE);
         let mut state = self.lock();
-        match created {
-            Ok(wdf_file) => {
+        match ksys::ntdef::nt_success(created) {
+            true => {
                 state.files.insert(
                     file_object,
                     FileEntry {
                         device,
-                        wdf_file,
                         outstanding: 0,
                         cleaned_up: false,
                     },
@@ -298,13 +383,13 @@ impl IoManager {
                 );
                 Ok(handle)
             }
-            Err(status) => {
+            false => {
                 if let Some(d) = state.devices.get_mut(&device) {
                     d.open_files -= 1;
                 }
                 self.reap(&mut state, device);
                 crate::io::free(file_object as *mut u8, FILE_OBJECT_SIZE);
-                Err(status)
+                Err(created)
             }
         }
     }
@@ -328,7 +413,7 @@ impl IoManager {
             METHOD_IN_DIRECT | METHOD_OUT_DIRECT => true,
             _ => return Err(STATUS_NOT_SUPPORTED),
         };
-        let (file_object, wdf_device, wdf_file) = {
+        let (file_object, device) = {
             let mut state = self.lock();
             let entry = state.handles.get(&handle).ok_or(STATUS_INVALID_HANDLE)?;
             let access = (code >> 14) & 3;
@@ -343,13 +428,7 @@ impl IoManager {
                 .get_mut(&file_object)
                 .ok_or(STATUS_INVALID_HANDLE)?;
             file.outstanding += 1;
-            let (device, wdf_file) = (file.device, file.wdf_file);
-            let wdf_device = state
-                .devices
-                .get(&device)
-                .map(|d| d.wdf_device)
-                .unwrap_or(0);
-            (file_object, wdf_device, wdf_file)
+            (file_object, file.device)
         };
         // Buffered: one system buffer for both. Direct: the system buffer holds the input and the
         // caller's own output buffer is used in place (kept here until completion).
@@ -447,6 +526,8 @@ impl IoManager {
         // SAFETY: a fresh kernel IRP and its only stack location.
         unsafe {
             (*irp).AssociatedIrp = system_buffer as *mut std::ffi::c_void;
+            // Direct methods: the caller's output buffer, locked until completion.
+            (*irp).UserBuffer = direct_buffer as *mut std::ffi::c_void;
             (*irp).IoStatus.Status = STATUS_PENDING;
             (*irp).Tail.OriginalFileObject = file_object as *mut FILE_OBJECT;
             (*stack).MajorFunction = IRP_MJ_DEVICE_CONTROL;
@@ -456,18 +537,7 @@ impl IoManager {
             (*stack).Parameters.DeviceIoControl.OutputBufferLength = output_length as u32;
         }
         thread::with_activity(&format!("IOCTL {code:#010X}"), || {
-            crate::wdf::queue::dispatch_device_control(
-                wdf_device,
-                irp,
-                wdf_file,
-                code,
-                crate::wdf::queue::ControlBuffers {
-                    system: buffer_address,
-                    direct: direct_buffer,
-                    input_length: input.len(),
-                    output_length,
-                },
-            )
+            self.call_driver(device, irp, IRP_MJ_DEVICE_CONTROL)
         });
         Ok(slot)
     }
@@ -496,9 +566,19 @@ impl IoManager {
     }
 
     fn close_file(&self, file_object: usize) {
+        if thread::irql() > thread::PASSIVE {
+            // The last request completed at raised IRQL: IRP_MJ_CLOSE goes at PASSIVE_LEVEL, as
+            // the I/O manager sends it once the file object's last reference is gone.
+            thread::kernel()
+                .workers
+                .submit(move || thread::kernel().io.close_file(file_object));
+            return;
+        }
+        let device = self.lock().files.get(&file_object).map(|f| f.device);
+        let Some(device) = device else { return };
+        self.send_file_irp(device, file_object, IRP_MJ_CLOSE);
         let entry = self.lock().files.remove(&file_object);
         let Some(entry) = entry else { return };
-        crate::wdf::file::close(entry.wdf_file);
         let mut state = self.lock();
         if let Some(d) = state.devices.get_mut(&entry.device) {
             d.open_files -= 1;
@@ -515,13 +595,9 @@ impl IoManager {
             .handles
             .remove(&handle)
             .ok_or(STATUS_INVALID_HANDLE)?;
-        let wdf_file = self
-            .lock()
-            .files
-            .get(&entry.file_object)
-            .map(|f| f.wdf_file);
-        if let Some(wdf_file) = wdf_file {
-            thread::with_activity("IRP_MJ_CLEANUP", || crate::wdf::file::cleanup(wdf_file));
+        let device = self.lock().files.get(&entry.file_object).map(|f| f.device);
+        if let Some(device) = device {
+            self.send_file_irp(device, entry.file_object, IRP_MJ_CLEANUP);
         }
         let close = {
             let mut state = self.lock();
@@ -534,7 +610,7 @@ impl IoManager {
             }
         };
         if close {
-            thread::with_activity("IRP_MJ_CLOSE", || self.close_file(entry.file_object));
+            self.close_file(entry.file_object);
         }
         Ok(())
     }

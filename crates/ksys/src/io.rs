@@ -247,8 +247,16 @@ pub const MDL_ALLOCATED_FIXED_SIZE: i16 = 0x0008;
 /// Describes part of another MDL's buffer.
 pub const MDL_PARTIAL: i16 = 0x0010;
 
+/// IRP major function for opening a file object (CreateFile).
+pub const IRP_MJ_CREATE: u8 = 0x00;
+/// IRP major function for the last reference to a file object going away.
+pub const IRP_MJ_CLOSE: u8 = 0x02;
 /// IRP major function for DeviceIoControl.
 pub const IRP_MJ_DEVICE_CONTROL: u8 = 0x0E;
+/// IRP major function for the last handle to a file object closing.
+pub const IRP_MJ_CLEANUP: u8 = 0x12;
+/// Entries of a DRIVER_OBJECT's MajorFunction table (IRP_MJ_MAXIMUM_FUNCTION + 1).
+pub const IRP_MJ_COUNT: usize = 28;
 /// x64 page size.
 pub const PAGE_SIZE: usize = 0x1000;
 

@@ -244,18 +244,23 @@ pub(crate) unsafe extern "win64" fn wdf_device_create(
             Err(status) => return status,
         }
     };
-    let device_object = match kernel.io.create_device(name, descriptor, exclusive, handle) {
-        Ok(d) => d,
-        Err(status) => {
-            let mut state = kernel.wdf.lock();
-            if let Some(p) = state.objects.get_mut(&driver) {
-                p.children.retain(|&c| c != handle);
+    let driver_object = kernel.wdf.lock().driver_object;
+    let device_object =
+        match kernel
+            .io
+            .create_device(name, descriptor, exclusive, handle, driver_object)
+        {
+            Ok(d) => d,
+            Err(status) => {
+                let mut state = kernel.wdf.lock();
+                if let Some(p) = state.objects.get_mut(&driver) {
+                    p.children.retain(|&c| c != handle);
+                }
+                drop(state);
+                object::destroy(handle);
+                return status;
             }
-            drop(state);
-            object::destroy(handle);
-            return status;
-        }
-    };
+        };
     with_object(handle, &[Kind::Device], "WdfDeviceCreate", |o| {
         if let Data::Device(d) = &mut o.data {
             d.device_object = device_object;

@@ -68,6 +68,7 @@ pub(crate) unsafe extern "win64" fn wdf_driver_create(
     // SAFETY: the live driver object and globals the I/O manager and WdfVersionBind handed out.
     unsafe {
         (*globals).Driver = super::handle(handle, WDFDRIVER::from_raw);
+        super::dispatch::install_framework_dispatch(driver_object);
         if config.DriverInitFlags & WDF_DRIVER_INIT_NON_PNP_DRIVER != 0
             && config.EvtDriverUnload.is_some()
         {

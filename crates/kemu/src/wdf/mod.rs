@@ -4,6 +4,7 @@
 
 pub(crate) mod bind;
 pub(crate) mod device;
+pub(crate) mod dispatch;
 pub(crate) mod driver;
 pub(crate) mod file;
 pub(crate) mod lock;
@@ -163,6 +164,9 @@ pub(crate) struct WdfState {
     pub pool_tag: u32,
     pub service_name: String,
     pub inits: HashMap<usize, DeviceInit>,
+    /// FILE_OBJECT → framework file object (KMDF keeps this association for control devices,
+    /// whose file objects it may not put in FsContext).
+    pub files: HashMap<usize, usize>,
 }
 
 /// The framework of one kernel.
