@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use ksys::import::ImportEntry;
 
-use crate::io::{irp, mdl, workitem};
+use crate::io::{device, irp, mdl, workitem};
 use crate::ke::{pool, sync, timer};
 use crate::{ksecdd, netio, rtl, wdf};
 
@@ -62,6 +62,10 @@ pub fn exports() -> &'static [Export] {
                 "IoFreeIrp": IoFreeIrp => irp::io_free_irp,
                 "IoReuseIrp": IoReuseIrp => irp::io_reuse_irp,
                 "IofCompleteRequest": IofCompleteRequest => irp::iof_complete_request,
+                "IoCreateDevice": IoCreateDevice => device::io_create_device,
+                "IoDeleteDevice": IoDeleteDevice => device::io_delete_device,
+                "IoCreateSymbolicLink": IoCreateSymbolicLink => device::io_create_symbolic_link,
+                "IoDeleteSymbolicLink": IoDeleteSymbolicLink => device::io_delete_symbolic_link,
                 "IoCancelIrp": IoCancelIrp => irp::io_cancel_irp,
                 "IoSetCompletionRoutineEx": IoSetCompletionRoutineEx => irp::io_set_completion_routine_ex,
                 "IoAllocateMdl": IoAllocateMdl => mdl::io_allocate_mdl,

@@ -546,6 +546,9 @@ impl Kernel {
             }
         });
         let status = status?;
+        if nt_success(status) {
+            self.shared.io.driver_entry_returned(object_address);
+        }
         let loaded = Loaded {
             driver_object,
             _registry: registry,

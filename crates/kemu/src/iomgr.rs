@@ -51,6 +51,8 @@ struct DeviceEntry {
     wdf_device: usize,
     /// The DRIVER_OBJECT whose MajorFunction table serves the device.
     driver_object: usize,
+    /// IoCreateDevice's device extension (0: none), freed with the device object.
+    extension: (usize, usize),
     open_files: usize,
 }
 
@@ -160,10 +162,51 @@ impl IoManager {
                 references: 0,
                 wdf_device,
                 driver_object,
+                extension: (0, 0),
                 open_files: 0,
             },
         );
         Ok(object)
+    }
+
+    /// Gives a WDM device object its zeroed extension of `size` bytes → its address.
+    pub fn attach_extension(&self, device: usize, size: usize) -> Option<usize> {
+        let extension = crate::io::alloc_zeroed(size) as usize;
+        match self.lock().devices.get_mut(&device) {
+            Some(d) => {
+                d.extension = (extension, size);
+                Some(extension)
+            }
+            None => {
+                crate::io::free(extension as *mut u8, size);
+                None
+            }
+        }
+    }
+
+    /// The driver object of a live device object (None: not a live device).
+    pub fn driver_of(&self, device: usize) -> Option<usize> {
+        self.lock()
+            .devices
+            .get(&device)
+            .filter(|d| !d.deleted)
+            .map(|d| d.driver_object)
+    }
+
+    /// After DriverEntry: the WDM devices it created stop initializing (the I/O manager clears
+    /// DO_DEVICE_INITIALIZING for them).
+    pub fn driver_entry_returned(&self, driver_object: usize) {
+        let mut state = self.lock();
+        for (&object, d) in state.devices.iter_mut() {
+            if d.driver_object == driver_object && d.wdf_device == 0 && !d.deleted {
+                d.initializing = false;
+                // SAFETY: a live DEVICE_OBJECT; Flags at offset 0x30.
+                unsafe {
+                    let flags = (object + 0x30) as *mut u32;
+                    flags.write(flags.read() & !crate::io::device::DO_DEVICE_INITIALIZING);
+                }
+            }
+        }
     }
 
     /// The framework device a device object belongs to (0: none, or unknown).
@@ -253,8 +296,8 @@ impl IoManager {
     }
 
     /// IoDeleteSymbolicLink.
-    pub fn delete_link(&self, link: &str) {
-        self.lock().links.remove(&dos_link(link));
+    pub fn delete_link(&self, link: &str) -> bool {
+        self.lock().links.remove(&dos_link(link)).is_some()
     }
 
     /// Clears DO_DEVICE_INITIALIZING.
@@ -284,7 +327,11 @@ impl IoManager {
             .get(&device)
             .is_some_and(|d| d.deleted && d.references == 0 && d.open_files == 0);
         if gone {
-            state.devices.remove(&device);
+            if let Some(d) = state.devices.remove(&device) {
+                if d.extension.0 != 0 {
+                    crate::io::free(d.extension.0 as *mut u8, d.extension.1);
+                }
+            }
             crate::io::free(device as *mut u8, DEVICE_OBJECT_SIZE);
         }
     }

@@ -51,6 +51,10 @@ kernel_imports! {
         pub fn IoFreeIrp(irp: *mut IRP);
         pub fn IoReuseIrp(irp: *mut IRP, status: NTSTATUS);
         pub fn IofCompleteRequest(irp: *mut IRP, priority_boost: i8);
+        pub fn IoCreateDevice(driver: *mut DRIVER_OBJECT, extension_size: u32, name: *mut UNICODE_STRING, device_type: u32, characteristics: u32, exclusive: u8, device: *mut *mut DEVICE_OBJECT) -> NTSTATUS;
+        pub fn IoDeleteDevice(device: *mut DEVICE_OBJECT);
+        pub fn IoCreateSymbolicLink(link: *mut UNICODE_STRING, target: *mut UNICODE_STRING) -> NTSTATUS;
+        pub fn IoDeleteSymbolicLink(link: *mut UNICODE_STRING) -> NTSTATUS;
         pub fn IoCancelIrp(irp: *mut IRP) -> u8;
         pub fn IoSetCompletionRoutineEx(device: *mut DEVICE_OBJECT, irp: *mut IRP, routine: PIO_COMPLETION_ROUTINE, context: *mut c_void, on_success: u8, on_error: u8, on_cancel: u8) -> NTSTATUS;
         pub fn IoAllocateMdl(va: *mut c_void, length: u32, secondary: u8, charge_quota: u8, irp: *mut IRP) -> *mut MDL;

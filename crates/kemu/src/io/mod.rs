@@ -1,5 +1,6 @@
 //! The ntoskrnl `Io*`/`Mm*` subset: IRPs and their completion, MDLs, I/O work items.
 
+pub(crate) mod device;
 pub(crate) mod irp;
 pub(crate) mod mdl;
 pub(crate) mod workitem;

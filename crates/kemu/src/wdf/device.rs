@@ -346,7 +346,7 @@ pub(crate) fn teardown(device: usize) {
         }
     };
     for link in links {
-        kernel.io.delete_link(&link);
+        let _ = kernel.io.delete_link(&link);
     }
     kernel.io.delete_device(object);
 }
