@@ -23,10 +23,7 @@ fn wsktls() -> NativeDriver {
 }
 
 fn boot(plan: FaultPlan) -> Kernel {
-    Kernel::boot(KernelConfig {
-        faults: plan,
-        ..KernelConfig::from_env()
-    })
+    testkit::boot_with_faults(plan)
 }
 
 fn status_of(error: KernelError) -> NTSTATUS {

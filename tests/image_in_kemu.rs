@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use kemu::{Caller, FaultPlan, Kernel, KernelConfig, KernelError};
+use kemu::{Caller, FaultPlan, Kernel, KernelError};
 use ksys::ntdef::{
     STATUS_ACCESS_DENIED, STATUS_BUFFER_TOO_SMALL, STATUS_INSUFFICIENT_RESOURCES,
     STATUS_INVALID_DEVICE_REQUEST, STATUS_SUCCESS,
@@ -42,10 +42,7 @@ fn images() -> Vec<PathBuf> {
 }
 
 fn boot(plan: FaultPlan) -> Kernel {
-    Kernel::boot(KernelConfig {
-        faults: plan,
-        ..KernelConfig::from_env()
-    })
+    testkit::boot_with_faults(plan)
 }
 
 #[test]

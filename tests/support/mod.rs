@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
-use kemu::{
-    Caller, Handle, Kernel, KernelConfig, NativeDriver, PendingIo, TestCa, Thumbprint, Validity,
-};
+use kemu::{Caller, Handle, Kernel, KernelConfig, NativeDriver, PendingIo, Thumbprint};
 use ksys::ntdef::*;
 use proto::session::*;
+use wsktls_client::driver::Driver;
+use wsktls_client::kemu::KemuDevice;
 
 pub const DEVICE_PATH: &str = r"\\.\WskTls";
 
@@ -33,19 +33,13 @@ pub fn boot_with(
 ) -> (Kernel, Thumbprint) {
     let mut config = KernelConfig::from_env();
     adjust(&mut config);
-    let kernel = Kernel::boot(config);
+    let kernel = testkit::boot(config);
     for &(name, value) in parameters {
         kernel.set_service_parameter("wsktls", name, value);
     }
-    let ca = TestCa::generate("wsktls test CA").unwrap();
-    let issued = ca.issue(&["localhost"], Validity::Current).unwrap();
-    let leaf = pem::parse(issued.chain_pem.as_bytes()).unwrap();
-    *SERVER_DIGEST.lock().unwrap() = ktls::sha256(leaf.contents());
-    let store = kernel.cert_store();
-    let thumbprint = store
-        .import_pem(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
-        .unwrap();
-    store.add_root_pem(ca.cert_pem().as_bytes()).unwrap();
+    let pki = testkit::Pki::install(&kernel, "wsktls test CA", &["localhost"], "wsktls-tests");
+    *SERVER_DIGEST.lock().unwrap() = pki.digest;
+    let thumbprint = pki.thumbprint;
     match std::env::var_os("WSKTLS_IMAGE") {
         Some(image) => kernel
             .load_image("wsktls", std::path::Path::new(&image))
@@ -65,6 +59,12 @@ pub fn open(kernel: &Kernel) -> Handle {
     kernel.open(DEVICE_PATH, Caller::Administrator).unwrap()
 }
 
+/// The typed client over a handle of `kernel`: the IOCTL client the `wsktls` command uses,
+/// for every call a suite makes well-formed (malformed requests go through `kernel.ioctl`).
+pub fn client(kernel: &Kernel, h: Handle) -> Driver<'_> {
+    Driver::new(Box::new(KemuDevice::new(kernel, h)))
+}
+
 pub fn listen(kernel: &Kernel, h: Handle, thumbprint: Thumbprint, alpn: &[u8]) -> ListenResponse {
     let request = ListenRequest {
         endpoint: Endpoint::loopback_v4(0),
@@ -73,13 +73,9 @@ pub fn listen(kernel: &Kernel, h: Handle, thumbprint: Thumbprint, alpn: &[u8]) -
         require_client_certificate: false,
         alpn,
     };
-    let mut buf = vec![0u8; ListenRequest::FIXED + alpn.len()];
-    let n = request.encode(&mut buf).unwrap();
-    let r = kernel
-        .ioctl(h, IOCTL_WSKTLS_LISTEN, &buf[..n], ListenResponse::SIZE)
-        .unwrap();
-    assert_eq!(r.status, STATUS_SUCCESS, "LISTEN: {:#x}", r.status);
-    ListenResponse::decode(&r.output[..r.information]).unwrap()
+    client(kernel, h)
+        .listen(&request)
+        .unwrap_or_else(|e| panic!("LISTEN: {e}"))
 }
 
 pub fn connect_request(port: u16, sni: &[u8], alpn: &[u8], validation: Validation) -> Vec<u8> {
@@ -179,11 +175,9 @@ pub fn id_call(kernel: &Kernel, h: Handle, code: u32, id: u64) -> NTSTATUS {
 }
 
 pub fn stats(kernel: &Kernel, h: Handle) -> Stats {
-    let r = kernel
-        .ioctl(h, IOCTL_WSKTLS_STATS, &[], Stats::SIZE)
-        .unwrap();
-    assert_eq!(r.status, STATUS_SUCCESS);
-    Stats::decode(&r.output[..r.information]).unwrap()
+    client(kernel, h)
+        .stats()
+        .unwrap_or_else(|e| panic!("STATS: {e}"))
 }
 
 /// A booted kernel with one connection between two handles: (kernel, server handle, client

@@ -4,7 +4,7 @@
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
-use kemu::{CallbackSchedule, FaultPlan, Kernel, KernelConfig, KernelError};
+use kemu::{CallbackSchedule, FaultPlan, Kernel, KernelError};
 use ksys::imports::*;
 use ksys::io::{EXECUTIVE, KERNEL_MODE, KEVENT, SYNCHRONIZATION_EVENT};
 use ksys::ntdef::{STATUS_INSUFFICIENT_RESOURCES, UNICODE_STRING};
@@ -13,11 +13,7 @@ use ktls::pool::PoolArc;
 use ktls::sspi::AsyncOp;
 
 fn boot(plan: FaultPlan) -> Kernel {
-    kemu::exports::bind_native(IMPORT_DIRECTORY);
-    Kernel::boot(KernelConfig {
-        faults: plan,
-        ..KernelConfig::from_env()
-    })
+    testkit::boot_with_faults(plan)
 }
 
 struct Dropped<'a>(&'a AtomicUsize);

@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use kemu::testing::isolated;
-use kemu::{Kernel, KernelConfig, NativeDriver, TestCa, Thumbprint, Validity};
+use kemu::{Kernel, KernelConfig, TestCa, Thumbprint, Validity};
 use ksys::ntdef::{STATUS_CONNECTION_DISCONNECTED, STATUS_IO_TIMEOUT};
 use ksys::schannel::*;
 use ksys::sspi::{SEC_E_CERT_EXPIRED, SEC_E_UNTRUSTED_ROOT, SEC_E_WRONG_PRINCIPAL};
@@ -19,48 +19,10 @@ use ktls::listener::{ListenObserver, ListenState, Listener, ListenerConfig};
 use ktls::session::{Config, Observer, Received, Role, Session, State};
 use ktls::wsk::Provider;
 use ktls::{Error, STATUS_PIN_MISMATCH, STATUS_TLS_FAILURE};
-
-mod test_driver {
-    use core::sync::atomic::{AtomicUsize, Ordering};
-
-    use ksys::kmdf::{self, ControlDeviceConfig, DriverEntryArgs, Request};
-    use ksys::ntdef::*;
-    use ksys::utf16;
-    use ksys::wdf::functions::WdfDeviceWdmGetDeviceObject;
-    use ksys::wdf::types::*;
-
-    /// The control device's DEVICE_OBJECT (work items reference it).
-    pub static DEVICE: AtomicUsize = AtomicUsize::new(0);
-
-    const CONFIG: ControlDeviceConfig = ControlDeviceConfig {
-        name: utf16!("\\Device\\KtlsSession"),
-        symbolic_link: utf16!("\\DosDevices\\KtlsSession"),
-        sddl: utf16!("D:P(A;;GA;;;SY)(A;;GA;;;BA)"),
-        file_callbacks: None,
-    };
-
-    pub fn driver_entry(args: &DriverEntryArgs) -> Result<(), NTSTATUS> {
-        let driver = kmdf::create_non_pnp_driver(args, unload)?;
-        let device = kmdf::create_control_device(driver, &CONFIG)?;
-        kmdf::create_default_parallel_queue(device, device_control)?;
-        kmdf::finish_initializing(device);
-        // SAFETY: the device just created is live until unload.
-        let object = unsafe { WdfDeviceWdmGetDeviceObject(device) };
-        DEVICE.store(object as usize, Ordering::SeqCst);
-        Ok(())
-    }
-
-    extern "win64" fn unload(_driver: WDFDRIVER) {}
-
-    extern "win64" fn device_control(_q: WDFQUEUE, req: WDFREQUEST, _o: usize, _i: usize, _c: u32) {
-        Request::from_presented(req).complete(STATUS_INVALID_DEVICE_REQUEST, 0);
-    }
-}
-
-ksys::kmdf_driver_entry!(test_driver::driver_entry);
+use testkit::Pki;
 
 fn device() -> *mut ksys::io::DEVICE_OBJECT {
-    test_driver::DEVICE.load(std::sync::atomic::Ordering::SeqCst) as *mut _
+    testkit::test_driver::device()
 }
 
 /// Counts changes; waiters poll their condition after each. Carries the census every session
@@ -112,59 +74,22 @@ impl Changes {
     }
 }
 
-/// The test PKI: a CA the kernel trusts with a localhost server certificate in the store, and
-/// the same as files for peer programs.
-struct Pki {
-    thumbprint: Thumbprint,
-    dir: std::path::PathBuf,
-    ca: TestCa,
-    /// SHA-256 of the server certificate (DER).
-    digest: [u8; 32],
-}
-
-impl Pki {
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-}
-
 fn boot(name: &str) -> (Kernel, Pki) {
     boot_with(name, KernelConfig::from_env())
 }
 
-/// [`boot`] with a kernel configuration of the test's own (a fault plan).
+/// [`boot`] with a kernel configuration of the test's own (a fault plan): the test PKI (a
+/// localhost certificate) and the test driver whose device the sessions run on.
 fn boot_with(name: &str, config: KernelConfig) -> (Kernel, Pki) {
-    let kernel = Kernel::boot(config);
-    let ca = TestCa::generate("ktls session CA").unwrap();
-    let issued = ca.issue(&["localhost"], Validity::Current).unwrap();
-    let store = kernel.cert_store();
-    let thumbprint = store
-        .import_pem(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
-        .unwrap();
-    store.add_root_pem(ca.cert_pem().as_bytes()).unwrap();
-    let dir = std::env::temp_dir().join(format!("ktls-session-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
-    std::fs::write(dir.join("chain.pem"), &issued.chain_pem).unwrap();
-    std::fs::write(dir.join("key.pem"), &issued.key_pem).unwrap();
-    kernel
-        .load(NativeDriver {
-            service_name: "ktlssession",
-            entry: FxDriverEntry,
-            imports: ksys::imports::IMPORT_DIRECTORY,
-        })
-        .unwrap();
-    let leaf = pem::parse(issued.chain_pem.as_bytes()).unwrap();
-    let digest = ktls::sha256::sha256(leaf.contents());
-    (
-        kernel,
-        Pki {
-            thumbprint,
-            dir,
-            ca,
-            digest,
-        },
-    )
+    let kernel = testkit::boot(config);
+    let pki = Pki::install(
+        &kernel,
+        "ktls session CA",
+        &["localhost"],
+        &format!("ktls-session-{name}"),
+    );
+    testkit::test_driver::load(&kernel, "ktlssession").unwrap();
+    (kernel, pki)
 }
 
 fn v4(ip: [u8; 4], port: u16) -> SOCKADDR_STORAGE {

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::sync::Arc;
 
-use kemu::{CallbackSchedule, FaultPlan, Kernel, KernelConfig};
+use kemu::{CallbackSchedule, FaultPlan, Kernel};
 use ksys::imports::*;
 use ksys::io::{EXECUTIVE, KERNEL_MODE, KEVENT, SYNCHRONIZATION_EVENT};
 use ksys::ntdef::*;
@@ -15,13 +15,9 @@ use ktls::pool::PoolArc;
 use ktls::wsk::{Buffer, IrpOp, Provider, Wake};
 
 fn boot(callbacks: CallbackSchedule) -> Kernel {
-    kemu::exports::bind_native(IMPORT_DIRECTORY);
-    Kernel::boot(KernelConfig {
-        faults: FaultPlan {
-            callbacks,
-            ..FaultPlan::default()
-        },
-        ..KernelConfig::from_env()
+    testkit::boot_with_faults(FaultPlan {
+        callbacks,
+        ..FaultPlan::default()
     })
 }
 

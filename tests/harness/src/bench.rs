@@ -16,8 +16,8 @@ use proto::session::*;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 
-use crate::device::{Machine, ServerCertificate};
 use crate::driver::{CALL_TIMEOUT, CallError, Driver, cipher_name};
+use crate::machine::{Machine, ServerCertificate};
 
 /// How long and how wide to measure.
 #[derive(Clone, Debug)]

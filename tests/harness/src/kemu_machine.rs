@@ -3,14 +3,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use kemu::{
-    Caller, Handle, Kernel, KernelConfig, KernelError, NativeDriver, PendingIo, TestCa, Validity,
-};
+use kemu::{Caller, Handle, Kernel, KernelConfig, KernelError, NativeDriver, TestCa, Validity};
 
-use crate::device::{Completion, Device, DeviceError, Machine, Pending, ServerCertificate};
+use crate::device::{Device, DeviceError};
+use crate::machine::{Machine, ServerCertificate};
 use crate::{Globals, LogLevel};
+use wsktls_client::kemu::KemuDevice;
 
 /// A kernel with the driver loaded.
 pub struct KemuMachine {
@@ -105,54 +104,6 @@ impl KemuMachine {
     }
 }
 
-struct KemuDevice {
-    kernel: Arc<Kernel>,
-    handle: Handle,
-}
-
-struct KemuPending {
-    io: PendingIo,
-}
-
-impl Pending for KemuPending {
-    fn wait(&self, timeout: Duration) -> Result<Option<Completion>, DeviceError> {
-        Ok(self
-            .io
-            .wait_timeout(timeout)
-            .map_err(err)?
-            .map(|r| Completion {
-                status: r.status.0,
-                output: r.output[..r.information.min(r.output.len())].to_vec(),
-            }))
-    }
-
-    fn cancel(&self) -> Result<(), DeviceError> {
-        self.io.cancel().map(|_| ()).map_err(err)
-    }
-}
-
-impl Device for KemuDevice {
-    fn diagnose(&self) -> Option<String> {
-        Some(format!(
-            "kemu sockets: {:?}",
-            self.kernel.describe_sockets()
-        ))
-    }
-
-    fn submit_buffer(
-        &self,
-        code: u32,
-        input: &[u8],
-        output: Vec<u8>,
-    ) -> Result<Box<dyn Pending>, DeviceError> {
-        let io = self
-            .kernel
-            .ioctl_async_with(self.handle, code, input, output)
-            .map_err(err)?;
-        Ok(Box::new(KemuPending { io }))
-    }
-}
-
 impl KemuMachine {
     /// The driver's DbgPrint lines up to the chosen level, on stderr.
     fn print_log(&self) {
@@ -179,10 +130,7 @@ impl Machine for KemuMachine {
             .open(r"\\.\WskTls", Caller::Administrator)
             .map_err(err)?;
         self.handles.lock().unwrap().push(handle);
-        Ok(Box::new(KemuDevice {
-            kernel: self.kernel.clone(),
-            handle,
-        }))
+        Ok(Box::new(KemuDevice::new(self.kernel.clone(), handle)))
     }
 
     fn describe(&self) -> String {

@@ -23,11 +23,9 @@ macro_rules! out_part {
 mod args;
 mod bench;
 mod connect;
-mod device;
-mod driver;
-mod errors;
 #[cfg(not(windows))]
 mod kemu_machine;
+mod machine;
 mod selftest;
 mod serve;
 mod server_pem;
@@ -40,7 +38,15 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::device::DeviceError;
+use wsktls_client::device::DeviceError;
+use wsktls_client::{device, errors};
+
+/// The client's typed calls; the harness's devices live as long as the command.
+mod driver {
+    pub use wsktls_client::driver::*;
+    /// A client over a device the command owns.
+    pub type Driver = wsktls_client::driver::Driver<'static>;
+}
 use crate::errors::Failure;
 
 #[derive(Parser)]
@@ -461,10 +467,10 @@ mod platform {
     use crate::args::Certificate;
     use crate::bench::{self, BenchOptions};
     use crate::connect::ConnectOptions;
-    use crate::device::Machine;
     use crate::driver::Driver;
     use crate::errors::Failure;
     use crate::kemu_machine::KemuMachine;
+    use crate::machine::Machine;
     use crate::serve::ServeOptions;
 
     fn boot(globals: &Globals, driver: Option<PathBuf>) -> Result<KemuMachine, Failure> {
@@ -647,9 +653,9 @@ mod platform {
     use crate::args::Certificate;
     use crate::bench::BenchOptions;
     use crate::connect::ConnectOptions;
-    use crate::device::Machine;
     use crate::driver::Driver;
     use crate::errors::{Failure, Kind};
+    use crate::machine::Machine;
     use crate::serve::ServeOptions;
     use crate::windows_machine::WindowsMachine;
 

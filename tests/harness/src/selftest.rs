@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use proto::session::*;
 
-use crate::device::Machine;
 use crate::driver::{CALL_TIMEOUT, CallError, Driver, cipher_name, version_name};
+use crate::machine::Machine;
 
 /// Message sizes echoed on every connection.
 pub const SIZES: [usize; 5] = [1, 1024, 16 * 1024 + 1, 256 * 1024, 1 << 20];

@@ -21,7 +21,8 @@ use windows_sys::Win32::Storage::FileSystem::{
 use windows_sys::Win32::System::IO::{CancelIoEx, IO_STATUS_BLOCK, OVERLAPPED};
 use windows_sys::Win32::System::Threading::{CreateEventW, INFINITE, WaitForSingleObject};
 
-use crate::device::{Completion, Device, DeviceError, Machine, Pending};
+use crate::device::{Completion, Device, DeviceError, Pending};
+use crate::machine::Machine;
 
 const DEVICE_PATH: &str = r"\\.\WskTls";
 

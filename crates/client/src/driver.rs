@@ -182,13 +182,13 @@ impl PendingTransfer {
 const PEER_CERTIFICATES_ROOM: usize = 256 * 1024;
 
 /// Typed calls on one handle.
-pub struct Driver {
-    device: Box<dyn Device>,
+pub struct Driver<'d> {
+    device: Box<dyn Device + 'd>,
 }
 
-impl Driver {
+impl<'d> Driver<'d> {
     /// Wraps an open handle.
-    pub fn new(device: Box<dyn Device>) -> Driver {
+    pub fn new(device: Box<dyn Device + 'd>) -> Driver<'d> {
         Driver { device }
     }
 
