@@ -79,7 +79,7 @@ fn log_windows_floor() {
 
 fn create_everything(args: &DriverEntryArgs) -> Result<(), NTSTATUS> {
     let driver = kmdf::create_non_pnp_driver(args, evt_driver_unload)?;
-    crate::service::set_limits(read_limits(driver));
+    let limits = read_limits(driver);
     let device = kmdf::create_control_device(driver, &CONTROL_DEVICE)?;
     if let Err(status) =
         kmdf::create_default_parallel_queue(device, crate::ioctl::evt_io_device_control)
@@ -87,7 +87,7 @@ fn create_everything(args: &DriverEntryArgs) -> Result<(), NTSTATUS> {
         kmdf::delete_object(device.as_object());
         return Err(status);
     }
-    if let Err(status) = crate::service::start(kmdf::wdm_device_object(device)) {
+    if let Err(status) = crate::service::start(driver, device, limits) {
         kmdf::delete_object(device.as_object());
         return Err(status);
     }
@@ -151,7 +151,7 @@ fn read_limits(driver: WDFDRIVER) -> Limits {
 }
 
 /// EvtDriverUnload: the framework deletes the control device (and its queue) after this returns.
-extern "win64" fn evt_driver_unload(_driver: WDFDRIVER) {
+extern "win64" fn evt_driver_unload(driver: WDFDRIVER) {
     kmdf::debug_print(DPFLTR_INFO_LEVEL, "unloading");
-    crate::service::shutdown();
+    crate::service::shutdown(driver);
 }

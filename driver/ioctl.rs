@@ -8,37 +8,51 @@ use alloc::vec::Vec;
 
 use ksys::kmdf::Request;
 use ksys::ntdef::{
-    NTSTATUS, STATUS_BUFFER_TOO_SMALL, STATUS_INSUFFICIENT_RESOURCES,
+    NTSTATUS, STATUS_BUFFER_TOO_SMALL, STATUS_DEVICE_NOT_READY, STATUS_INSUFFICIENT_RESOURCES,
     STATUS_INVALID_DEVICE_REQUEST, STATUS_SUCCESS,
 };
 use ksys::wdf::types::{WDFQUEUE, WDFREQUEST};
 use proto::session::*;
 use proto::{GetVersionResponse, IOCTL_WSKTLS_GET_VERSION, WIRE_VERSION, WireError};
 
-use crate::service::{self, Op};
+use crate::service::{self, Op, Service};
 
-/// Dispatches one device-control request (PASSIVE_LEVEL, parallel queue).
+/// Dispatches one device-control request (PASSIVE_LEVEL, parallel queue) with the service of
+/// the queue's device.
 pub(crate) extern "win64" fn evt_io_device_control(
-    _queue: WDFQUEUE,
+    queue: WDFQUEUE,
     request: WDFREQUEST,
     _output_length: usize,
     input_length: usize,
     code: u32,
 ) {
-    let request = Request::from_presented(request);
+    let mut request = Some(Request::from_presented(request));
+    service::on_device(ksys::kmdf::queue_device(queue), |s| {
+        if let Some(request) = request.take() {
+            dispatch(s, request, input_length, code);
+        }
+    });
+    // A queue whose device has no service (cannot happen: the service goes in before the
+    // device takes requests).
+    if let Some(request) = request {
+        request.complete(STATUS_DEVICE_NOT_READY, 0);
+    }
+}
+
+fn dispatch(s: &Service, request: Request, input_length: usize, code: u32) {
     let outcome = match code {
         IOCTL_WSKTLS_GET_VERSION => get_version(&request, input_length),
-        IOCTL_WSKTLS_CLOSE => close(&request, input_length),
-        IOCTL_WSKTLS_STATS => stats(&request, input_length),
-        IOCTL_WSKTLS_PEER_CERTIFICATES => peer_certificates(&request, input_length),
+        IOCTL_WSKTLS_CLOSE => close(s, &request, input_length),
+        IOCTL_WSKTLS_STATS => stats(s, &request, input_length),
+        IOCTL_WSKTLS_PEER_CERTIFICATES => peer_certificates(s, &request, input_length),
         IOCTL_WSKTLS_LISTEN
         | IOCTL_WSKTLS_ACCEPT
         | IOCTL_WSKTLS_CONNECT
         | IOCTL_WSKTLS_SEND
         | IOCTL_WSKTLS_RECV
-        | IOCTL_WSKTLS_SHUTDOWN => match prepare_parked(&request, input_length, code) {
+        | IOCTL_WSKTLS_SHUTDOWN => match prepare_parked(s, &request, input_length, code) {
             Ok((id, op)) => {
-                service::park(request, id, op);
+                service::park(s, request, id, op);
                 return;
             }
             Err(status) => Err(status),
@@ -95,20 +109,24 @@ fn get_version(request: &Request, input_length: usize) -> Result<usize, NTSTATUS
     request.write_output(&response.encode())
 }
 
-fn close(request: &Request, input_length: usize) -> Result<usize, NTSTATUS> {
+fn close(s: &Service, request: &Request, input_length: usize) -> Result<usize, NTSTATUS> {
     let bytes = input(request, input_length, IdRequest::SIZE)?;
     let decoded = IdRequest::decode(&bytes).map_err(wire)?;
-    service::close(decoded.id, owner(request))?;
+    service::close(s, decoded.id, owner(request))?;
     Ok(0)
 }
 
-fn peer_certificates(request: &Request, input_length: usize) -> Result<usize, NTSTATUS> {
+fn peer_certificates(
+    s: &Service,
+    request: &Request,
+    input_length: usize,
+) -> Result<usize, NTSTATUS> {
     let bytes = input(request, input_length, IdRequest::SIZE)?;
     let decoded = IdRequest::decode(&bytes).map_err(wire)?;
-    service::peer_certificates(request, decoded.id, owner(request))
+    service::peer_certificates(s, request, decoded.id, owner(request))
 }
 
-fn stats(request: &Request, input_length: usize) -> Result<usize, NTSTATUS> {
+fn stats(s: &Service, request: &Request, input_length: usize) -> Result<usize, NTSTATUS> {
     if input_length != 0 {
         return Err(wire(WireError::TooLong {
             allowed: 0,
@@ -116,12 +134,13 @@ fn stats(request: &Request, input_length: usize) -> Result<usize, NTSTATUS> {
         }));
     }
     need_output(request, Stats::SIZE)?;
-    request.write_output(&service::stats().encode())
+    request.write_output(&service::stats(s).encode())
 }
 
 /// Validates a request that will wait, and starts what it waits for (LISTEN's listener,
 /// CONNECT's session).
 fn prepare_parked(
+    s: &Service,
     request: &Request,
     input_length: usize,
     code: u32,
@@ -131,7 +150,7 @@ fn prepare_parked(
             let bytes = input(request, input_length, ListenRequest::FIXED + MAX_ALPN)?;
             let decoded = ListenRequest::decode(&bytes).map_err(wire)?;
             need_output(request, ListenResponse::SIZE)?;
-            let id = service::listen(&decoded, owner(request))?;
+            let id = service::listen(s, &decoded, owner(request))?;
             Ok((id, Op::Listen))
         }
         IOCTL_WSKTLS_ACCEPT => {
@@ -145,7 +164,7 @@ fn prepare_parked(
             let bytes = input(request, input_length, max)?;
             let decoded = ConnectRequest::decode(&bytes).map_err(wire)?;
             need_output(request, ConnectionInfo::SIZE)?;
-            let id = service::connect(&decoded, owner(request))?;
+            let id = service::connect(s, &decoded, owner(request))?;
             Ok((id, Op::Connect))
         }
         IOCTL_WSKTLS_SEND => {

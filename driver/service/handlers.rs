@@ -4,22 +4,28 @@
 
 use super::*;
 
-/// The driver's kernel TLS (WSK registration, census, cached client credentials): made at
-/// load, dropped at unload after every object is closed.
-pub(super) static TLS: SpinLock<Option<PoolArc<Tls>>> = SpinLock::new(None);
-
-/// Starts kernel TLS on the control device's DEVICE_OBJECT (its work items run there).
-pub fn start(device: *mut DEVICE_OBJECT) -> Result<(), NTSTATUS> {
+/// Load: kernel TLS on the control device (its work items run there) and the service in the
+/// device's context, found by unload through the driver object's context.
+pub fn start(driver: WDFDRIVER, device: WDFDEVICE, limits: Limits) -> Result<(), NTSTATUS> {
     // SAFETY: the control device lives until unload, and `shutdown` (the unload routine) drops
     // the Tls — which waits for every connection — before it returns.
-    let tls = unsafe { Tls::new(device) }.map_err(|e| e.status())?;
-    *TLS.lock() = Some(PoolArc::try_new(tls)?);
-    Ok(())
+    let tls = unsafe { Tls::new(ksys::kmdf::wdm_device_object(device)) }.map_err(|e| e.status())?;
+    let service = Service {
+        device,
+        table: SpinLock::new(Objects::new()),
+        limits,
+        tls: SpinLock::new(Some(PoolArc::try_new(tls)?)),
+        counters: Counters::default(),
+    };
+    SERVICE.attach(device.as_object(), service)?;
+    CONTROL_DEVICE.attach(driver.as_object(), ControlDevice(device))
 }
 
-/// The driver's kernel TLS (a counted reference: `shutdown` waits until it is given back).
-pub(super) fn tls() -> Result<PoolArc<Tls>, NTSTATUS> {
-    TLS.lock().clone().ok_or(STATUS_DEVICE_NOT_READY)
+impl Service {
+    /// The driver's kernel TLS (a counted reference: `shutdown` waits until it is given back).
+    pub(super) fn tls(&self) -> Result<PoolArc<Tls>, NTSTATUS> {
+        self.tls.lock().clone().ok_or(STATUS_DEVICE_NOT_READY)
+    }
 }
 
 /// The socket address an IOCTL's endpoint names.
@@ -70,8 +76,8 @@ pub(super) fn copy(bytes: &[u8]) -> Result<Vec<u8>, NTSTATUS> {
 
 /// LISTEN: starts acquiring the certificate's credential → the listener's id. The request
 /// then waits (parked) until the listener is bound, or has failed.
-pub fn listen(request: &ListenRequest<'_>, owner: usize) -> Result<u64, NTSTATUS> {
-    check_limits(owner)?;
+pub fn listen(s: &Service, request: &ListenRequest<'_>, owner: usize) -> Result<u64, NTSTATUS> {
+    check_limits(s, owner)?;
     let config = ServerConfig::builder(request.thumbprint)
         .versions(versions(request.versions))
         .alpn(alpn_ids(request.alpn)?)
@@ -83,7 +89,7 @@ pub fn listen(request: &ListenRequest<'_>, owner: usize) -> Result<u64, NTSTATUS
         .build()
         .map_err(|e| e.status())?;
     let at = socket_address(&request.endpoint);
-    start_acquiring(owner, |tls, observer| {
+    start_acquiring(s, owner, |tls, observer| {
         tls.acquire_server(config, observer)
             .map(|pending| Acquiring::Server { pending, at })
     })
@@ -97,8 +103,8 @@ pub(super) enum Destination {
 
 /// CONNECT: starts a client session (once its credential is there) → its id; the request
 /// parks until the handshake ends.
-pub fn connect(request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTATUS> {
-    check_limits(owner)?;
+pub fn connect(s: &Service, request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTATUS> {
+    check_limits(s, owner)?;
     // An unspecified address means "resolve the host name" (WskGetAddressInfo, in the session).
     let to = if request.endpoint.ip.iter().all(|&b| b == 0) {
         if request.host.is_empty() {
@@ -133,7 +139,7 @@ pub fn connect(request: &ConnectRequest<'_>, owner: usize) -> Result<u64, NTSTAT
         request.sni
     };
     let server_name = copy(name)?;
-    start_acquiring(owner, |tls, observer| {
+    start_acquiring(s, owner, |tls, observer| {
         tls.acquire_client(config, observer)
             .map(|pending| Acquiring::Client {
                 pending,
@@ -160,6 +166,8 @@ pub(super) enum Acquiring {
 
 /// Hears that an object's credential acquisition finished (on its work item, PASSIVE_LEVEL).
 pub struct Acquired {
+    /// The control device whose service holds the object.
+    pub(super) device: WDFDEVICE,
     pub(super) target: PoolArc<AtomicU64>,
 }
 
@@ -167,7 +175,7 @@ impl Observer for Acquired {
     fn changed(&self) {
         let id = self.target.load(Ordering::Acquire);
         if id != 0 {
-            acquired(id);
+            on_device(self.device, |s| acquired(s, id));
         }
     }
 }
@@ -175,26 +183,28 @@ impl Observer for Acquired {
 /// Puts in an object that waits for its credential (SspiAcquireCredentialsHandleAsyncW, issued
 /// from a work item: nobody blocks; at once with a cached client credential) → its id.
 pub(super) fn start_acquiring(
+    s: &Service,
     owner: usize,
     begin: impl FnOnce(&Tls, Acquired) -> Result<Acquiring, Error>,
 ) -> Result<u64, NTSTATUS> {
     let target = PoolArc::try_new(AtomicU64::new(0))?;
     let observer = Acquired {
+        device: s.device,
         target: target.clone(),
     };
-    let acquiring = begin(&*tls()?, observer).map_err(|e| e.status())?;
-    let object = insert(owner, Kind::Acquiring(acquiring))?;
+    let acquiring = begin(&*s.tls()?, observer).map_err(|e| e.status())?;
+    let object = insert(s, owner, Kind::Acquiring(acquiring))?;
     let id = object.id();
     target.store(id, Ordering::Release);
     // It may have finished already, reporting to nobody.
-    acquired(id);
+    acquired(s, id);
     Ok(id)
 }
 
 /// An object's credential acquisition has finished (or not yet: then nothing happens): it
 /// starts listening or connecting with it, or records why it cannot.
-pub(super) fn acquired(id: u64) {
-    let Some(object) = lookup(id) else {
+pub(super) fn acquired(s: &Service, id: u64) {
+    let Some(object) = lookup(s, id) else {
         return;
     };
     let finished = {
@@ -215,7 +225,7 @@ pub(super) fn acquired(id: u64) {
     };
     let kind = made
         .map_err(|e| e.status())
-        .and_then(|made| open(made, acquiring, id))
+        .and_then(|made| open(s, made, acquiring, id))
         .unwrap_or_else(Kind::Failed);
     let closed_meanwhile = {
         let mut st = object.state.lock();
@@ -227,9 +237,9 @@ pub(super) fn acquired(id: u64) {
         }
     };
     if let Some(kind) = closed_meanwhile {
-        release(kind);
+        release(s, kind);
     }
-    serve(&object);
+    serve(s, &object);
 }
 
 /// What a finished acquisition made.
@@ -239,8 +249,13 @@ pub(super) enum Made {
 }
 
 /// Starts listening or connecting with what the acquisition made (PASSIVE_LEVEL).
-pub(super) fn open(made: Made, acquiring: Acquiring, id: u64) -> Result<Kind, NTSTATUS> {
-    let notify = Notify::try_new(id)?;
+pub(super) fn open(
+    s: &Service,
+    made: Made,
+    acquiring: Acquiring,
+    id: u64,
+) -> Result<Kind, NTSTATUS> {
+    let notify = Notify::try_new(s, id)?;
     match (made, acquiring) {
         (Made::Server(server), Acquiring::Server { at, .. }) => {
             let listener = server.listen(at, notify).map_err(|e| e.status())?;
@@ -272,8 +287,8 @@ pub(super) fn open(made: Made, acquiring: Acquiring, id: u64) -> Result<Kind, NT
 
 /// CLOSE: releases a listener or connection (abortively if it is still up); its parked requests
 /// complete with STATUS_CANCELLED.
-pub fn close(id: u64, owner: usize) -> Result<(), NTSTATUS> {
-    if close_object(id, Some(owner)) {
+pub fn close(s: &Service, id: u64, owner: usize) -> Result<(), NTSTATUS> {
+    if close_object(s, id, Some(owner)) {
         Ok(())
     } else {
         Err(STATUS_INVALID_HANDLE)
@@ -282,13 +297,20 @@ pub fn close(id: u64, owner: usize) -> Result<(), NTSTATUS> {
 
 /// EvtFileCleanup: the handle's objects close and their parked requests are cancelled.
 pub fn cleanup(file: WDFFILEOBJECT) {
-    close_all(Some(file.as_raw() as usize));
+    on_device(ksys::kmdf::file_device(file), |s| {
+        close_all(s, Some(file.as_raw() as usize))
+    });
 }
 
 /// PEER_CERTIFICATES: the chain a connection kept (empty if its CONNECT did not ask), copied
 /// into the request's output. STATUS_BUFFER_TOO_SMALL (nothing written) if it does not fit.
-pub fn peer_certificates(request: &Request, id: u64, owner: usize) -> Result<usize, NTSTATUS> {
-    let object = lookup(id)
+pub fn peer_certificates(
+    s: &Service,
+    request: &Request,
+    id: u64,
+    owner: usize,
+) -> Result<usize, NTSTATUS> {
+    let object = lookup(s, id)
         .filter(|o| o.owner == owner)
         .ok_or(STATUS_INVALID_HANDLE)?;
     let st = object.state.lock();
@@ -299,25 +321,36 @@ pub fn peer_certificates(request: &Request, id: u64, owner: usize) -> Result<usi
 }
 
 /// Unload: cancels every parked request, closes every object and waits (PASSIVE_LEVEL,
-/// unbounded but reported) until each has released its socket, then releases WSK.
-pub fn shutdown() {
-    // Dropping a session aborts it, dropping a listener closes it and the sessions it still
-    // holds; each goes on releasing on its work item. The census counts them — and the
-    // connections closed earlier that are still releasing (cancelling, waiting for an SSPI call,
-    // closing the socket, deleting the context) — until all of it is done.
-    close_all(None);
-    // The empty table still holds its storage: give it back (unload leaves no pool behind).
-    let table = core::mem::take(&mut *TABLE.lock());
-    drop(table);
-    // Unload never goes on while a session still has an SSPI call, an IRP or a socket out:
-    // dropping the Tls waits for all of it (every teardown is bounded by timeouts; a call the
-    // kernel never completes would keep the driver loaded, the only safe outcome), then
-    // releases WSK. A dispatch routine or observer still holding it is waited for first.
-    let tls = TLS.lock().take();
-    if let Some(tls) = tls {
-        while PoolArc::references(&tls) > 1 {
-            ksys::kmdf::sleep_ms(1);
+/// unbounded but reported) until each has released its socket, then releases WSK. The
+/// service's memory goes with the control device, which the framework deletes afterwards.
+pub fn shutdown(driver: WDFDRIVER) {
+    let Some(device) = CONTROL_DEVICE.with(driver.as_object(), |c| c.0) else {
+        return;
+    };
+    on_device(device, |s| s.shut_down());
+}
+
+impl Service {
+    fn shut_down(&self) {
+        // Dropping a session aborts it, dropping a listener closes it and the sessions it
+        // still holds; each goes on releasing on its work item. The census counts them — and
+        // the connections closed earlier that are still releasing (cancelling, waiting for an
+        // SSPI call, closing the socket, deleting the context) — until all of it is done.
+        close_all(self, None);
+        // The empty table still holds its storage: give it back now (the context's own memory
+        // goes with the device).
+        let table = core::mem::take(&mut *self.table.lock());
+        drop(table);
+        // Unload never goes on while a session still has an SSPI call, an IRP or a socket out:
+        // dropping the Tls waits for all of it (every teardown is bounded by timeouts; a call
+        // the kernel never completes would keep the driver loaded, the only safe outcome), then
+        // releases WSK. A dispatch routine or observer still holding it is waited for first.
+        let tls = self.tls.lock().take();
+        if let Some(tls) = tls {
+            while PoolArc::references(&tls) > 1 {
+                ksys::kmdf::sleep_ms(1);
+            }
+            drop(tls);
         }
-        drop(tls);
     }
 }

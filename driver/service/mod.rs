@@ -30,7 +30,6 @@ use alloc::vec::Vec;
 use core::net::{IpAddr, SocketAddr};
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use ksys::io::DEVICE_OBJECT;
 use ksys::kmdf::{ParkedRequest, Request};
 use ksys::ntdef::*;
 use ksys::wdf::types::{WDFFILEOBJECT, WDFREQUEST};
@@ -43,12 +42,50 @@ use proto::session::{
     Validation, VersionRange,
 };
 
+use ksys::wdf::types::{WDFDEVICE, WDFDRIVER};
+
 use crate::objects::{Limits, Objects};
 
 pub use handlers::*;
 pub use object::*;
 pub use pending::*;
 pub use stats::*;
+
+/// Everything the driver keeps — its objects, limits, kernel TLS and counters — in the control
+/// device's context: dispatch routines reach it through the device their queue or file object
+/// belongs to, observers through the device handle they keep, unload through the driver
+/// object's context that names the device.
+pub struct Service {
+    /// The control device whose context this is.
+    device: WDFDEVICE,
+    /// Objects by id.
+    table: SpinLock<Objects<PoolArc<Object>>>,
+    /// Limits read from the registry at load.
+    limits: Limits,
+    /// The driver's kernel TLS (a counted reference per user: unload waits for them).
+    tls: SpinLock<Option<PoolArc<Tls>>>,
+    /// What STATS reports beyond the live objects.
+    counters: Counters,
+}
+
+ksys::kmdf_context! {
+    /// The service, in the control device's context.
+    static SERVICE: Service;
+}
+
+/// The control device, in the driver object's context (for unload, which only gets the
+/// driver).
+struct ControlDevice(WDFDEVICE);
+
+ksys::kmdf_context! {
+    /// The control device, in the driver object's context.
+    static CONTROL_DEVICE: ControlDevice;
+}
+
+/// Runs `use_it` with the service of `device` (None if the device has none: not ours).
+pub(crate) fn on_device<R>(device: WDFDEVICE, use_it: impl FnOnce(&Service) -> R) -> Option<R> {
+    SERVICE.with(device.as_object(), use_it)
+}
 
 /// Connections (and listeners) the driver holds at most, unless the registry says otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;

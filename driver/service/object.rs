@@ -9,6 +9,8 @@ use super::*;
 /// that an accepted session, reported under its listener until ACCEPT hands it out, can be
 /// pointed at its own connection object then.
 pub struct Notify {
+    /// The control device whose service holds the object.
+    pub(super) device: WDFDEVICE,
     pub(super) target: PoolArc<AtomicU64>,
     /// An accepted session's listener, reported to while the session has no object of its own.
     pub(super) listener: Option<PoolArc<AtomicU64>>,
@@ -16,8 +18,9 @@ pub struct Notify {
 
 impl Notify {
     /// An observer reporting to `id` (0: nobody yet).
-    pub(super) fn try_new(id: u64) -> Result<Notify, NTSTATUS> {
+    pub(super) fn try_new(s: &Service, id: u64) -> Result<Notify, NTSTATUS> {
         Ok(Notify {
+            device: s.device,
             target: PoolArc::try_new(AtomicU64::new(id))?,
             listener: None,
         })
@@ -39,16 +42,18 @@ impl Observer for Notify {
                 .map_or(0, |l| l.load(Ordering::Acquire));
         }
         if id != 0 {
-            service(id);
+            on_device(self.device, |s| service(s, id));
         }
     }
 }
 
 impl ListenObserver for Notify {
     fn for_accepted(&self) -> Option<Self> {
-        let mut notify = Notify::try_new(0).ok()?;
-        notify.listener = Some(self.target.clone());
-        Some(notify)
+        Some(Notify {
+            device: self.device,
+            target: PoolArc::try_new(AtomicU64::new(0)).ok()?,
+            listener: Some(self.target.clone()),
+        })
     }
 }
 
@@ -139,30 +144,14 @@ pub(super) struct Parked {
     pub(super) op: Op,
 }
 
-pub(super) static TABLE: SpinLock<Objects<PoolArc<Object>>> = SpinLock::new(Objects::new());
-
-pub(super) static LIMITS: SpinLock<Limits> = SpinLock::new(Limits {
-    total: DEFAULT_MAX_CONNECTIONS,
-    per_handle: DEFAULT_MAX_CONNECTIONS_PER_HANDLE,
-});
-
-/// Sets the object limits (at load, from the service's registry parameters).
-pub fn set_limits(limits: Limits) {
-    *LIMITS.lock() = limits;
-}
-
-pub(super) fn limits() -> Limits {
-    *LIMITS.lock()
-}
-
 /// The object `id` names (a counted reference, taken under the table lock only for the lookup).
-pub(super) fn lookup(id: u64) -> Option<PoolArc<Object>> {
-    TABLE.lock().get(id).map(|(_, object)| object.clone())
+pub(super) fn lookup(s: &Service, id: u64) -> Option<PoolArc<Object>> {
+    s.table.lock().get(id).map(|(_, object)| object.clone())
 }
 
 /// Puts a new object of `owner` in the table. On error the object is dropped here, outside
 /// every lock.
-pub(super) fn insert(owner: usize, kind: Kind) -> Result<PoolArc<Object>, NTSTATUS> {
+pub(super) fn insert(s: &Service, owner: usize, kind: Kind) -> Result<PoolArc<Object>, NTSTATUS> {
     let object = PoolArc::try_new(Object {
         id: AtomicU64::new(0),
         owner,
@@ -173,8 +162,7 @@ pub(super) fn insert(owner: usize, kind: Kind) -> Result<PoolArc<Object>, NTSTAT
             others: Vec::new(),
         }),
     })?;
-    let limits = limits();
-    let inserted = TABLE.lock().insert(owner, &limits, |id| {
+    let inserted = s.table.lock().insert(owner, &s.limits, |id| {
         object.id.store(id, Ordering::Release);
         object.clone()
     });
@@ -182,17 +170,16 @@ pub(super) fn insert(owner: usize, kind: Kind) -> Result<PoolArc<Object>, NTSTAT
 }
 
 /// Whether `owner` may create one more object (checked again when it goes in).
-pub(super) fn check_limits(owner: usize) -> Result<(), NTSTATUS> {
-    let limits = limits();
-    TABLE.lock().check(owner, &limits)
+pub(super) fn check_limits(s: &Service, owner: usize) -> Result<(), NTSTATUS> {
+    s.table.lock().check(owner, &s.limits)
 }
 
 /// Takes object `id` out of the table (if `owner` holds it) and releases it.
-pub(super) fn close_object(id: u64, owner: Option<usize>) -> bool {
-    let removed = TABLE.lock().remove(id, owner);
+pub(super) fn close_object(s: &Service, id: u64, owner: Option<usize>) -> bool {
+    let removed = s.table.lock().remove(id, owner);
     match removed {
         Some(object) => {
-            retire(&object);
+            retire(s, &object);
             true
         }
         None => false,
@@ -200,11 +187,11 @@ pub(super) fn close_object(id: u64, owner: Option<usize>) -> bool {
 }
 
 /// Cancels an object's parked requests and releases what it holds.
-pub(super) fn retire(object: &Object) {
+pub(super) fn retire(s: &Service, object: &Object) {
     loop {
         let next = object.state.lock().pop_any();
         let Some(p) = next else { break };
-        PARKED.fetch_sub(1, Ordering::Relaxed);
+        s.counters.parked.fetch_sub(1, Ordering::Relaxed);
         let request = p.request.resume();
         // Err: its cancel routine runs and completes it.
         if request.unmark_cancelable().is_ok() {
@@ -212,18 +199,22 @@ pub(super) fn retire(object: &Object) {
         }
     }
     let kind = core::mem::replace(&mut object.state.lock().kind, Kind::Closed);
-    release(kind);
+    release(s, kind);
 }
 
 /// Lets go of what an object held.
-pub(super) fn release(kind: Kind) {
+pub(super) fn release(s: &Service, kind: Kind) {
     match kind {
         // A connection its owner shut down finishes its graceful close on its own (bounded);
         // any other is aborted.
         Kind::Connection { session } => {
             let c = session.counters();
-            BYTES_SENT_CLOSED.fetch_add(c.sent, Ordering::Relaxed);
-            BYTES_RECEIVED_CLOSED.fetch_add(c.received, Ordering::Relaxed);
+            s.counters
+                .bytes_sent_closed
+                .fetch_add(c.sent, Ordering::Relaxed);
+            s.counters
+                .bytes_received_closed
+                .fetch_add(c.received, Ordering::Relaxed);
             session.release();
         }
         // Dropping a listener closes it and its untaken sessions; dropping an acquisition
@@ -238,21 +229,21 @@ pub(super) fn release(kind: Kind) {
 }
 
 /// Closes every object `owner` holds (every object, for None).
-pub(super) fn close_all(owner: Option<usize>) {
+pub(super) fn close_all(s: &Service, owner: Option<usize>) {
     let mut ids = Vec::new();
-    let listed = TABLE.lock().ids(owner, &mut ids);
+    let listed = s.table.lock().ids(owner, &mut ids);
     if listed.is_err() {
         // Out of memory for the list: one at a time.
         loop {
-            let next = TABLE.lock().first(owner);
+            let next = s.table.lock().first(owner);
             match next {
-                Some(id) => close_object(id, owner),
+                Some(id) => close_object(s, id, owner),
                 None => break,
             };
         }
         return;
     }
     for id in ids {
-        close_object(id, owner);
+        close_object(s, id, owner);
     }
 }

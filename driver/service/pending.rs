@@ -22,9 +22,9 @@ pub enum Op {
 }
 
 /// Parks a request, or finishes it at once if nothing is ahead of it and it can.
-pub fn park(request: Request, id: u64, mut op: Op) {
+pub fn park(s: &Service, request: Request, id: u64, mut op: Op) {
     let owner = request.file().as_raw() as usize;
-    let Some(object) = lookup(id).filter(|o| o.owner == owner) else {
+    let Some(object) = lookup(s, id).filter(|o| o.owner == owner) else {
         request.complete(STATUS_INVALID_HANDLE, 0);
         return;
     };
@@ -43,21 +43,21 @@ pub fn park(request: Request, id: u64, mut op: Op) {
             _ => Err(STATUS_INVALID_HANDLE),
         }
         .and_then(|()| {
-            collect_accepted(&mut st.kind, &mut retired);
+            collect_accepted(s, &mut st.kind, &mut retired);
             let first = match st.queue(&op) {
                 Queue::Fifo(q) => q.is_empty(),
                 Queue::Any(_) => true,
             };
             let ready = if first {
-                EXAMINED.fetch_add(1, Ordering::Relaxed);
+                s.counters.examined.fetch_add(1, Ordering::Relaxed);
                 examine(&mut st.kind, object.id(), &request, &mut op)
             } else {
                 None
             };
             match ready {
                 // Never parked, so never cancelable: nothing to take back.
-                Some(outcome) => Ok(Some(settle(&mut st.kind, owner, &request, &op, outcome))),
-                None => enqueue(st, &request, id, op).map(|()| None),
+                Some(outcome) => Ok(Some(settle(s, &mut st.kind, owner, &request, &op, outcome))),
+                None => enqueue(s, st, &request, id, op).map(|()| None),
             }
         })
     };
@@ -65,7 +65,7 @@ pub fn park(request: Request, id: u64, mut op: Op) {
     match finished {
         Ok(Some(outcome)) => {
             if finish(request, outcome) {
-                close_object(id, None);
+                close_object(s, id, None);
             }
         }
         // Parked: its queue holds it now.
@@ -96,6 +96,7 @@ pub(super) fn applies(op: &Op, kind: &Kind) -> bool {
 
 /// Puts a request that must wait at the end of its queue, cancelable.
 pub(super) fn enqueue(
+    s: &Service,
     st: &mut ObjectState,
     request: &Request,
     id: u64,
@@ -119,24 +120,38 @@ pub(super) fn enqueue(
         Queue::Fifo(q) => q.push_back(parked),
         Queue::Any(v) => v.push(parked),
     }
-    PARKED.fetch_add(1, Ordering::Relaxed);
+    s.counters.parked.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
 /// EvtRequestCancel: the caller cancelled, or its handle is closing.
 extern "win64" fn cancel(handle: WDFREQUEST) {
     let request = Request::from_presented(handle);
-    let object = request.tag().and_then(lookup);
+    let device = ksys::kmdf::file_device(request.file());
+    let mut request = Some(request);
+    on_device(device, |s| {
+        if let Some(request) = request.take() {
+            cancel_in(s, handle, request);
+        }
+    });
+    // No service (cannot happen while requests are parked): still completed.
+    if let Some(request) = request {
+        request.complete(STATUS_CANCELLED, 0);
+    }
+}
+
+fn cancel_in(s: &Service, handle: WDFREQUEST, request: Request) {
+    let object = request.tag().and_then(|id| lookup(s, id));
     let removed = object
         .as_ref()
         .and_then(|o| o.state.lock().remove(handle).map(|p| (o, p)));
     // The cancelled request is completed below through the framework's handle.
     if let Some((object, p)) = removed {
-        PARKED.fetch_sub(1, Ordering::Relaxed);
+        s.counters.parked.fetch_sub(1, Ordering::Relaxed);
         match p.op {
             // A cancelled LISTEN or CONNECT abandons its object.
             Op::Listen | Op::Connect => {
-                close_object(object.id(), Some(object.owner));
+                close_object(s, object.id(), Some(object.owner));
             }
             // Say what the connection was doing: a request cancelled after a long wait is
             // how a stall shows.
@@ -147,7 +162,7 @@ extern "win64" fn cancel(handle: WDFREQUEST) {
     request.complete(STATUS_CANCELLED, 0);
     // The request behind a cancelled one in its queue may go now.
     if let Some(object) = object {
-        serve(&object);
+        serve(s, &object);
     }
 }
 
@@ -188,42 +203,42 @@ pub(super) fn trace_cancelled(object: &Object, op: &Op) {
 }
 
 /// Re-examines the parked requests of object `id` (its session or listener changed).
-pub fn service(id: u64) {
-    if let Some(object) = lookup(id) {
-        serve(&object);
+pub fn service(s: &Service, id: u64) {
+    if let Some(object) = lookup(s, id) {
+        serve(s, &object);
     }
 }
 
 /// Completes what can finish of `object`'s parked requests: the first SEND and the first RECV
 /// (and those behind each while they can), and any ACCEPT, CONNECT or SHUTDOWN whose condition
 /// holds.
-pub(super) fn serve(object: &Object) {
+pub(super) fn serve(s: &Service, object: &Object) {
     let mut ready: Vec<(Request, Outcome)> = Vec::new();
     let mut retired = Vec::new();
     {
         let mut guard = object.state.lock();
         let st = &mut *guard;
-        collect_accepted(&mut st.kind, &mut retired);
+        collect_accepted(s, &mut st.kind, &mut retired);
         for fifo in [&mut st.sends, &mut st.recvs] {
             while let Some(head) = fifo.front_mut() {
                 if ready.try_reserve(1).is_err() {
                     break;
                 }
-                let Some(outcome) = try_finish(object, &mut st.kind, head) else {
+                let Some(outcome) = try_finish(s, object, &mut st.kind, head) else {
                     break;
                 };
                 if let Some(p) = fifo.pop_front() {
-                    PARKED.fetch_sub(1, Ordering::Relaxed);
+                    s.counters.parked.fetch_sub(1, Ordering::Relaxed);
                     ready.push((p.request.resume(), outcome));
                 }
             }
         }
         let mut i = 0;
         while i < st.others.len() && ready.try_reserve(1).is_ok() {
-            match try_finish(object, &mut st.kind, &mut st.others[i]) {
+            match try_finish(s, object, &mut st.kind, &mut st.others[i]) {
                 Some(outcome) => {
                     let p = st.others.remove(i);
-                    PARKED.fetch_sub(1, Ordering::Relaxed);
+                    s.counters.parked.fetch_sub(1, Ordering::Relaxed);
                     ready.push((p.request.resume(), outcome));
                 }
                 None => i += 1,
@@ -236,13 +251,13 @@ pub(super) fn serve(object: &Object) {
         doomed |= finish(request, outcome);
     }
     if doomed {
-        close_object(object.id(), None);
+        close_object(s, object.id(), None);
     }
 }
 
 /// A listener's newly accepted sessions join its list (up to the backlog); those whose
 /// handshake failed leave it, into `retired` (dropped once the lock is released).
-pub(super) fn collect_accepted(kind: &mut Kind, retired: &mut Vec<Session<Notify>>) {
+pub(super) fn collect_accepted(s: &Service, kind: &mut Kind, retired: &mut Vec<Session<Notify>>) {
     let Kind::Listener { listener, accepted } = kind else {
         return;
     };
@@ -255,7 +270,7 @@ pub(super) fn collect_accepted(kind: &mut Kind, retired: &mut Vec<Session<Notify
     let mut i = 0;
     while i < accepted.len() {
         if accepted[i].state() == State::Closed && retired.try_reserve(1).is_ok() {
-            HANDSHAKES_FAILED.fetch_add(1, Ordering::Relaxed);
+            s.counters.handshakes_failed.fetch_add(1, Ordering::Relaxed);
             if let Some(error) = accepted[i].failure() {
                 let (status, sspi) = (error.status(), error.sspi());
                 ksys::kmdf::debug_print_args(
@@ -275,8 +290,13 @@ pub(super) fn collect_accepted(kind: &mut Kind, retired: &mut Vec<Session<Notify
 
 /// Examines one parked request; if it can finish, takes it back from the cancel machinery and
 /// settles it. None: it stays (not ready, or its cancel routine has it already and will take it).
-pub(super) fn try_finish(object: &Object, kind: &mut Kind, p: &mut Parked) -> Option<Outcome> {
-    EXAMINED.fetch_add(1, Ordering::Relaxed);
+pub(super) fn try_finish(
+    s: &Service,
+    object: &Object,
+    kind: &mut Kind,
+    p: &mut Parked,
+) -> Option<Outcome> {
+    s.counters.examined.fetch_add(1, Ordering::Relaxed);
     let outcome = p
         .request
         .with(|r| examine(kind, object.id(), r, &mut p.op))?;
@@ -285,7 +305,7 @@ pub(super) fn try_finish(object: &Object, kind: &mut Kind, p: &mut Parked) -> Op
     p.request.with(|r| r.unmark_cancelable()).ok()?;
     Some(
         p.request
-            .with(|r| settle(kind, object.owner, r, &p.op, outcome)),
+            .with(|r| settle(s, kind, object.owner, r, &p.op, outcome)),
     )
 }
 
@@ -319,6 +339,7 @@ pub(super) fn finish(request: Request, outcome: Outcome) -> bool {
 /// moves received plaintext into the request's buffer — under the object's lock, so RECVs on
 /// one connection take the bytes in the order they came.
 pub(super) fn settle(
+    s: &Service,
     kind: &mut Kind,
     owner: usize,
     r: &Request,
@@ -332,14 +353,14 @@ pub(super) fn settle(
             };
             // The connection object goes in first: at a limit the session stays for a later
             // ACCEPT and this one says why.
-            let object = match insert(owner, Kind::Closed) {
+            let object = match insert(s, owner, Kind::Closed) {
                 Ok(object) => object,
                 Err(status) => return Outcome::Status(status),
             };
             let session = accepted.swap_remove(at);
             let id = object.id();
             session.observer().retarget(id);
-            HANDSHAKES_OK.fetch_add(1, Ordering::Relaxed);
+            s.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
             let info = handshake_outcome(&session, id);
             // Nobody else knows the new id yet, so this lock is uncontended.
             object.state.lock().kind = Kind::Connection { session };
@@ -369,8 +390,10 @@ pub(super) fn settle(
         (outcome @ Outcome::Info(..), _) => {
             if let Op::Connect = op {
                 let counter = match &outcome {
-                    Outcome::Info(info, _) if info.status == STATUS_SUCCESS.0 => &HANDSHAKES_OK,
-                    _ => &HANDSHAKES_FAILED,
+                    Outcome::Info(info, _) if info.status == STATUS_SUCCESS.0 => {
+                        &s.counters.handshakes_ok
+                    }
+                    _ => &s.counters.handshakes_failed,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
             }

@@ -166,6 +166,18 @@ pub fn wdm_device_object(device: WDFDEVICE) -> *mut crate::io::DEVICE_OBJECT {
     unsafe { WdfDeviceWdmGetDeviceObject(device) }
 }
 
+/// The device a queue belongs to (a handle the framework passed to a queue callback).
+pub fn queue_device(queue: WDFQUEUE) -> WDFDEVICE {
+    // SAFETY: a live queue handle; the call only reads the framework's object.
+    unsafe { WdfIoQueueGetDevice(queue) }
+}
+
+/// The device a file object was opened on (a handle the framework passed to a callback).
+pub fn file_device(file: WDFFILEOBJECT) -> WDFDEVICE {
+    // SAFETY: a live file object handle; the call only reads the framework's object.
+    unsafe { WdfFileObjectGetDevice(file) }
+}
+
 /// File-object callbacks of a control device (per-handle state lives behind them).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FileCallbacks {

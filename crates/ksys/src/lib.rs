@@ -22,6 +22,7 @@ pub mod kmdf;
 pub mod ktimer;
 pub mod layout;
 pub mod ntdef;
+pub mod object_context;
 pub mod pool;
 #[cfg(windows)]
 pub mod rt;

@@ -134,6 +134,12 @@ pub(crate) struct Object {
     pub children: Vec<usize>,
     pub cleanup: PFN_WDF_OBJECT_CONTEXT_CLEANUP,
     pub destroy: PFN_WDF_OBJECT_CONTEXT_CLEANUP,
+    /// The cleanup and destroy callbacks of contexts added by WdfObjectAllocateContext, in
+    /// order (the framework calls each context header's after the object's own).
+    pub context_callbacks: Vec<(
+        PFN_WDF_OBJECT_CONTEXT_CLEANUP,
+        PFN_WDF_OBJECT_CONTEXT_CLEANUP,
+    )>,
     /// (UniqueType, context address) pairs.
     pub contexts: Vec<(usize, usize)>,
     /// Pool blocks charged to the driver (object + first context, extra contexts).

@@ -96,6 +96,7 @@ pub(crate) fn create(
         children: Vec::new(),
         cleanup: attrs.and_then(|a| a.EvtCleanupCallback),
         destroy: attrs.and_then(|a| a.EvtDestroyCallback),
+        context_callbacks: Vec::new(),
         contexts,
         blocks: vec![block as usize],
         references: 0,
@@ -116,7 +117,7 @@ pub(crate) fn create(
 /// cleanup callback; the object is destroyed when no reference remains.
 pub(crate) fn delete_tree(handle: usize) {
     let kernel = thread::kernel();
-    let (children, kind, cleanup, passive) = {
+    let (children, kind, cleanup, context_cleanups, passive) = {
         let mut state = kernel.wdf.lock();
         let Some(o) = state.objects.get_mut(&handle) else {
             return;
@@ -125,7 +126,14 @@ pub(crate) fn delete_tree(handle: usize) {
             return;
         }
         o.deleted = true;
-        (o.children.clone(), o.kind, o.cleanup, o.passive_callbacks)
+        let context_cleanups: Vec<_> = o.context_callbacks.iter().map(|c| c.0).collect();
+        (
+            o.children.clone(),
+            o.kind,
+            o.cleanup,
+            context_cleanups,
+            o.passive_callbacks,
+        )
     };
     for child in children.into_iter().rev() {
         delete_tree(child);
@@ -136,7 +144,7 @@ pub(crate) fn delete_tree(handle: usize) {
         Kind::Device => super::device::teardown(handle),
         _ => {}
     }
-    if let Some(cb) = cleanup {
+    for cb in std::iter::once(cleanup).chain(context_cleanups).flatten() {
         let level = if passive { PASSIVE } else { thread::irql() };
         thread::at_irql(level, || cb(super::handle(handle, WDFOBJECT::from_raw)));
         thread::check_balanced("EvtCleanupCallback", level);
@@ -160,6 +168,21 @@ pub(crate) fn delete_tree(handle: usize) {
 /// Frees a deleted object with no references left.
 pub(crate) fn destroy(handle: usize) {
     let kernel = thread::kernel();
+    // The destroy callbacks run while the object and its contexts still exist (a context's
+    // own destroy callback reads it, as the framework allows); then the memory goes.
+    let callbacks: Vec<_> = {
+        let state = kernel.wdf.lock();
+        match state.objects.get(&handle) {
+            Some(o) => std::iter::once(o.destroy)
+                .chain(o.context_callbacks.iter().map(|c| c.1))
+                .flatten()
+                .collect(),
+            None => return,
+        }
+    };
+    for cb in callbacks {
+        cb(super::handle(handle, WDFOBJECT::from_raw));
+    }
     let (object, tag) = {
         let mut state = kernel.wdf.lock();
         let tag = state.pool_tag;
@@ -168,9 +191,6 @@ pub(crate) fn destroy(handle: usize) {
             None => return,
         }
     };
-    if let Some(cb) = object.destroy {
-        cb(super::handle(handle, WDFOBJECT::from_raw));
-    }
     for block in object.blocks {
         kernel.pool.free(
             block as *mut u8,
@@ -305,6 +325,8 @@ pub(crate) unsafe extern "win64" fn wdf_object_allocate_context(
     let o = state.objects.get_mut(&raw).expect("checked above");
     o.blocks.push(block as usize);
     o.contexts.push((key, block as usize));
+    o.context_callbacks
+        .push((a.EvtCleanupCallback, a.EvtDestroyCallback));
     if !context.is_null() {
         // SAFETY: a non-NULL out-pointer is the driver's.
         unsafe { *context = block as *mut c_void };
