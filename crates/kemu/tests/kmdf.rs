@@ -154,6 +154,24 @@ mod test_driver {
         DESTROY_CALLBACKS.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// The allocated context's own cleanup: counted like the object's.
+    extern "win64" fn other_cleanup(_object: WDFOBJECT) {
+        CLEANUP_CALLBACKS.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The allocated context's own destroy: counted only if the context is still there and
+    /// holds what was written into it (the framework calls it before freeing the contexts).
+    extern "win64" fn other_destroy(object: WDFOBJECT) {
+        // SAFETY: the object being destroyed; its OTHER context is 8 bytes.
+        let value = unsafe {
+            let other = WdfObjectGetTypedContextWorker(object, &OTHER_TYPE) as *const u64;
+            if other.is_null() { 0 } else { *other }
+        };
+        if value == 7 {
+            DESTROY_CALLBACKS.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     /// Contexts, wait locks, references and deletion: returns cleanups * 100 + destroys seen,
     /// or STATUS_UNSUCCESSFUL if any rule did not hold.
     fn objects(device: WDFDEVICE) -> Result<usize, NTSTATUS> {
@@ -183,6 +201,8 @@ mod test_driver {
             }
             let mut other_attrs = WDF_OBJECT_ATTRIBUTES::init();
             other_attrs.ContextTypeInfo = &OTHER_TYPE;
+            other_attrs.EvtCleanupCallback = Some(other_cleanup);
+            other_attrs.EvtDestroyCallback = Some(other_destroy);
             let mut other: *mut c_void = core::ptr::null_mut();
             if WdfObjectAllocateContext(object, &mut other_attrs, &mut other) != STATUS_SUCCESS
                 || WdfObjectGetTypedContextWorker(object, &OTHER_TYPE) != other
@@ -191,6 +211,7 @@ mod test_driver {
             {
                 return Err(STATUS_UNSUCCESSFUL);
             }
+            *(other as *mut u64) = 7;
             if WdfWaitLockAcquire(wait_lock, core::ptr::null()) != STATUS_SUCCESS {
                 return Err(STATUS_UNSUCCESSFUL);
             }
@@ -207,7 +228,8 @@ mod test_driver {
                 CLEANUP_CALLBACKS.load(Ordering::SeqCst) - cleanups,
                 DESTROY_CALLBACKS.load(Ordering::SeqCst) - destroys,
             );
-            if seen != (1, 0) || (*counter).value != 41 {
+            // The object's cleanup and the allocated context's; no destroy while referenced.
+            if seen != (2, 0) || (*counter).value != 41 {
                 return Err(STATUS_UNSUCCESSFUL);
             }
             WdfObjectDereferenceActual(object, core::ptr::null_mut(), 0, core::ptr::null());
@@ -703,14 +725,16 @@ fn contexts_locks_references_and_deletion() {
     isolated("contexts_locks_references_and_deletion", || {
         let k = kernel(FaultPlan::default());
         let h = k.open(PATH, Caller::Administrator).unwrap();
-        // One cleanup callback at delete, one destroy callback at the last dereference.
+        // Cleanup callbacks at delete, destroy callbacks at the last dereference: the
+        // object's own and those of the context WdfObjectAllocateContext added (whose destroy
+        // still finds its context).
         assert_eq!(
             value(&k.ioctl(h, test_driver::OBJECTS, &[], 8).unwrap()),
-            101
+            202
         );
         assert_eq!(
             value(&k.ioctl(h, test_driver::OBJECTS, &[], 8).unwrap()),
-            101
+            202
         );
         k.close(h).unwrap();
         k.shutdown().unwrap();
