@@ -6,11 +6,13 @@
 //! them with STATUS_CANCELLED. Whoever clears the cancel routine owns the IRP's completion.
 
 mod calls;
+mod data;
 mod dispatch;
 mod operations;
 mod options;
 
 use calls::*;
+use data::*;
 pub(crate) use dispatch::*;
 pub(crate) use operations::*;
 use options::*;
