@@ -57,6 +57,50 @@ pub enum Verify {
     InsecureAcceptAnyCertificate,
 }
 
+/// The settings both builders share (versions, ALPN, limits), written once; `$alpn_doc` says
+/// what the ALPN list means for that side.
+macro_rules! common_settings {
+    ($alpn_doc:expr) => {
+        /// Which TLS versions may be negotiated (default: 1.2 and 1.3).
+        pub fn versions(mut self, versions: Versions) -> Self {
+            self.config.versions = versions;
+            self
+        }
+
+        #[doc = $alpn_doc]
+        pub fn alpn<I, P>(mut self, protocols: I) -> Self
+        where
+            I: IntoIterator<Item = P>,
+            P: AsRef<[u8]>,
+        {
+            match alpn_wire(protocols) {
+                Some(wire) => self.config.alpn = wire,
+                None => self.alpn_valid = false,
+            }
+            self
+        }
+
+        /// Connecting (clients) plus handshaking must finish within this many milliseconds
+        /// (0: no limit; default 10,000).
+        pub fn handshake_timeout_ms(mut self, ms: u32) -> Self {
+            self.config.limits.handshake_timeout_ms = ms;
+            self
+        }
+
+        /// Plaintext [`crate::Session::send`] accepts beyond what went out (default 1 MiB).
+        pub fn max_queued(mut self, bytes: usize) -> Self {
+            self.config.limits.max_queued = bytes;
+            self
+        }
+
+        /// Plaintext received and unread before receiving pauses (default 1 MiB).
+        pub fn receive_window(mut self, bytes: usize) -> Self {
+            self.config.limits.receive_window = bytes;
+            self
+        }
+    };
+}
+
 /// Default limit of plaintext queued to send and not yet sent, per connection.
 pub const DEFAULT_MAX_QUEUED: usize = 1 << 20;
 /// Default limit of plaintext received and not yet read, per connection.
@@ -158,24 +202,9 @@ pub struct ClientConfigBuilder {
 }
 
 impl ClientConfigBuilder {
-    /// Which TLS versions may be negotiated (default: 1.2 and 1.3).
-    pub fn versions(mut self, versions: Versions) -> Self {
-        self.config.versions = versions;
-        self
-    }
-
-    /// ALPN protocol ids to offer, most preferred first (e.g. `["h2", "http/1.1"]`).
-    pub fn alpn<I, P>(mut self, protocols: I) -> Self
-    where
-        I: IntoIterator<Item = P>,
-        P: AsRef<[u8]>,
-    {
-        match alpn_wire(protocols) {
-            Some(wire) => self.config.alpn = wire,
-            None => self.alpn_valid = false,
-        }
-        self
-    }
+    common_settings!(
+        "ALPN protocol ids to offer, most preferred first (e.g. `[\"h2\", \"http/1.1\"]`)."
+    );
 
     /// Presents the certificate with this SHA-1 thumbprint from the machine store "MY" when a
     /// server asks for one (default: none; a server that requires one then fails the handshake).
@@ -188,25 +217,6 @@ impl ClientConfigBuilder {
     /// [`crate::Session::with_peer_certificates`] (default: off — it costs pool).
     pub fn keep_peer_certificates(mut self, keep: bool) -> Self {
         self.config.keep_peer_certificates = keep;
-        self
-    }
-
-    /// Connecting plus handshaking must finish within this many milliseconds (0: no limit;
-    /// default 10,000).
-    pub fn handshake_timeout_ms(mut self, ms: u32) -> Self {
-        self.config.limits.handshake_timeout_ms = ms;
-        self
-    }
-
-    /// Plaintext [`crate::Session::send`] accepts beyond what went out (default 1 MiB).
-    pub fn max_queued(mut self, bytes: usize) -> Self {
-        self.config.limits.max_queued = bytes;
-        self
-    }
-
-    /// Plaintext received and unread before receiving pauses (default 1 MiB).
-    pub fn receive_window(mut self, bytes: usize) -> Self {
-        self.config.limits.receive_window = bytes;
         self
     }
 
@@ -267,25 +277,10 @@ pub struct ServerConfigBuilder {
 }
 
 impl ServerConfigBuilder {
-    /// Which TLS versions may be negotiated (default: 1.2 and 1.3).
-    pub fn versions(mut self, versions: Versions) -> Self {
-        self.config.versions = versions;
-        self
-    }
-
-    /// ALPN protocol ids the server accepts, most preferred first; a client offering none of
-    /// them fails the handshake (no_application_protocol).
-    pub fn alpn<I, P>(mut self, protocols: I) -> Self
-    where
-        I: IntoIterator<Item = P>,
-        P: AsRef<[u8]>,
-    {
-        match alpn_wire(protocols) {
-            Some(wire) => self.config.alpn = wire,
-            None => self.alpn_valid = false,
-        }
-        self
-    }
+    common_settings!(
+        "ALPN protocol ids the server accepts, most preferred first; a client offering none of \
+         them fails the handshake (no_application_protocol)."
+    );
 
     /// Asks every client for a certificate and fails the handshake of one that sends none or
     /// one Windows does not trust (default: off).
@@ -297,24 +292,6 @@ impl ServerConfigBuilder {
     /// Accepted connections kept waiting to be taken before accepting pauses (default 64).
     pub fn backlog(mut self, connections: usize) -> Self {
         self.config.backlog = connections;
-        self
-    }
-
-    /// Each handshake must finish within this many milliseconds (0: no limit; default 10,000).
-    pub fn handshake_timeout_ms(mut self, ms: u32) -> Self {
-        self.config.limits.handshake_timeout_ms = ms;
-        self
-    }
-
-    /// Plaintext [`crate::Session::send`] accepts beyond what went out (default 1 MiB).
-    pub fn max_queued(mut self, bytes: usize) -> Self {
-        self.config.limits.max_queued = bytes;
-        self
-    }
-
-    /// Plaintext received and unread before receiving pauses (default 1 MiB).
-    pub fn receive_window(mut self, bytes: usize) -> Self {
-        self.config.limits.receive_window = bytes;
         self
     }
 

@@ -9,6 +9,10 @@ use ksys::wsk::*;
 use crate::pool::PoolArc;
 use crate::wsk::{Buffer, IrpOp, Wake};
 
+/// WskSend's and WskReceive's shared signature.
+type SendReceive =
+    unsafe extern "win64" fn(*mut WSK_SOCKET, *mut WSK_BUF, u32, *mut IRP) -> NTSTATUS;
+
 /// A connection-oriented WSK socket, or none (before connecting, after closing). Its owner
 /// closes it with [`Self::close`]; dropping it does nothing (a close needs an IRP and
 /// PASSIVE_LEVEL bookkeeping only the owner has).
@@ -52,16 +56,9 @@ impl ConnectionSocket {
         offset: usize,
         len: usize,
     ) -> Result<(), NTSTATUS> {
-        if !self.is_open() || offset + len > buffer.len() {
-            return Err(STATUS_INVALID_DEVICE_STATE);
-        }
-        let socket = self.socket;
-        let receive = self.dispatch().WskReceive.ok_or(STATUS_NOT_SUPPORTED)?;
-        let mut wsk_buf = buffer.wsk(offset, len);
-        IrpOp::start(op, waker, |irp| {
-            // SAFETY: a live connection socket; the range stays put per the contract.
-            unsafe { receive(socket, &mut wsk_buf, 0, irp) }
-        })
+        let receive = self.dispatch_of(|d| d.WskReceive)?;
+        // SAFETY: per the contract.
+        unsafe { self.transfer(receive, op, waker, buffer, offset, len) }
     }
 
     /// WskSend of `buffer[offset..offset + len]`.
@@ -76,25 +73,50 @@ impl ConnectionSocket {
         offset: usize,
         len: usize,
     ) -> Result<(), NTSTATUS> {
-        if !self.is_open() || offset + len > buffer.len() {
+        let send = self.dispatch_of(|d| d.WskSend)?;
+        // SAFETY: per the contract.
+        unsafe { self.transfer(send, op, waker, buffer, offset, len) }
+    }
+
+    /// A connection dispatch routine, if there is a socket and the provider has it.
+    fn dispatch_of<F>(
+        &self,
+        pick: impl FnOnce(&WSK_PROVIDER_CONNECTION_DISPATCH) -> Option<F>,
+    ) -> Result<F, NTSTATUS> {
+        if !self.is_open() {
             return Err(STATUS_INVALID_DEVICE_STATE);
         }
+        pick(self.dispatch()).ok_or(STATUS_NOT_SUPPORTED)
+    }
+
+    /// WskSend or WskReceive (same signature) over a range of `buffer`.
+    ///
+    /// # Safety
+    /// As for [`Self::receive`].
+    unsafe fn transfer<W: Wake>(
+        &self,
+        routine: SendReceive,
+        op: &PoolArc<IrpOp<W>>,
+        waker: W,
+        buffer: &Buffer,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), NTSTATUS> {
+        if offset + len > buffer.len() {
+            return Err(STATUS_INVALID_PARAMETER);
+        }
         let socket = self.socket;
-        let send = self.dispatch().WskSend.ok_or(STATUS_NOT_SUPPORTED)?;
         let mut wsk_buf = buffer.wsk(offset, len);
         IrpOp::start(op, waker, |irp| {
             // SAFETY: a live connection socket; the range stays put per the contract.
-            unsafe { send(socket, &mut wsk_buf, 0, irp) }
+            unsafe { routine(socket, &mut wsk_buf, 0, irp) }
         })
     }
 
     /// WskDisconnect, gracefully: our FIN goes after what was sent.
     pub fn disconnect<W: Wake>(&self, op: &PoolArc<IrpOp<W>>, waker: W) -> Result<(), NTSTATUS> {
-        if !self.is_open() {
-            return Err(STATUS_INVALID_DEVICE_STATE);
-        }
+        let disconnect = self.dispatch_of(|d| d.WskDisconnect)?;
         let socket = self.socket;
-        let disconnect = self.dispatch().WskDisconnect.ok_or(STATUS_NOT_SUPPORTED)?;
         IrpOp::start(op, waker, |irp| {
             // SAFETY: a live connection socket; no final buffer.
             unsafe { disconnect(socket, core::ptr::null_mut(), 0, irp) }
@@ -107,11 +129,8 @@ impl ConnectionSocket {
     /// # Safety
     /// Nothing else is in flight on the socket.
     pub unsafe fn close<W: Wake>(&self, op: &PoolArc<IrpOp<W>>, waker: W) -> Result<(), NTSTATUS> {
-        if !self.is_open() {
-            return Err(STATUS_INVALID_DEVICE_STATE);
-        }
+        let close = self.dispatch_of(|d| d.Basic.WskCloseSocket)?;
         let socket = self.socket;
-        let close = self.dispatch().Basic.WskCloseSocket.ok_or(STATUS_NOT_SUPPORTED)?;
         IrpOp::start(op, waker, |irp| {
             // SAFETY: a live socket with nothing in flight, per the contract.
             unsafe { close(socket, irp) }

@@ -307,7 +307,7 @@ pub struct Client {
 
 impl Client {
     /// Connects to `to` and handshakes with `server_name` as SNI (and, with
-    /// [`Verify::SystemRoots`], the name the certificate must carry). Never blocks: the
+    /// [`crate::Verify::SystemRoots`], the name the certificate must carry). Never blocks: the
     /// session reports to `observer` as it connects, handshakes and moves data.
     ///
     /// # Errors

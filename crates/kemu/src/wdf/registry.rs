@@ -72,6 +72,28 @@ pub(crate) unsafe extern "win64" fn wdf_driver_open_parameters_registry_key(
     }
 }
 
+/// A query's checks: PASSIVE_LEVEL, a live key object → the service whose Parameters key it
+/// is, and the value name (None for a NULL name).
+///
+/// # Safety
+/// `name` is NULL or a valid UNICODE_STRING.
+unsafe fn key_and_name(
+    key: WDFKEY,
+    name: *const UNICODE_STRING,
+    routine: &str,
+) -> Option<(String, String)> {
+    thread::require_at_most(routine, PASSIVE);
+    let service = with_object(key.as_raw() as usize, &[Kind::Key], routine, |o| {
+        match &o.data {
+            Data::Key { service } => service.clone(),
+            _ => unreachable!("key data"),
+        }
+    });
+    // SAFETY: per the contract.
+    let name = unsafe { crate::rtl::unicode_text(name) }?;
+    Some((service, name))
+}
+
 /// WdfRegistryQueryULong: a REG_DWORD of the key.
 pub(crate) unsafe extern "win64" fn wdf_registry_query_ulong(
     _g: *mut WDF_DRIVER_GLOBALS,
@@ -79,16 +101,9 @@ pub(crate) unsafe extern "win64" fn wdf_registry_query_ulong(
     name: *const UNICODE_STRING,
     value: *mut u32,
 ) -> NTSTATUS {
-    const ROUTINE: &str = "WdfRegistryQueryULong";
-    thread::require_at_most(ROUTINE, PASSIVE);
-    let service = with_object(key.as_raw() as usize, &[Kind::Key], ROUTINE, |o| {
-        match &o.data {
-            Data::Key { service } => service.clone(),
-            _ => unreachable!("key data"),
-        }
-    });
-    // SAFETY: the driver passes NULL or a valid UNICODE_STRING.
-    let Some(name) = (unsafe { crate::rtl::unicode_text(name) }) else {
+    // SAFETY: per this routine's contract with the driver.
+    let Some((service, name)) = (unsafe { key_and_name(key, name, "WdfRegistryQueryULong") })
+    else {
         return STATUS_INVALID_PARAMETER;
     };
     if value.is_null() {
@@ -119,16 +134,10 @@ pub(crate) unsafe extern "win64" fn wdf_registry_query_unicode_string(
     byte_length: *mut u16,
     value: *mut UNICODE_STRING,
 ) -> NTSTATUS {
-    const ROUTINE: &str = "WdfRegistryQueryUnicodeString";
-    thread::require_at_most(ROUTINE, PASSIVE);
-    let service = with_object(key.as_raw() as usize, &[Kind::Key], ROUTINE, |o| {
-        match &o.data {
-            Data::Key { service } => service.clone(),
-            _ => unreachable!("key data"),
-        }
-    });
-    // SAFETY: the driver passes NULL or a valid UNICODE_STRING.
-    let Some(name) = (unsafe { crate::rtl::unicode_text(name) }) else {
+    // SAFETY: per this routine's contract with the driver.
+    let Some((service, name)) =
+        (unsafe { key_and_name(key, name, "WdfRegistryQueryUnicodeString") })
+    else {
         return STATUS_INVALID_PARAMETER;
     };
     // SAFETY: NULL or the driver's UNICODE_STRING.

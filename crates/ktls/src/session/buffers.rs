@@ -11,12 +11,12 @@ impl<O: Observer> Engine<O> {
 
     /// Arms the deadline to look at the buffers in [`QUIET_AFTER_MS`].
     pub(super) fn watch_quiet(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
-        let traffic = {
+        let (receives, sends) = {
             let m = conn.mailbox.lock();
             (m.counters.record_receives, m.counters.record_sends)
         };
         if Deadline::arm(&self.deadline, worker.clone(), QUIET_AFTER_MS).is_ok() {
-            self.quiet_watch = Some(traffic);
+            self.timer = Timer::Quiet { receives, sends };
         }
     }
 
@@ -25,9 +25,11 @@ impl<O: Observer> Engine<O> {
     /// receive waiting with a bigger buffer is cancelled and reposted with [`RX_IDLE`].
     /// Otherwise look again later.
     pub(super) fn quiet_check(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
-        let Some(armed_at) = self.quiet_watch.take() else {
+        let Timer::Quiet { receives, sends } = self.timer else {
             return;
         };
+        self.timer = Timer::Idle;
+        let armed_at = (receives, sends);
         if self.phase != Phase::Open || !self.holds_more_than_idle() {
             return;
         }

@@ -22,9 +22,11 @@ impl<O: Observer> Engine<O> {
             self.phase,
             Phase::Resolving | Phase::Connecting | Phase::Handshaking
         );
-        if handshaking && !self.deadline_armed && self.handshake_timeout_ms > 0 {
-            self.deadline_armed =
-                Deadline::arm(&self.deadline, worker.clone(), self.handshake_timeout_ms).is_ok();
+        if handshaking && self.timer == Timer::Idle && self.handshake_timeout_ms > 0 {
+            let armed = Deadline::arm(&self.deadline, worker.clone(), self.handshake_timeout_ms);
+            if armed.is_ok() {
+                self.timer = Timer::Handshake;
+            }
         }
         if events & EV_TIMER != 0 && handshaking && self.deadline.expired() {
             self.fail_or_end(conn, Some(Error::net(STATUS_IO_TIMEOUT)));
@@ -32,7 +34,7 @@ impl<O: Observer> Engine<O> {
         if events & EV_TIMER != 0
             && self.phase == Phase::Releasing
             && self.graceful_end
-            && self.deadline_armed_for_end
+            && self.timer == Timer::End
             && self.deadline.expired()
         {
             // The alert, our FIN or the peer's FIN did not get through in time: reset.
@@ -41,7 +43,7 @@ impl<O: Observer> Engine<O> {
         if events & EV_TIMER != 0 && self.phase == Phase::Open && self.deadline.expired() {
             if !self.released {
                 self.quiet_check(conn, worker);
-            } else if self.release_armed {
+            } else if self.timer == Timer::Release {
                 // The graceful close took too long (a peer that never reads or never closes).
                 self.fail_or_end(conn, None);
             } else {
@@ -85,7 +87,7 @@ impl<O: Observer> Engine<O> {
         }
         if released && !self.released && self.phase == Phase::Open {
             self.released = true;
-            self.quiet_watch = None;
+            self.timer = Timer::Idle;
             Deadline::disarm(&self.deadline);
             self.arm_release(worker);
         }
@@ -186,7 +188,7 @@ impl<O: Observer> Engine<O> {
                 // Buffers beyond an idle connection's are given back once nothing moves.
                 if self.phase == Phase::Open
                     && !self.released
-                    && self.quiet_watch.is_none()
+                    && !matches!(self.timer, Timer::Quiet { .. })
                     && self.holds_more_than_idle()
                 {
                     self.watch_quiet(conn, worker);

@@ -200,6 +200,7 @@ impl<O: Observer> Engine<O> {
         self.phase = Phase::Open;
         self.need_input = false;
         Deadline::disarm(&self.deadline);
+        self.timer = Timer::Idle;
         {
             let mut m = conn.mailbox.lock();
             m.state = State::Open;

@@ -280,6 +280,22 @@ enum Control {
     Close,
 }
 
+/// What the session's one deadline is armed for: it serves each phase in turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timer {
+    /// Nothing (a stale expiry may still be on its way).
+    Idle,
+    /// Connecting plus handshaking must finish in time.
+    Handshake,
+    /// Open: look at the buffers after [`QUIET_AFTER_MS`]; the record receives and sends
+    /// counted when it was armed (unchanged then: nothing moved).
+    Quiet { receives: u64, sends: u64 },
+    /// Released after SHUTDOWN: the graceful close must finish in time.
+    Release,
+    /// A failure's graceful end (alert, FIN, the peer's FIN) must finish in time.
+    End,
+}
+
 /// The SSPI call in flight on a session's asynchronous operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SspiCall {
@@ -309,9 +325,6 @@ struct Engine<O: Observer> {
     rx: Buffer,
     /// What the receive buffer should be (see [`Engine::size_receive_buffer`]).
     rx_wanted: usize,
-    /// Open: the deadline watches the buffers (see [`QUIET_AFTER_MS`]); the record receives and
-    /// sends counted when it was armed.
-    quiet_watch: Option<(u64, u64)>,
     /// The receive in flight was cancelled to shrink its buffer (its STATUS_CANCELLED is ours).
     shrinking: bool,
     rx_len: usize,
@@ -340,7 +353,8 @@ struct Engine<O: Observer> {
     /// Send the pending token (an alert) before releasing.
     release_after_send: bool,
     deadline: PoolArc<Deadline<Worker<Conn<O>>>>,
-    deadline_armed: bool,
+    /// What `deadline` is armed for.
+    timer: Timer,
     handshake_timeout_ms: u32,
     pinned: Option<[u8; 32]>,
     keep_peer_certificates: bool,
@@ -351,10 +365,6 @@ struct Engine<O: Observer> {
     _census: Option<Entry>,
     /// The owner released the session after SHUTDOWN: finish the graceful close alone.
     released: bool,
-    /// The release timeout is armed on the deadline.
-    release_armed: bool,
-    /// The graceful end's timeout is armed on the deadline.
-    deadline_armed_for_end: bool,
     /// A receive returned 0 bytes: the peer's FIN.
     fin_received: bool,
     /// A TLS failure ends like TLS says: the fatal alert, our FIN, the peer's FIN, then the

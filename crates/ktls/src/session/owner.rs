@@ -63,7 +63,6 @@ impl<O: Observer> Session<O> {
             tx: Buffer::try_new(TX_HANDSHAKE)?,
             rx: Buffer::try_new(RX_QUIET)?,
             rx_wanted: RX_QUIET,
-            quiet_watch: None,
             shrinking: false,
             rx_len: 0,
             sspi: None,
@@ -83,15 +82,13 @@ impl<O: Observer> Session<O> {
             pending_token: 0,
             release_after_send: false,
             deadline: Deadline::try_new(EV_TIMER)?,
-            deadline_armed: false,
+            timer: Timer::Idle,
             handshake_timeout_ms: config.handshake_timeout_ms,
             pinned: config.pinned,
             keep_peer_certificates: config.keep_peer_certificates,
             peer_chain: Vec::new(),
             _census: config.census.as_ref().map(Census::enter),
             released: false,
-            release_armed: false,
-            deadline_armed_for_end: false,
             fin_received: false,
             graceful_end: false,
             alert_due: None,
@@ -136,7 +133,7 @@ impl<O: Observer> Session<O> {
     }
 
     /// Lends the peer's certificate chain — `[u32 length][DER]` per certificate, leaf first, as
-    /// SECPKG_ATTR_REMOTE_CERTIFICATES gives it — if [`Config::keep_peer_certificates`] asked for
+    /// SECPKG_ATTR_REMOTE_CERTIFICATES gives it — if [`crate::ClientConfigBuilder::keep_peer_certificates`] asked for
     /// it and the handshake finished (empty otherwise). Called under the session's lock: keep it
     /// short (a copy).
     pub fn with_peer_certificates<R>(&self, read: impl FnOnce(&[u8]) -> R) -> R {

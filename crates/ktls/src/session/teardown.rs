@@ -33,8 +33,9 @@ impl<O: Observer> Engine<O> {
     /// Arms the deadline for [`RELEASE_TIMEOUT_MS`] (if a quiet watch's DPC is still running,
     /// its EV_TIMER comes first and arms it then).
     pub(super) fn arm_release(&mut self, worker: &Worker<Conn<O>>) {
-        self.release_armed =
-            Deadline::arm(&self.deadline, worker.clone(), RELEASE_TIMEOUT_MS).is_ok();
+        if Deadline::arm(&self.deadline, worker.clone(), RELEASE_TIMEOUT_MS).is_ok() {
+            self.timer = Timer::Release;
+        }
     }
 
     /// close_notify after the queue drained, then the graceful disconnect.
@@ -109,10 +110,12 @@ impl<O: Observer> Engine<O> {
         if !self.graceful_end || !self.socket.is_open() {
             return false;
         }
-        if !self.deadline_armed_for_end {
+        if self.timer != Timer::End {
             Deadline::disarm(&self.deadline);
-            self.deadline_armed_for_end =
-                Deadline::arm(&self.deadline, worker.clone(), END_TIMEOUT_MS).is_ok();
+            self.timer = match Deadline::arm(&self.deadline, worker.clone(), END_TIMEOUT_MS) {
+                Ok(()) => Timer::End,
+                Err(_) => Timer::Idle,
+            };
         }
         if let Some(description) = self.alert_due {
             if !self.send.is_idle() || self.pending_token > 0 {
