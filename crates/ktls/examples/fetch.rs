@@ -219,9 +219,9 @@ mod host {
             std::thread::sleep(Duration::from_millis(20));
             let lines = kernel.debug_log();
             for line in &lines[printed..] {
-                // ksys's DbgPrint lines start with "wsktls: ".
-                let text = line.text.strip_prefix("wsktls: ").unwrap_or(&line.text);
-                if let Some(text) = text.strip_prefix("fetch: ") {
+                // ksys's DbgPrint lines start with the service name.
+                let text = line.text.strip_prefix(SERVICE).unwrap_or(&line.text);
+                if let Some(text) = text.strip_prefix(": fetch: ") {
                     match text.strip_prefix("| ") {
                         Some(response) => println!("{response}"),
                         None => eprintln!("{text}"),

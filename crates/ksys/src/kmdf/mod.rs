@@ -249,17 +249,29 @@ pub const DPFLTR_INFO_LEVEL: u32 = 3;
 /// Component id for third-party drivers (DPFLTR_IHVDRIVER_ID).
 pub const DPFLTR_IHVDRIVER_ID: u32 = 77;
 
-/// Writes one line to the kernel debugger log (DbgView / WinDbg; kemu's per-kernel log).
+/// Writes one line to the kernel debugger log (DbgView / WinDbg; kemu's per-kernel log),
+/// prefixed with the driver's service name (`wsktls: ...`).
 pub fn debug_print(level: u32, message: &str) {
+    let mut name = [0u8; 32];
+    let mut name_length = crate::wdf::bind::service_name(&mut name);
+    if name_length == 0 {
+        name[..6].copy_from_slice(b"driver");
+        name_length = 6;
+    }
     let length = message.len().min(i32::MAX as usize);
-    let args: [usize; 2] = [length, message.as_ptr() as usize];
-    // SAFETY: "%.*s" consumes an int length and a pointer to that many bytes: both in `args`,
-    // laid out as the win64 va_list the routine expects.
+    let args: [usize; 4] = [
+        name_length,
+        name.as_ptr() as usize,
+        length,
+        message.as_ptr() as usize,
+    ];
+    // SAFETY: each "%.*s" consumes an int length and a pointer to that many bytes: all four in
+    // `args`, laid out as the win64 va_list the routine expects.
     unsafe {
         vDbgPrintEx(
             DPFLTR_IHVDRIVER_ID,
             level,
-            c"wsktls: %.*s\n".as_ptr() as *const u8,
+            c"%.*s: %.*s\n".as_ptr() as *const u8,
             args.as_ptr(),
         );
     }

@@ -168,6 +168,34 @@ unsafe fn save_registry_path(source: *mut UNICODE_STRING) -> Result<*mut UNICODE
     Ok(STATE.registry_path.get())
 }
 
+/// The driver's service name — the last component of the registry path DriverEntry got — as
+/// ASCII into `out` (anything else as '?'); its length, 0 before DriverEntry.
+pub(crate) fn service_name(out: &mut [u8]) -> usize {
+    // SAFETY: the path is written once, by the entry stub before the driver's own code runs
+    // (so before any caller of this); later reads see it unchanged.
+    let path = unsafe { *STATE.registry_path.get() };
+    let units = path.Length as usize / 2;
+    if units == 0 || path.Buffer.is_null() {
+        return 0;
+    }
+    // SAFETY: the saved path holds `units` UTF-16 units in STATE's buffer.
+    let path = unsafe { core::slice::from_raw_parts(path.Buffer, units) };
+    let start = path
+        .iter()
+        .rposition(|&u| u == u16::from(b'\\'))
+        .map_or(0, |i| i + 1);
+    let name = &path[start..];
+    let n = name.len().min(out.len());
+    for (o, &u) in out.iter_mut().zip(&name[..n]) {
+        *o = if (0x20..0x7F).contains(&u) {
+            u as u8
+        } else {
+            b'?'
+        };
+    }
+    n
+}
+
 /// Unbinds from the framework and forgets the table.
 ///
 /// # Safety
