@@ -49,8 +49,15 @@ impl Pki {
         }
     }
 
-    /// The path of one of the PKI's files (`ca.pem`, `chain.pem`, `key.pem`).
+    /// The path of one of the PKI's files (`ca.pem`, `chain.pem`, `key.pem`); they go with
+    /// the `Pki`.
     pub fn path(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
