@@ -89,8 +89,9 @@ mod driver {
         let request = alloc::format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ktls-fetch\r\nConnection: close\r\n\r\n"
         );
-        // Queued now, sent once the handshake is done.
-        session.send(request.as_bytes()).map_err(|e| e.status())?;
+        // Queued now, sent once the handshake is done. If the connection already failed (the
+        // handshake runs on work items and may be over by now), `step` below reports why.
+        let _ = session.send(request.as_bytes());
         log(format_args!("GET {url}"));
         *FETCH.lock() = Some(Fetch {
             session: Some(session),
