@@ -230,10 +230,21 @@ enum Command {
         /// Also measure this wsktls.sys loaded into kemu, beside the natively linked driver.
         #[arg(long)]
         driver: Option<PathBuf>,
-        /// Repeat the echo phase with this many idle connections open beside it (each one two
-        /// sockets in this process under kemu: mind `ulimit -n`).
+        /// Repeat the echo phase with this many idle connections open beside it: the driver
+        /// accepts them from plain TLS clients in a child process (one socket each in this
+        /// process under kemu and one in the child: mind `ulimit -n`).
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
         idle: u32,
+    },
+    /// The idle clients of `bench --idle` (run by bench itself): connects COUNT times over TLS
+    /// 1.3 to 127.0.0.1:PORT, trusting the CA in WSKTLS_IDLE_PEERS_CA, prints `ready COUNT`,
+    /// and holds the connections until stdin ends.
+    #[command(hide = true)]
+    IdlePeers {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        count: usize,
     },
 }
 
@@ -381,6 +392,10 @@ fn run(command: Command, globals: &Globals) -> Result<ExitCode, Failure> {
             };
             platform::bench(globals, driver, options, json)
         }
+        Command::IdlePeers { port, count } => match bench::run_idle_peers(port, count) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(why) => Err(Failure::driver(format!("idle peers: {why}"))),
+        },
     }
 }
 

@@ -93,6 +93,7 @@ fn bad_arguments_are_refused_with_a_reason() {
 fn bench_measures_the_driver_and_rustls_and_reports_json() {
     let out = wsktls()
         .args(["bench", "--seconds", "0.3", "--connections", "2", "--json"])
+        .args(["--idle", "40"])
         .output()
         .expect("runs");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -117,6 +118,10 @@ fn bench_measures_the_driver_and_rustls_and_reports_json() {
         assert!(subject["negotiated"].as_str().unwrap().contains("TLS 1.3"));
     }
     assert!(driver["ratio_to_rustls"]["handshakes"].as_f64().unwrap() > 0.0);
+    // The idle connections came from the child process and were all held during the echo.
+    let idle = &driver["echo_with_idle"];
+    assert_eq!(idle["idle_connections"].as_u64(), Some(40), "{text}");
+    assert!(idle["echo_p50_us"].as_f64().unwrap_or(0.0) > 0.0, "{text}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Through the driver: handshakes, bulk, echo (alone and beside idle connections) and the
 //! pool an idle connection holds.
 
+use super::peers::IdlePeers;
 use super::*;
 
 pub(super) struct DriverBench<'a> {
@@ -231,44 +232,51 @@ impl DriverBench<'_> {
         Ok(figures)
     }
 
-    /// The echo phase again with `idle` connections open on the same handles, every server end
-    /// waiting in a RECV: what a busy server's other connections cost one of them.
+    /// The echo phase again with `idle` connections open beside it on the server's handle, each
+    /// one waiting in a RECV as a server's would: what a busy server's other connections cost
+    /// one of them. Their clients are plain rustls in a child process ([`IdlePeers`]).
     pub(super) fn echo_with_idle(&self, idle: usize) -> Result<(f64, f64), String> {
         let server = self.open()?;
         let client = self.open()?;
         let listener = self.listen(&server)?;
+        let mut peers = IdlePeers::spawn(listener.port, idle, &self.cert.ca_pem)?;
+        let mut accepts = VecDeque::new();
         let mut ids = Vec::with_capacity(idle);
-        let mut in_flight = VecDeque::new();
+        let mut waiting = Vec::with_capacity(idle);
         while ids.len() < idle {
-            while in_flight.len() < IDLE_WINDOW && ids.len() + in_flight.len() < idle {
-                let accept = server.accept(listener.id).map_err(e("ACCEPT"))?;
-                let connect = client
-                    .connect(&Self::connect_request(listener.port))
-                    .map_err(e("CONNECT"))?;
-                in_flight.push_back((connect, accept));
+            while accepts.len() < IDLE_WINDOW && ids.len() + accepts.len() < idle {
+                accepts.push_back(server.accept(listener.id).map_err(e("ACCEPT"))?);
             }
-            let (connect, accept) = in_flight.pop_front().expect("one in flight");
-            let at = ids.len() + 1;
-            let c = connect.wait(CALL_TIMEOUT).map_err(|err| {
-                format!("idle connection {at} of {idle}: client handshake: {err}")
-            })?;
-            let s = accept.wait(CALL_TIMEOUT).map_err(|err| {
-                format!("idle connection {at} of {idle}: server handshake: {err}")
-            })?;
-            ids.push((c.id, s.id));
+            // The listener hands connections to ACCEPTs in the order they came.
+            let oldest = accepts.front().expect("one in flight");
+            match oldest.poll(Duration::from_millis(100)) {
+                Ok(Some(info)) => {
+                    accepts.pop_front();
+                    ids.push(info.id);
+                    waiting.push(server.recv_async(info.id, 1).map_err(e("idle RECV"))?);
+                }
+                Ok(None) => peers.check_running()?,
+                Err(err) => {
+                    let at = ids.len() + 1;
+                    return Err(format!(
+                        "idle connection {at} of {idle}: server handshake: {err}"
+                    ));
+                }
+            }
         }
-        let waiting = ids
-            .iter()
-            .map(|&(_, s)| server.recv_async(s, 1))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(e("idle RECV"))?;
+        let connected = peers.ready()?;
+        if connected != idle {
+            return Err(format!(
+                "the idle peers made {connected} of {idle} connections"
+            ));
+        }
         let figures = self.echo_on(&server, &client, &listener)?;
         // Closing completes the waiting RECVs (cancelled).
-        for (c, s) in ids {
-            client.close(c).map_err(e("CLOSE idle client"))?;
+        for s in ids {
             server.close(s).map_err(e("CLOSE idle server"))?;
         }
         drop(waiting);
+        drop(peers);
         server.close(listener.id).map_err(e("CLOSE listener"))?;
         Ok(figures)
     }

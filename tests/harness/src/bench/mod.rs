@@ -6,6 +6,7 @@
 
 mod anchor;
 mod driver;
+mod peers;
 mod report;
 
 // The Windows harness does not bench (kemu only): nothing uses these there.
@@ -13,6 +14,7 @@ mod report;
 pub use anchor::measure_rustls;
 #[cfg_attr(windows, allow(unused_imports))]
 pub use driver::measure_driver;
+pub use peers::run_idle_peers;
 #[cfg_attr(windows, allow(unused_imports))]
 pub use report::{report_json, report_text};
 
