@@ -48,14 +48,14 @@ impl<O: Observer> Engine<O> {
             && self.send.is_idle()
             && self.pending_token == 0
             && queued == 0
-            && !self.renegotiate
+            && self.exchange != Exchange::PostHandshake
         {
             self.tx = Buffer::EMPTY;
         }
         if self.rx.len() > RX_IDLE
             && self.rx_len <= RX_IDLE
             && self.recv.is_pending()
-            && !self.renegotiate
+            && self.exchange != Exchange::PostHandshake
         {
             self.shrinking = true;
             self.rx_wanted = RX_IDLE;
@@ -86,7 +86,7 @@ impl<O: Observer> Engine<O> {
         let wanted = self.rx_wanted;
         // While a post-handshake message is answered `rx` is ISC/ASC's input: it may only grow
         // (the message needs more room than an idle buffer has).
-        if self.renegotiate && wanted < self.rx.len() {
+        if self.exchange == Exchange::PostHandshake && wanted < self.rx.len() {
             return;
         }
         if wanted == self.rx.len() || self.rx_len > wanted {

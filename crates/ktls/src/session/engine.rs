@@ -33,7 +33,7 @@ impl<O: Observer> Engine<O> {
         }
         if events & EV_TIMER != 0
             && self.phase == Phase::Releasing
-            && self.graceful_end
+            && self.ends_gracefully()
             && self.timer == Timer::End
             && self.deadline.expired()
         {
@@ -61,7 +61,7 @@ impl<O: Observer> Engine<O> {
                             self.sspi_status = status;
                             self.sspi_completed(conn, status, input);
                         }
-                        SspiCall::Idle => {}
+                        SspiCall::Idle | SspiCall::AwaitingInput => {}
                     }
                 }
             }
@@ -82,7 +82,7 @@ impl<O: Observer> Engine<O> {
         if abort && self.phase != Phase::Releasing {
             self.fail_or_end(conn, None);
         }
-        if abort && self.graceful_end && !released {
+        if abort && self.ends_gracefully() && !released {
             self.end_abruptly();
         }
         if released && !self.released && self.phase == Phase::Open {
@@ -97,16 +97,16 @@ impl<O: Observer> Engine<O> {
         m.snapshot = Snapshot {
             phase: Some(self.phase),
             events,
-            sspi_pending: self.sspi_busy(),
-            renegotiate: self.renegotiate,
-            need_input: self.need_input,
+            sspi_call: Some(self.sspi_call),
+            exchange: Some(self.exchange),
             send_idle: self.send.is_idle(),
             recv_idle: self.recv.is_idle(),
             control: Some(self.control_kind),
             pending_token: self.pending_token,
             rx_len: self.rx_len,
-            release_after_send: self.release_after_send,
-            peer_ended: self.peer_ended,
+            ending: Some(self.ending),
+            inbound: Some(self.inbound),
+            outbound: Some(self.outbound),
         };
     }
 
@@ -140,7 +140,7 @@ impl<O: Observer> Engine<O> {
                         self.start_send(worker, len);
                     }
                 } else if !self.sspi_busy() && self.send.is_idle() {
-                    if self.need_input {
+                    if self.needs_input() {
                         self.start_receive(worker);
                     } else {
                         self.handshake_step(conn, worker);
@@ -155,11 +155,11 @@ impl<O: Observer> Engine<O> {
                         let len = core::mem::take(&mut self.pending_token);
                         self.start_send(worker, len);
                     }
-                } else if self.renegotiate {
-                    if !self.sspi_busy() && self.send.is_idle() && !self.need_input {
+                } else if self.exchange == Exchange::PostHandshake {
+                    if self.sspi_call == SspiCall::Idle && self.send.is_idle() {
                         self.handshake_step(conn, worker);
                     }
-                } else if self.send.is_idle() && !self.release_after_send {
+                } else if self.send.is_idle() && self.ending == Ending::Close {
                     self.fill_send(conn, worker);
                 }
                 if self.phase == Phase::Open && shutdown {
@@ -167,12 +167,14 @@ impl<O: Observer> Engine<O> {
                 }
                 // While a post-handshake message is answered `rx` is ISC/ASC's input and is
                 // compacted when it returns: receive only when that call asked for more.
-                let receive = !self.renegotiate || (self.need_input && !self.sspi_busy());
+                let receive = self.exchange != Exchange::PostHandshake || self.needs_input();
                 // Released: nobody reads any more; after our FIN, receive (and drop) until
                 // the peer's FIN, then close without a reset.
-                let linger = self.released && self.disconnected && !self.fin_received;
+                let linger = self.released
+                    && self.outbound == Outbound::Disconnected
+                    && self.inbound != Inbound::Fin;
                 if self.phase == Phase::Open
-                    && (!self.peer_ended || linger)
+                    && (self.inbound == Inbound::Open || linger)
                     && receive
                     && (self.released || self.window_open(conn))
                 {
@@ -180,8 +182,8 @@ impl<O: Observer> Engine<O> {
                 }
                 if self.phase == Phase::Open
                     && self.released
-                    && self.disconnected
-                    && self.fin_received
+                    && self.outbound == Outbound::Disconnected
+                    && self.inbound == Inbound::Fin
                 {
                     self.fail_or_end(conn, None);
                 }
@@ -201,7 +203,26 @@ impl<O: Observer> Engine<O> {
 
     /// Whether an SSPI call is in flight (the context and the buffers it was given are its).
     pub(super) fn sspi_busy(&self) -> bool {
-        self.sspi_call != SspiCall::Idle
+        matches!(self.sspi_call, SspiCall::Step { .. } | SspiCall::DeletingContext)
+    }
+
+    /// Whether the next ISC/ASC step waits for bytes (no call is in flight then).
+    pub(super) fn needs_input(&self) -> bool {
+        self.sspi_call == SspiCall::AwaitingInput
+    }
+
+    /// More bytes arrived: a step that waited for them may go.
+    pub(super) fn input_arrived(&mut self) {
+        if self.sspi_call == SspiCall::AwaitingInput {
+            self.sspi_call = SspiCall::Idle;
+        }
+    }
+
+    /// The next step waits for bytes (called when no call is in flight).
+    pub(super) fn await_input(&mut self) {
+        if self.sspi_call == SspiCall::Idle {
+            self.sspi_call = SspiCall::AwaitingInput;
+        }
     }
 
     pub(super) fn window_open(&self, conn: &Conn<O>) -> bool {

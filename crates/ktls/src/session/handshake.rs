@@ -32,8 +32,12 @@ impl<O: Observer> Engine<O> {
         let Some(credential) = self.credential.as_ref() else {
             return;
         };
-        let first = !self.handshake_started;
-        self.handshake_started = true;
+        let first = self.exchange == Exchange::NotStarted;
+        if first {
+            self.exchange = Exchange::Handshake {
+                without_certificate: false,
+            };
+        }
         // Handshaking: what has arrived. After the handshake: the post-handshake message
         // DecryptMessage returned (SEC_I_RENEGOTIATE) and what followed it, at the front of `rx`
         // (no receive runs meanwhile).
@@ -49,7 +53,10 @@ impl<O: Observer> Engine<O> {
             alpn: offer_alpn.then(|| Region::of(&mut self.alpn_blob)),
             output: Region::of(self.tx.bytes()),
             mutual_auth: conn.require_client_certificate,
-            use_supplied_credentials: self.incomplete_credentials,
+            use_supplied_credentials: self.exchange
+                == Exchange::Handshake {
+                    without_certificate: true,
+                },
         };
         // The in-flight call holds a reference to the session until its callback.
         let reference = worker.clone().into_raw();
@@ -74,7 +81,11 @@ impl<O: Observer> Engine<O> {
         let consumed = input - extra.unwrap_or(0);
         match status {
             SEC_E_OK | SEC_I_CONTINUE_NEEDED | SEC_I_CONTINUE_NEEDED_MESSAGE_OK => {
-                self.incomplete_credentials = false;
+                if let Exchange::Handshake { .. } = self.exchange {
+                    self.exchange = Exchange::Handshake {
+                        without_certificate: false,
+                    };
+                }
                 self.consume_input(consumed);
                 if written > 0 {
                     self.pending_token = written.min(capacity);
@@ -82,19 +93,27 @@ impl<O: Observer> Engine<O> {
                 if status == SEC_E_OK {
                     if self.phase == Phase::Handshaking {
                         self.established(conn);
-                    } else if self.renegotiate {
+                    } else if self.exchange == Exchange::PostHandshake {
                         // Records that followed the post-handshake message wait in `rx`.
-                        self.renegotiate = false;
+                        self.exchange = Exchange::Records;
                         self.decrypt_all(conn);
                     }
-                } else {
-                    self.need_input = self.rx_len == 0;
+                } else if self.rx_len == 0 {
+                    self.await_input();
                 }
             }
-            SEC_I_INCOMPLETE_CREDENTIALS if !conn.server && !self.incomplete_credentials => {
+            SEC_I_INCOMPLETE_CREDENTIALS
+                if !conn.server
+                    && self.exchange
+                        == (Exchange::Handshake {
+                            without_certificate: false,
+                        }) =>
+            {
                 // The server asked for a certificate this credential does not have: call again
                 // with the same input and go on without one (curl and MsQuic do the same).
-                self.incomplete_credentials = true;
+                self.exchange = Exchange::Handshake {
+                    without_certificate: true,
+                };
             }
             too_small
                 if (too_small == SEC_E_BUFFER_TOO_SMALL
@@ -116,20 +135,22 @@ impl<O: Observer> Engine<O> {
                 if self.rx.len() < RX_QUIET {
                     // An idle connection's buffer: room for a whole record first.
                     self.rx_wanted = self.rx_wanted.max(RX_QUIET);
-                    self.need_input = true;
+                    self.await_input();
                 } else {
                     // A handshake record larger than any legal one: more input cannot help.
                     self.fail_or_end(conn, Some(Error::tls(SEC_E_ILLEGAL_MESSAGE)));
                 }
             }
-            SEC_E_INCOMPLETE_MESSAGE => self.need_input = true,
+            SEC_E_INCOMPLETE_MESSAGE => self.await_input(),
             error => {
                 // Only what Schannel really wrote goes to the peer: a token shorter than the
                 // buffer that parses as whole TLS records (the alert), never the buffer itself.
                 let token = &self.tx.bytes()[..written.min(capacity)];
                 if written > 0 && written < capacity && whole_records(token) {
                     self.pending_token = written;
-                    self.release_after_send = true;
+                    if self.ending == Ending::Close {
+                        self.ending = Ending::TokenThenClose;
+                    }
                 }
                 self.fail_or_end(conn, Some(Error::tls(error)));
             }
@@ -198,7 +219,8 @@ impl<O: Observer> Engine<O> {
             negotiated.alpn_len = len;
         }
         self.phase = Phase::Open;
-        self.need_input = false;
+        self.exchange = Exchange::Records;
+        self.input_arrived();
         Deadline::disarm(&self.deadline);
         self.timer = Timer::Idle;
         {

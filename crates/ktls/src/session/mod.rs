@@ -230,16 +230,16 @@ pub struct Counters {
 struct Snapshot {
     phase: Option<Phase>,
     events: u32,
-    sspi_pending: bool,
-    renegotiate: bool,
-    need_input: bool,
+    sspi_call: Option<SspiCall>,
+    exchange: Option<Exchange>,
     send_idle: bool,
     recv_idle: bool,
     control: Option<Control>,
     pending_token: usize,
     rx_len: usize,
-    release_after_send: bool,
-    peer_ended: bool,
+    ending: Option<Ending>,
+    inbound: Option<Inbound>,
+    outbound: Option<Outbound>,
 }
 
 struct Mailbox {
@@ -301,10 +301,76 @@ enum Timer {
 enum SspiCall {
     /// None: the operation may issue the next.
     Idle,
+    /// None, and the next ISC/ASC step needs more bytes than `rx` holds: a receive first.
+    AwaitingInput,
     /// An ISC/ASC step, given this many bytes at the front of `rx` as input.
     Step { input: usize },
     /// SspiDeleteSecurityContextAsync (teardown): the handle is gone once it returns.
     DeletingContext,
+}
+
+/// Where the token exchange with ISC/ASC stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exchange {
+    /// No ISC/ASC call yet: the client's first one has no input and offers ALPN.
+    NotStarted,
+    /// Handshake steps under way. `without_certificate`: ISC returned
+    /// SEC_I_INCOMPLETE_CREDENTIALS (the server asked for a client certificate this credential
+    /// lacks), so the repeated call goes on without one.
+    Handshake { without_certificate: bool },
+    /// Established: application records go through DecryptMessage/EncryptMessage.
+    Records,
+    /// DecryptMessage returned SEC_I_RENEGOTIATE: the post-handshake message at the front of
+    /// `rx` goes to ISC/ASC before anything else is decrypted or encrypted.
+    PostHandshake,
+}
+
+/// Our direction of the connection, in the order it closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Outbound {
+    /// Records may go.
+    Open,
+    /// close_notify went (SHUTDOWN); the FIN follows.
+    CloseNotifySent,
+    /// Our FIN went (WskDisconnect completed).
+    Disconnected,
+}
+
+/// The peer's direction of the connection, in the order it closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Inbound {
+    /// Records may come.
+    Open,
+    /// The peer's close_notify was read; its FIN may follow.
+    CloseNotify,
+    /// A receive returned 0 bytes: the peer's FIN (nothing more can come).
+    Fin,
+}
+
+/// How a releasing connection ends (chosen when it fails or is aborted; a failed handshake
+/// step that wrote an alert token chooses first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// Cancel what is in flight and close: a reset unless our FIN went out.
+    Close,
+    /// Schannel's alert token for a failed step waits in `tx` (`pending_token`): send it, then
+    /// close.
+    TokenThenClose,
+    /// A TLS failure ends as TLS says: the alert, our FIN, the peer's FIN, then the close,
+    /// within [`END_TIMEOUT_MS`].
+    Graceful { alert: Alert },
+}
+
+/// The fatal alert of a graceful end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Alert {
+    /// None to send (the failure came before there were keys to write one), or it is already
+    /// written and queued as the pending token.
+    None,
+    /// Schannel wrote it with the failed handshake step: it is the pending token.
+    Token,
+    /// To write with EncryptMessage(SECQOP_WRAP_OOB_DATA): its description.
+    Write(u8),
 }
 
 type Op<O> = PoolArc<IrpOp<Worker<Conn<O>>>>;
@@ -334,24 +400,18 @@ struct Engine<O: Observer> {
     sspi_status: SECURITY_STATUS,
     credential: Option<PoolArc<Credential>>,
     context: SecurityContext,
-    handshake_started: bool,
-    /// The handshake needs more bytes than `rx` holds.
-    need_input: bool,
-    /// DecryptMessage returned SEC_I_RENEGOTIATE: the post-handshake message at the front of
-    /// `rx` goes to ISC/ASC before anything else is decrypted or encrypted.
-    renegotiate: bool,
-    /// ISC returned SEC_I_INCOMPLETE_CREDENTIALS once; the repeated call goes on without a
-    /// client certificate.
-    incomplete_credentials: bool,
+    /// Where ISC/ASC stands: handshake, records, or a post-handshake message.
+    exchange: Exchange,
     sizes: SecPkgContext_StreamSizes,
     failure: Option<Error>,
-    close_notify_sent: bool,
-    disconnected: bool,
-    peer_ended: bool,
+    /// How far our side has closed.
+    outbound: Outbound,
+    /// How far the peer's side has closed.
+    inbound: Inbound,
     /// Send the handshake token waiting in `tx` (this many bytes) before anything else.
     pending_token: usize,
-    /// Send the pending token (an alert) before releasing.
-    release_after_send: bool,
+    /// How the connection ends once it is releasing.
+    ending: Ending,
     deadline: PoolArc<Deadline<Worker<Conn<O>>>>,
     /// What `deadline` is armed for.
     timer: Timer,
@@ -365,13 +425,6 @@ struct Engine<O: Observer> {
     _census: Option<Entry>,
     /// The owner released the session after SHUTDOWN: finish the graceful close alone.
     released: bool,
-    /// A receive returned 0 bytes: the peer's FIN.
-    fin_received: bool,
-    /// A TLS failure ends like TLS says: the fatal alert, our FIN, the peer's FIN, then the
-    /// close (bounded by [`END_TIMEOUT_MS`]); cleared when the peer is gone or the owner aborts.
-    graceful_end: bool,
-    /// The fatal alert (its description) still to write with EncryptMessage(OOB) and send.
-    alert_due: Option<u8>,
 }
 
 /// The session's shared state: the owner's mailbox and the drain's engine.

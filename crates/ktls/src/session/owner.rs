@@ -66,21 +66,22 @@ impl<O: Observer> Session<O> {
             shrinking: false,
             rx_len: 0,
             sspi: None,
-            sspi_call: SspiCall::Idle,
+            // The server's first step needs the client's hello.
+            sspi_call: if server {
+                SspiCall::AwaitingInput
+            } else {
+                SspiCall::Idle
+            },
             sspi_status: SEC_E_OK,
             credential: Some(credential),
             context: SecurityContext::new(),
-            handshake_started: false,
-            need_input: server,
-            renegotiate: false,
-            incomplete_credentials: false,
+            exchange: Exchange::NotStarted,
             sizes: SecPkgContext_StreamSizes::default(),
             failure: None,
-            close_notify_sent: false,
-            disconnected: false,
-            peer_ended: false,
+            outbound: Outbound::Open,
+            inbound: Inbound::Open,
             pending_token: 0,
-            release_after_send: false,
+            ending: Ending::Close,
             deadline: Deadline::try_new(EV_TIMER)?,
             timer: Timer::Idle,
             handshake_timeout_ms: config.handshake_timeout_ms,
@@ -89,9 +90,6 @@ impl<O: Observer> Session<O> {
             peer_chain: Vec::new(),
             _census: config.census.as_ref().map(Census::enter),
             released: false,
-            fin_received: false,
-            graceful_end: false,
-            alert_due: None,
         };
         let conn = Conn {
             mailbox: SpinLock::new(Mailbox {

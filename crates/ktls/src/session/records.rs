@@ -9,7 +9,10 @@ impl<O: Observer> Engine<O> {
     pub(super) fn decrypt_all(&mut self, conn: &Conn<O>) {
         // While a post-handshake answer is being fetched the context is busy; what arrives
         // meanwhile waits in `rx` until the answer is out (see `sspi_completed`).
-        while self.rx_len > 0 && self.phase == Phase::Open && !self.renegotiate {
+        while self.rx_len > 0
+            && self.phase == Phase::Open
+            && self.exchange != Exchange::PostHandshake
+        {
             let rx_len = self.rx_len;
             let Decrypted {
                 status,
@@ -34,13 +37,13 @@ impl<O: Observer> Engine<O> {
                         // The message for ISC/ASC: EXTRA (kemu, curl's reading of Schannel),
                         // after any bytes Schannel handed back as DATA instead (.NET's).
                         self.keep_message(nonempty_data, extra.unwrap_or(0));
-                        self.renegotiate = true;
+                        self.exchange = Exchange::PostHandshake;
                         conn.mailbox.lock().counters.post_handshake_messages += 1;
                         return;
                     }
                     self.keep_extra(extra.unwrap_or(0));
                     if status == SEC_I_CONTEXT_EXPIRED {
-                        self.peer_ended = true;
+                        self.inbound = self.inbound.max(Inbound::CloseNotify);
                         conn.mailbox.lock().peer_ended = true;
                         return;
                     }

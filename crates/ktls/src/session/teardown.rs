@@ -40,18 +40,21 @@ impl<O: Observer> Engine<O> {
 
     /// close_notify after the queue drained, then the graceful disconnect.
     pub(super) fn shutdown_step(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
-        if !self.send.is_idle() || self.pending_token > 0 || self.renegotiate {
+        if !self.send.is_idle()
+            || self.pending_token > 0
+            || self.exchange == Exchange::PostHandshake
+        {
             return;
         }
         if !conn.mailbox.lock().outgoing.is_empty() {
             return;
         }
-        if !self.close_notify_sent {
+        if self.outbound == Outbound::Open {
             if !self.send_room(TX_QUIET) {
                 self.fail_or_end(conn, Some(Error::net(STATUS_INSUFFICIENT_RESOURCES)));
                 return;
             }
-            self.close_notify_sent = true;
+            self.outbound = Outbound::CloseNotifySent;
             let header = self.sizes.cbHeader as usize;
             self.tx.bytes()[header..header + 2].copy_from_slice(&[1, 0]);
             match self.encrypt_in_place(0, 2, SECQOP_WRAP_OOB_DATA) {
@@ -60,7 +63,10 @@ impl<O: Observer> Engine<O> {
             }
             return;
         }
-        if !self.disconnected && self.control_kind == Control::None && self.socket.is_open() {
+        if self.outbound < Outbound::Disconnected
+            && self.control_kind == Control::None
+            && self.socket.is_open()
+        {
             self.start_disconnect(worker);
         }
     }
@@ -81,12 +87,17 @@ impl<O: Observer> Engine<O> {
         }
         if let Some(f) = failure.filter(|f| f.sspi() != SEC_E_OK) {
             if self.socket.is_open() && !self.peer_gone() {
-                self.graceful_end = true;
-                // After the handshake (or a check of its result), the alert is written now.
+                // Schannel's own alert token goes if it wrote one; otherwise after the
+                // handshake (or a check of its result) the alert is written now.
                 let established = self.sizes.cbMaximumMessage != 0;
-                if established && !self.release_after_send {
-                    self.alert_due = Some(alert_for(f.sspi()));
-                }
+                let alert = if self.ending == Ending::TokenThenClose {
+                    Alert::Token
+                } else if established {
+                    Alert::Write(alert_for(f.sspi()))
+                } else {
+                    Alert::None
+                };
+                self.ending = Ending::Graceful { alert };
             }
         }
         self.phase = Phase::Releasing;
@@ -94,20 +105,38 @@ impl<O: Observer> Engine<O> {
 
     /// Whether the peer already closed its side completely (FIN) — nothing more to tell it.
     pub(super) fn peer_gone(&self) -> bool {
-        self.fin_received
+        self.inbound == Inbound::Fin
+    }
+
+    /// Whether the end under way is a graceful one (alert, FINs) still going.
+    pub(super) fn ends_gracefully(&self) -> bool {
+        matches!(self.ending, Ending::Graceful { .. })
+    }
+
+    /// The graceful end cannot reach the peer any more: only Schannel's alert token, if it is
+    /// still waiting, goes before the close.
+    pub(super) fn give_up_graceful_end(&mut self) {
+        self.ending = match self.ending {
+            Ending::Graceful {
+                alert: Alert::Token,
+            } => Ending::TokenThenClose,
+            Ending::Graceful { .. } => Ending::Close,
+            other => other,
+        };
     }
 
     /// Gives up the graceful end: what is in flight is cancelled and the socket reset.
     pub(super) fn end_abruptly(&mut self) {
-        self.graceful_end = false;
-        self.alert_due = None;
-        self.release_after_send = false;
+        self.ending = Ending::Close;
         self.pending_token = 0;
     }
 
     /// Steps of a graceful end (see [`Self::fail_or_end`]); true while one is under way.
     pub(super) fn end_gracefully(&mut self, worker: &Worker<Conn<O>>) -> bool {
-        if !self.graceful_end || !self.socket.is_open() {
+        let Ending::Graceful { alert } = self.ending else {
+            return false;
+        };
+        if !self.socket.is_open() {
             return false;
         }
         if self.timer != Timer::End {
@@ -117,11 +146,11 @@ impl<O: Observer> Engine<O> {
                 Err(_) => Timer::Idle,
             };
         }
-        if let Some(description) = self.alert_due {
+        if let Alert::Write(description) = alert {
             if !self.send.is_idle() || self.pending_token > 0 {
                 return true;
             }
-            self.alert_due = None;
+            self.ending = Ending::Graceful { alert: Alert::None };
             // Without room for it (no pool), only the FIN goes.
             if self.send_room(TX_QUIET) {
                 let header = self.sizes.cbHeader as usize;
@@ -144,13 +173,13 @@ impl<O: Observer> Engine<O> {
         if !self.send.is_idle() {
             return true;
         }
-        if !self.disconnected {
+        if self.outbound < Outbound::Disconnected {
             if self.control_kind == Control::None {
                 self.start_disconnect(worker);
             }
             return true;
         }
-        if !self.fin_received {
+        if self.inbound != Inbound::Fin {
             // Closing before the peer's FIN would reset (and lose our alert at the peer).
             if self.recv.is_idle() && self.rx_len < self.rx.len() {
                 let len = self.rx.len();
@@ -158,9 +187,10 @@ impl<O: Observer> Engine<O> {
                 // uses it while ending.
                 let _ = unsafe { self.socket.receive(&self.recv, worker.clone(), &self.rx, 0, len) };
             }
-            return !self.fin_received && self.graceful_end;
+            return self.inbound != Inbound::Fin && self.ends_gracefully();
         }
-        self.graceful_end = false;
+        // Done: the peer has everything; what remains is the close.
+        self.ending = Ending::Close;
         false
     }
 
@@ -168,13 +198,13 @@ impl<O: Observer> Engine<O> {
         if self.end_gracefully(worker) {
             return;
         }
-        if self.release_after_send {
+        if self.ending == Ending::TokenThenClose {
             if self.pending_token > 0 && self.send.is_idle() && self.socket.is_open() {
                 let len = core::mem::take(&mut self.pending_token);
                 self.start_send(worker, len);
             }
             if self.pending_token == 0 && self.send.is_idle() {
-                self.release_after_send = false;
+                self.ending = Ending::Close;
             } else {
                 return;
             }

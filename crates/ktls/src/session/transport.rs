@@ -109,7 +109,7 @@ impl<O: Observer> Engine<O> {
                 }
             }
             Control::Disconnect => {
-                self.disconnected = true;
+                self.outbound = Outbound::Disconnected;
                 if nt_success(status) {
                     conn.mailbox.lock().shutdown_done = true;
                 } else {
@@ -135,9 +135,10 @@ impl<O: Observer> Engine<O> {
             // Ending: nothing is read any more; only the peer's FIN (or its loss) matters.
             self.rx_len = 0;
             if !nt_success(status) && status != STATUS_CANCELLED {
-                self.graceful_end = false;
+                // The peer is gone: no graceful end can reach it.
+                self.give_up_graceful_end();
             } else if nt_success(status) && n == 0 {
-                self.fin_received = true;
+                self.inbound = Inbound::Fin;
             }
             return;
         }
@@ -150,8 +151,7 @@ impl<O: Observer> Engine<O> {
             return;
         }
         if n == 0 {
-            self.fin_received = true;
-            self.peer_ended = true;
+            self.inbound = Inbound::Fin;
             if self.phase != Phase::Open {
                 // The peer left mid-handshake.
                 self.fail_or_end(conn, Some(Error::net(STATUS_CONNECTION_DISCONNECTED)));
@@ -173,14 +173,14 @@ impl<O: Observer> Engine<O> {
         }
         self.rx_len += n;
         match self.phase {
-            Phase::Handshaking => self.need_input = false,
-            Phase::Open if self.released && self.peer_ended => {
+            Phase::Handshaking => self.input_arrived(),
+            Phase::Open if self.released && self.inbound != Inbound::Open => {
                 // After the peer's close_notify, with no owner: nothing more is read.
                 self.rx_len = 0;
             }
             Phase::Open => {
                 conn.mailbox.lock().counters.record_receives += 1;
-                self.need_input = false;
+                self.input_arrived();
                 self.decrypt_all(conn);
                 if self.released {
                     conn.mailbox.lock().incoming.clear();
