@@ -47,6 +47,12 @@ pub struct WSK_PROVIDER_NPI {
     pub Dispatch: *const WSK_PROVIDER_DISPATCH,
 }
 
+// SAFETY: a captured NPI is a client handle and the provider's static dispatch table, both
+// usable from any thread until WskReleaseProviderNPI.
+unsafe impl Send for WSK_PROVIDER_NPI {}
+// SAFETY: as above; calls through it do not mutate the NPI itself.
+unsafe impl Sync for WSK_PROVIDER_NPI {}
+
 /// Versions the provider supports.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]

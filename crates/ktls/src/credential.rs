@@ -18,7 +18,7 @@ use crate::pool::PoolArc;
 use crate::session::Observer;
 use crate::sspi::AsyncOp;
 use crate::sync::SpinLock;
-use crate::work::{Drain, Worker};
+use crate::work::{Drain, Worker, signal_on_notify};
 
 pub use crate::config::Versions;
 
@@ -370,8 +370,9 @@ enum Step {
     Done,
 }
 
-/// The drain's side of an acquisition.
-struct AcquireEngine {
+/// The drain's side of an acquisition: only the drain touches it (see
+/// [`crate::work::Drain::Exclusive`]).
+pub struct AcquireEngine {
     inputs: Inputs,
     op: Option<AsyncOp>,
     step: Step,
@@ -379,9 +380,12 @@ struct AcquireEngine {
     census: Option<Entry>,
 }
 
+// SAFETY: the SCH_CREDENTIALS inputs point into their own pool-resident block and the async
+// context is a kernel object; the engine is touched only by the drain, one thread at a time.
+unsafe impl Send for AcquireEngine {}
+
 /// An acquisition's shared state.
 pub struct Acquiring<O: Observer> {
-    engine: UnsafeCell<AcquireEngine>,
     credential: PoolArc<Credential>,
     require_client_certificate: bool,
     outcome: SpinLock<Option<Result<PoolArc<Credential>, SECURITY_STATUS>>>,
@@ -402,14 +406,6 @@ pub struct Acquisition<O: Observer> {
     worker: Worker<Acquiring<O>>,
 }
 
-unsafe extern "win64" fn acquisition_done<O: Observer>(
-    _context: *mut SspiAsyncContext,
-    data: *mut c_void,
-) {
-    // SAFETY: the reference the issuing drain gave up for this call.
-    let worker = unsafe { Worker::<Acquiring<O>>::from_raw(data) };
-    worker.signal(EV_SSPI);
-}
 
 impl<O: Observer> Acquisition<O> {
     /// Starts acquiring what `spec` describes; `observer` hears when it has finished.
@@ -423,13 +419,13 @@ impl<O: Observer> Acquisition<O> {
         census: Option<&Census>,
         observer: O,
     ) -> Result<Acquisition<O>, SECURITY_STATUS> {
+        let engine = AcquireEngine {
+            inputs: Inputs::new(spec)?,
+            op: None,
+            step: Step::Start,
+            census: census.map(Census::enter),
+        };
         let target = Acquiring {
-            engine: UnsafeCell::new(AcquireEngine {
-                inputs: Inputs::new(spec)?,
-                op: None,
-                step: Step::Start,
-                census: census.map(Census::enter),
-            }),
             credential: Credential::unacquired(census)?,
             require_client_certificate: spec.inbound && spec.require_client_certificate,
             outcome: SpinLock::new(None),
@@ -437,7 +433,7 @@ impl<O: Observer> Acquisition<O> {
         };
         // SAFETY: per the contract.
         let worker =
-            unsafe { Worker::try_new(device, target) }.map_err(|_| SEC_E_INSUFFICIENT_MEMORY)?;
+            unsafe { Worker::try_new(device, target, engine) }.map_err(|_| SEC_E_INSUFFICIENT_MEMORY)?;
         worker.signal(EV_START);
         Ok(Acquisition { worker })
     }
@@ -454,10 +450,10 @@ impl<O: Observer> Acquisition<O> {
 }
 
 impl<O: Observer> Drain for Acquiring<O> {
-    fn drain(worker: &Worker<Self>, events: u32) {
+    type Exclusive = AcquireEngine;
+
+    fn drain(worker: &Worker<Self>, e: &mut AcquireEngine, events: u32) {
         let a = worker.target();
-        // SAFETY: only the drain touches the engine, and the worker never runs it concurrently.
-        let e = unsafe { &mut *a.engine.get() };
         let finished = match e.step {
             Step::Start if events & EV_START != 0 => e.issue(a, worker),
             Step::Waiting if events & EV_SSPI != 0 => e.finished(a),
@@ -481,7 +477,8 @@ impl AcquireEngine {
         worker: &Worker<Acquiring<O>>,
     ) -> Option<Result<PoolArc<Credential>, SECURITY_STATUS>> {
         if self.op.is_none() {
-            match AsyncOp::try_new(acquisition_done::<O>, worker.as_raw() as *mut c_void) {
+            let notify = signal_on_notify::<Acquiring<O>, EV_SSPI>;
+            match AsyncOp::try_new(notify, worker.as_raw() as *mut c_void) {
                 Ok(op) => self.op = Some(op),
                 Err(status) => return Some(Err(status)),
             }
@@ -492,21 +489,20 @@ impl AcquireEngine {
             Err(status) => return Some(Err(status)),
         };
         self.inputs.link();
-        // The callback's reference (taken back there, or below if none comes).
-        let raw = worker.clone().into_raw();
-        // SAFETY: the inputs and the credential live in this worker's pool block, which the
-        // callback's reference keeps until the callback has run.
-        let queued = unsafe { self.inputs.issue(context, &a.credential) };
-        match op.issued(queued) {
+        // The callback's reference keeps this worker (and so the inputs) until it has run.
+        let inputs = &mut self.inputs;
+        let issued = worker.lend(|| {
+            // SAFETY: the inputs and the credential live in this worker's pool block, which the
+            // lent reference keeps until the callback has run.
+            let queued = unsafe { inputs.issue(context, &a.credential) };
+            op.issued(queued)
+        });
+        match issued {
             Ok(()) => {
                 self.step = Step::Waiting;
                 None
             }
-            Err(status) => {
-                // SAFETY: no callback comes for this call: its reference is ours again.
-                drop(unsafe { Worker::<Acquiring<O>>::from_raw(raw) });
-                Some(Err(status))
-            }
+            Err(status) => Some(Err(status)),
         }
     }
 

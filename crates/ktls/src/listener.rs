@@ -7,7 +7,6 @@
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
-use core::cell::UnsafeCell;
 
 use ksys::io::{DEVICE_OBJECT, IRP};
 use ksys::ntdef::*;
@@ -94,7 +93,8 @@ enum Step {
 
 type Op<O> = PoolArc<IrpOp<Worker<Shared<O>>>>;
 
-struct Engine<O: ListenObserver> {
+/// The state only the drain touches (see [`crate::work::Drain::Exclusive`]).
+pub struct Engine<O: ListenObserver> {
     socket: *mut WSK_SOCKET,
     op: Op<O>,
     step: Option<Step>,
@@ -114,10 +114,13 @@ struct Engine<O: ListenObserver> {
     census: Option<Entry>,
 }
 
+// SAFETY: the listen socket is a kernel object usable from any thread; the engine is touched
+// only by the listener's drain, one thread at a time.
+unsafe impl<O: ListenObserver> Send for Engine<O> {}
+
 /// The listener's shared state.
 pub struct Shared<O: ListenObserver> {
     mailbox: SpinLock<Mailbox<O>>,
-    engine: UnsafeCell<Engine<O>>,
     device: *mut DEVICE_OBJECT,
     npi: WSK_PROVIDER_NPI,
     require_client_certificate: bool,
@@ -152,15 +155,7 @@ impl<O: ListenObserver> Listener<O> {
         credential: PoolArc<Credential>,
         observer: O,
     ) -> Result<Listener<O>, NTSTATUS> {
-        let shared = Shared {
-            mailbox: SpinLock::new(Mailbox {
-                state: ListenState::Starting,
-                port: 0,
-                accepted: VecDeque::new(),
-                close_requested: false,
-                accepted_total: 0,
-            }),
-            engine: UnsafeCell::new(Engine {
+        let engine = Engine {
                 socket: core::ptr::null_mut(),
                 op: IrpOp::try_new(EV_OP, device)?,
                 step: None,
@@ -174,6 +169,14 @@ impl<O: ListenObserver> Listener<O> {
                 closing: false,
                 done: false,
                 census: config.census.as_ref().map(Census::enter),
+        };
+        let shared = Shared {
+            mailbox: SpinLock::new(Mailbox {
+                state: ListenState::Starting,
+                port: 0,
+                accepted: VecDeque::new(),
+                close_requested: false,
+                accepted_total: 0,
             }),
             device,
             npi: config.npi,
@@ -186,7 +189,7 @@ impl<O: ListenObserver> Listener<O> {
             observer,
         };
         // SAFETY: per the contract.
-        let worker = unsafe { Worker::try_new(device, shared) }?;
+        let worker = unsafe { Worker::try_new(device, shared, engine) }?;
         worker.signal(EV_USER);
         Ok(Listener { worker })
     }
@@ -230,10 +233,10 @@ impl<O: ListenObserver> Drop for Listener<O> {
 }
 
 impl<O: ListenObserver> Drain for Shared<O> {
-    fn drain(worker: &Worker<Self>, _events: u32) {
+    type Exclusive = Engine<O>;
+
+    fn drain(worker: &Worker<Self>, e: &mut Engine<O>, _events: u32) {
         let shared = worker.target();
-        // SAFETY: only the drain touches the engine, never concurrently.
-        let e = unsafe { &mut *shared.engine.get() };
         if !e.done {
             e.drain(shared, worker);
         }

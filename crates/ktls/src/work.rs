@@ -3,19 +3,25 @@
 //! time it runs, so no event is lost whatever order completions arrive in, and the session's code
 //! never runs twice at once.
 
+use core::cell::UnsafeCell;
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use ksys::imports::{IoAllocateWorkItem, IoFreeWorkItem, IoQueueWorkItem};
 use ksys::io::{DELAYED_WORK_QUEUE, DEVICE_OBJECT, IO_WORKITEM};
 use ksys::ntdef::{NTSTATUS, STATUS_INSUFFICIENT_RESOURCES};
+use ksys::sspi::SspiAsyncContext;
 
 use crate::pool::PoolArc;
 
 /// What a session does with the events it was signalled (at PASSIVE_LEVEL, never concurrently).
 pub trait Drain: Send + Sync + Sized {
+    /// The state only the drain touches (a session's engine: socket, IRPs, buffers, context).
+    /// The worker owns it and lends it to one drain at a time, so no lock guards it.
+    type Exclusive: Send;
+
     /// Handles `events` (the OR of every signal since the last drain).
-    fn drain(worker: &Worker<Self>, events: u32);
+    fn drain(worker: &Worker<Self>, exclusive: &mut Self::Exclusive, events: u32);
 }
 
 const IDLE: u32 = 0;
@@ -23,20 +29,24 @@ const QUEUED: u32 = 1;
 const RUNNING: u32 = 2;
 
 /// The shared state of a worker (kept alive by references while queued or running).
-pub struct WorkerState<T> {
+pub struct WorkerState<T: Drain> {
     item: *mut IO_WORKITEM,
     phase: AtomicU32,
     events: AtomicU32,
     runs: AtomicU32,
     target: T,
+    /// Dropped after `target` (whose observer may hold what an unload waiting for the census
+    /// entry in here must outlive).
+    exclusive: UnsafeCell<T::Exclusive>,
 }
 
-// SAFETY: the work item is only handed to the I/O manager; the rest is atomics and T.
-unsafe impl<T: Send + Sync> Send for WorkerState<T> {}
+// SAFETY: the work item is only handed to the I/O manager; the rest is atomics, T, and the
+// exclusive state, which only `routine` reaches and never from two threads at once.
+unsafe impl<T: Drain> Send for WorkerState<T> {}
 // SAFETY: as above.
-unsafe impl<T: Send + Sync> Sync for WorkerState<T> {}
+unsafe impl<T: Drain> Sync for WorkerState<T> {}
 
-impl<T> Drop for WorkerState<T> {
+impl<T: Drain> Drop for WorkerState<T> {
     fn drop(&mut self) {
         // SAFETY: the last reference is gone, so the item is neither queued nor running (queueing
         // takes a reference that the routine gives back after its last use of the item).
@@ -45,11 +55,11 @@ impl<T> Drop for WorkerState<T> {
 }
 
 /// A session's work item and the session it drives.
-pub struct Worker<T> {
+pub struct Worker<T: Drain> {
     state: PoolArc<WorkerState<T>>,
 }
 
-impl<T> Clone for Worker<T> {
+impl<T: Drain> Clone for Worker<T> {
     fn clone(&self) -> Self {
         Worker {
             state: self.state.clone(),
@@ -58,11 +68,16 @@ impl<T> Clone for Worker<T> {
 }
 
 impl<T: Drain> Worker<T> {
-    /// Allocates the work item (on `device`, which it keeps referenced) and the shared state.
+    /// Allocates the work item (on `device`, which it keeps referenced) and the shared state:
+    /// `target` for everyone holding the worker, `exclusive` for its drain alone.
     ///
     /// # Safety
     /// `device` must be a live device object of the calling driver.
-    pub unsafe fn try_new(device: *mut DEVICE_OBJECT, target: T) -> Result<Worker<T>, NTSTATUS> {
+    pub unsafe fn try_new(
+        device: *mut DEVICE_OBJECT,
+        target: T,
+        exclusive: T::Exclusive,
+    ) -> Result<Worker<T>, NTSTATUS> {
         // SAFETY: per the contract.
         let item = unsafe { IoAllocateWorkItem(device) };
         if item.is_null() {
@@ -74,6 +89,7 @@ impl<T: Drain> Worker<T> {
             events: AtomicU32::new(0),
             runs: AtomicU32::new(0),
             target,
+            exclusive: UnsafeCell::new(exclusive),
         }) {
             Ok(state) => Ok(Worker { state }),
             Err(status) => {
@@ -148,6 +164,37 @@ impl<T: Drain> Worker<T> {
     }
 }
 
+impl<T: Drain> Worker<T> {
+    /// Lends a reference to this worker to the asynchronous call `issue` makes, for its notify
+    /// callback ([`signal_on_notify`], created with [`Self::as_raw`] as its data) to give back;
+    /// an Err from `issue` means no callback will come, and the reference is taken back at once.
+    /// So the session stays alive until every call it issued has called back.
+    pub fn lend<R, E>(&self, issue: impl FnOnce() -> Result<R, E>) -> Result<R, E> {
+        let reference = self.clone().into_raw();
+        let issued = issue();
+        if issued.is_err() {
+            // SAFETY: the reference given up above; no callback will take it.
+            drop(unsafe { Worker::<T>::from_raw(reference) });
+        }
+        issued
+    }
+}
+
+/// An SSPI notify callback that signals `BIT` to the worker whose reference the call was lent
+/// ([`Worker::lend`]) and gives that reference back. Its data must be the worker's
+/// [`Worker::as_raw`].
+///
+/// # Safety
+/// Called by ksecdd once per call issued through [`Worker::lend`] that returned Ok.
+pub unsafe extern "win64" fn signal_on_notify<T: Drain, const BIT: u32>(
+    _context: *mut SspiAsyncContext,
+    data: *mut c_void,
+) {
+    // SAFETY: the reference lent for this call (per the contract).
+    let worker = unsafe { Worker::<T>::from_raw(data) };
+    worker.signal(BIT);
+}
+
 impl<T: Drain> crate::wsk::Wake for Worker<T> {
     fn wake(&self, bit: u32) {
         self.signal(bit);
@@ -165,7 +212,10 @@ unsafe extern "win64" fn routine<T: Drain>(_device: *mut DEVICE_OBJECT, context:
     loop {
         let events = worker.state.events.swap(0, Ordering::SeqCst);
         if events != 0 {
-            T::drain(&worker, events);
+            // SAFETY: only this routine reaches the exclusive state, and the phase protocol
+            // never lets two runs of it overlap (a signal while RUNNING only records events).
+            let exclusive = unsafe { &mut *worker.state.exclusive.get() };
+            T::drain(&worker, exclusive, events);
             continue;
         }
         worker.state.phase.store(IDLE, Ordering::SeqCst);

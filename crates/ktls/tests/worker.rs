@@ -49,7 +49,9 @@ mod test_driver {
     }
 
     impl Drain for Counter {
-        fn drain(worker: &Worker<Self>, events: u32) {
+        type Exclusive = ();
+
+        fn drain(worker: &Worker<Self>, _: &mut (), events: u32) {
             let c = worker.target();
             if c.inside.swap(true, Ordering::SeqCst) {
                 c.overlaps.fetch_add(1, Ordering::SeqCst);
@@ -79,7 +81,7 @@ mod test_driver {
             overlaps: AtomicUsize::new(0),
         };
         // SAFETY: the control device's live DEVICE_OBJECT.
-        let worker = unsafe { Worker::try_new(object, counter) }?;
+        let worker = unsafe { Worker::try_new(object, counter, ()) }?;
         let mut lock: KSPIN_LOCK = 0;
         for round in 0..200u32 {
             let bit = 1u32 << (round % 30);
@@ -117,7 +119,9 @@ mod test_driver {
     }
 
     impl Drain for Pong {
-        fn drain(worker: &Worker<Self>, _events: u32) {
+        type Exclusive = ();
+
+        fn drain(worker: &Worker<Self>, _: &mut (), _events: u32) {
             worker.target().drained.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -136,7 +140,7 @@ mod test_driver {
             drained: AtomicUsize::new(0),
         };
         // SAFETY: the control device's live DEVICE_OBJECT.
-        let worker = unsafe { Worker::try_new(object, pong) }?;
+        let worker = unsafe { Worker::try_new(object, pong, ()) }?;
         let delay = -10_000i64;
         for round in 1..=ROUNDS {
             worker.signal(1);

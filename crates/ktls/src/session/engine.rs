@@ -4,11 +4,11 @@
 use super::*;
 
 impl<O: Observer> Drain for Conn<O> {
-    fn drain(worker: &Worker<Self>, events: u32) {
+    type Exclusive = Engine<O>;
+
+    fn drain(worker: &Worker<Self>, engine: &mut Engine<O>, events: u32) {
         let conn = worker.target();
-        // SAFETY: only the drain touches the engine, and the worker never runs it concurrently.
-        let e = unsafe { &mut *conn.engine.get() };
-        e.drain(conn, worker, events);
+        engine.drain(conn, worker, events);
         conn.observer.changed();
     }
 }

@@ -7,7 +7,8 @@ use crate::context::{Region, Step, StepResult};
 impl<O: Observer> Engine<O> {
     pub(super) fn handshake_step(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
         if self.sspi.is_none() {
-            match AsyncOp::try_new(sspi_done::<O>, worker.as_raw() as *mut c_void) {
+            let notify = signal_on_notify::<Conn<O>, EV_SSPI>;
+            match AsyncOp::try_new(notify, worker.as_raw() as *mut c_void) {
                 Ok(op) => self.sspi = Some(op),
                 Err(status) => {
                     self.fail_or_end(conn, Some(Error::tls(status)));
@@ -58,18 +59,17 @@ impl<O: Observer> Engine<O> {
                     without_certificate: true,
                 },
         };
-        // The in-flight call holds a reference to the session until its callback.
-        let reference = worker.clone().into_raw();
         self.sspi_call = SspiCall::Step { input: input_len };
-        // SAFETY: the receive and send buffers, the ALPN list, the target name and the
-        // credential belong to the pool-resident engine and are not touched while the call is
-        // in flight (`sspi_call`); the context lives in the engine too.
-        let queued = unsafe { self.context.start_step(async_context, &step, &mut self.target) };
-        let issued = self.sspi.as_mut().map(|op| op.issued(queued));
-        if let Some(Err(status)) = issued {
-            // No callback will come: take back its reference.
-            // SAFETY: the reference given up above, never handed to a callback.
-            drop(unsafe { Worker::<Conn<O>>::from_raw(reference) });
+        // The in-flight call holds a reference to the session until its callback.
+        let (context, target, sspi) = (&mut self.context, &mut self.target, &mut self.sspi);
+        let issued = worker.lend(|| {
+            // SAFETY: the receive and send buffers, the ALPN list, the target name and the
+            // credential belong to the engine, which the lent reference keeps, and are not
+            // touched while the call is in flight (`sspi_call`).
+            let queued = unsafe { context.start_step(async_context, &step, target) };
+            sspi.as_mut().map_or(Ok(()), |op| op.issued(queued))
+        });
+        if let Err(status) = issued {
             self.sspi_call = SspiCall::Idle;
             self.fail_or_end(conn, Some(Error::tls(status)));
         }

@@ -37,7 +37,6 @@ mod transport;
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
-use core::cell::UnsafeCell;
 use core::ffi::c_void;
 
 use ksys::io::DEVICE_OBJECT;
@@ -54,7 +53,7 @@ use crate::error::Error;
 use crate::pool::PoolArc;
 use crate::sspi::AsyncOp;
 use crate::sync::SpinLock;
-use crate::work::{Drain, Worker};
+use crate::work::{Drain, Worker, signal_on_notify};
 use crate::wsk::{Buffer, IrpOp};
 
 /// Event bits of a session's work item.
@@ -375,7 +374,8 @@ enum Alert {
 
 type Op<O> = PoolArc<IrpOp<Worker<Conn<O>>>>;
 
-struct Engine<O: Observer> {
+/// The state only the drain touches (see [`crate::work::Drain::Exclusive`]).
+pub struct Engine<O: Observer> {
     phase: Phase,
     socket: ConnectionSocket,
     client: Option<(WSK_PROVIDER_NPI, SOCKADDR_STORAGE, SOCKADDR_STORAGE)>,
@@ -430,7 +430,6 @@ struct Engine<O: Observer> {
 /// The session's shared state: the owner's mailbox and the drain's engine.
 pub struct Conn<O: Observer> {
     mailbox: SpinLock<Mailbox>,
-    engine: UnsafeCell<Engine<O>>,
     server: bool,
     require_client_certificate: bool,
     max_queued: usize,
@@ -438,22 +437,9 @@ pub struct Conn<O: Observer> {
     observer: O,
 }
 
-// SAFETY: the mailbox is behind a spin lock; the engine is only touched by the drain, which the
-// worker never runs twice at once.
-unsafe impl<O: Observer> Send for Conn<O> {}
-// SAFETY: as above.
-unsafe impl<O: Observer> Sync for Conn<O> {}
 
 /// The owner's handle to a TLS connection. Dropping it aborts the connection if it is still up.
 pub struct Session<O: Observer> {
     worker: Worker<Conn<O>>,
 }
 
-unsafe extern "win64" fn sspi_done<O: Observer>(
-    _context: *mut SspiAsyncContext,
-    data: *mut c_void,
-) {
-    // SAFETY: the reference the issuing drain gave up for this call (one per queued call).
-    let worker = unsafe { Worker::<Conn<O>>::from_raw(data) };
-    worker.signal(EV_SSPI);
-}

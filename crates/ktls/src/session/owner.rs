@@ -107,7 +107,6 @@ impl<O: Observer> Session<O> {
                 released: false,
                 counters: Counters::default(),
             }),
-            engine: UnsafeCell::new(engine),
             server,
             require_client_certificate: config.require_client_certificate,
             max_queued: config.max_queued.max(1),
@@ -115,7 +114,7 @@ impl<O: Observer> Session<O> {
             observer,
         };
         // SAFETY: per the contract.
-        let worker = unsafe { Worker::try_new(device, conn) }?;
+        let worker = unsafe { Worker::try_new(device, conn, engine) }?;
         worker.signal(EV_USER);
         Ok(Session { worker })
     }

@@ -13,10 +13,8 @@ impl<O: Observer> Engine<O> {
             return false;
         };
         // The call holds a reference to the session until its callback.
-        let reference = worker.clone().into_raw();
-        if self.context.delete_async(op).is_err() {
-            // SAFETY: the reference given up above, never handed to a callback.
-            drop(unsafe { Worker::<Conn<O>>::from_raw(reference) });
+        let context = &mut self.context;
+        if worker.lend(|| context.delete_async(op)).is_err() {
             return false;
         }
         self.sspi_call = SspiCall::DeletingContext;
