@@ -43,12 +43,10 @@ impl ConnectionSocket {
         unsafe { &*((*self.socket).Dispatch as *const WSK_PROVIDER_CONNECTION_DISPATCH) }
     }
 
-    /// WskReceive into `buffer[offset..offset + len]`; `op` completes with the byte count
-    /// (0: the peer's FIN). Err if there is no socket or `op` is busy.
-    ///
-    /// # Safety
-    /// The buffer stays allocated and that range untouched until `op` completes.
-    pub unsafe fn receive<W: Wake>(
+    /// WskReceive into `buffer[offset..offset + len]`, which `op` borrows until its result is
+    /// taken; `op` completes with the byte count (0: the peer's FIN). Err if there is no
+    /// socket, `op` is busy or the buffer is already lent.
+    pub fn receive<W: Wake>(
         &self,
         op: &PoolArc<IrpOp<W>>,
         waker: W,
@@ -57,15 +55,11 @@ impl ConnectionSocket {
         len: usize,
     ) -> Result<(), NTSTATUS> {
         let receive = self.dispatch_of(|d| d.WskReceive)?;
-        // SAFETY: per the contract.
-        unsafe { self.transfer(receive, op, waker, buffer, offset, len) }
+        self.transfer(receive, op, waker, buffer, offset, len)
     }
 
-    /// WskSend of `buffer[offset..offset + len]`.
-    ///
-    /// # Safety
-    /// As for [`Self::receive`].
-    pub unsafe fn send<W: Wake>(
+    /// WskSend of `buffer[offset..offset + len]` (borrowed as for [`Self::receive`]).
+    pub fn send<W: Wake>(
         &self,
         op: &PoolArc<IrpOp<W>>,
         waker: W,
@@ -74,8 +68,7 @@ impl ConnectionSocket {
         len: usize,
     ) -> Result<(), NTSTATUS> {
         let send = self.dispatch_of(|d| d.WskSend)?;
-        // SAFETY: per the contract.
-        unsafe { self.transfer(send, op, waker, buffer, offset, len) }
+        self.transfer(send, op, waker, buffer, offset, len)
     }
 
     /// A connection dispatch routine, if there is a socket and the provider has it.
@@ -89,11 +82,8 @@ impl ConnectionSocket {
         pick(self.dispatch()).ok_or(STATUS_NOT_SUPPORTED)
     }
 
-    /// WskSend or WskReceive (same signature) over a range of `buffer`.
-    ///
-    /// # Safety
-    /// As for [`Self::receive`].
-    unsafe fn transfer<W: Wake>(
+    /// WskSend or WskReceive (same signature) over a range of `buffer`, lent to `op`.
+    fn transfer<W: Wake>(
         &self,
         routine: SendReceive,
         op: &PoolArc<IrpOp<W>>,
@@ -102,14 +92,12 @@ impl ConnectionSocket {
         offset: usize,
         len: usize,
     ) -> Result<(), NTSTATUS> {
-        if offset + len > buffer.len() {
-            return Err(STATUS_INVALID_PARAMETER);
-        }
+        let loan = buffer.lend(offset, len)?;
         let socket = self.socket;
-        let mut wsk_buf = buffer.wsk(offset, len);
-        IrpOp::start(op, waker, |irp| {
-            // SAFETY: a live connection socket; the range stays put per the contract.
-            unsafe { routine(socket, &mut wsk_buf, 0, irp) }
+        IrpOp::start_with(op, waker, Some(loan), |wsk_buf, irp| {
+            // SAFETY: a live connection socket; the range (and its WSK_BUF) is lent to `op`
+            // until its result is taken, so nothing else touches it and it stays allocated.
+            unsafe { routine(socket, wsk_buf, 0, irp) }
         })
     }
 

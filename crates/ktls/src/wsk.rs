@@ -4,7 +4,7 @@
 
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
 
 use ksys::imports::*;
 use ksys::io::{DEVICE_OBJECT, IRP, MDL, io_set_completion_routine};
@@ -25,6 +25,8 @@ pub trait Wake: Send + Sync {
 const IDLE: u32 = 0;
 const PENDING: u32 = 1;
 const DONE: u32 = 2;
+/// The owner is taking the result (and giving back the loan) of a completed call.
+const TAKING: u32 = 3;
 
 /// One reusable IRP: at most one WSK call in flight at a time.
 pub struct IrpOp<W: Wake> {
@@ -39,6 +41,12 @@ pub struct IrpOp<W: Wake> {
     bit: u32,
     /// Only the in-flight call touches this: `start` fills it, the completion routine empties it.
     waker: UnsafeCell<Option<W>>,
+    /// The buffer range the call in flight reads or writes: `start` fills it, `take` (the
+    /// owner, after the completion) gives it back.
+    loan: UnsafeCell<Option<Loan>>,
+    /// The WSK_BUF describing `loan`, here rather than on the caller's stack so it stays valid
+    /// until the completion whether or not the provider copies it during the call.
+    wsk_buf: UnsafeCell<WSK_BUF>,
 }
 
 // SAFETY: the IRP and the waker slot are only touched by the single in-flight call and its
@@ -95,6 +103,12 @@ impl<W: Wake> IrpOp<W> {
             information: AtomicUsize::new(0),
             bit,
             waker: UnsafeCell::new(None),
+            loan: UnsafeCell::new(None),
+            wsk_buf: UnsafeCell::new(WSK_BUF {
+                Mdl: core::ptr::null_mut(),
+                Offset: 0,
+                Length: 0,
+            }),
         })
         .inspect_err(|_| {
             // SAFETY: never used; freed once.
@@ -109,6 +123,18 @@ impl<W: Wake> IrpOp<W> {
         waker: W,
         call: impl FnOnce(*mut IRP) -> NTSTATUS,
     ) -> Result<(), NTSTATUS> {
+        Self::start_with(this, waker, None, |_, irp| call(irp))
+    }
+
+    /// [`Self::start`] for a call that reads or writes `loan`: the operation keeps it until
+    /// [`Self::take`] after the completion, and `call` also gets the WSK_BUF describing it
+    /// (valid until then too).
+    pub fn start_with(
+        this: &PoolArc<IrpOp<W>>,
+        waker: W,
+        loan: Option<Loan>,
+        call: impl FnOnce(*mut WSK_BUF, *mut IRP) -> NTSTATUS,
+    ) -> Result<(), NTSTATUS> {
         if this
             .phase
             .compare_exchange(IDLE, PENDING, Ordering::AcqRel, Ordering::Acquire)
@@ -116,8 +142,19 @@ impl<W: Wake> IrpOp<W> {
         {
             return Err(STATUS_INVALID_DEVICE_STATE);
         }
-        // SAFETY: the phase was IDLE, so no call or completion touches the slot.
-        unsafe { *this.waker.get() = Some(waker) };
+        // SAFETY: the phase was IDLE, so no call or completion touches the slots.
+        unsafe {
+            *this.waker.get() = Some(waker);
+            *this.wsk_buf.get() = loan.as_ref().map_or(
+                WSK_BUF {
+                    Mdl: core::ptr::null_mut(),
+                    Offset: 0,
+                    Length: 0,
+                },
+                Loan::wsk,
+            );
+            *this.loan.get() = loan;
+        }
         let context = PoolArc::into_raw(this.clone()) as *mut c_void;
         // SAFETY: the IRP is idle (no call in flight): reset it and set the completion routine.
         let set = unsafe {
@@ -160,21 +197,27 @@ impl<W: Wake> IrpOp<W> {
         }
         // The completion routine runs in every case (maybe before `call` returns); its result is
         // authoritative, the return value is only informative.
-        let _ = call(this.irp);
+        let _ = call(this.wsk_buf.get(), this.irp);
         Ok(())
     }
 
-    /// The result of the completed call, if it completed (and makes the IRP reusable).
+    /// The result of the completed call, if it completed (and makes the IRP reusable, giving
+    /// back the call's loan).
     pub fn take(&self) -> Option<(NTSTATUS, usize)> {
         if self
             .phase
-            .compare_exchange(DONE, IDLE, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(DONE, TAKING, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            Some((
+            // SAFETY: the call is over, and while TAKING nothing else touches the slot (no
+            // `start` until IDLE, no other `take` past the exchange above).
+            drop(unsafe { (*self.loan.get()).take() });
+            let result = (
                 NTSTATUS(self.status.load(Ordering::Acquire)),
                 self.information.load(Ordering::Acquire),
-            ))
+            );
+            self.phase.store(IDLE, Ordering::Release);
+            Some(result)
         } else {
             None
         }
@@ -201,34 +244,55 @@ impl<W: Wake> IrpOp<W> {
     }
 }
 
-/// A non-paged buffer described by an MDL (for WSK_BUF).
-pub struct Buffer {
+/// Pool memory with its MDL: one allocation a [`Buffer`] and its loans share.
+struct Block {
     data: *mut u8,
     len: usize,
     mdl: *mut MDL,
+    /// A [`Loan`] of it is out: its bytes belong to a call in flight.
+    lent: AtomicBool,
 }
 
-// SAFETY: plain memory owned by this value.
-unsafe impl Send for Buffer {}
+// SAFETY: plain memory; who may touch the bytes is decided by `lent` (see Buffer::bytes).
+unsafe impl Send for Block {}
 // SAFETY: as above.
-unsafe impl Sync for Buffer {}
+unsafe impl Sync for Block {}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        // SAFETY: allocated in Buffer::try_new, freed once: the last holder (the buffer or the
+        // loan of a call in flight) is gone.
+        unsafe {
+            IoFreeMdl(self.mdl);
+            ExFreePoolWithTag(
+                self.data as *mut c_void,
+                u32::from_le_bytes(crate::POOL_TAG),
+            );
+        }
+        ksys::pool::note_freed(self.len);
+    }
+}
+
+/// A non-paged buffer described by an MDL, which a call in flight borrows through a [`Loan`]:
+/// until the loan comes back the bytes are the call's ([`Self::bytes`] is empty then), and the
+/// memory outlives the buffer if it is dropped or replaced meanwhile. This is what lets a
+/// session hand its buffers to asynchronous WSK and SSPI calls without `unsafe`.
+pub struct Buffer {
+    block: Option<PoolArc<Block>>,
+}
 
 impl Buffer {
     /// No memory at all: what an idle connection keeps for sending (see [`Self::try_new`] to
     /// have some again).
-    pub const EMPTY: Buffer = Buffer {
-        data: core::ptr::null_mut(),
-        len: 0,
-        mdl: core::ptr::null_mut(),
-    };
+    pub const EMPTY: Buffer = Buffer { block: None };
 
     /// Allocates `len` zeroed bytes of non-paged pool and their MDL.
     pub fn try_new(len: usize) -> Result<Buffer, NTSTATUS> {
         if len == 0 || len > u32::MAX as usize {
             return Err(STATUS_INVALID_PARAMETER);
         }
-        // SAFETY: plain pool allocation and MDL for it.
-        unsafe {
+        // SAFETY: plain pool allocation and an MDL for it.
+        let (data, mdl) = unsafe {
             let data = ExAllocatePool2(
                 POOL_FLAG_NON_PAGED,
                 len,
@@ -243,55 +307,107 @@ impl Buffer {
                 return Err(STATUS_INSUFFICIENT_RESOURCES);
             }
             MmBuildMdlForNonPagedPool(mdl);
-            ksys::pool::note_allocated(len);
-            Ok(Buffer { data, len, mdl })
-        }
+            (data, mdl)
+        };
+        ksys::pool::note_allocated(len);
+        let block = PoolArc::try_new(Block {
+            data,
+            len,
+            mdl,
+            lent: AtomicBool::new(false),
+        })?;
+        Ok(Buffer { block: Some(block) })
     }
 
-    /// The WSK_BUF for `[offset, offset + length)`.
-    pub fn wsk(&self, offset: usize, length: usize) -> WSK_BUF {
-        debug_assert!(offset + length <= self.len);
-        WSK_BUF {
-            Mdl: self.mdl,
-            Offset: offset as u32,
-            Length: length,
-        }
-    }
-
-    /// The bytes (the caller must not touch a range an in-flight call uses).
+    /// The bytes — none while a call has them (a loan is out), so code that would touch them
+    /// then sees an empty slice instead of memory the kernel may be writing.
     pub fn bytes(&mut self) -> &mut [u8] {
-        if self.data.is_null() {
-            return &mut [];
+        match &self.block {
+            Some(block) if !block.lent.load(Ordering::Acquire) => {
+                // SAFETY: `len` bytes of our block; no loan is out (checked), `lend` needs
+                // `&self` (so none can start while this borrow lives), and no other Buffer
+                // shares the block.
+                unsafe { core::slice::from_raw_parts_mut(block.data, block.len) }
+            }
+            _ => &mut [],
         }
-        // SAFETY: `len` bytes of our pool block.
-        unsafe { core::slice::from_raw_parts_mut(self.data, self.len) }
+    }
+
+    /// Lends `[offset, offset + len)` to a call; Err if the range is outside the buffer or a
+    /// loan is already out.
+    pub fn lend(&self, offset: usize, len: usize) -> Result<Loan, NTSTATUS> {
+        let Some(block) = &self.block else {
+            return Err(STATUS_INVALID_PARAMETER);
+        };
+        if offset.checked_add(len).is_none_or(|end| end > block.len) {
+            return Err(STATUS_INVALID_PARAMETER);
+        }
+        if block.lent.swap(true, Ordering::AcqRel) {
+            return Err(STATUS_INVALID_DEVICE_STATE);
+        }
+        Ok(Loan {
+            block: block.clone(),
+            offset,
+            len,
+        })
+    }
+
+    /// Whether a loan is out.
+    pub fn is_lent(&self) -> bool {
+        self.block
+            .as_ref()
+            .is_some_and(|b| b.lent.load(Ordering::Acquire))
     }
 
     /// Capacity in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.block.as_ref().map_or(0, |b| b.len)
     }
 
     /// Whether the buffer has no memory ([`Self::EMPTY`]).
+    pub fn is_empty(&self) -> bool {
+        self.block.is_none()
+    }
+}
+
+/// A range of a [`Buffer`] a call in flight has: its memory stays allocated while the loan
+/// lives, and the buffer's bytes are usable again once it is dropped.
+pub struct Loan {
+    block: PoolArc<Block>,
+    offset: usize,
+    len: usize,
+}
+
+impl Loan {
+    /// The WSK_BUF describing the range.
+    pub fn wsk(&self) -> WSK_BUF {
+        WSK_BUF {
+            Mdl: self.block.mdl,
+            Offset: self.offset as u32,
+            Length: self.len,
+        }
+    }
+
+    /// Start of the range (for an SSPI buffer descriptor).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.block.data.wrapping_add(self.offset)
+    }
+
+    /// Length of the range.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the range is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 }
 
-impl Drop for Buffer {
+impl Drop for Loan {
     fn drop(&mut self) {
-        if self.data.is_null() {
-            return;
-        }
-        // SAFETY: allocated in `try_new`, freed once; no call uses it any more (the owner's duty).
-        unsafe {
-            IoFreeMdl(self.mdl);
-            ExFreePoolWithTag(
-                self.data as *mut c_void,
-                u32::from_le_bytes(crate::POOL_TAG),
-            );
-        }
-        ksys::pool::note_freed(self.len);
+        // Release: whatever the call wrote is visible to the next `bytes`.
+        self.block.lent.store(false, Ordering::Release);
     }
 }
 

@@ -188,17 +188,21 @@ fn echo_server_through_ktls_operations() {
                         let mut buffer = Buffer::try_new(4096).unwrap();
                         let mut total = 0;
                         loop {
-                            let mut wsk = buffer.wsk(0, 4096);
+                            let loan = buffer.lend(0, 4096).unwrap();
+                            let mut wsk = loan.wsk();
                             // SAFETY: a live connection socket; the buffer outlives the call.
                             let (status, n) = op.run(|irp| unsafe {
                                 conn(s).WskReceive.unwrap()(s as *mut WSK_SOCKET, &mut wsk, 0, irp)
                             });
+                            assert!(buffer.bytes().is_empty(), "lent bytes are the call's");
+                            drop(loan);
                             assert_eq!(status, STATUS_SUCCESS);
                             if n == 0 {
                                 break;
                             }
                             buffer.bytes()[..n].reverse();
-                            let mut out = buffer.wsk(0, n);
+                            let loan = buffer.lend(0, n).unwrap();
+                            let mut out = loan.wsk();
                             // SAFETY: as above.
                             assert_eq!(
                                 // SAFETY: a live socket; buffers and addresses outlive the call.
@@ -207,6 +211,7 @@ fn echo_server_through_ktls_operations() {
                                 }),
                                 (STATUS_SUCCESS, n)
                             );
+                            drop(loan);
                             total += n;
                         }
                         // SAFETY: graceful disconnect, then close both sockets.
@@ -306,7 +311,9 @@ fn a_pending_receive_is_cancelled_and_the_irp_reused() {
             });
             assert_eq!(status, STATUS_SUCCESS);
             let buffer = Buffer::try_new(64).unwrap();
-            let mut wsk = buffer.wsk(0, 64);
+            let loan = buffer.lend(0, 64).unwrap();
+            assert!(buffer.lend(0, 1).is_err(), "one loan at a time");
+            let mut wsk = loan.wsk();
             // SAFETY: a live connection socket; the buffer outlives the call.
             op.start(|irp| unsafe {
                 conn(s).WskReceive.unwrap()(s as *mut WSK_SOCKET, &mut wsk, 0, irp)

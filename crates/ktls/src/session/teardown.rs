@@ -181,9 +181,9 @@ impl<O: Observer> Engine<O> {
             // Closing before the peer's FIN would reset (and lose our alert at the peer).
             if self.recv.is_idle() && self.rx_len < self.rx.len() {
                 let len = self.rx.len();
-                // SAFETY: the buffer lives in the engine until completion and nothing else
-                // uses it while ending.
-                let _ = unsafe { self.socket.receive(&self.recv, worker.clone(), &self.rx, 0, len) };
+                let _ = self
+                    .socket
+                    .receive(&self.recv, worker.clone(), &self.rx, 0, len);
             }
             return self.inbound != Inbound::Fin && self.ends_gracefully();
         }

@@ -58,18 +58,15 @@ impl<O: Observer> Engine<O> {
         if self.rx_len >= self.rx.len() {
             return;
         }
+        // The receive buffer is the call's until its result is taken (see `Buffer::lend`).
         let (at, len) = (self.rx_len, self.rx.len() - self.rx_len);
-        // SAFETY: the range lives in the engine until completion (the drain never touches it
-        // while the receive is in flight).
-        let _ = unsafe {
-            self.socket
-                .receive(&self.recv, worker.clone(), &self.rx, at, len)
-        };
+        let _ = self
+            .socket
+            .receive(&self.recv, worker.clone(), &self.rx, at, len);
     }
 
     pub(super) fn start_send(&mut self, worker: &Worker<Conn<O>>, len: usize) {
-        // SAFETY: as in start_receive, for the send buffer.
-        let _ = unsafe { self.socket.send(&self.send, worker.clone(), &self.tx, 0, len) };
+        let _ = self.socket.send(&self.send, worker.clone(), &self.tx, 0, len);
     }
 
     pub(super) fn control_completed(&mut self, conn: &Conn<O>, status: NTSTATUS, information: usize) {
