@@ -3,10 +3,12 @@
 //! their structures, DecryptMessage and EncryptMessage in place on slices, and deletion. The
 //! session's state machine calls these instead of SSPI.
 
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
 use core::ffi::c_void;
 
 use ksys::imports::*;
-use ksys::ntdef::UNICODE_STRING;
+use ksys::ntdef::{NTSTATUS, UNICODE_STRING};
 use ksys::schannel::{
     SecPkgContext_CertificateValidationResult, SecPkgContext_Certificates,
     SecPkgContext_CipherInfo, SecPkgContext_ConnectionInfo,
@@ -14,48 +16,42 @@ use ksys::schannel::{
 use ksys::sspi::*;
 
 use crate::credential::Credential;
+use crate::pool::PoolArc;
 use crate::sspi::AsyncOp;
+use crate::wsk::{Buffer, Loan};
 
 /// Room for an alert SSPI may return separately from the token.
 const ALERT_CAPACITY: usize = 64;
-
-/// A region of pool memory an asynchronous call reads or writes until its callback.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Region {
-    /// Start of the region.
-    pub at: *mut u8,
-    /// Its length in bytes.
-    pub len: usize,
-}
-
-impl Region {
-    /// The region a slice covers (its memory must outlive the call it is given to).
-    pub fn of(bytes: &mut [u8]) -> Region {
-        Region {
-            at: bytes.as_mut_ptr(),
-            len: bytes.len(),
-        }
-    }
-}
 
 /// One ISC (client) or ASC (server) step.
 pub(crate) struct Step<'a> {
     /// AcceptSecurityContext (server) or InitializeSecurityContext (client).
     pub server: bool,
-    /// The credential the context is made with.
-    pub credential: &'a Credential,
-    /// What the peer sent.
-    pub input: Region,
+    /// The credential the context is made with (the call keeps it until its callback).
+    pub credential: &'a PoolArc<Credential>,
+    /// What the peer sent: the first `input_len` bytes of `input` (lent to the call).
+    pub input: &'a Buffer,
+    /// How many bytes of `input` are the peer's.
+    pub input_len: usize,
     /// A client's first call: no input descriptor at all, unless ALPN is offered.
     pub first_client_call: bool,
-    /// SEC_APPLICATION_PROTOCOLS to offer or accept, if any.
-    pub alpn: Option<Region>,
-    /// Where the output token goes.
-    pub output: Region,
+    /// Offer (client) or accept (server) the context's ALPN list, if it has one.
+    pub offer_alpn: bool,
+    /// Where the output token goes (lent to the call, all of it).
+    pub output: &'a Buffer,
     /// Server: ask for a client certificate (ASC_REQ_MUTUAL_AUTH).
     pub mutual_auth: bool,
     /// Client: go on without a client certificate after SEC_I_INCOMPLETE_CREDENTIALS.
     pub use_supplied_credentials: bool,
+}
+
+/// Why a step was not issued (no callback will come).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StepFailure {
+    /// No asynchronous context could be readied, or a buffer could not be lent.
+    NotReady(SECURITY_STATUS),
+    /// ISC/ASC refused to queue the call.
+    Refused(SECURITY_STATUS),
 }
 
 /// What a finished step produced.
@@ -67,8 +63,7 @@ pub(crate) struct StepResult {
     pub extra: Option<usize>,
 }
 
-/// The storage one ISC/ASC call writes at completion: it stays put (inside the pool-resident
-/// context) until the callback.
+/// The storage one ISC/ASC call reads and writes until its callback.
 struct Call {
     input: [SecBuffer; 3],
     input_desc: SecBufferDesc,
@@ -79,7 +74,40 @@ struct Call {
     expiry: TimeStamp,
     target: UNICODE_STRING,
     alert: [u8; ALERT_CAPACITY],
+    /// What the call has: the input and output ranges, the credential.
+    input_loan: Option<Loan>,
+    output_loan: Option<Loan>,
+    credential: Option<PoolArc<Credential>>,
 }
+
+/// Everything of a context SSPI may point into: the handle, the call storage, the target name
+/// and the ALPN list. It lives in its own pool block, so it does not move with its owner.
+struct State {
+    handle: SecHandle,
+    call: Call,
+    /// The target name (SNI and the name validated), UTF-16 without NUL; may be empty.
+    target: Vec<u16>,
+    /// SEC_APPLICATION_PROTOCOLS to offer or accept, empty for none.
+    alpn: Vec<u8>,
+}
+
+impl Call {
+    /// Gives back what a finished (or never issued) step had.
+    fn release(&mut self) {
+        self.input_loan = None;
+        self.output_loan = None;
+        self.credential = None;
+    }
+}
+
+/// The pool block holding a context's [`State`].
+struct Block(UnsafeCell<State>);
+
+// SAFETY: SSPI handles are usable from any thread; the state is reached only through the one
+// SecurityContext that owns the block (by `&mut`), and by SSPI during a step it issued.
+unsafe impl Send for Block {}
+// SAFETY: as above.
+unsafe impl Sync for Block {}
 
 /// What DecryptMessage made of a buffer.
 #[derive(Clone, Copy, Debug)]
@@ -97,20 +125,38 @@ pub(crate) struct Decrypted {
 
 /// A security context: none until the first step creates one; deleted by [`Self::delete`] or
 /// [`Self::delete_async`] (at PASSIVE_LEVEL, by its owner), never by a completion.
+///
+/// A step in flight owns what SSPI reads and writes (the buffers' loans, the credential, the
+/// call storage in the context's own pool block); until [`Self::finish_step`] sees its
+/// callback came, every other call on the context fails instead of touching that storage, and
+/// a context dropped meanwhile leaves its block to SSPI.
 pub(crate) struct SecurityContext {
-    handle: SecHandle,
-    call: Call,
+    block: PoolArc<Block>,
+    /// The asynchronous context of the step in flight, if one is.
+    in_flight: Option<*mut SspiAsyncContext>,
 }
 
-// SAFETY: SSPI handles are usable from any thread; the call storage is only touched by the
-// context's owner and by SSPI during a call the owner waits for.
+// SAFETY: the async-context pointer is only compared, never dereferenced here; the block is
+// Send and Sync.
 unsafe impl Send for SecurityContext {}
 
+impl Drop for SecurityContext {
+    fn drop(&mut self) {
+        if self.in_flight.is_some() {
+            // SSPI may still write into the block: it is never freed.
+            core::mem::forget(self.block.clone());
+        }
+    }
+}
+
 impl SecurityContext {
-    /// No context yet.
-    pub fn new() -> SecurityContext {
-        SecurityContext {
+    /// No context yet, for `target` (UTF-16 without NUL; empty for none) and `alpn` (the
+    /// SEC_APPLICATION_PROTOCOLS blob; empty for none).
+    pub fn try_new(target: Vec<u16>, alpn: Vec<u8>) -> Result<SecurityContext, NTSTATUS> {
+        let state = State {
             handle: SecHandle::INVALID,
+            target,
+            alpn,
             call: Call {
                 input: [SecBuffer::EMPTY; 3],
                 input_desc: SecBufferDesc {
@@ -133,44 +179,70 @@ impl SecurityContext {
                     Buffer: core::ptr::null_mut(),
                 },
                 alert: [0; ALERT_CAPACITY],
+                input_loan: None,
+                output_loan: None,
+                credential: None,
             },
+        };
+        Ok(SecurityContext {
+            block: PoolArc::try_new(Block(UnsafeCell::new(state)))?,
+            in_flight: None,
+        })
+    }
+
+    /// The state, unless a step is in flight (SSPI's then).
+    fn state(&mut self) -> Option<&mut State> {
+        if self.in_flight.is_some() {
+            return None;
         }
+        // SAFETY: this context is the block's only user (`&mut self`), and no step is in
+        // flight, so SSPI does not touch it either.
+        Some(unsafe { &mut *self.block.0.get() })
+    }
+
+    /// Whether the context has an ALPN list to offer or accept.
+    pub fn has_alpn(&mut self) -> bool {
+        self.state().is_some_and(|s| !s.alpn.is_empty())
     }
 
     /// Whether a context exists (a step created it and it was not deleted).
-    pub fn is_valid(&self) -> bool {
-        self.handle.is_valid()
+    pub fn is_valid(&mut self) -> bool {
+        self.state().is_some_and(|s| s.handle.is_valid())
     }
 
-    /// Issues one asynchronous ISC or ASC step on `async_context` and returns its queueing
-    /// status (SEC_E_OK: the callback will come).
-    ///
-    /// # Safety
-    /// `async_context` is ready for a call ([`AsyncOp::begin`]); the context (pool-resident,
-    /// not moved), every region of `step`, `target` and the credential stay valid and untouched
-    /// until the call's callback; no other step is in flight.
-    pub unsafe fn start_step(
-        &mut self,
-        async_context: *mut SspiAsyncContext,
-        step: &Step<'_>,
-        target: &mut [u16],
-    ) -> SECURITY_STATUS {
-        let c = &mut self.call;
+    /// Issues one asynchronous ISC or ASC step on `op`: Ok if its callback will come. The step
+    /// has its buffers, the credential and this context's storage until [`Self::finish_step`]
+    /// sees the callback came.
+    pub fn start_step(&mut self, op: &mut AsyncOp, step: &Step<'_>) -> Result<(), StepFailure> {
+        if self.in_flight.is_some() {
+            return Err(StepFailure::NotReady(SEC_E_INTERNAL_ERROR));
+        }
+        let not_ready = |_| StepFailure::NotReady(SEC_E_INSUFFICIENT_MEMORY);
+        let input_loan = step.input.lend(0, step.input_len).map_err(not_ready)?;
+        let output_loan = step.output.lend(0, step.output.len()).map_err(not_ready)?;
+        let async_context = op.begin().map_err(StepFailure::NotReady)?;
+        let Some(state) = self.state() else {
+            return Err(StepFailure::NotReady(SEC_E_INTERNAL_ERROR));
+        };
+        let offer_alpn = step.offer_alpn && !state.alpn.is_empty();
+        let alpn = (state.alpn.as_mut_ptr(), state.alpn.len());
+        let target = &mut state.target;
+        let c = &mut state.call;
         c.input = [
             SecBuffer::new(
                 SECBUFFER_TOKEN,
-                step.input.at as *mut c_void,
-                step.input.len as u32,
+                input_loan.as_ptr() as *mut c_void,
+                input_loan.len() as u32,
             ),
             SecBuffer::EMPTY,
             SecBuffer::EMPTY,
         ];
         let mut inputs = 2;
-        if let Some(alpn) = step.alpn {
+        if offer_alpn {
             c.input[2] = SecBuffer::new(
                 SECBUFFER_APPLICATION_PROTOCOLS,
-                alpn.at as *mut c_void,
-                alpn.len as u32,
+                alpn.0 as *mut c_void,
+                alpn.1 as u32,
             );
             inputs = 3;
         }
@@ -182,8 +254,8 @@ impl SecurityContext {
         c.output = [
             SecBuffer::new(
                 SECBUFFER_TOKEN,
-                step.output.at as *mut c_void,
-                step.output.len as u32,
+                output_loan.as_ptr() as *mut c_void,
+                output_loan.len() as u32,
             ),
             SecBuffer::new(
                 SECBUFFER_ALERT,
@@ -211,18 +283,23 @@ impl SecurityContext {
                 target.as_mut_ptr()
             },
         };
-        let existing: *mut SecHandle = if self.handle.is_valid() {
-            &mut self.handle
+        let existing: *mut SecHandle = if state.handle.is_valid() {
+            &mut state.handle
         } else {
             core::ptr::null_mut()
         };
+        let c = &mut state.call;
+        // The call has these until its callback.
+        c.input_loan = Some(input_loan);
+        c.output_loan = Some(output_loan);
+        c.credential = Some(step.credential.clone());
         // A client's first step without ALPN has no input at all.
-        let input_desc: *mut SecBufferDesc = if step.first_client_call && step.alpn.is_none() {
+        let input_desc: *mut SecBufferDesc = if step.first_client_call && !offer_alpn {
             core::ptr::null_mut()
         } else {
             &mut c.input_desc
         };
-        if step.server {
+        let queued = if step.server {
             let mut requirements = (ASC_REQ_REPLAY_DETECT
                 | ASC_REQ_SEQUENCE_DETECT
                 | ASC_REQ_CONFIDENTIALITY
@@ -231,8 +308,8 @@ impl SecurityContext {
             if step.mutual_auth {
                 requirements |= ASC_REQ_MUTUAL_AUTH as u32;
             }
-            // SAFETY: per the contract, every buffer, descriptor and out-parameter stays put
-            // and untouched until the callback.
+            // SAFETY: every buffer (lent), descriptor and out-parameter (in the context's pool
+            // block, unreachable while the step is in flight) stays put until the callback.
             unsafe {
                 SspiAcceptSecurityContextAsync(
                     async_context,
@@ -256,8 +333,8 @@ impl SecurityContext {
             if step.use_supplied_credentials {
                 requirements |= ISC_REQ_USE_SUPPLIED_CREDS as u32;
             }
-            // SAFETY: as above; the target name is never NULL (an empty name is an empty
-            // string).
+            // SAFETY: as above, the target name too (in the block); it is never NULL (an
+            // empty name is an empty string).
             unsafe {
                 SspiInitializeSecurityContextAsyncW(
                     async_context,
@@ -275,14 +352,35 @@ impl SecurityContext {
                     &mut c.expiry,
                 )
             }
+        };
+        match op.issued(queued) {
+            Ok(()) => {
+                self.in_flight = Some(async_context);
+                Ok(())
+            }
+            Err(status) => {
+                // No callback comes: the step's storage is ours again.
+                if let Some(state) = self.state() {
+                    state.call.release();
+                }
+                Err(StepFailure::Refused(status))
+            }
         }
     }
 
-    /// After a step's callback: adopts the context it created and says what it wrote and left.
-    pub fn finish_step(&mut self, input_len: usize) -> StepResult {
-        let c = &self.call;
-        if c.new_context.is_valid() && !self.handle.is_valid() {
-            self.handle = c.new_context;
+    /// After a step's callback came on `op` (the operation it was issued on): adopts the context
+    /// it created, gives back what the step had, and says what it wrote and left. None if no
+    /// step is in flight on `op` or its call is still pending.
+    pub fn finish_step(&mut self, op: &AsyncOp, input_len: usize) -> Option<StepResult> {
+        if self.in_flight != Some(op.context()) || op.status() == SEC_I_ASYNC_CALL_PENDING {
+            return None;
+        }
+        self.in_flight = None;
+        let state = self.state()?;
+        state.call.release();
+        let c = &state.call;
+        if c.new_context.is_valid() && !state.handle.is_valid() {
+            state.handle = c.new_context;
         }
         let written = if c.output[0].kind() == SECBUFFER_TOKEN {
             c.output[0].cbBuffer as usize
@@ -295,7 +393,7 @@ impl SecurityContext {
                 extra = Some((b.cbBuffer as usize).min(input_len));
             }
         }
-        StepResult { written, extra }
+        Some(StepResult { written, extra })
     }
 
     /// SECPKG_ATTR_STREAM_SIZES: header, trailer and largest message of a record.
@@ -374,9 +472,10 @@ impl SecurityContext {
     /// # Safety
     /// `T` is the structure `attribute` fills.
     unsafe fn query<T>(&mut self, attribute: u32, out: &mut T) -> Result<(), SECURITY_STATUS> {
+        let state = self.state().ok_or(SEC_E_INTERNAL_ERROR)?;
         // SAFETY: per the contract; the structure outlives the synchronous call.
         let status = unsafe {
-            QueryContextAttributesW(&mut self.handle, attribute, out as *mut T as *mut c_void)
+            QueryContextAttributesW(&mut state.handle, attribute, out as *mut T as *mut c_void)
         };
         if status == SEC_E_OK {
             Ok(())
@@ -387,6 +486,14 @@ impl SecurityContext {
 
     /// DecryptMessage of the records at the front of `data`, in place.
     pub fn decrypt_in_place(&mut self, data: &mut [u8]) -> Decrypted {
+        let Some(state) = self.state() else {
+            return Decrypted {
+                status: SEC_E_INTERNAL_ERROR,
+                data: None,
+                nonempty_data: None,
+                extra: None,
+            };
+        };
         let base = data.as_mut_ptr();
         let mut buffers = [
             SecBuffer::new(SECBUFFER_DATA, base as *mut c_void, data.len() as u32),
@@ -402,7 +509,7 @@ impl SecurityContext {
         // SAFETY: the buffers describe `data`, which Schannel only rewrites in place; the
         // descriptor outlives the synchronous call.
         let status =
-            unsafe { DecryptMessage(&mut self.handle, &mut desc, 0, core::ptr::null_mut()) };
+            unsafe { DecryptMessage(&mut state.handle, &mut desc, 0, core::ptr::null_mut()) };
         let region = |b: &SecBuffer| {
             (
                 (b.pvBuffer as usize).wrapping_sub(base as usize),
@@ -440,6 +547,7 @@ impl SecurityContext {
         if header + n + trailer > record.len() {
             return Err(SEC_E_BUFFER_TOO_SMALL);
         }
+        let state = self.state().ok_or(SEC_E_INTERNAL_ERROR)?;
         let (head, rest) = record.split_at_mut(header);
         let (data, tail) = rest.split_at_mut(n);
         let mut buffers = [
@@ -463,7 +571,7 @@ impl SecurityContext {
         };
         // SAFETY: the three regions lie inside `record`; the descriptor and buffers outlive the
         // synchronous call.
-        let status = unsafe { EncryptMessage(&mut self.handle, qop, &mut desc, 0) };
+        let status = unsafe { EncryptMessage(&mut state.handle, qop, &mut desc, 0) };
         if status != SEC_E_OK {
             return Err(status);
         }
@@ -475,23 +583,26 @@ impl SecurityContext {
     /// once the call's callback came (whatever its status) — call [`Self::forget`] then. Err
     /// if it could not be queued (no callback comes; the context is intact).
     pub fn delete_async(&mut self, op: &mut AsyncOp) -> Result<(), SECURITY_STATUS> {
+        let state = self.state().ok_or(SEC_E_INTERNAL_ERROR)?;
         let async_context = op.begin()?;
         // SAFETY: a context ready for a call; our valid handle, copied by the call.
-        let queued = unsafe { SspiDeleteSecurityContextAsync(async_context, &mut self.handle) };
+        let queued = unsafe { SspiDeleteSecurityContextAsync(async_context, &mut state.handle) };
         op.issued(queued)
     }
 
     /// The context was deleted asynchronously (its callback came).
     pub fn forget(&mut self) {
-        self.handle = SecHandle::INVALID;
+        if let Some(state) = self.state() {
+            state.handle = SecHandle::INVALID;
+        }
     }
 
     /// DeleteSecurityContext, synchronously (PASSIVE_LEVEL; the LSA answers at once).
     pub fn delete(&mut self) {
-        if self.handle.is_valid() {
+        if let Some(state) = self.state().filter(|s| s.handle.is_valid()) {
             // SAFETY: our context, deleted once.
-            unsafe { DeleteSecurityContext(&mut self.handle) };
-            self.handle = SecHandle::INVALID;
+            unsafe { DeleteSecurityContext(&mut state.handle) };
+            state.handle = SecHandle::INVALID;
         }
     }
 }

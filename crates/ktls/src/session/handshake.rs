@@ -2,7 +2,7 @@
 //! asynchronous forms, tokens in and out, and what is checked and recorded once it is done.
 
 use super::*;
-use crate::context::{Region, Step, StepResult};
+use crate::context::{Step, StepFailure, StepResult};
 
 impl<O: Observer> Engine<O> {
     pub(super) fn handshake_step(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
@@ -26,10 +26,6 @@ impl<O: Observer> Engine<O> {
             self.fail_or_end(conn, Some(Error::net(STATUS_INSUFFICIENT_RESOURCES)));
             return;
         }
-        let Some(Ok(async_context)) = self.sspi.as_mut().map(AsyncOp::begin) else {
-            self.fail_or_end(conn, Some(Error::net(STATUS_INSUFFICIENT_RESOURCES)));
-            return;
-        };
         let Some(credential) = self.credential.as_ref() else {
             return;
         };
@@ -43,40 +39,44 @@ impl<O: Observer> Engine<O> {
         // DecryptMessage returned (SEC_I_RENEGOTIATE) and what followed it, at the front of `rx`
         // (no receive runs meanwhile).
         let input_len = self.rx_len;
-        let offer_alpn = !self.alpn_blob.is_empty()
-            && self.phase == Phase::Handshaking
-            && (conn.server || first);
+        let offer_alpn = self.phase == Phase::Handshaking && (conn.server || first);
+        // The step has both buffers until its callback (see `Buffer::lend`).
         let step = Step {
             server: conn.server,
             credential,
-            input: Region::of(&mut self.rx.bytes()[..input_len]),
+            input: &self.rx,
+            input_len,
             first_client_call: first && !conn.server,
-            alpn: offer_alpn.then(|| Region::of(&mut self.alpn_blob)),
-            output: Region::of(self.tx.bytes()),
+            offer_alpn,
+            output: &self.tx,
             mutual_auth: conn.require_client_certificate,
             use_supplied_credentials: self.exchange
                 == Exchange::Handshake {
                     without_certificate: true,
                 },
         };
-        self.sspi_call = SspiCall::Step { input: input_len };
         // The in-flight call holds a reference to the session until its callback.
-        let (context, target, sspi) = (&mut self.context, &mut self.target, &mut self.sspi);
-        let issued = worker.lend(|| {
-            // SAFETY: the receive and send buffers, the ALPN list, the target name and the
-            // credential belong to the engine, which the lent reference keeps, and are not
-            // touched while the call is in flight (`sspi_call`).
-            let queued = unsafe { context.start_step(async_context, &step, target) };
-            sspi.as_mut().map_or(Ok(()), |op| op.issued(queued))
+        let (context, sspi) = (&mut self.context, &mut self.sspi);
+        let issued = worker.lend(|| match sspi.as_mut() {
+            Some(op) => context.start_step(op, &step),
+            None => Err(StepFailure::NotReady(SEC_E_INTERNAL_ERROR)),
         });
-        if let Err(status) = issued {
-            self.sspi_call = SspiCall::Idle;
-            self.fail_or_end(conn, Some(Error::tls(status)));
+        match issued {
+            Ok(()) => self.sspi_call = SspiCall::Step { input: input_len },
+            Err(StepFailure::NotReady(_)) => {
+                self.fail_or_end(conn, Some(Error::net(STATUS_INSUFFICIENT_RESOURCES)))
+            }
+            Err(StepFailure::Refused(status)) => self.fail_or_end(conn, Some(Error::tls(status))),
         }
     }
 
     pub(super) fn sspi_completed(&mut self, conn: &Conn<O>, status: SECURITY_STATUS, input: usize) {
-        let StepResult { written, extra } = self.context.finish_step(input);
+        let finished = self.sspi.as_ref().and_then(|op| self.context.finish_step(op, input));
+        let Some(StepResult { written, extra }) = finished else {
+            // Not the step's callback (cannot happen: the drain checked the call is over).
+            self.fail_or_end(conn, Some(Error::tls(SEC_E_INTERNAL_ERROR)));
+            return;
+        };
         let capacity = self.tx.len();
         let consumed = input - extra.unwrap_or(0);
         match status {

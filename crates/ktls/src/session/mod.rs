@@ -379,10 +379,8 @@ pub struct Engine<O: Observer> {
     phase: Phase,
     socket: ConnectionSocket,
     client: Option<(WSK_PROVIDER_NPI, SOCKADDR_STORAGE, SOCKADDR_STORAGE)>,
-    target: Vec<u16>,
     /// The host name to resolve first (none wanted: the address is given).
     resolution: Resolution,
-    alpn_blob: Vec<u8>,
     send: Op<O>,
     recv: Op<O>,
     control: Op<O>,

@@ -54,8 +54,6 @@ impl<O: Observer> Session<O> {
             // uses (a client's is NULL until it connects).
             socket: unsafe { ConnectionSocket::from_raw(socket) },
             client,
-            target,
-            alpn_blob,
             send: IrpOp::try_new(EV_SEND, device)?,
             recv: IrpOp::try_new(EV_RECV, device)?,
             control: IrpOp::try_new(EV_CONTROL, device)?,
@@ -74,7 +72,7 @@ impl<O: Observer> Session<O> {
             },
             sspi_status: SEC_E_OK,
             credential: Some(credential),
-            context: SecurityContext::new(),
+            context: SecurityContext::try_new(target, alpn_blob)?,
             exchange: Exchange::NotStarted,
             sizes: SecPkgContext_StreamSizes::default(),
             failure: None,
