@@ -200,10 +200,6 @@ impl SecurityContext {
         Some(unsafe { &mut *self.block.0.get() })
     }
 
-    /// Whether the context has an ALPN list to offer or accept.
-    pub fn has_alpn(&mut self) -> bool {
-        self.state().is_some_and(|s| !s.alpn.is_empty())
-    }
 
     /// Whether a context exists (a step created it and it was not deleted).
     pub fn is_valid(&mut self) -> bool {

@@ -2,6 +2,9 @@
 //! send, disconnect and close in IRP mode (each completing through an [`IrpOp`]), and resolving
 //! a host name. The session's state machine calls these instead of WSK's dispatch tables.
 
+use core::cell::UnsafeCell;
+use core::ffi::c_void;
+
 use ksys::io::IRP;
 use ksys::ntdef::*;
 use ksys::wsk::*;
@@ -15,10 +18,22 @@ type SendReceive =
 
 /// A connection-oriented WSK socket, or none (before connecting, after closing). Its owner
 /// closes it with [`Self::close`]; dropping it does nothing (a close needs an IRP and
-/// PASSIVE_LEVEL bookkeeping only the owner has).
+/// PASSIVE_LEVEL bookkeeping only the owner has). It is not `Sync`, so no two calls on it are
+/// ever in progress at once (WskCloseSocket's rule; pending IRPs are fine).
 #[derive(Debug)]
-pub(crate) struct ConnectionSocket {
+pub struct ConnectionSocket {
     socket: *mut WSK_SOCKET,
+    pending: Pending,
+}
+
+/// A call whose completion changes what the socket is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pending {
+    None,
+    /// WskSocketConnect on the operation at this address: its result brings the socket.
+    Connect(*const c_void),
+    /// WskCloseSocket was issued: no more calls; the socket is gone once it completes.
+    Close,
 }
 
 // SAFETY: a WSK socket is a kernel object usable from any thread.
@@ -30,7 +45,10 @@ impl ConnectionSocket {
     /// # Safety
     /// `socket` is NULL or a live connection socket that nobody else closes.
     pub unsafe fn from_raw(socket: *mut WSK_SOCKET) -> ConnectionSocket {
-        ConnectionSocket { socket }
+        ConnectionSocket {
+            socket,
+            pending: Pending::None,
+        }
     }
 
     /// Whether there is a socket.
@@ -76,7 +94,7 @@ impl ConnectionSocket {
         &self,
         pick: impl FnOnce(&WSK_PROVIDER_CONNECTION_DISPATCH) -> Option<F>,
     ) -> Result<F, NTSTATUS> {
-        if !self.is_open() {
+        if !self.is_open() || self.pending == Pending::Close {
             return Err(STATUS_INVALID_DEVICE_STATE);
         }
         pick(self.dispatch()).ok_or(STATUS_NOT_SUPPORTED)
@@ -111,30 +129,71 @@ impl ConnectionSocket {
         })
     }
 
-    /// WskCloseSocket (a reset, unless disconnected gracefully before). The socket is gone
-    /// once `op` completes, whatever its status: call [`Self::forget`] then.
-    ///
-    /// # Safety
-    /// Nothing else is in flight on the socket.
-    pub unsafe fn close<W: Wake>(&self, op: &PoolArc<IrpOp<W>>, waker: W) -> Result<(), NTSTATUS> {
+    /// WskCloseSocket (a reset, unless disconnected gracefully before; IRPs still pending on
+    /// the socket complete with STATUS_CANCELLED). No call is accepted after it; the socket is
+    /// gone once `op` completes, whatever its status: call [`Self::forget`] then.
+    pub fn close<W: Wake>(&mut self, op: &PoolArc<IrpOp<W>>, waker: W) -> Result<(), NTSTATUS> {
         let close = self.dispatch_of(|d| d.Basic.WskCloseSocket)?;
         let socket = self.socket;
         IrpOp::start(op, waker, |irp| {
-            // SAFETY: a live socket with nothing in flight, per the contract.
+            // SAFETY: a live socket; no other call on it is in progress (not Sync) and none
+            // will be made after this one (Pending::Close).
             unsafe { close(socket, irp) }
-        })
+        })?;
+        self.pending = Pending::Close;
+        Ok(())
     }
 
-    /// The close completed: there is no socket any more.
+    /// The close completed: there is no socket any more. (Called early, it only leaks the
+    /// socket.)
     pub fn forget(&mut self) {
         self.socket = core::ptr::null_mut();
+        self.pending = Pending::None;
+    }
+
+    /// WskSocketConnect from `local` to `remote` (WSK copies both during the call) for a
+    /// socket that has none yet; [`Self::take_connected`] on the same `op` brings the new
+    /// connection socket.
+    pub fn connect<W: Wake>(
+        &mut self,
+        npi: &WSK_PROVIDER_NPI,
+        local: &SOCKADDR_STORAGE,
+        remote: &SOCKADDR_STORAGE,
+        op: &PoolArc<IrpOp<W>>,
+        waker: W,
+    ) -> Result<(), NTSTATUS> {
+        if self.is_open() || self.pending != Pending::None {
+            return Err(STATUS_INVALID_DEVICE_STATE);
+        }
+        connect(npi, local, remote, op, waker)?;
+        self.pending = Pending::Connect(op_address(op));
+        Ok(())
+    }
+
+    /// The result of the connect issued on `op`, if it completed: on success the socket is
+    /// this one's from now on. None if no connect is pending on `op` or it has not completed.
+    pub fn take_connected<W: Wake>(&mut self, op: &PoolArc<IrpOp<W>>) -> Option<NTSTATUS> {
+        if self.pending != Pending::Connect(op_address(op)) {
+            return None;
+        }
+        let (status, information) = op.take()?;
+        self.pending = Pending::None;
+        if nt_success(status) && information != 0 {
+            // A completed WskSocketConnect's information is the new socket, ours now.
+            self.socket = information as *mut WSK_SOCKET;
+        }
+        Some(status)
     }
 }
 
+/// The identity of an operation (its address, stable for its life).
+fn op_address<W: Wake>(op: &PoolArc<IrpOp<W>>) -> *const c_void {
+    &**op as *const IrpOp<W> as *const c_void
+}
+
 /// WskSocketConnect from `local` to `remote` (WSK copies both during the call); `op` completes
-/// with the new connection socket as its information (take it with
-/// [`ConnectionSocket::from_raw`]).
-pub(crate) fn connect<W: Wake>(
+/// with the new connection socket as its information.
+fn connect<W: Wake>(
     npi: &WSK_PROVIDER_NPI,
     local: &SOCKADDR_STORAGE,
     remote: &SOCKADDR_STORAGE,
@@ -168,57 +227,109 @@ pub(crate) fn connect<W: Wake>(
     })
 }
 
-/// A host name being resolved with WskGetAddressInfo: the name and the result pointer the
-/// provider writes stay here (pool-resident in their owner) until the call completes.
-#[derive(Debug)]
+/// A host name being resolved with WskGetAddressInfo. What the provider reads and writes (the
+/// name and the result pointer) lives in its own pool block, which the call has until
+/// [`Self::take_address`] sees it completed; a resolution dropped while its call is pending
+/// leaves the block to the provider.
 pub(crate) struct Resolution {
+    block: Option<PoolArc<ResolveBlock>>,
+    /// The operation the call in flight was issued on.
+    in_flight: Option<*const c_void>,
+}
+
+struct ResolveBlock(UnsafeCell<Lookup>);
+
+struct Lookup {
     name: alloc::vec::Vec<u16>,
+    node: UNICODE_STRING,
     result: *mut ADDRINFOEXW,
 }
 
-// SAFETY: the result list is a provider allocation usable from any thread.
+// SAFETY: the name, the string describing it and the provider's result list are usable from
+// any thread; the block is reached only by its one Resolution (by `&mut`) or the provider
+// during the call.
+unsafe impl Send for ResolveBlock {}
+// SAFETY: as above.
+unsafe impl Sync for ResolveBlock {}
+// SAFETY: the operation address is only compared.
 unsafe impl Send for Resolution {}
+
+impl Drop for Resolution {
+    fn drop(&mut self) {
+        if let (Some(_), Some(block)) = (self.in_flight, &self.block) {
+            // The provider may still write the result: the block is never freed.
+            core::mem::forget(block.clone());
+        }
+    }
+}
 
 impl Resolution {
     /// A resolution of `name` (UTF-16, at most 255 units; empty: nothing to resolve).
-    pub fn new(name: alloc::vec::Vec<u16>) -> Resolution {
-        Resolution {
-            name,
-            result: core::ptr::null_mut(),
-        }
+    pub fn try_new(name: alloc::vec::Vec<u16>) -> Result<Resolution, NTSTATUS> {
+        let block = if name.is_empty() {
+            None
+        } else {
+            Some(PoolArc::try_new(ResolveBlock(UnsafeCell::new(Lookup {
+                name,
+                node: UNICODE_STRING {
+                    Length: 0,
+                    MaximumLength: 0,
+                    Buffer: core::ptr::null_mut(),
+                },
+                result: core::ptr::null_mut(),
+            })))?)
+        };
+        Ok(Resolution {
+            block,
+            in_flight: None,
+        })
     }
 
+    /// The lookup, unless its call is in flight (the provider's then).
+    fn lookup(&mut self) -> Option<&mut Lookup> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        // SAFETY: this resolution is the block's only user (`&mut self`) and no call is in
+        // flight, so the provider does not touch it.
+        self.block.as_ref().map(|b| unsafe { &mut *b.0.get() })
+    }
 
-    /// Starts WskGetAddressInfo. Err(STATUS_INVALID_PARAMETER) for an empty or overlong name.
-    ///
-    /// # Safety
-    /// The resolution stays where it is (pool-resident, not moved) until `op` completes.
-    pub unsafe fn start<W: Wake>(
+    /// Starts WskGetAddressInfo on `op`. Err(STATUS_INVALID_PARAMETER) for an empty or overlong
+    /// name, STATUS_INVALID_DEVICE_STATE while a call is in flight.
+    pub fn start<W: Wake>(
         &mut self,
         npi: &WSK_PROVIDER_NPI,
         op: &PoolArc<IrpOp<W>>,
         waker: W,
     ) -> Result<(), NTSTATUS> {
-        if self.name.is_empty() || self.name.len() > 255 {
+        if self.in_flight.is_some() {
+            return Err(STATUS_INVALID_DEVICE_STATE);
+        }
+        let Some(lookup) = self.lookup() else {
+            return Err(STATUS_INVALID_PARAMETER);
+        };
+        if lookup.name.len() > 255 {
             return Err(STATUS_INVALID_PARAMETER);
         }
         // SAFETY: a captured provider's dispatch table.
         let get_address_info =
             unsafe { (*npi.Dispatch).WskGetAddressInfo }.ok_or(STATUS_NOT_SUPPORTED)?;
         let client = npi.Client;
-        let node = UNICODE_STRING {
-            Length: (self.name.len() * 2) as u16,
-            MaximumLength: (self.name.len() * 2) as u16,
-            Buffer: self.name.as_mut_ptr(),
+        lookup.node = UNICODE_STRING {
+            Length: (lookup.name.len() * 2) as u16,
+            MaximumLength: (lookup.name.len() * 2) as u16,
+            Buffer: lookup.name.as_mut_ptr(),
         };
-        let result = &mut self.result as *mut *mut ADDRINFOEXW;
+        let node = &lookup.node as *const UNICODE_STRING;
+        let result = &mut lookup.result as *mut *mut ADDRINFOEXW;
         IrpOp::start(op, waker, |irp| {
-            // SAFETY: a captured provider; the name is read during the call and the result
-            // pointer stays put until completion (the contract).
+            // SAFETY: a captured provider; the name, its string and the result pointer are in
+            // the block, which stays allocated and untouched until the call completed.
             unsafe {
                 get_address_info(
                     client,
-                    &node,
+                    node,
                     core::ptr::null(),
                     0,
                     core::ptr::null_mut(),
@@ -229,13 +340,25 @@ impl Resolution {
                     irp,
                 )
             }
-        })
+        })?;
+        self.in_flight = Some(op_address(op));
+        Ok(())
     }
 
-    /// After completion: the first IPv4 answer (else IPv6), and the provider's list freed.
-    /// None if there was no list or no usable address in it.
-    pub fn take_address(&mut self, npi: &WSK_PROVIDER_NPI) -> Option<SOCKADDR_STORAGE> {
-        let list = core::mem::replace(&mut self.result, core::ptr::null_mut());
+    /// Once the call on `op` completed: the first IPv4 answer (else IPv6), and the provider's
+    /// list freed (whatever the call's status). None if the call is not over, there was no
+    /// list, or no usable address in it.
+    pub fn take_address<W: Wake>(
+        &mut self,
+        npi: &WSK_PROVIDER_NPI,
+        op: &PoolArc<IrpOp<W>>,
+    ) -> Option<SOCKADDR_STORAGE> {
+        if self.in_flight != Some(op_address(op)) || op.is_pending() {
+            return None;
+        }
+        self.in_flight = None;
+        let lookup = self.lookup()?;
+        let list = core::mem::replace(&mut lookup.result, core::ptr::null_mut());
         if list.is_null() {
             return None;
         }
@@ -272,10 +395,5 @@ impl Resolution {
             unsafe { free(npi.Client, list) };
         }
         chosen
-    }
-
-    /// Whether a list is still held (a failed call that returned one anyway).
-    pub fn holds_result(&self) -> bool {
-        !self.result.is_null()
     }
 }

@@ -66,8 +66,8 @@ impl<O: Observer> Engine<O> {
                 }
             }
         }
-        if let Some((status, n)) = self.control.take() {
-            self.control_completed(conn, status, n);
+        if let Some(status) = self.take_control() {
+            self.control_completed(conn, status);
         }
         if let Some((status, _)) = self.send.take() {
             self.send_completed(conn, status);

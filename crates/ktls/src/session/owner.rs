@@ -49,7 +49,7 @@ impl<O: Observer> Session<O> {
             } else {
                 Phase::Connecting
             },
-            resolution: Resolution::new(resolve.unwrap_or_default()),
+            resolution: Resolution::try_new(resolve.unwrap_or_default())?,
             // SAFETY: per the contract, a server's socket is a connection socket nobody else
             // uses (a client's is NULL until it connects).
             socket: unsafe { ConnectionSocket::from_raw(socket) },

@@ -223,9 +223,8 @@ impl<O: Observer> Engine<O> {
             return;
         }
         if self.socket.is_open() {
-            // SAFETY: nothing is in flight (checked above); closing resets the connection
-            // unless it was disconnected gracefully.
-            if unsafe { self.socket.close(&self.control, worker.clone()) }.is_ok() {
+            // Closing resets the connection unless it was disconnected gracefully.
+            if self.socket.close(&self.control, worker.clone()).is_ok() {
                 self.control_kind = Control::Close;
             }
             return;

@@ -2,15 +2,13 @@
 //! (WskSocketConnect), and the receive, send and control IRPs with their completions.
 
 use super::*;
-use crate::socket;
 
 impl<O: Observer> Engine<O> {
     pub(super) fn start_resolve(&mut self, conn: &Conn<O>, worker: &Worker<Conn<O>>) {
         let Some((npi, _, _)) = self.client else {
             return;
         };
-        // SAFETY: the resolution lives in the pool-resident engine until the call completes.
-        let started = unsafe { self.resolution.start(&npi, &self.control, worker.clone()) };
+        let started = self.resolution.start(&npi, &self.control, worker.clone());
         match started {
             Ok(()) => self.control_kind = Control::Resolve,
             Err(status) if status == STATUS_INVALID_PARAMETER => {
@@ -27,7 +25,7 @@ impl<O: Observer> Engine<O> {
             return false;
         };
         let port = [remote.data[0], remote.data[1]];
-        match self.resolution.take_address(npi) {
+        match self.resolution.take_address(npi, &self.control) {
             Some(mut s) => {
                 s.data[0..2].copy_from_slice(&port);
                 *remote = s;
@@ -45,7 +43,10 @@ impl<O: Observer> Engine<O> {
         let Some((npi, local, remote)) = self.client else {
             return;
         };
-        if socket::connect(&npi, &local, &remote, &self.control, worker.clone()).is_ok() {
+        let connecting = self
+            .socket
+            .connect(&npi, &local, &remote, &self.control, worker.clone());
+        if connecting.is_ok() {
             self.control_kind = Control::Connect;
         }
     }
@@ -69,15 +70,20 @@ impl<O: Observer> Engine<O> {
         let _ = self.socket.send(&self.send, worker.clone(), &self.tx, 0, len);
     }
 
-    pub(super) fn control_completed(&mut self, conn: &Conn<O>, status: NTSTATUS, information: usize) {
+    /// The control IRP's result, if its call completed (a connect's result brings the socket).
+    pub(super) fn take_control(&mut self) -> Option<NTSTATUS> {
+        match self.control_kind {
+            Control::Connect => self.socket.take_connected(&self.control),
+            _ => self.control.take().map(|(status, _)| status),
+        }
+    }
+
+    pub(super) fn control_completed(&mut self, conn: &Conn<O>, status: NTSTATUS) {
         let kind = core::mem::replace(&mut self.control_kind, Control::None);
         match kind {
             Control::Resolve => {
-                let found = nt_success(status) && self.take_resolved();
-                if self.resolution.holds_result() {
-                    // Failed call that still returned a list (not expected): free it anyway.
-                    self.take_resolved();
-                }
+                // Whatever the status, a list the provider returned is freed here.
+                let found = self.take_resolved() && nt_success(status);
                 if self.phase == Phase::Resolving {
                     if found {
                         self.phase = Phase::Connecting;
@@ -92,10 +98,7 @@ impl<O: Observer> Engine<O> {
                 }
             }
             Control::Connect => {
-                if nt_success(status) && information != 0 {
-                    // SAFETY: a successful WskSocketConnect's information is the new socket,
-                    // ours from now on.
-                    self.socket = unsafe { ConnectionSocket::from_raw(information as *mut WSK_SOCKET) };
+                if nt_success(status) && self.socket.is_open() {
                     if self.phase == Phase::Connecting {
                         self.phase = Phase::Handshaking;
                     }
