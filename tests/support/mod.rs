@@ -1,15 +1,18 @@
 //! What the driver-in-kemu suites share: booting a kernel with the driver (native, or the image
-//! `WSKTLS_IMAGE` names) and a server certificate, and one call per IOCTL.
+//! `WSKTLS_IMAGE` names) and a server certificate, and short helpers over the typed client the
+//! `wsktls` command uses (`wsktls_client::driver::Driver`), so every well-formed request a suite
+//! makes goes through the one IOCTL client. Suites call `kernel.ioctl` themselves only for what
+//! that client never sends (malformed requests) or cannot tell (whether a cancel routine ran).
 
 // Each suite uses its own subset.
 #![allow(dead_code)]
 
 use std::time::Duration;
 
-use kemu::{Caller, Handle, Kernel, KernelConfig, NativeDriver, PendingIo, Thumbprint};
+use kemu::{Caller, Handle, Kernel, KernelConfig, NativeDriver, Thumbprint};
 use ksys::ntdef::*;
 use proto::session::*;
-use wsktls_client::driver::Driver;
+use wsktls_client::driver::{CallError, Driver, PendingHandshake, PendingTransfer};
 use wsktls_client::kemu::KemuDevice;
 
 pub const DEVICE_PATH: &str = r"\\.\WskTls";
@@ -78,8 +81,42 @@ pub fn listen(kernel: &Kernel, h: Handle, thumbprint: Thumbprint, alpn: &[u8]) -
         .unwrap_or_else(|e| panic!("LISTEN: {e}"))
 }
 
+/// How long a suite waits for a request it expects to finish.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The NTSTATUS a typed call's request completed with (STATUS_SUCCESS for Ok); a failure of
+/// the device layer or the wire fails the test.
+pub fn status_of<T>(result: Result<T, CallError>) -> NTSTATUS {
+    match result {
+        Ok(_) => STATUS_SUCCESS,
+        Err(e) => NTSTATUS(e.status().unwrap_or_else(|| panic!("no completion: {e}"))),
+    }
+}
+
+/// The NTSTATUS an ACCEPT or CONNECT request completed with: STATUS_SUCCESS whenever it
+/// carried a ConnectionInfo back, whether the handshake inside succeeded or failed.
+pub fn request_status(handshake: Result<ConnectionInfo, CallError>) -> NTSTATUS {
+    match handshake {
+        Err(CallError::Handshake { .. }) => STATUS_SUCCESS,
+        other => status_of(other),
+    }
+}
+
 pub fn connect_request(port: u16, sni: &[u8], alpn: &[u8], validation: Validation) -> Vec<u8> {
-    let request = ConnectRequest {
+    let request = loopback_connect(port, sni, alpn, validation);
+    let mut buf = vec![0u8; ConnectRequest::FIXED + 9 + sni.len() + alpn.len()];
+    let n = request.encode(&mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn loopback_connect<'a>(
+    port: u16,
+    sni: &'a [u8],
+    alpn: &'a [u8],
+    validation: Validation,
+) -> ConnectRequest<'a> {
+    ConnectRequest {
         endpoint: Endpoint::loopback_v4(port),
         host: b"localhost",
         sni,
@@ -88,90 +125,87 @@ pub fn connect_request(port: u16, sni: &[u8], alpn: &[u8], validation: Validatio
         validation,
         client_certificate: None,
         keep_peer_certificates: false,
-    };
-    let mut buf = vec![0u8; ConnectRequest::FIXED + 9 + sni.len() + alpn.len()];
-    let n = request.encode(&mut buf).unwrap();
-    buf.truncate(n);
-    buf
+    }
 }
 
-pub fn connect_async(kernel: &Kernel, h: Handle, port: u16, sni: &[u8], alpn: &[u8]) -> PendingIo {
-    let input = connect_request(port, sni, alpn, Validation::SystemRoots);
-    kernel
-        .ioctl_async(h, IOCTL_WSKTLS_CONNECT, &input, ConnectionInfo::SIZE)
-        .unwrap()
+/// CONNECT to 127.0.0.1:`port`, checking the server's chain against the machine's roots.
+pub fn connect_async(
+    kernel: &Kernel,
+    h: Handle,
+    port: u16,
+    sni: &[u8],
+    alpn: &[u8],
+) -> PendingHandshake {
+    connect_validating(kernel, h, port, sni, alpn, Validation::SystemRoots)
 }
 
-pub fn accept_async(kernel: &Kernel, h: Handle, id: u64) -> PendingIo {
-    kernel
-        .ioctl_async(
-            h,
-            IOCTL_WSKTLS_ACCEPT,
-            &IdRequest { id }.encode(),
-            ConnectionInfo::SIZE,
-        )
-        .unwrap()
+/// CONNECT to 127.0.0.1:`port` with this validation.
+pub fn connect_validating(
+    kernel: &Kernel,
+    h: Handle,
+    port: u16,
+    sni: &[u8],
+    alpn: &[u8],
+    validation: Validation,
+) -> PendingHandshake {
+    client(kernel, h)
+        .connect(&loopback_connect(port, sni, alpn, validation))
+        .unwrap_or_else(|e| panic!("CONNECT: {e}"))
 }
 
-pub fn info(io: PendingIo) -> ConnectionInfo {
-    let r = io
-        .wait_timeout(Duration::from_secs(30))
-        .unwrap()
-        .expect("completes");
-    assert_eq!(r.status, STATUS_SUCCESS, "{:#x}", r.status);
-    ConnectionInfo::decode(&r.output[..r.information]).unwrap()
+pub fn accept_async(kernel: &Kernel, h: Handle, id: u64) -> PendingHandshake {
+    client(kernel, h)
+        .accept(id)
+        .unwrap_or_else(|e| panic!("ACCEPT: {e}"))
 }
 
-/// SEND: the header as input, the payload as the (direct) output buffer.
+/// The handshake's connection, which must have succeeded.
+pub fn info(handshake: PendingHandshake) -> ConnectionInfo {
+    handshake
+        .wait(WAIT)
+        .unwrap_or_else(|e| panic!("handshake: {e}"))
+}
+
+/// SEND of one piece (1 to MAX_SEND bytes): the status it completed with.
 pub fn send(kernel: &Kernel, h: Handle, id: u64, data: &[u8]) -> NTSTATUS {
-    kernel
-        .ioctl_async_with(
-            h,
-            IOCTL_WSKTLS_SEND,
-            &SendRequest { id }.encode(),
-            data.to_vec(),
-        )
-        .unwrap()
-        .wait()
-        .unwrap()
-        .status
+    status_of(
+        client(kernel, h)
+            .send_async(id, data)
+            .and_then(|sent| sent.wait(WAIT)),
+    )
 }
 
-pub fn recv_async(kernel: &Kernel, h: Handle, id: u64, max: u32) -> PendingIo {
-    kernel
-        .ioctl_async(
-            h,
-            IOCTL_WSKTLS_RECV,
-            &RecvRequest { id, max }.encode(),
-            max as usize,
-        )
-        .unwrap()
+pub fn recv_async(kernel: &Kernel, h: Handle, id: u64, max: u32) -> PendingTransfer {
+    client(kernel, h)
+        .recv_async(id, max)
+        .unwrap_or_else(|e| panic!("RECV: {e}"))
 }
 
 /// RECV until `len` bytes arrived.
 pub fn recv_exact(kernel: &Kernel, h: Handle, id: u64, len: usize) -> Vec<u8> {
     let mut out = Vec::new();
     while out.len() < len {
-        let r = recv_async(kernel, h, id, 65536)
-            .wait_timeout(Duration::from_secs(30))
-            .unwrap()
-            .expect("RECV completes");
-        assert_eq!(r.status, STATUS_SUCCESS, "RECV: {:#x}", r.status);
+        let got = client(kernel, h)
+            .recv(id, 65536, WAIT)
+            .unwrap_or_else(|e| panic!("RECV: {e}"));
         assert!(
-            r.information > 0,
+            !got.is_empty(),
             "end of stream after {} of {len}",
             out.len()
         );
-        out.extend_from_slice(&r.output[..r.information]);
+        out.extend_from_slice(&got);
     }
     out
 }
 
-pub fn id_call(kernel: &Kernel, h: Handle, code: u32, id: u64) -> NTSTATUS {
-    kernel
-        .ioctl(h, code, &IdRequest { id }.encode(), 0)
-        .unwrap()
-        .status
+/// SHUTDOWN: the status it completed with.
+pub fn shutdown(kernel: &Kernel, h: Handle, id: u64) -> NTSTATUS {
+    status_of(client(kernel, h).shutdown(id))
+}
+
+/// CLOSE of a listener or connection: the status it completed with.
+pub fn close_object(kernel: &Kernel, h: Handle, id: u64) -> NTSTATUS {
+    status_of(client(kernel, h).close(id))
 }
 
 pub fn stats(kernel: &Kernel, h: Handle) -> Stats {

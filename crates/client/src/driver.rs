@@ -18,8 +18,13 @@ pub enum CallError {
     Device(DeviceError),
     /// The request completed with this NTSTATUS.
     Status { what: &'static str, status: i32 },
-    /// A handshake failed.
-    Handshake { status: i32, sspi: i32 },
+    /// A handshake failed. The driver keeps the failed connection's id (`connection`) until
+    /// it is CLOSEd or its handle closes.
+    Handshake {
+        status: i32,
+        sspi: i32,
+        connection: u64,
+    },
     /// The response did not decode.
     Wire(proto::WireError),
 }
@@ -63,7 +68,7 @@ impl std::fmt::Display for CallError {
                     errors::PIN_MISMATCH
                 )
             }
-            CallError::Handshake { status, sspi } if *sspi != 0 => write!(
+            CallError::Handshake { status, sspi, .. } if *sspi != 0 => write!(
                 f,
                 "handshake failed: {} [{}]",
                 errors::security_status(*sspi),
@@ -78,6 +83,15 @@ impl std::fmt::Display for CallError {
 }
 
 impl CallError {
+    /// The NTSTATUS the request completed with, when it completed (a handshake's failure
+    /// gives the connection's status); None for failures of the device layer or the wire.
+    pub fn status(&self) -> Option<i32> {
+        match self {
+            CallError::Status { status, .. } | CallError::Handshake { status, .. } => Some(*status),
+            CallError::Device(_) | CallError::Wire(_) => None,
+        }
+    }
+
     /// Which exit status this failure gives.
     pub fn kind(&self) -> Kind {
         match self {
@@ -140,6 +154,7 @@ impl PendingHandshake {
             return Err(CallError::Handshake {
                 status: info.status,
                 sspi: info.sspi_status,
+                connection: info.id,
             });
         }
         Ok(Some(info))
@@ -148,6 +163,11 @@ impl PendingHandshake {
     /// Cancels the request (it completes as cancelled).
     pub fn cancel(&self) {
         let _ = self.io.cancel();
+    }
+
+    /// Whether the handshake has finished (either way), without waiting.
+    pub fn is_complete(&self) -> bool {
+        matches!(self.io.wait(Duration::ZERO), Ok(Some(_)))
     }
 }
 
@@ -175,6 +195,25 @@ impl PendingTransfer {
                 ))))
             }
         }
+    }
+
+    /// Waits up to `timeout` without cancelling: None if it is still in flight.
+    pub fn poll(&self, timeout: Duration) -> Result<Option<Vec<u8>>, CallError> {
+        let Some(c) = self.io.wait(timeout)? else {
+            return Ok(None);
+        };
+        ok(self.what, c.status)?;
+        Ok(Some(c.output))
+    }
+
+    /// Asks for cancellation; it still completes (usually as STATUS_CANCELLED).
+    pub fn cancel(&self) {
+        let _ = self.io.cancel();
+    }
+
+    /// Whether it has completed, without waiting.
+    pub fn is_complete(&self) -> bool {
+        matches!(self.io.wait(Duration::ZERO), Ok(Some(_)))
     }
 }
 

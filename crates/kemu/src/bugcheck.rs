@@ -41,6 +41,11 @@ pub mod codes {
     pub const WORKER_THREAD_RETURNED_AT_BAD_IRQL: u32 = 0xE1;
     /// A KMDF rule broken. P1 = kemu sub-code (see [`super::wdf_violation`]), P2 = handle.
     pub const WDF_VIOLATION: u32 = 0x10D;
+    /// Freed pool touched (what special pool reports). P1 = address touched.
+    pub const PAGE_FAULT_IN_FREED_SPECIAL_POOL: u32 = 0xCC;
+    /// Too long at DISPATCH_LEVEL: a spin lock waited for past the watchdog's limit (P1 = 1,
+    /// the cumulative kind; P4 = the lock).
+    pub const DPC_WATCHDOG_VIOLATION: u32 = 0x133;
     /// The driver's own panic handler (ksys::kmdf::WSKTLS_PANIC_BUGCHECK, "WKTS").
     pub const WSKTLS_PANIC: u32 = ksys::kmdf::WSKTLS_PANIC_BUGCHECK;
 }

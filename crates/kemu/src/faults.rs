@@ -57,6 +57,11 @@ pub struct FaultPlan {
     /// LSA: certificate lookups, CRL fetches), so a caller can be seen not to wait for it and
     /// its cancellation can be tried while the call is in flight.
     pub credential_delay: Duration,
+    /// How long a thread may wait for a spin lock before the kernel stops with
+    /// DPC_WATCHDOG_VIOLATION (20 s by default: Windows' DPC watchdog allows 20 s for one DPC
+    /// and 120 s at DISPATCH_LEVEL in all; kemu takes the shorter). Not a fault: a lock never
+    /// released (or memory reused under it) ends in a report instead of a hang.
+    pub spin_watchdog: Duration,
 }
 
 impl Default for FaultPlan {
@@ -70,6 +75,7 @@ impl Default for FaultPlan {
             wedge_sspi_call: None,
             failing_accepts: 0,
             credential_delay: Duration::ZERO,
+            spin_watchdog: Duration::from_secs(20),
         }
     }
 }
@@ -195,5 +201,10 @@ impl Faults {
     /// How long each credential acquisition takes on the LSA thread.
     pub fn credential_delay(&self) -> Duration {
         self.plan.credential_delay
+    }
+
+    /// How long a spin lock may be waited for.
+    pub fn spin_watchdog(&self) -> Duration {
+        self.plan.spin_watchdog
     }
 }

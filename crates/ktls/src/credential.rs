@@ -462,9 +462,11 @@ impl<O: Observer> Drain for Acquiring<O> {
         if let Some(outcome) = finished {
             e.step = Step::Done;
             *a.outcome.lock() = Some(outcome);
-            // The call is over: unload need not wait for this acquisition any more.
-            e.census = None;
             a.observer.changed();
+            // The call is over and the observer told: unload need not wait for this acquisition
+            // any more. Not before: the observer reaches into the driver's device context, which
+            // unload frees once the census is empty.
+            e.census = None;
         }
     }
 }

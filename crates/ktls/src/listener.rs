@@ -237,10 +237,18 @@ impl<O: ListenObserver> Drain for Shared<O> {
 
     fn drain(worker: &Worker<Self>, e: &mut Engine<O>, _events: u32) {
         let shared = worker.target();
-        if !e.done {
-            e.drain(shared, worker);
+        if e.done {
+            // Released, and the observer was told: it may be gone (unload waited only for the
+            // census), so nothing more is said.
+            return;
         }
+        e.drain(shared, worker);
         shared.observer.changed();
+        if e.done {
+            // Released and the observer told of it: only now may unload (which waits for the
+            // census) free what the observer reaches into.
+            e.census = None;
+        }
     }
 }
 
@@ -532,6 +540,5 @@ impl<O: ListenObserver> Engine<O> {
                 m.state = ListenState::Closed(STATUS_SUCCESS);
             }
         }
-        self.census = None;
     }
 }

@@ -19,6 +19,8 @@ const GUARD_BYTES: usize = 16;
 const GUARD_PATTERN: u8 = 0xBD;
 const UNINITIALIZED_PATTERN: u8 = 0xA5;
 const FREED_PATTERN: u8 = 0xDF;
+/// A machine word of freed pool (what a spin lock in freed memory reads as until reused).
+pub(crate) const FREED_WORD: usize = usize::from_ne_bytes([FREED_PATTERN; 8]);
 const ALIGNMENT: usize = 16;
 
 /// Who must free a block.

@@ -141,6 +141,7 @@ fn acquire(lock: *mut KSPIN_LOCK, routine: &str) {
     let word = lock_word(lock);
     let kernel = thread::kernel();
     let mut spins = 0u32;
+    let mut waiting_since: Option<Instant> = None;
     loop {
         match word.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => break,
@@ -152,12 +153,36 @@ fn acquire(lock: *mut KSPIN_LOCK, routine: &str) {
                     lock as usize
                 ),
             ),
-            Err(_) => {
+            Err(owner) => {
                 if kernel.bugcheck.get().is_some() {
                     park_forever();
                 }
-                spins += 1;
+                if owner == super::pool::FREED_WORD {
+                    bugcheck(
+                        codes::PAGE_FAULT_IN_FREED_SPECIAL_POOL,
+                        [lock as usize, 0, 0, 0],
+                        format!(
+                            "{routine}: spin lock {:#x} lies in freed pool (use after free)",
+                            lock as usize
+                        ),
+                    );
+                }
+                spins = spins.wrapping_add(1);
                 if spins % 64 == 0 {
+                    let started = *waiting_since.get_or_insert_with(Instant::now);
+                    let limit = kernel.faults.spin_watchdog();
+                    if started.elapsed() >= limit {
+                        bugcheck(
+                            codes::DPC_WATCHDOG_VIOLATION,
+                            [1, 0, 0, lock as usize],
+                            format!(
+                                "{routine}: spin lock {:#x} held by another thread for over {:.1} s \
+                                 (a lock never released, or memory reused under it)",
+                                lock as usize,
+                                limit.as_secs_f64()
+                            ),
+                        );
+                    }
                     std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();

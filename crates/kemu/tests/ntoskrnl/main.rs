@@ -1,0 +1,109 @@
+//! kemu's ntoskrnl subset, called the way a driver calls it (through ksys's import wrappers on
+//! kernel threads), including every verifier stop. Each test boots its own kernel; kernels in
+//! one process are independent (their threads know which kernel they belong to).
+
+use std::ffi::c_void;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use kemu::{Bugcheck, FaultPlan, Kernel, KernelConfig, KernelError, codes, verifier};
+use ksys::imports::*;
+use ksys::io::*;
+use ksys::ktimer::{KDPC, KTIMER};
+use ksys::ntdef::*;
+
+mod events_and_timers;
+mod irps_and_mdls;
+mod irql;
+mod pool;
+
+const TAG: u32 = u32::from_le_bytes(*b"Test");
+
+fn boot() -> Kernel {
+    boot_with(FaultPlan::default())
+}
+
+fn boot_with(faults: FaultPlan) -> Kernel {
+    kemu::exports::bind_native(IMPORT_DIRECTORY);
+    Kernel::boot(KernelConfig {
+        faults,
+        ..KernelConfig::from_env()
+    })
+}
+
+fn expect_bugcheck<R: std::fmt::Debug>(result: Result<R, KernelError>, code: u32) -> Bugcheck {
+    match result {
+        Err(KernelError::Bugcheck(b)) => {
+            assert_eq!(b.code, code, "wrong bugcheck: {b}");
+            b
+        }
+        other => panic!("expected bugcheck {code:#x}, got {other:?}"),
+    }
+}
+
+/// A value a kernel thread may carry across (the test owns the memory behind it).
+#[derive(Clone, Copy, Debug)]
+struct Addr(usize);
+
+#[test]
+fn debug_print_formats_into_the_kernel_log() {
+    let kernel = boot();
+    kernel
+        .run("print", || {
+            let wide: Vec<u16> = "wide".encode_utf16().chain([0]).collect();
+            let args: [usize; 6] = [
+                (-5i32) as u32 as usize,
+                0xBEEF,
+                3,
+                b"abcdef".as_ptr() as usize,
+                wide.as_ptr() as usize,
+                42,
+            ];
+            // SAFETY: the format's conversions match the argument slots.
+            unsafe {
+                vDbgPrintEx(
+                    77,
+                    3,
+                    c"n=%d x=%04X s=%.*s w=%ws %5u|\n".as_ptr() as *const u8,
+                    args.as_ptr(),
+                )
+            };
+        })
+        .unwrap();
+    let log = kernel.debug_log();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].text, "n=-5 x=BEEF s=abc w=wide    42|");
+    assert_eq!((log[0].component, log[0].level), (77, 3));
+    kernel.shutdown().unwrap();
+}
+
+#[test]
+fn time_moves_forward() {
+    let kernel = boot();
+    let (a, b) = kernel
+        .run("time", || {
+            // SAFETY: plain queries and a short delay at PASSIVE_LEVEL.
+            unsafe {
+                let a = KeQueryUnbiasedInterruptTime();
+                let delay = -20_000i64;
+                KeDelayExecutionThread(0, 0, &delay);
+                (a, KeQueryUnbiasedInterruptTime())
+            }
+        })
+        .unwrap();
+    assert!(b >= a + 20_000, "{a} -> {b}");
+    kernel.shutdown().unwrap();
+}
+
+#[test]
+fn a_panic_on_a_kernel_thread_is_a_bugcheck() {
+    let kernel = boot();
+    let r = kernel.run("panicking", || {
+        let v: Vec<u8> = Vec::new();
+        v[3]
+    });
+    let b = expect_bugcheck(r, codes::KMODE_EXCEPTION_NOT_HANDLED);
+    assert!(b.message.contains("index out of bounds"), "{b}");
+    assert!(b.thread.contains("panicking"), "{b}");
+}
