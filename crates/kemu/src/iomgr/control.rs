@@ -123,7 +123,7 @@ impl IoManager {
             *done_slot.result.lock().unwrap() = Some(IoResult {
                 status,
                 information,
-                output,
+                output: std::sync::Arc::new(output),
             });
             done_slot.done.notify_all();
             k.notify();

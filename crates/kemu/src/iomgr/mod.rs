@@ -90,8 +90,9 @@ pub struct IoResult {
     /// IoStatus.Information (bytes returned for METHOD_BUFFERED).
     pub information: usize,
     /// The caller's output buffer after completion (its full requested length; only the first
-    /// `information` bytes were written by the I/O manager).
-    pub output: Vec<u8>,
+    /// `information` bytes were written by the I/O manager). Shared, so a waiter that looks
+    /// again (or several waiters) get the same buffer without copying it.
+    pub output: std::sync::Arc<Vec<u8>>,
 }
 
 /// Where a pending request's completion lands.
