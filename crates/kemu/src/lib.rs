@@ -42,7 +42,7 @@ pub use bugcheck::{Bugcheck, codes, verifier, wdf_violation};
 pub use faults::{CallbackIrql, CallbackSchedule, FaultPlan};
 pub use host::{
     DriverEntry, Handle, Kernel, KernelConfig, KernelError, NativeDriver, PendingIo,
-    remove_temporary_stores,
+    process_context_switches, remove_temporary_stores,
 };
 pub use iomgr::{IoResult, MAX_IOCTL_BUFFER};
 pub use ke::pool::TagUsage;

@@ -5,9 +5,11 @@
 mod config;
 mod io;
 mod loading;
+mod usage;
 
 pub use config::KernelConfig;
 pub use io::PendingIo;
+pub use usage::process_context_switches;
 
 use std::collections::BTreeMap;
 use std::fmt;

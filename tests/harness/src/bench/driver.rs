@@ -58,7 +58,7 @@ impl DriverBench<'_> {
 
     /// Full handshakes per second: N clients connect, shut down and close in a loop; N acceptors
     /// take each connection and close it. Counted when the server's handshake completes.
-    pub(super) fn handshakes(&self) -> Result<(f64, String), String> {
+    pub(super) fn handshakes(&self) -> Result<(f64, String, Option<f64>), String> {
         let server = self.open()?;
         let listener = self.listen(&server)?;
         let stop = AtomicBool::new(false);
@@ -67,6 +67,8 @@ impl DriverBench<'_> {
         let clients: Vec<Driver> = (0..n).map(|_| self.open()).collect::<Result<_, _>>()?;
         let mut negotiated = String::new();
         let started = Instant::now();
+        let switches = Switches::start();
+        let mut per_pair = None;
         let elapsed = std::thread::scope(|scope| -> Result<Duration, String> {
             let mut workers = Vec::new();
             for _ in 0..n {
@@ -125,6 +127,7 @@ impl DriverBench<'_> {
             }
             std::thread::sleep(Duration::from_secs_f64(self.options.seconds));
             let elapsed = started.elapsed();
+            per_pair = switches.per(done.load(Ordering::Relaxed) as f64);
             stop.store(true, Ordering::Release);
             let mut result = Ok(());
             for d in drivers {
@@ -147,17 +150,19 @@ impl DriverBench<'_> {
         })?;
         server.close(listener.id).map_err(e("CLOSE listener"))?;
         let rate = done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64();
-        Ok((rate, format!("TLS 1.3, {negotiated}")))
+        Ok((rate, format!("TLS 1.3, {negotiated}"), per_pair))
     }
 
-    /// Bulk: the client sends for the phase's length; the server receives and counts.
-    pub(super) fn bulk(&self) -> Result<f64, String> {
+    /// Bulk: the client sends for the phase's length; the server receives and counts. MB/s and
+    /// context switches per 64 KiB.
+    pub(super) fn bulk(&self) -> Result<(f64, Option<f64>), String> {
         let server = self.open()?;
         let client = self.open()?;
         let listener = self.listen(&server)?;
         let (c, s, _) = self.pair(&server, &client, &listener)?;
         let data = vec![0x5Au8; CHUNK];
         let phase = Duration::from_secs_f64(self.options.seconds);
+        let switches = Switches::start();
         let (bytes, elapsed) = std::thread::scope(|scope| -> Result<(u64, Duration), String> {
             // Both sides keep IN_FLIGHT requests going, as an overlapped-I/O user would, and
             // take their results in the order they issued them.
@@ -218,8 +223,9 @@ impl DriverBench<'_> {
         })?;
         client.close(c).map_err(e("CLOSE client"))?;
         server.close(s).map_err(e("CLOSE server"))?;
+        let per_64k = switches.per(bytes as f64 / 65536.0);
         server.close(listener.id).map_err(e("CLOSE listener"))?;
-        Ok(bytes as f64 / 1e6 / elapsed.as_secs_f64())
+        Ok((bytes as f64 / 1e6 / elapsed.as_secs_f64(), per_64k))
     }
 
     /// 1-byte echo round trips for the phase's length: (p50, p99) in microseconds.
@@ -360,10 +366,10 @@ pub fn measure_driver(
     };
     let subject = machine.describe();
     bar.set_message(format!("handshakes: {subject}"));
-    let (handshakes_per_second, negotiated) = bench.handshakes()?;
+    let (handshakes_per_second, negotiated, switches_per_handshake) = bench.handshakes()?;
     bar.inc(1);
     bar.set_message(format!("bulk: {subject}"));
-    let bulk_mb_per_second = bench.bulk()?;
+    let (bulk_mb_per_second, switches_per_64k) = bench.bulk()?;
     bar.inc(1);
     bar.set_message(format!("1-byte echo: {subject}"));
     let (echo_p50_us, echo_p99_us) = bench.echo()?;
@@ -390,6 +396,8 @@ pub fn measure_driver(
             echo_p50_us,
             echo_p99_us,
             negotiated,
+            switches_per_handshake,
+            switches_per_64k,
         },
         pool_per_connection,
         echo_with_idle,

@@ -54,6 +54,10 @@ pub struct Figures {
     pub echo_p99_us: f64,
     /// What the handshakes negotiated ("TLS 1.3, TLS_AES_... , X25519").
     pub negotiated: String,
+    /// Context switches of the whole process (every kemu and harness thread) per handshake pair
+    /// in the handshake phase, and per 64 KiB in the bulk phase; None where not counted.
+    pub switches_per_handshake: Option<f64>,
+    pub switches_per_64k: Option<f64>,
 }
 
 /// Everything one run measured through one driver, with the rustls anchor.
@@ -105,6 +109,34 @@ pub fn progress(phases: u64) -> ProgressBar {
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
+}
+
+/// Counts this process's context switches from a starting point: the thread hand-offs a
+/// phase cost, read the way `perf stat -e context-switches` would count them (all threads,
+/// ended ones included).
+struct Switches(Option<u64>);
+
+impl Switches {
+    fn start() -> Switches {
+        Switches(process_context_switches())
+    }
+
+    /// Switches since the start per `units` of work (None if not counted or no units).
+    fn per(&self, units: f64) -> Option<f64> {
+        let (start, now) = (self.0?, process_context_switches()?);
+        (units > 0.0).then(|| now.saturating_sub(start) as f64 / units)
+    }
+}
+
+#[cfg(not(windows))]
+fn process_context_switches() -> Option<u64> {
+    Some(kemu::process_context_switches())
+}
+
+/// The Windows harness does not bench; nothing counts there.
+#[cfg(windows)]
+fn process_context_switches() -> Option<u64> {
+    None
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {

@@ -48,6 +48,21 @@ pub fn report_text(drivers: &[DriverFigures], anchor: &Figures, options: &BenchO
             ratio(d.figures.echo_p50_us, anchor.echo_p50_us),
         );
     }
+    let counted = |f: &Figures| match (f.switches_per_handshake, f.switches_per_64k) {
+        (Some(h), Some(b)) => Some(format!(
+            "{h:.1} per handshake pair, {b:.1} per 64 KiB of bulk"
+        )),
+        _ => None,
+    };
+    for (subject, figures) in drivers
+        .iter()
+        .map(|d| (d.subject.as_str(), &d.figures))
+        .chain([("plain rustls", anchor)])
+    {
+        if let Some(text) = counted(figures) {
+            out += &format!("context switches, {subject}: {text}\n");
+        }
+    }
     for d in drivers {
         if let Some((p50, p99)) = d.echo_with_idle {
             out += &format!(
@@ -90,6 +105,8 @@ pub(super) fn figures_json(f: &Figures) -> serde_json::Value {
         "echo_p50_us": f.echo_p50_us,
         "echo_p99_us": f.echo_p99_us,
         "negotiated": f.negotiated,
+        "context_switches_per_handshake_pair": f.switches_per_handshake,
+        "context_switches_per_64k_bulk": f.switches_per_64k,
     })
 }
 
