@@ -29,9 +29,16 @@ pub fn park(s: &Service, request: Request, id: u64, mut op: Op) {
         return;
     };
     let mut retired = Vec::new();
+    // What the request changes in its session runs once the lock is released: on this thread,
+    // the caller's, at PASSIVE_LEVEL (a SEND's records are encrypted and handed to WSK before the
+    // IOCTL returns), with no hand-off to a system worker.
+    let mut hold = None;
     let finished = {
         let mut guard = object.state.lock();
         let st = &mut *guard;
+        if let Kind::Connection { session } = &st.kind {
+            hold = Some(session.hold());
+        }
         match (&op, &st.kind) {
             (Op::Shutdown, Kind::Connection { session }) => {
                 session.shutdown();
@@ -72,6 +79,7 @@ pub fn park(s: &Service, request: Request, id: u64, mut op: Op) {
         Ok(None) => {}
         Err(status) => request.complete(status, 0),
     }
+    drop(hold);
 }
 
 /// Whether `op` is a request for an object like `kind`.
@@ -215,9 +223,15 @@ pub fn service(s: &Service, id: u64) {
 pub(super) fn serve(s: &Service, object: &Object) {
     let mut ready: Vec<(Request, Outcome)> = Vec::new();
     let mut retired = Vec::new();
+    // As in `park`: the session's work runs once the lock is released (inline if this is a
+    // PASSIVE_LEVEL caller and no run is under way; from the session's own drain it is).
+    let mut hold = None;
     {
         let mut guard = object.state.lock();
         let st = &mut *guard;
+        if let Kind::Connection { session } = &st.kind {
+            hold = Some(session.hold());
+        }
         collect_accepted(s, &mut st.kind, &mut retired);
         for fifo in [&mut st.sends, &mut st.recvs] {
             while let Some(head) = fifo.front_mut() {
@@ -253,6 +267,7 @@ pub(super) fn serve(s: &Service, object: &Object) {
     if doomed {
         close_object(s, object.id(), None);
     }
+    drop(hold);
 }
 
 /// A listener's newly accepted sessions join its list (up to the backlog); those whose

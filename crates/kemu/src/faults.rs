@@ -188,6 +188,11 @@ impl Faults {
         self.accepts.load(Ordering::Acquire)
     }
 
+    /// Whether the plan delays work items (then none is run early on the thread that queued it).
+    pub fn delays_workers(&self) -> bool {
+        !self.plan.worker_delay.is_zero()
+    }
+
     /// The delay before a worker runs its next item.
     pub fn worker_delay(&self) -> Duration {
         let max = self.plan.worker_delay;

@@ -86,7 +86,7 @@ pub use config::{
 pub use error::{Error, ErrorKind, STATUS_PIN_MISMATCH, STATUS_TLS_FAILURE};
 pub use listener::{ListenObserver, ListenState, Listener};
 pub use pool::PoolArc;
-pub use session::{Counters, Negotiated, Observer, Received, Session, State};
+pub use session::{Counters, Negotiated, Observer, Received, Session, SessionHold, State};
 pub use sha256::sha256;
 pub use sync::{SpinGuard, SpinLock};
 pub use tls::{Acquired, Client, Pending, Server, Tls};

@@ -493,13 +493,18 @@ impl<O: ListenObserver> Engine<O> {
         };
         // SAFETY: the device outlives the listener's sessions (the listener's contract); the
         // accepted socket is ours alone.
-        match unsafe { Session::start(shared.device, config, credential, observer) } {
-            Ok(session) => {
-                let mut m = shared.mailbox.lock();
-                m.accepted_total += 1;
-                if m.accepted.try_reserve(1).is_ok() {
-                    m.accepted.push_back(session);
+        // Held until it is in the list: then its first run (posting the receive for the
+        // ClientHello) goes on this worker's thread, not through another work item.
+        match unsafe { Session::start_held(shared.device, config, credential, observer) } {
+            Ok((session, hold)) => {
+                {
+                    let mut m = shared.mailbox.lock();
+                    m.accepted_total += 1;
+                    if m.accepted.try_reserve(1).is_ok() {
+                        m.accepted.push_back(session);
+                    }
                 }
+                drop(hold);
             }
             Err(_) => self.reject(worker, socket),
         }

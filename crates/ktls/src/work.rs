@@ -2,14 +2,21 @@
 //! it; the work item runs at PASSIVE_LEVEL on a system worker and drains every pending event each
 //! time it runs, so no event is lost whatever order completions arrive in, and the session's code
 //! never runs twice at once.
+//!
+//! A caller that changes a session under its own lock can *hold* the worker ([`Worker::hold`]):
+//! signals meanwhile only record their events, and when the last hold goes the events are drained
+//! right there if that thread is at PASSIVE_LEVEL and no run is under way (an IOCTL's dispatch
+//! routine encrypting what its SEND queued, with no hand-off to a system worker), else the work
+//! item is queued as a signal would. Such an inline run is bounded ([`INLINE_PASSES`]): a session
+//! that keeps getting completions goes on on the work item, so a caller is never held captive.
 
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use ksys::imports::{IoAllocateWorkItem, IoFreeWorkItem, IoQueueWorkItem};
+use ksys::imports::{IoAllocateWorkItem, IoFreeWorkItem, IoQueueWorkItem, KeGetCurrentIrql};
 use ksys::io::{DELAYED_WORK_QUEUE, DEVICE_OBJECT, IO_WORKITEM};
-use ksys::ntdef::{NTSTATUS, STATUS_INSUFFICIENT_RESOURCES};
+use ksys::ntdef::{NTSTATUS, PASSIVE_LEVEL, STATUS_INSUFFICIENT_RESOURCES};
 use ksys::sspi::SspiAsyncContext;
 
 use crate::pool::PoolArc;
@@ -28,12 +35,20 @@ const IDLE: u32 = 0;
 const QUEUED: u32 = 1;
 const RUNNING: u32 = 2;
 
+/// Drain passes a released hold may run on its caller's thread before the rest goes to the work
+/// item (each pass takes every event recorded so far).
+pub const INLINE_PASSES: u32 = 4;
+
 /// The shared state of a worker (kept alive by references while queued or running).
 pub struct WorkerState<T: Drain> {
     item: *mut IO_WORKITEM,
     phase: AtomicU32,
     events: AtomicU32,
     runs: AtomicU32,
+    /// Holds taken ([`Worker::hold`]): while any is, a signal only records its events.
+    holds: AtomicU32,
+    /// Runs made on a releasing caller's thread instead of the work item (diagnostics, tests).
+    inline_runs: AtomicU32,
     target: T,
     /// Dropped after `target` (whose observer may hold what an unload waiting for the census
     /// entry in here must outlive).
@@ -88,6 +103,8 @@ impl<T: Drain> Worker<T> {
             phase: AtomicU32::new(IDLE),
             events: AtomicU32::new(0),
             runs: AtomicU32::new(0),
+            holds: AtomicU32::new(0),
+            inline_runs: AtomicU32::new(0),
             target,
             exclusive: UnsafeCell::new(exclusive),
         }) {
@@ -131,14 +148,24 @@ impl<T: Drain> Worker<T> {
         self.state.runs.load(Ordering::Acquire)
     }
 
+    /// How many of those runs were made inline by a released hold.
+    pub fn inline_runs(&self) -> u32 {
+        self.state.inline_runs.load(Ordering::Acquire)
+    }
+
     /// Records `events` and makes sure the work item will run (≤ DISPATCH_LEVEL; never blocks).
+    /// While the worker is held, only records: the hold's release takes them.
     pub fn signal(&self, events: u32) {
         // SeqCst here and in `routine`: each side writes its own word, then reads the other's
         // (events then phase here; phase then events there). With weaker orderings both reads may
         // see the old values — on x86 a store can still sit in the store buffer while a later load
         // is served — and the event is lost: the signaller sees RUNNING, the routine sees no
-        // events and goes idle.
+        // events and goes idle. The same pairing holds with `Held::drop` (events then holds here;
+        // holds then events there).
         self.state.events.fetch_or(events, Ordering::SeqCst);
+        if self.state.holds.load(Ordering::SeqCst) > 0 {
+            return;
+        }
         if self
             .state
             .phase
@@ -165,6 +192,64 @@ impl<T: Drain> Worker<T> {
 }
 
 impl<T: Drain> Worker<T> {
+    /// Defers what signals bring until the returned hold is dropped (see the module's text):
+    /// take it before changing the session under a lock its observer also takes, drop it once
+    /// that lock is released. Any IRQL ≤ DISPATCH_LEVEL; never blocks.
+    pub fn hold(&self) -> Held<T> {
+        self.state.holds.fetch_add(1, Ordering::SeqCst);
+        Held {
+            worker: self.clone(),
+        }
+    }
+
+    /// Runs the drain on this thread: the caller has moved the phase from IDLE to RUNNING.
+    /// After [`INLINE_PASSES`] passes with events still coming, the rest goes to the work item.
+    fn run_inline(&self) {
+        self.state.runs.fetch_add(1, Ordering::AcqRel);
+        self.state.inline_runs.fetch_add(1, Ordering::AcqRel);
+        if !self.run(INLINE_PASSES) {
+            // Still RUNNING, so no signal queued meanwhile: the work item takes over.
+            self.state.phase.store(QUEUED, Ordering::SeqCst);
+            self.queue();
+        }
+    }
+
+    /// Drains events until none are left (true: the worker went IDLE) or `passes` drains were
+    /// made (false: still RUNNING, events may remain). The phase is RUNNING on entry.
+    fn run(&self, passes: u32) -> bool {
+        let mut made = 0;
+        loop {
+            let events = self.state.events.swap(0, Ordering::SeqCst);
+            if events != 0 {
+                if made == passes {
+                    // Put them back for whoever runs next.
+                    self.state.events.fetch_or(events, Ordering::SeqCst);
+                    return false;
+                }
+                made += 1;
+                // SAFETY: only a run reaches the exclusive state, and the phase protocol never
+                // lets two runs overlap (a signal while RUNNING only records events; a run starts
+                // only by moving the phase out of IDLE or QUEUED, which one thread wins).
+                let exclusive = unsafe { &mut *self.state.exclusive.get() };
+                T::drain(self, exclusive, events);
+                continue;
+            }
+            self.state.phase.store(IDLE, Ordering::SeqCst);
+            // An event signalled between the swap and going idle found us RUNNING and did not
+            // queue: take it now (unless another signal already queued a new run, or a released
+            // hold started one). SeqCst: see `Worker::signal`.
+            if self.state.events.load(Ordering::SeqCst) == 0
+                || self
+                    .state
+                    .phase
+                    .compare_exchange(IDLE, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err()
+            {
+                return true;
+            }
+        }
+    }
+
     /// Lends a reference to this worker to the asynchronous call `issue` makes, for its notify
     /// callback ([`signal_on_notify`], created with [`Self::as_raw`] as its data) to give back;
     /// an Err from `issue` means no callback will come, and the reference is taken back at once.
@@ -209,27 +294,40 @@ unsafe extern "win64" fn routine<T: Drain>(_device: *mut DEVICE_OBJECT, context:
     let worker = Worker { state };
     worker.state.phase.store(RUNNING, Ordering::Release);
     worker.state.runs.fetch_add(1, Ordering::AcqRel);
-    loop {
-        let events = worker.state.events.swap(0, Ordering::SeqCst);
-        if events != 0 {
-            // SAFETY: only this routine reaches the exclusive state, and the phase protocol
-            // never lets two runs of it overlap (a signal while RUNNING only records events).
-            let exclusive = unsafe { &mut *worker.state.exclusive.get() };
-            T::drain(&worker, exclusive, events);
-            continue;
+    worker.run(u32::MAX);
+}
+
+/// A hold on a worker ([`Worker::hold`]): dropping the last one drains what was signalled
+/// meanwhile — on this thread at PASSIVE_LEVEL when no run is under way, else on the work item.
+#[must_use = "dropping the hold at once defers nothing"]
+pub struct Held<T: Drain> {
+    worker: Worker<T>,
+}
+
+impl<T: Drain> Drop for Held<T> {
+    fn drop(&mut self) {
+        let state = &self.worker.state;
+        if state.holds.fetch_sub(1, Ordering::SeqCst) != 1
+            || state.events.load(Ordering::SeqCst) == 0
+        {
+            return;
         }
-        worker.state.phase.store(IDLE, Ordering::SeqCst);
-        // An event signalled between the swap and going idle found us RUNNING and did not
-        // queue: take it now (unless another signal already queued a new run). SeqCst: see
-        // `Worker::signal`.
-        if worker.state.events.load(Ordering::SeqCst) == 0
-            || worker
-                .state
+        // SAFETY: KeGetCurrentIrql has no preconditions.
+        let passive = unsafe { KeGetCurrentIrql() } == PASSIVE_LEVEL;
+        if passive {
+            if state
                 .phase
                 .compare_exchange(IDLE, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
-                .is_err()
+                .is_ok()
+            {
+                self.worker.run_inline();
+            }
+        } else if state
+            .phase
+            .compare_exchange(IDLE, QUEUED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
         {
-            break;
+            self.worker.queue();
         }
     }
 }

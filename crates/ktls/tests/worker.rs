@@ -1,6 +1,8 @@
 //! ktls's one-work-item-per-session scheduler in a test-only driver under kemu: every signalled
 //! event is drained exactly once, never concurrently, signals are accepted at DISPATCH_LEVEL, and
-//! the worker is freed with its last reference.
+//! the worker is freed with its last reference; a hold defers signals and, released at
+//! PASSIVE_LEVEL, drains on the releasing thread (a bounded number of passes), at DISPATCH_LEVEL
+//! hands over to the work item.
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
@@ -8,13 +10,24 @@ use kemu::testing::isolated;
 use kemu::{Caller, FaultPlan, Handle, Kernel, KernelConfig};
 use ksys::imports::*;
 use ksys::ntdef::*;
-use ktls::work::{Drain, Worker};
+use ktls::work::{Drain, INLINE_PASSES, Worker};
 use testkit::test_driver;
 
 /// IOCTL: drain 200 signals (half at DISPATCH_LEVEL) through one worker; out: its runs.
 const RUN: u32 = ksys::io::ctl_code(0x9001, 0x801, 0, 0);
 /// IOCTL: signal, wait for the drain, signal again, 20,000 times; out: the worker's runs.
 const PING_PONG: u32 = ksys::io::ctl_code(0x9001, 0x802, 0, 0);
+/// IOCTL: signals under a hold, the hold released at PASSIVE then at DISPATCH_LEVEL; out: 0, or
+/// the number of the check that failed.
+const HOLD: u32 = ksys::io::ctl_code(0x9001, 0x803, 0, 0);
+/// IOCTL: a drain that signals itself again 1,000 times, started by releasing a hold; out:
+/// drains made on the releasing thread << 32 | all drains made.
+const BOUNDED: u32 = ksys::io::ctl_code(0x9001, 0x804, 0, 0);
+
+std::thread_local! {
+    /// Set on the thread that releases a hold in the BOUNDED test.
+    static RELEASING: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
 
 /// Counts drained events; flags any concurrent drain.
 struct Counter {
@@ -128,11 +141,139 @@ fn ping_pong() -> Result<usize, NTSTATUS> {
     Ok(worker.runs() as usize)
 }
 
+/// Waits (PASSIVE_LEVEL, up to `ms` milliseconds) until `done` holds.
+fn wait_until(ms: u32, done: impl Fn() -> bool) -> bool {
+    let delay = -10_000i64;
+    for _ in 0..ms {
+        if done() {
+            return true;
+        }
+        // SAFETY: a short PASSIVE_LEVEL delay.
+        unsafe { KeDelayExecutionThread(0, 0, &delay) };
+    }
+    done()
+}
+
+/// Runs `f` at DISPATCH_LEVEL (under a local spin lock), as a completion path would.
+fn at_dispatch(f: impl FnOnce()) {
+    let mut lock: KSPIN_LOCK = 0;
+    // SAFETY: a local spin lock, released right after.
+    unsafe {
+        let old = KeAcquireSpinLockRaiseToDpc(&mut lock);
+        f();
+        KeReleaseSpinLock(&mut lock, old);
+    }
+}
+
+fn hold() -> Result<usize, NTSTATUS> {
+    let counter = Counter {
+        seen: AtomicU32::new(0),
+        drained: AtomicUsize::new(0),
+        inside: AtomicBool::new(false),
+        overlaps: AtomicUsize::new(0),
+    };
+    // SAFETY: the test driver's DEVICE_OBJECT, live until it unloads after this returns.
+    let worker = unsafe { Worker::try_new(test_driver::device(), counter, ()) }?;
+    let seen = || worker.target().seen.load(Ordering::SeqCst);
+    let held = worker.hold();
+    worker.signal(2);
+    at_dispatch(|| worker.signal(4));
+    // Nothing runs while held, however long it is held.
+    if wait_until(50, || seen() != 0) || worker.runs() != 0 {
+        return Ok(1);
+    }
+    drop(held);
+    // Released at PASSIVE_LEVEL: drained right here, before the release returned.
+    if seen() != 6 || worker.runs() != 1 || worker.inline_runs() != 1 {
+        return Ok(2);
+    }
+    let held = worker.hold();
+    worker.signal(8);
+    at_dispatch(|| drop(held));
+    // Released at DISPATCH_LEVEL: the work item drains it.
+    if !wait_until(2000, || seen() & 8 != 0) {
+        return Ok(3);
+    }
+    if worker.inline_runs() != 1 || worker.runs() != 2 {
+        return Ok(4);
+    }
+    if worker.target().overlaps.load(Ordering::SeqCst) != 0 {
+        return Ok(5);
+    }
+    // Two holds (on a worker that never ran, so no run is under way): only the last release
+    // drains.
+    let counter = Counter {
+        seen: AtomicU32::new(0),
+        drained: AtomicUsize::new(0),
+        inside: AtomicBool::new(false),
+        overlaps: AtomicUsize::new(0),
+    };
+    // SAFETY: as above.
+    let worker = unsafe { Worker::try_new(test_driver::device(), counter, ()) }?;
+    let seen = || worker.target().seen.load(Ordering::SeqCst);
+    let (first, second) = (worker.hold(), worker.hold());
+    worker.signal(16);
+    drop(first);
+    if seen() != 0 {
+        return Ok(6);
+    }
+    drop(second);
+    if seen() != 16 || worker.inline_runs() != 1 {
+        return Ok(7);
+    }
+    Ok(0)
+}
+
+/// A drain that signals itself again until it has run `LIMIT` times.
+struct Relay {
+    drains: AtomicUsize,
+    on_releasing_thread: AtomicUsize,
+}
+
+impl Relay {
+    const LIMIT: usize = 1000;
+}
+
+impl Drain for Relay {
+    type Exclusive = ();
+
+    fn drain(worker: &Worker<Self>, _: &mut (), _events: u32) {
+        let r = worker.target();
+        if RELEASING.with(|c| c.get()) {
+            r.on_releasing_thread.fetch_add(1, Ordering::SeqCst);
+        }
+        if r.drains.fetch_add(1, Ordering::SeqCst) + 1 < Relay::LIMIT {
+            worker.signal(1);
+        }
+    }
+}
+
+fn bounded() -> Result<usize, NTSTATUS> {
+    let relay = Relay {
+        drains: AtomicUsize::new(0),
+        on_releasing_thread: AtomicUsize::new(0),
+    };
+    // SAFETY: the test driver's DEVICE_OBJECT, live until it unloads after this returns.
+    let worker = unsafe { Worker::try_new(test_driver::device(), relay, ()) }?;
+    let held = worker.hold();
+    worker.signal(1);
+    RELEASING.with(|c| c.set(true));
+    drop(held);
+    RELEASING.with(|c| c.set(false));
+    let r = worker.target();
+    if !wait_until(2000, || r.drains.load(Ordering::SeqCst) == Relay::LIMIT) {
+        return Err(STATUS_IO_TIMEOUT);
+    }
+    Ok((r.on_releasing_thread.load(Ordering::SeqCst) << 32) | r.drains.load(Ordering::SeqCst))
+}
+
 /// The test driver's IOCTLs for this suite.
 fn ioctl(code: u32) -> Result<u64, NTSTATUS> {
     let runs = match code {
         RUN => run()?,
         PING_PONG => ping_pong()?,
+        HOLD => hold()?,
+        BOUNDED => bounded()?,
         _ => return Err(STATUS_INVALID_DEVICE_REQUEST),
     };
     Ok(runs as u64)
@@ -184,6 +325,39 @@ fn a_signal_racing_the_routine_going_idle_is_never_lost() {
             let (kernel, h) = boot_test_driver(FaultPlan::default());
             let r = kernel.ioctl(h, PING_PONG, &[], 8).unwrap();
             assert_eq!(r.status, STATUS_SUCCESS, "a signal was lost");
+            kernel.close(h).unwrap();
+            kernel.shutdown().unwrap();
+        },
+    );
+}
+
+#[test]
+fn a_held_worker_defers_signals_and_its_release_drains_inline_at_passive_only() {
+    isolated(
+        "a_held_worker_defers_signals_and_its_release_drains_inline_at_passive_only",
+        || {
+            let (kernel, h) = boot_test_driver(FaultPlan::default());
+            let r = kernel.ioctl(h, HOLD, &[], 8).unwrap();
+            assert_eq!(r.status, STATUS_SUCCESS);
+            let failed = u64::from_le_bytes(r.output[..8].try_into().unwrap());
+            assert_eq!(failed, 0, "check {failed} of the HOLD IOCTL failed");
+            kernel.close(h).unwrap();
+            kernel.shutdown().unwrap();
+        },
+    );
+}
+
+#[test]
+fn a_release_drains_at_most_inline_passes_on_its_thread_and_the_work_item_the_rest() {
+    isolated(
+        "a_release_drains_at_most_inline_passes_on_its_thread_and_the_work_item_the_rest",
+        || {
+            let (kernel, h) = boot_test_driver(FaultPlan::default());
+            let r = kernel.ioctl(h, BOUNDED, &[], 8).unwrap();
+            assert_eq!(r.status, STATUS_SUCCESS);
+            let v = u64::from_le_bytes(r.output[..8].try_into().unwrap());
+            assert_eq!(v & 0xFFFF_FFFF, 1000, "every drain made");
+            assert_eq!(v >> 32, u64::from(INLINE_PASSES), "drains on the releasing thread");
             kernel.close(h).unwrap();
             kernel.shutdown().unwrap();
         },

@@ -4,11 +4,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use kemu::{Caller, Handle, Kernel, KernelConfig, KernelError, NativeDriver, TestCa, Validity};
+use kemu::{
+    CallbackSchedule, Caller, Handle, Kernel, KernelConfig, KernelError, NativeDriver, TestCa,
+    Validity,
+};
 
 use crate::device::{Device, DeviceError};
 use crate::machine::{Machine, ServerCertificate};
-use crate::{Globals, LogLevel};
+use crate::{Callbacks, Globals, LogLevel};
 use wsktls_client::kemu::KemuDevice;
 
 /// A kernel with the driver loaded.
@@ -17,6 +20,7 @@ pub struct KemuMachine {
     handles: std::sync::Mutex<Vec<Handle>>,
     driver: String,
     log: LogLevel,
+    callbacks: Callbacks,
 }
 
 fn err(e: impl std::fmt::Display) -> DeviceError {
@@ -30,6 +34,11 @@ impl KemuMachine {
         if let Some(seed) = globals.seed {
             config.seed = seed;
         }
+        config.faults.callbacks = match globals.callbacks {
+            Callbacks::Random => CallbackSchedule::Random,
+            Callbacks::Inline => CallbackSchedule::Inline,
+            Callbacks::Deferred => CallbackSchedule::Deferred,
+        };
         let kernel = Kernel::boot(config);
         for (name, value) in &globals.registry {
             kernel.set_service_parameter("wsktls", name, *value);
@@ -55,6 +64,7 @@ impl KemuMachine {
             handles: std::sync::Mutex::new(Vec::new()),
             driver,
             log: globals.log,
+            callbacks: globals.callbacks,
         })
     }
 
@@ -134,7 +144,15 @@ impl Machine for KemuMachine {
     }
 
     fn describe(&self) -> String {
-        format!("kemu (seed {:#x}), {}", self.kernel.seed(), self.driver)
+        let callbacks = match self.callbacks {
+            Callbacks::Random => String::new(),
+            other => format!(", callbacks {other:?}").to_lowercase(),
+        };
+        format!(
+            "kemu (seed {:#x}{callbacks}), {}",
+            self.kernel.seed(),
+            self.driver
+        )
     }
 
     fn finish(self: Box<Self>) -> Result<String, DeviceError> {

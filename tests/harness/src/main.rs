@@ -77,6 +77,19 @@ pub struct Globals {
     /// (e.g. MaxConnections=40000; repeatable). On Windows use `reg add` (docs/windows.md).
     #[arg(long = "registry", global = true, value_name = "NAME=VALUE", value_parser = parse_registry)]
     registry: Vec<(String, u32)>,
+    /// Under kemu: where completions that Windows may deliver either inline (before the call
+    /// returns) or later (a DPC, a worker, LSA) are delivered: a seeded mix of both (the
+    /// verifier's default), always inline, or always later. Ignored on Windows.
+    #[arg(long, global = true, value_enum, default_value_t = Callbacks::Random)]
+    callbacks: Callbacks,
+}
+
+/// Where kemu delivers completions that may come inline or later (`--callbacks`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Callbacks {
+    Random,
+    Inline,
+    Deferred,
 }
 
 /// `NAME=VALUE` with a decimal (or 0x-hex) 32-bit value.

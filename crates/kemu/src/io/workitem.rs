@@ -145,7 +145,7 @@ pub(crate) unsafe extern "win64" fn io_queue_work_item(
     let k = kernel.clone();
     let address = wi as usize;
     let context = context as usize;
-    kernel.workers.submit(move || {
+    kernel.workers.submit_work_item(move || {
         let delay = k.faults.worker_delay();
         if !delay.is_zero() {
             std::thread::sleep(delay);

@@ -45,6 +45,10 @@ impl Dispatcher {
         drop(guard);
         if state != 0 {
             self.changed.notify_all();
+            // A work item running on the WSK poller waits by polling (see `wait`).
+            if let Some(thread) = thread::try_state() {
+                thread.kernel.netio.poller.wake_if_waiting();
+            }
         }
         previous
     }
@@ -92,7 +96,15 @@ impl Dispatcher {
                 }
                 None => Duration::from_millis(200),
             };
-            waiting = self.changed.wait_timeout(waiting, slice).unwrap().0;
+            // On the WSK poller (a work item it runs, see `ke::workers`, waits): deliver socket
+            // events meanwhile, as the processors a Windows wait leaves free still take the
+            // network's interrupts — the wait may be for one of those completions.
+            drop(waiting);
+            let delivered = crate::netio::poller::wait_delivering(&kernel, slice);
+            waiting = self.lock.lock().unwrap();
+            if !delivered {
+                waiting = self.changed.wait_timeout(waiting, slice).unwrap().0;
+            }
         };
         if let Some(i) = waiting.iter().position(|&o| o == object as usize) {
             waiting.swap_remove(i);
@@ -389,7 +401,11 @@ pub(crate) unsafe extern "win64" fn ke_delay_execution_thread(
         if kernel.bugcheck.get().is_some() {
             park_forever();
         }
-        std::thread::sleep((deadline - now).min(Duration::from_millis(100)));
+        let slice = (deadline - now).min(Duration::from_millis(100));
+        // On the WSK poller, sleeping would stop the network: deliver meanwhile (see `wait`).
+        if !crate::netio::poller::wait_delivering(&kernel, slice) {
+            std::thread::sleep(slice);
+        }
     }
     STATUS_SUCCESS
 }

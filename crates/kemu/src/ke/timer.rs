@@ -41,6 +41,10 @@ struct TimerState {
     set: BTreeMap<usize, SetTimer>,
     dpcs: BTreeMap<usize, Dpc>,
     stopping: bool,
+    /// When the sleeping timer thread wakes by itself (None while it is awake: it looks at every
+    /// set timer before it sleeps again). A timer due no earlier needs no wake-up, as Windows'
+    /// clock interrupt finds a newly set timer without anyone being woken.
+    sleeping_until: Option<Instant>,
 }
 
 /// Timers and DPCs of one kernel.
@@ -89,12 +93,11 @@ impl Timers {
             let next = state.set.values().map(|t| t.due).min();
             let wait = next
                 .map(|d| d.saturating_duration_since(Instant::now()))
-                .unwrap_or(Duration::from_millis(500));
-            state = timers
-                .changed
-                .wait_timeout(state, wait.min(Duration::from_millis(500)))
-                .unwrap()
-                .0;
+                .unwrap_or(Duration::from_millis(500))
+                .min(Duration::from_millis(500));
+            state.sleeping_until = Some(Instant::now() + wait);
+            state = timers.changed.wait_timeout(state, wait).unwrap().0;
+            state.sleeping_until = None;
         }
     }
 
@@ -277,17 +280,25 @@ pub(crate) unsafe extern "win64" fn ke_set_timer(
         );
     }
     let site = Site::here(kernel.next_sequence());
+    let due = deadline_of(due_time);
     let previous = state.set.insert(
         timer as usize,
         SetTimer {
-            due: deadline_of(due_time),
+            due,
             dpc: dpc as usize,
             site,
         },
     );
+    // Wake the timer thread only if it sleeps past the new due time.
+    let wake = state.sleeping_until.is_some_and(|until| due < until);
+    if wake {
+        state.sleeping_until = Some(due);
+    }
     drop(state);
     kernel.dispatcher.signal(timer as *mut c_void, 0);
-    kernel.timers.changed.notify_all();
+    if wake {
+        kernel.timers.changed.notify_all();
+    }
     u8::from(previous.is_some())
 }
 

@@ -1,6 +1,15 @@
 //! Small pools of kernel threads: the system worker threads (PASSIVE_LEVEL work items) and the
 //! DPC thread (DISPATCH_LEVEL). A job is a closure; the pool only runs it.
+//!
+//! Work items queued by the WSK poller while it delivers completions are *collected* and run on
+//! the poller itself once its batch is delivered (see [`collect_work_items`]): the poller stands
+//! for a network interrupt and its DPC, which on Windows run on whatever thread the processor
+//! was running, with no context switch; kemu must wake the poller thread for it (one switch),
+//! and then runs the work item there instead of waking a worker (a second switch Windows would
+//! not have: the worker it readies takes the processor the DPC leaves). One switch per network
+//! event in both.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -9,6 +18,17 @@ use crate::kernel::Shared;
 use crate::thread;
 
 type Job = Box<dyn FnOnce() + Send>;
+
+thread_local! {
+    /// Work items this thread keeps to run itself (Some while the poller delivers a batch).
+    static COLLECTED: RefCell<Option<Vec<Job>>> = const { RefCell::new(None) };
+}
+
+/// From now until [`ThreadPool::run_collected`], work items this thread queues
+/// ([`ThreadPool::submit_work_item`]) are kept for it to run.
+pub(crate) fn collect_work_items() {
+    COLLECTED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+}
 
 #[derive(Default)]
 struct Queue {
@@ -77,6 +97,36 @@ impl ThreadPool {
         drop(q);
         if wake {
             self.ready.notify_one();
+        }
+    }
+
+    /// Queues a work item's job, or keeps it for this thread if it is collecting them
+    /// ([`collect_work_items`]); a kept job counts as running, so the pool is not idle.
+    pub fn submit_work_item(&self, job: impl FnOnce() + Send + 'static) {
+        let job: Job = Box::new(job);
+        let job = COLLECTED.with(|c| match c.borrow_mut().as_mut() {
+            Some(kept) => {
+                kept.push(job);
+                None
+            }
+            None => Some(job),
+        });
+        match job {
+            Some(job) => self.submit(job),
+            None => self.queue.lock().unwrap().running += 1,
+        }
+    }
+
+    /// Runs the work items this thread kept since [`collect_work_items`], in the order queued,
+    /// at PASSIVE_LEVEL; collecting stops first, so what they queue goes to the pool.
+    pub fn run_collected(&self, kernel: &Arc<Shared>) {
+        let Some(kept) = COLLECTED.with(|c| c.borrow_mut().take()) else {
+            return;
+        };
+        for job in kept {
+            job();
+            self.queue.lock().unwrap().running -= 1;
+            kernel.notify();
         }
     }
 

@@ -104,7 +104,7 @@ pub(crate) unsafe extern "win64" fn wdf_work_item_enqueue(
     let kernel = thread::kernel();
     kernel.io.reference_device(device);
     let k = kernel.clone();
-    kernel.workers.submit(move || {
+    kernel.workers.submit_work_item(move || {
         let delay = k.faults.worker_delay();
         if !delay.is_zero() {
             std::thread::sleep(delay);

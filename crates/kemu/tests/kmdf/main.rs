@@ -174,6 +174,43 @@ fn io_work_items_run_at_passive_on_a_worker() {
     });
 }
 
+/// kemu runs a work item that a WSK completion queued on the poller thread that delivered it
+/// (one thread switch per network event, as on Windows, where the DPC needs none and the worker
+/// one); a work item there that waits for the network still gets its completion.
+#[test]
+fn a_work_item_queued_by_a_wsk_completion_runs_on_the_poller_and_may_wait_for_the_network() {
+    use std::io::{Read, Write};
+    isolated(
+        "a_work_item_queued_by_a_wsk_completion_runs_on_the_poller_and_may_wait_for_the_network",
+        || {
+            kemu::exports::bind_native(ksys::imports::IMPORT_DIRECTORY);
+            let k = kernel(FaultPlan::default());
+            let h = k.open(PATH, Caller::Administrator).unwrap();
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let result = std::thread::scope(|scope| {
+                let call =
+                    scope.spawn(|| k.ioctl(h, test_driver::WSK_WORK_ITEM, &port.to_le_bytes(), 8));
+                let (mut peer, _) = listener.accept().unwrap();
+                let mut ready = [0u8; 1];
+                peer.read_exact(&mut ready).unwrap();
+                peer.write_all(b"first").unwrap();
+                // Long enough for the work item to be waiting on the poller thread.
+                std::thread::sleep(Duration::from_millis(200));
+                peer.write_all(b"second!").unwrap();
+                let result = call.join().unwrap().unwrap();
+                drop(peer);
+                result
+            });
+            let v = value(&result);
+            assert_eq!(v & 0xFFFF_FFFF, 7, "the work item's own receive (u32::MAX: timed out)");
+            assert_eq!(v >> 32, 1, "the work item ran on the WSK poller");
+            k.close(h).unwrap();
+            k.shutdown().unwrap();
+        },
+    );
+}
+
 #[test]
 fn verifier_reports_a_leaked_allocation_at_unload() {
     isolated("verifier_reports_a_leaked_allocation_at_unload", || {

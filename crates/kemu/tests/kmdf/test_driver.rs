@@ -5,7 +5,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use ksys::imports::*;
 use ksys::io::{
-    DELAYED_WORK_QUEUE, DEVICE_OBJECT, EXECUTIVE, IO_WORKITEM, KERNEL_MODE, KEVENT,
+    DELAYED_WORK_QUEUE, DEVICE_OBJECT, EXECUTIVE, IO_WORKITEM, IRP, KERNEL_MODE, KEVENT,
     NOTIFICATION_EVENT, ctl_code,
 };
 use ksys::kmdf::{self, ControlDeviceConfig, DriverEntryArgs, FileCallbacks, Request};
@@ -34,6 +34,10 @@ static DESTROY_CALLBACKS: AtomicUsize = AtomicUsize::new(0);
 pub const OBJECTS: u32 = ctl_code(0x9000, 0x809, 0, 0);
 pub const FILE_DEVICE: u32 = ctl_code(0x9000, 0x80A, 0, 0);
 pub const CALL_UNIMPLEMENTED: u32 = ctl_code(0x9000, 0x80B, 0, 0);
+/// In: a loopback port (u16). Connects there, posts a receive whose completion queues an I/O
+/// work item; the work item receives again, waiting up to 5 s. Out: (work item ran on the WSK
+/// poller) << 32 | bytes of its own receive (u32::MAX: it timed out).
+pub const WSK_WORK_ITEM: u32 = ctl_code(0x9000, 0x80C, 0, 0);
 /// KMDF table index kemu does not implement (WdfChildListCreate).
 pub const UNIMPLEMENTED_INDEX: usize = 0;
 
@@ -354,6 +358,140 @@ fn io_work_item(device: WDFDEVICE) -> Result<usize, NTSTATUS> {
     Ok(IO_WORK_IRQL.load(Ordering::SeqCst))
 }
 
+/// What the WSK work-item test shares between its IOCTL, completion routine and work item.
+struct WskWork {
+    item: *mut IO_WORKITEM,
+    socket: kemu::testing::wsk::Sock,
+    first: kemu::testing::wsk::Buffer,
+    second: kemu::testing::wsk::Buffer,
+    done: KEVENT,
+    on_poller: AtomicUsize,
+    second_len: AtomicUsize,
+}
+
+/// Completion of the first receive (DISPATCH_LEVEL, wherever the provider completes it): queue
+/// the work item, as a driver hands completions to PASSIVE_LEVEL.
+unsafe extern "win64" fn wsk_first_received(
+    _device: *mut DEVICE_OBJECT,
+    irp: *mut IRP,
+    context: *mut c_void,
+) -> NTSTATUS {
+    // SAFETY: the context is the IOCTL's live WskWork; the IRP is ours to free.
+    unsafe {
+        IoFreeIrp(irp);
+        let work = &*(context as *const WskWork);
+        IoQueueWorkItem(
+            work.item,
+            Some(wsk_work_routine),
+            DELAYED_WORK_QUEUE,
+            context,
+        );
+    }
+    STATUS_MORE_PROCESSING_REQUIRED
+}
+
+unsafe extern "win64" fn wsk_signal(
+    _device: *mut DEVICE_OBJECT,
+    _irp: *mut IRP,
+    context: *mut c_void,
+) -> NTSTATUS {
+    // SAFETY: the context is a live KEVENT of the work routine's frame.
+    unsafe { KeSetEvent(context as *mut KEVENT, 0, 0) };
+    STATUS_MORE_PROCESSING_REQUIRED
+}
+
+/// The work item: notes which thread runs it, then waits (KeWaitForSingleObject, 5 s at most)
+/// for a second receive — data the peer sends only later, which must still be delivered.
+unsafe extern "win64" fn wsk_work_routine(_device: *mut DEVICE_OBJECT, context: *mut c_void) {
+    use kemu::testing::wsk::conn;
+    // SAFETY: the context is the IOCTL's live WskWork (it waits for `done`); the event and IRP
+    // live in this frame until the IRP completed.
+    unsafe {
+        let work = &*(context as *const WskWork);
+        let on_poller = std::thread::current()
+            .name()
+            .is_some_and(|n| n.contains("wsk-poller"));
+        work.on_poller.store(usize::from(on_poller), Ordering::SeqCst);
+        let mut event: KEVENT = core::mem::zeroed();
+        KeInitializeEvent(&mut event, NOTIFICATION_EVENT, 0);
+        let irp = IoAllocateIrp(1, 0);
+        ksys::io::io_set_completion_routine(
+            irp,
+            Some(wsk_signal),
+            &mut event as *mut KEVENT as *mut c_void,
+            true,
+            true,
+            true,
+        );
+        let mut buf = work.second.wsk(0, 64);
+        let s = work.socket;
+        conn(s).WskReceive.unwrap()(s.raw(), &mut buf, 0, irp);
+        let five_seconds = -50_000_000i64;
+        let event_ptr = &mut event as *mut KEVENT as *mut c_void;
+        let waited = KeWaitForSingleObject(event_ptr, EXECUTIVE, KERNEL_MODE, 0, &five_seconds);
+        let len = if waited == STATUS_SUCCESS && (*irp).IoStatus.Status == STATUS_SUCCESS {
+            (*irp).IoStatus.Information
+        } else {
+            IoCancelIrp(irp);
+            KeWaitForSingleObject(event_ptr, EXECUTIVE, KERNEL_MODE, 0, core::ptr::null());
+            u32::MAX as usize
+        };
+        IoFreeIrp(irp);
+        work.second_len.store(len, Ordering::SeqCst);
+        KeSetEvent(&work.done as *const KEVENT as *mut KEVENT, 0, 0);
+    }
+}
+
+fn wsk_work_item(device: WDFDEVICE, port: u16) -> Result<usize, NTSTATUS> {
+    use kemu::testing::wsk::{Buffer, Client, close, conn, connect, send};
+    let client = Client::register();
+    let socket = connect(&client, port)?;
+    // SAFETY: the device is live; everything the completion and work item use lives in `work`,
+    // which outlives them (the IOCTL waits for `done`).
+    unsafe {
+        let item = IoAllocateWorkItem(WdfDeviceWdmGetDeviceObject(device));
+        let mut work = Box::new(WskWork {
+            item,
+            socket,
+            first: Buffer::new(64),
+            second: Buffer::new(64),
+            done: core::mem::zeroed(),
+            on_poller: AtomicUsize::new(0),
+            second_len: AtomicUsize::new(0),
+        });
+        KeInitializeEvent(&mut work.done, NOTIFICATION_EVENT, 0);
+        let context = &mut *work as *mut WskWork as *mut c_void;
+        let irp = IoAllocateIrp(1, 0);
+        ksys::io::io_set_completion_routine(
+            irp,
+            Some(wsk_first_received),
+            context,
+            true,
+            true,
+            true,
+        );
+        let mut buf = work.first.wsk(0, 64);
+        conn(socket).WskReceive.unwrap()(socket.raw(), &mut buf, 0, irp);
+        // The receive is posted: tell the peer to send (so it completes from the poller).
+        let ready = Buffer::new(1);
+        send(socket, &ready, 1);
+        KeWaitForSingleObject(
+            &mut work.done as *mut KEVENT as *mut c_void,
+            EXECUTIVE,
+            KERNEL_MODE,
+            0,
+            core::ptr::null(),
+        );
+        IoFreeWorkItem(item);
+        let result = (work.on_poller.load(Ordering::SeqCst) << 32)
+            | work.second_len.load(Ordering::SeqCst);
+        close(socket);
+        drop(work);
+        client.finish();
+        Ok(result)
+    }
+}
+
 extern "win64" fn device_control(
     _queue: WDFQUEUE,
     req: WDFREQUEST,
@@ -411,6 +549,9 @@ extern "win64" fn device_control(
         }
         WDF_WORK_ITEM => wdf_work_item(device),
         IO_WORK_ITEM => io_work_item(device),
+        WSK_WORK_ITEM => r
+            .with_input(2, |port| u16::from_le_bytes([port[0], port[1]]))
+            .and_then(|port| wsk_work_item(device, port)),
         OBJECTS => objects(device),
         FILE_DEVICE => {
             // SAFETY: the request is presented to us; its file object is live meanwhile.

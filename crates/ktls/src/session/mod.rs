@@ -53,7 +53,7 @@ use crate::error::Error;
 use crate::pool::PoolArc;
 use crate::sspi::AsyncOp;
 use crate::sync::SpinLock;
-use crate::work::{Drain, Worker, signal_on_notify};
+use crate::work::{Drain, Held, Worker, signal_on_notify};
 use crate::wsk::{Buffer, IrpOp};
 
 /// Event bits of a session's work item.
@@ -441,3 +441,8 @@ pub struct Session<O: Observer> {
     worker: Worker<Conn<O>>,
 }
 
+/// A hold on a session's work ([`Session::hold`]); dropping it runs what was deferred.
+#[must_use = "dropping the hold at once defers nothing"]
+pub struct SessionHold<O: Observer> {
+    _held: Held<Conn<O>>,
+}

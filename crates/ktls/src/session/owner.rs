@@ -19,6 +19,41 @@ impl<O: Observer> Session<O> {
         credential: PoolArc<Credential>,
         observer: O,
     ) -> Result<Session<O>, NTSTATUS> {
+        // SAFETY: per the contract.
+        let session = unsafe { Self::create(device, config, credential, observer) }?;
+        session.worker.signal(EV_USER);
+        Ok(session)
+    }
+
+    /// As [`Self::start`], but the session's first run waits for the returned hold: dropped at
+    /// PASSIVE_LEVEL with no lock held that the observer takes, it starts the connection on
+    /// that thread (no hand-off to a system worker); dropped elsewhere, the work item does.
+    ///
+    /// # Safety
+    /// As for [`Self::start`].
+    pub unsafe fn start_held(
+        device: *mut DEVICE_OBJECT,
+        config: Config,
+        credential: PoolArc<Credential>,
+        observer: O,
+    ) -> Result<(Session<O>, SessionHold<O>), NTSTATUS> {
+        // SAFETY: per the contract.
+        let session = unsafe { Self::create(device, config, credential, observer) }?;
+        let hold = session.hold();
+        session.worker.signal(EV_USER);
+        Ok((session, hold))
+    }
+
+    /// The session, its work item and engine, not yet signalled.
+    ///
+    /// # Safety
+    /// As for [`Self::start`].
+    unsafe fn create(
+        device: *mut DEVICE_OBJECT,
+        config: Config,
+        credential: PoolArc<Credential>,
+        observer: O,
+    ) -> Result<Session<O>, NTSTATUS> {
         let (server, socket, client, target) = match config.role {
             Role::Server { socket } => (true, socket, None, (Vec::new(), None)),
             Role::Client {
@@ -113,8 +148,24 @@ impl<O: Observer> Session<O> {
         };
         // SAFETY: per the contract.
         let worker = unsafe { Worker::try_new(device, conn, engine) }?;
-        worker.signal(EV_USER);
         Ok(Session { worker })
+    }
+
+    /// Defers the session's work while the caller changes it under a lock of its own that its
+    /// observer also takes (a driver's object lock around [`Self::send`] or [`Self::recv`]):
+    /// drop the hold once that lock is released, and the work runs right there if the thread is
+    /// at PASSIVE_LEVEL — a SEND's records are encrypted and handed to WSK on the caller's
+    /// thread — else on the work item. Never blocks.
+    pub fn hold(&self) -> SessionHold<O> {
+        SessionHold {
+            _held: self.worker.hold(),
+        }
+    }
+
+    /// How many runs of the session's work went inline on a caller's thread (when a
+    /// [`Self::hold`] was dropped) instead of a system worker.
+    pub fn inline_runs(&self) -> u32 {
+        self.worker.inline_runs()
     }
 
     /// Where the connection is.
