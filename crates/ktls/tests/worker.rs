@@ -357,7 +357,11 @@ fn a_release_drains_at_most_inline_passes_on_its_thread_and_the_work_item_the_re
             assert_eq!(r.status, STATUS_SUCCESS);
             let v = u64::from_le_bytes(r.output[..8].try_into().unwrap());
             assert_eq!(v & 0xFFFF_FFFF, 1000, "every drain made");
-            assert_eq!(v >> 32, u64::from(INLINE_PASSES), "drains on the releasing thread");
+            assert_eq!(
+                v >> 32,
+                u64::from(INLINE_PASSES),
+                "drains on the releasing thread"
+            );
             kernel.close(h).unwrap();
             kernel.shutdown().unwrap();
         },

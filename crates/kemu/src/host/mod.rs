@@ -195,7 +195,9 @@ impl Kernel {
         shared
             .workers
             .start(&shared, "worker", config.workers.max(1));
+        shared.dpc.collect_on_its_threads();
         shared.dpc.start(&shared, "dpc", 1);
+        shared.lsa.collect_on_its_threads();
         shared.lsa.start(&shared, "lsa", 2);
         let (store_dir, temporary_store) = match &config.cert_store {
             Some(dir) => (dir.clone(), false),

@@ -100,7 +100,8 @@ impl Dispatcher {
             // events meanwhile, as the processors a Windows wait leaves free still take the
             // network's interrupts — the wait may be for one of those completions.
             drop(waiting);
-            let delivered = crate::netio::poller::wait_delivering(&kernel, slice);
+            let delivered = crate::netio::poller::wait_delivering(&kernel, slice)
+                || crate::ke::workers::wait_running_queued(slice);
             waiting = self.lock.lock().unwrap();
             if !delivered {
                 waiting = self.changed.wait_timeout(waiting, slice).unwrap().0;
@@ -403,7 +404,9 @@ pub(crate) unsafe extern "win64" fn ke_delay_execution_thread(
         }
         let slice = (deadline - now).min(Duration::from_millis(100));
         // On the WSK poller, sleeping would stop the network: deliver meanwhile (see `wait`).
-        if !crate::netio::poller::wait_delivering(&kernel, slice) {
+        if !crate::netio::poller::wait_delivering(&kernel, slice)
+            && !crate::ke::workers::wait_running_queued(slice)
+        {
             std::thread::sleep(slice);
         }
     }

@@ -7,12 +7,17 @@
 //! was running, with no context switch; kemu must wake the poller thread for it (one switch),
 //! and then runs the work item there instead of waking a worker (a second switch Windows would
 //! not have: the worker it readies takes the processor the DPC leaves). One switch per network
-//! event in both.
+//! event in both. The DPC thread and the LSA threads (whose SSPI notify callbacks queue a
+//! session's work item) do the same with what their jobs queue. A work item running there that
+//! waits first runs what that thread would have delivered meanwhile (socket events on the
+//! poller, queued jobs on a pool thread), so no wait depends on its own thread.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::kernel::Shared;
 use crate::thread;
@@ -20,8 +25,40 @@ use crate::thread;
 type Job = Box<dyn FnOnce() + Send>;
 
 thread_local! {
-    /// Work items this thread keeps to run itself (Some while the poller delivers a batch).
+    /// Work items this thread keeps to run itself (Some while the poller delivers a batch or
+    /// the DPC thread runs a DPC).
     static COLLECTED: RefCell<Option<Vec<Job>>> = const { RefCell::new(None) };
+    /// On a thread of a pool that collects ([`ThreadPool::collect_on_its_threads`]): that pool.
+    static HOME: RefCell<Option<Arc<ThreadPool>>> = const { RefCell::new(None) };
+}
+
+/// Called by a wait on a thread of a collecting pool (a work item the DPC thread runs waits):
+/// runs the DPCs queued meanwhile instead of sleeping — they may be what the wait is for, as
+/// a Windows processor runs DPCs while its thread waits — then pauses up to 1 ms. False on any
+/// other thread (sleep as usual).
+pub(crate) fn wait_running_queued(slice: Duration) -> bool {
+    let Some(pool) = HOME.with(|h| h.borrow().clone()) else {
+        return false;
+    };
+    let mut ran = false;
+    loop {
+        let job = {
+            let mut q = pool.queue.lock().unwrap();
+            let job = q.jobs.pop_front();
+            if job.is_some() {
+                q.running += 1;
+            }
+            job
+        };
+        let Some(job) = job else { break };
+        job();
+        pool.queue.lock().unwrap().running -= 1;
+        ran = true;
+    }
+    if !ran {
+        std::thread::sleep(slice.min(Duration::from_millis(1)));
+    }
+    true
 }
 
 /// From now until [`ThreadPool::run_collected`], work items this thread queues
@@ -45,6 +82,8 @@ pub(crate) struct ThreadPool {
     queue: Mutex<Queue>,
     ready: Condvar,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The work items a job queues run on the same thread after it (see the module's text).
+    collects: AtomicBool,
 }
 
 impl ThreadPool {
@@ -60,7 +99,18 @@ impl ThreadPool {
         }
     }
 
-    fn run(&self, kernel: &std::sync::Weak<Shared>) {
+    /// Makes the work items this pool's jobs queue run on the thread that ran the job, after
+    /// it (the DPC thread: a DPC needs no thread switch on Windows, the worker it readies one),
+    /// unless the fault plan delays work items. Call before [`Self::start`].
+    pub fn collect_on_its_threads(&self) {
+        self.collects.store(true, Ordering::Release);
+    }
+
+    fn run(self: &Arc<Self>, kernel: &std::sync::Weak<Shared>) {
+        let collects = self.collects.load(Ordering::Acquire);
+        if collects {
+            HOME.with(|h| *h.borrow_mut() = Some(self.clone()));
+        }
         loop {
             let job = {
                 let mut q = self.queue.lock().unwrap();
@@ -77,11 +127,19 @@ impl ThreadPool {
                     q.sleeping -= 1;
                 }
             };
+            let k = kernel.upgrade();
+            let collect = collects && k.as_ref().is_some_and(|k| !k.faults.delays_workers());
+            if collect {
+                collect_work_items();
+            }
             job();
+            if let (true, Some(k)) = (collect, &k) {
+                k.workers.run_collected(k);
+            }
             let mut q = self.queue.lock().unwrap();
             q.running -= 1;
             drop(q);
-            if let Some(k) = kernel.upgrade() {
+            if let Some(k) = k {
                 k.notify();
             }
         }

@@ -203,7 +203,11 @@ fn a_work_item_queued_by_a_wsk_completion_runs_on_the_poller_and_may_wait_for_th
                 result
             });
             let v = value(&result);
-            assert_eq!(v & 0xFFFF_FFFF, 7, "the work item's own receive (u32::MAX: timed out)");
+            assert_eq!(
+                v & 0xFFFF_FFFF,
+                7,
+                "the work item's own receive (u32::MAX: timed out)"
+            );
             assert_eq!(v >> 32, 1, "the work item ran on the WSK poller");
             k.close(h).unwrap();
             k.shutdown().unwrap();

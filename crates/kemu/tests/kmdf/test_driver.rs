@@ -411,7 +411,8 @@ unsafe extern "win64" fn wsk_work_routine(_device: *mut DEVICE_OBJECT, context: 
         let on_poller = std::thread::current()
             .name()
             .is_some_and(|n| n.contains("wsk-poller"));
-        work.on_poller.store(usize::from(on_poller), Ordering::SeqCst);
+        work.on_poller
+            .store(usize::from(on_poller), Ordering::SeqCst);
         let mut event: KEVENT = core::mem::zeroed();
         KeInitializeEvent(&mut event, NOTIFICATION_EVENT, 0);
         let irp = IoAllocateIrp(1, 0);
@@ -483,8 +484,8 @@ fn wsk_work_item(device: WDFDEVICE, port: u16) -> Result<usize, NTSTATUS> {
             core::ptr::null(),
         );
         IoFreeWorkItem(item);
-        let result = (work.on_poller.load(Ordering::SeqCst) << 32)
-            | work.second_len.load(Ordering::SeqCst);
+        let result =
+            (work.on_poller.load(Ordering::SeqCst) << 32) | work.second_len.load(Ordering::SeqCst);
         close(socket);
         drop(work);
         client.finish();
