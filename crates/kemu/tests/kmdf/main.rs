@@ -215,6 +215,28 @@ fn a_work_item_queued_by_a_wsk_completion_runs_on_the_poller_and_may_wait_for_th
     );
 }
 
+/// The same for the DPC thread: a work item a DPC queued runs there after the DPC, and a wait in
+/// it still sees a later DPC run.
+#[test]
+fn a_work_item_queued_by_a_dpc_runs_on_the_dpc_thread_and_may_wait_for_another_dpc() {
+    isolated(
+        "a_work_item_queued_by_a_dpc_runs_on_the_dpc_thread_and_may_wait_for_another_dpc",
+        || {
+            let k = kernel(FaultPlan::default());
+            let h = k.open(PATH, Caller::Administrator).unwrap();
+            let v = value(&k.ioctl(h, test_driver::DPC_WORK_ITEM, &[], 8).unwrap());
+            assert_eq!(
+                v & 0xFFFF_FFFF,
+                1,
+                "the work item's wait for the second DPC"
+            );
+            assert_eq!(v >> 32, 1, "the work item ran on the DPC thread");
+            k.close(h).unwrap();
+            k.shutdown().unwrap();
+        },
+    );
+}
+
 #[test]
 fn verifier_reports_a_leaked_allocation_at_unload() {
     isolated("verifier_reports_a_leaked_allocation_at_unload", || {

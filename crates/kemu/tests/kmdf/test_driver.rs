@@ -38,6 +38,10 @@ pub const CALL_UNIMPLEMENTED: u32 = ctl_code(0x9000, 0x80B, 0, 0);
 /// work item; the work item receives again, waiting up to 5 s. Out: (work item ran on the WSK
 /// poller) << 32 | bytes of its own receive (u32::MAX: it timed out).
 pub const WSK_WORK_ITEM: u32 = ctl_code(0x9000, 0x80C, 0, 0);
+/// A timer's DPC queues an I/O work item, which sets a second timer and waits (5 s at most) for
+/// that timer's DPC to set an event. Out: (work item ran on the DPC thread) << 32 | (its wait
+/// succeeded).
+pub const DPC_WORK_ITEM: u32 = ctl_code(0x9000, 0x80D, 0, 0);
 /// KMDF table index kemu does not implement (WdfChildListCreate).
 pub const UNIMPLEMENTED_INDEX: usize = 0;
 
@@ -443,6 +447,104 @@ unsafe extern "win64" fn wsk_work_routine(_device: *mut DEVICE_OBJECT, context: 
     }
 }
 
+/// What the DPC work-item test shares between its IOCTL, DPCs and work item.
+struct DpcWork {
+    item: *mut IO_WORKITEM,
+    first: ksys::ktimer::KTIMER,
+    first_dpc: ksys::ktimer::KDPC,
+    second: ksys::ktimer::KTIMER,
+    second_dpc: ksys::ktimer::KDPC,
+    fired: KEVENT,
+    done: KEVENT,
+    on_dpc_thread: AtomicUsize,
+    waited: AtomicUsize,
+}
+
+unsafe extern "win64" fn dpc_queue_work(
+    _dpc: *mut ksys::ktimer::KDPC,
+    context: *mut c_void,
+    _a: *mut c_void,
+    _b: *mut c_void,
+) {
+    // SAFETY: the context is the IOCTL's live DpcWork.
+    unsafe {
+        let work = &*(context as *const DpcWork);
+        IoQueueWorkItem(
+            work.item,
+            Some(dpc_work_routine),
+            DELAYED_WORK_QUEUE,
+            context,
+        );
+    }
+}
+
+unsafe extern "win64" fn dpc_fire(
+    _dpc: *mut ksys::ktimer::KDPC,
+    context: *mut c_void,
+    _a: *mut c_void,
+    _b: *mut c_void,
+) {
+    // SAFETY: the context is the IOCTL's live DpcWork.
+    unsafe {
+        let work = &*(context as *const DpcWork);
+        KeSetEvent(&work.fired as *const KEVENT as *mut KEVENT, 0, 0);
+    }
+}
+
+/// The work item: notes its thread, then waits for a DPC that runs only after it started.
+unsafe extern "win64" fn dpc_work_routine(_device: *mut DEVICE_OBJECT, context: *mut c_void) {
+    // SAFETY: the context is the IOCTL's live DpcWork (it waits for `done`).
+    unsafe {
+        let work = &mut *(context as *mut DpcWork);
+        let on_dpc = std::thread::current()
+            .name()
+            .is_some_and(|n| n.contains("-dpc"));
+        work.on_dpc_thread
+            .store(usize::from(on_dpc), Ordering::SeqCst);
+        KeSetTimer(&mut work.second, -1_000_000, &mut work.second_dpc);
+        let five_seconds = -50_000_000i64;
+        let waited = KeWaitForSingleObject(
+            &mut work.fired as *mut KEVENT as *mut c_void,
+            EXECUTIVE,
+            KERNEL_MODE,
+            0,
+            &five_seconds,
+        );
+        work.waited
+            .store(usize::from(waited == STATUS_SUCCESS), Ordering::SeqCst);
+        KeSetEvent(&mut work.done, 0, 0);
+    }
+}
+
+fn dpc_work_item(device: WDFDEVICE) -> Result<usize, NTSTATUS> {
+    // SAFETY: everything the DPCs and the work item use lives in `work`, which outlives them
+    // (the IOCTL waits for `done`, and both timers have fired by then).
+    unsafe {
+        let mut work: Box<DpcWork> = Box::new(core::mem::zeroed());
+        work.item = IoAllocateWorkItem(WdfDeviceWdmGetDeviceObject(device));
+        let context = &mut *work as *mut DpcWork as *mut c_void;
+        KeInitializeEvent(&mut work.fired, NOTIFICATION_EVENT, 0);
+        KeInitializeEvent(&mut work.done, NOTIFICATION_EVENT, 0);
+        KeInitializeTimer(&mut work.first);
+        KeInitializeTimer(&mut work.second);
+        KeInitializeDpc(&mut work.first_dpc, Some(dpc_queue_work), context);
+        KeInitializeDpc(&mut work.second_dpc, Some(dpc_fire), context);
+        KeSetTimer(&mut work.first, -10_000, &mut work.first_dpc);
+        KeWaitForSingleObject(
+            &mut work.done as *mut KEVENT as *mut c_void,
+            EXECUTIVE,
+            KERNEL_MODE,
+            0,
+            core::ptr::null(),
+        );
+        // The work item's last act was setting `done`: give it a moment to return.
+        let delay = -100_000i64;
+        KeDelayExecutionThread(0, 0, &delay);
+        IoFreeWorkItem(work.item);
+        Ok((work.on_dpc_thread.load(Ordering::SeqCst) << 32) | work.waited.load(Ordering::SeqCst))
+    }
+}
+
 fn wsk_work_item(device: WDFDEVICE, port: u16) -> Result<usize, NTSTATUS> {
     use kemu::testing::wsk::{Buffer, Client, close, conn, connect, send};
     let client = Client::register();
@@ -550,6 +652,7 @@ extern "win64" fn device_control(
         }
         WDF_WORK_ITEM => wdf_work_item(device),
         IO_WORK_ITEM => io_work_item(device),
+        DPC_WORK_ITEM => dpc_work_item(device),
         WSK_WORK_ITEM => r
             .with_input(2, |port| u16::from_le_bytes([port[0], port[1]]))
             .and_then(|port| wsk_work_item(device, port)),
