@@ -37,6 +37,17 @@ struct Counter {
     overlaps: AtomicUsize,
 }
 
+impl Counter {
+    fn new() -> Counter {
+        Counter {
+            seen: AtomicU32::new(0),
+            drained: AtomicUsize::new(0),
+            inside: AtomicBool::new(false),
+            overlaps: AtomicUsize::new(0),
+        }
+    }
+}
+
 impl Drain for Counter {
     type Exclusive = ();
 
@@ -58,12 +69,7 @@ impl Drain for Counter {
 
 fn run() -> Result<usize, NTSTATUS> {
     let object = test_driver::device();
-    let counter = Counter {
-        seen: AtomicU32::new(0),
-        drained: AtomicUsize::new(0),
-        inside: AtomicBool::new(false),
-        overlaps: AtomicUsize::new(0),
-    };
+    let counter = Counter::new();
     // SAFETY: the test driver's DEVICE_OBJECT, live until it unloads after this returns.
     let worker = unsafe { Worker::try_new(object, counter, ()) }?;
     let mut lock: KSPIN_LOCK = 0;
@@ -166,12 +172,7 @@ fn at_dispatch(f: impl FnOnce()) {
 }
 
 fn hold() -> Result<usize, NTSTATUS> {
-    let counter = Counter {
-        seen: AtomicU32::new(0),
-        drained: AtomicUsize::new(0),
-        inside: AtomicBool::new(false),
-        overlaps: AtomicUsize::new(0),
-    };
+    let counter = Counter::new();
     // SAFETY: the test driver's DEVICE_OBJECT, live until it unloads after this returns.
     let worker = unsafe { Worker::try_new(test_driver::device(), counter, ()) }?;
     let seen = || worker.target().seen.load(Ordering::SeqCst);
@@ -202,12 +203,7 @@ fn hold() -> Result<usize, NTSTATUS> {
     }
     // Two holds (on a worker that never ran, so no run is under way): only the last release
     // drains.
-    let counter = Counter {
-        seen: AtomicU32::new(0),
-        drained: AtomicUsize::new(0),
-        inside: AtomicBool::new(false),
-        overlaps: AtomicUsize::new(0),
-    };
+    let counter = Counter::new();
     // SAFETY: as above.
     let worker = unsafe { Worker::try_new(test_driver::device(), counter, ()) }?;
     let seen = || worker.target().seen.load(Ordering::SeqCst);
@@ -279,6 +275,16 @@ fn ioctl(code: u32) -> Result<u64, NTSTATUS> {
     Ok(runs as u64)
 }
 
+/// Boots the test driver (default fault plan), sends `code` once and returns its 8-byte output.
+fn one_ioctl(code: u32) -> u64 {
+    let (kernel, h) = boot_test_driver(FaultPlan::default());
+    let r = kernel.ioctl(h, code, &[], 8).unwrap();
+    assert_eq!(r.status, STATUS_SUCCESS, "IOCTL {code:#x}");
+    kernel.close(h).unwrap();
+    kernel.shutdown().unwrap();
+    u64::from_le_bytes(r.output[..8].try_into().unwrap())
+}
+
 /// A kernel with four system workers and the test driver loaded, and a handle to its device.
 fn boot_test_driver(faults: FaultPlan) -> (Kernel, Handle) {
     let kernel = testkit::boot(KernelConfig {
@@ -336,13 +342,8 @@ fn a_held_worker_defers_signals_and_its_release_drains_inline_at_passive_only() 
     isolated(
         "a_held_worker_defers_signals_and_its_release_drains_inline_at_passive_only",
         || {
-            let (kernel, h) = boot_test_driver(FaultPlan::default());
-            let r = kernel.ioctl(h, HOLD, &[], 8).unwrap();
-            assert_eq!(r.status, STATUS_SUCCESS);
-            let failed = u64::from_le_bytes(r.output[..8].try_into().unwrap());
+            let failed = one_ioctl(HOLD);
             assert_eq!(failed, 0, "check {failed} of the HOLD IOCTL failed");
-            kernel.close(h).unwrap();
-            kernel.shutdown().unwrap();
         },
     );
 }
@@ -352,18 +353,13 @@ fn a_release_drains_at_most_inline_passes_on_its_thread_and_the_work_item_the_re
     isolated(
         "a_release_drains_at_most_inline_passes_on_its_thread_and_the_work_item_the_rest",
         || {
-            let (kernel, h) = boot_test_driver(FaultPlan::default());
-            let r = kernel.ioctl(h, BOUNDED, &[], 8).unwrap();
-            assert_eq!(r.status, STATUS_SUCCESS);
-            let v = u64::from_le_bytes(r.output[..8].try_into().unwrap());
+            let v = one_ioctl(BOUNDED);
             assert_eq!(v & 0xFFFF_FFFF, 1000, "every drain made");
             assert_eq!(
                 v >> 32,
                 u64::from(INLINE_PASSES),
                 "drains on the releasing thread"
             );
-            kernel.close(h).unwrap();
-            kernel.shutdown().unwrap();
         },
     );
 }

@@ -28,8 +28,12 @@ impl Sock {
 /// Pool tag of the test buffers.
 pub const TAG: u32 = u32::from_le_bytes(*b"WskT");
 
-/// Completion routine of [`Call`]: signals its event, keeps the IRP.
-unsafe extern "win64" fn signal(
+/// Completion routine of [`Call`] (and of a test's own IRPs): signals the KEVENT its context
+/// points to, keeps the IRP.
+///
+/// # Safety
+/// Called by the I/O manager with a context that is a live KEVENT.
+pub unsafe extern "win64" fn signal_event(
     _device: *mut DEVICE_OBJECT,
     _irp: *mut IRP,
     context: *mut c_void,
@@ -57,7 +61,7 @@ impl Call {
             KeInitializeEvent(&mut *event, NOTIFICATION_EVENT, 0);
             io_set_completion_routine(
                 irp,
-                Some(signal),
+                Some(signal_event),
                 &mut *event as *mut KEVENT as *mut c_void,
                 true,
                 true,

@@ -394,16 +394,6 @@ unsafe extern "win64" fn wsk_first_received(
     STATUS_MORE_PROCESSING_REQUIRED
 }
 
-unsafe extern "win64" fn wsk_signal(
-    _device: *mut DEVICE_OBJECT,
-    _irp: *mut IRP,
-    context: *mut c_void,
-) -> NTSTATUS {
-    // SAFETY: the context is a live KEVENT of the work routine's frame.
-    unsafe { KeSetEvent(context as *mut KEVENT, 0, 0) };
-    STATUS_MORE_PROCESSING_REQUIRED
-}
-
 /// The work item: notes which thread runs it, then waits (KeWaitForSingleObject, 5 s at most)
 /// for a second receive — data the peer sends only later, which must still be delivered.
 unsafe extern "win64" fn wsk_work_routine(_device: *mut DEVICE_OBJECT, context: *mut c_void) {
@@ -422,7 +412,7 @@ unsafe extern "win64" fn wsk_work_routine(_device: *mut DEVICE_OBJECT, context: 
         let irp = IoAllocateIrp(1, 0);
         ksys::io::io_set_completion_routine(
             irp,
-            Some(wsk_signal),
+            Some(kemu::testing::wsk::signal_event),
             &mut event as *mut KEVENT as *mut c_void,
             true,
             true,
