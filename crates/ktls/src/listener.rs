@@ -491,10 +491,10 @@ impl<O: ListenObserver> Engine<O> {
             self.reject(worker, socket);
             return;
         };
-        // SAFETY: the device outlives the listener's sessions (the listener's contract); the
-        // accepted socket is ours alone.
         // Held until it is in the list: then its first run (posting the receive for the
         // ClientHello) goes on this worker's thread, not through another work item.
+        // SAFETY: the device outlives the listener's sessions (the listener's contract); the
+        // accepted socket is ours alone.
         match unsafe { Session::start_held(shared.device, config, credential, observer) } {
             Ok((session, hold)) => {
                 {

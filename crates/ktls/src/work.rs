@@ -227,9 +227,9 @@ impl<T: Drain> Worker<T> {
                     return false;
                 }
                 made += 1;
-                // SAFETY: only a run reaches the exclusive state, and the phase protocol never
-                // lets two runs overlap (a signal while RUNNING only records events; a run starts
-                // only by moving the phase out of IDLE or QUEUED, which one thread wins).
+                // A signal while RUNNING only records events; a run starts only by moving the
+                // phase out of IDLE or QUEUED, which one thread wins.
+                // SAFETY: only a run reaches the exclusive state, and runs never overlap (above).
                 let exclusive = unsafe { &mut *self.state.exclusive.get() };
                 T::drain(self, exclusive, events);
                 continue;
