@@ -184,8 +184,9 @@ pub(super) enum Outcome {
     Accept,
     /// Plaintext or end of stream is there for this RECV (moved in `settle`).
     Recv,
-    /// A RECV's final status and byte count.
-    Received(NTSTATUS, usize),
+    /// A SEND's or RECV's final status and byte count (IoStatus.Information: the bytes queued
+    /// or received, as WriteFile and ReadFile report them).
+    Transferred(NTSTATUS, usize),
     /// LISTEN: bound.
     Listening(ListenResponse),
     /// LISTEN or CONNECT could not start: the object goes once the request has completed.
@@ -337,7 +338,7 @@ pub(super) fn finish(request: Request, outcome: Outcome) -> bool {
                 Err(status) => request.complete(status, 0),
             }
         }
-        Outcome::Received(status, n) => request.complete(status, n),
+        Outcome::Transferred(status, n) => request.complete(status, n),
         Outcome::Listening(response) => match request.write_output(&response.encode()) {
             Ok(n) => request.complete(STATUS_SUCCESS, n),
             Err(status) => request.complete(status, 0),
@@ -394,12 +395,12 @@ pub(super) fn settle(
                 }
             });
             match (filled, result) {
-                (Err(status), _) => Outcome::Received(status, 0),
-                (Ok(n), Received::Data(_)) => Outcome::Received(STATUS_SUCCESS, n),
-                (Ok(_), Received::End) => Outcome::Received(STATUS_SUCCESS, 0),
-                (Ok(_), Received::Failed(f)) => Outcome::Received(f.status(), 0),
+                (Err(status), _) => Outcome::Transferred(status, 0),
+                (Ok(n), Received::Data(_)) => Outcome::Transferred(STATUS_SUCCESS, n),
+                (Ok(_), Received::End) => Outcome::Transferred(STATUS_SUCCESS, 0),
+                (Ok(_), Received::Failed(f)) => Outcome::Transferred(f.status(), 0),
                 // `examine` saw it readable under this same lock.
-                (Ok(_), Received::Pending) => Outcome::Received(STATUS_INTERNAL_ERROR, 0),
+                (Ok(_), Received::Pending) => Outcome::Transferred(STATUS_INTERNAL_ERROR, 0),
             }
         }
         (outcome @ Outcome::Info(..), _) => {
@@ -416,7 +417,7 @@ pub(super) fn settle(
         }
         (
             outcome @ (Outcome::Status(_)
-            | Outcome::Received(..)
+            | Outcome::Transferred(..)
             | Outcome::Listening(_)
             | Outcome::Failed(_)),
             _,
@@ -536,7 +537,7 @@ pub(super) fn examine(kind: &mut Kind, id: u64, r: &Request, op: &mut Op) -> Opt
             match r.with_output_data(end, |payload| session.send(&payload[start..end])) {
                 Ok(Ok(n)) => {
                     *at += n;
-                    (*at == *len).then_some(Outcome::Status(STATUS_SUCCESS))
+                    (*at == *len).then_some(Outcome::Transferred(STATUS_SUCCESS, *len))
                 }
                 Ok(Err(error)) => Some(Outcome::Status(error.status())),
                 Err(status) => Some(Outcome::Status(status)),

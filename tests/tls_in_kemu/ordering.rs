@@ -127,3 +127,68 @@ fn sends_and_receives_in_flight_together_keep_their_order() {
         },
     );
 }
+
+#[test]
+fn a_send_reports_its_length_and_a_reused_buffer_carries_each_payload() {
+    isolated(
+        "ordering::a_send_reports_its_length_and_a_reused_buffer_carries_each_payload",
+        || {
+            let (kernel, a, b, client, server) = connected_pair();
+            // At the device: SEND completes with IoStatus.Information = the payload's length
+            // (what WriteFile would report), and the caller's buffer comes back as it was.
+            let first = pattern(1000, 7);
+            let io = kernel
+                .ioctl_async_with(
+                    b,
+                    IOCTL_WSKTLS_SEND,
+                    &SendRequest { id: client.id }.encode(),
+                    first.clone(),
+                )
+                .unwrap();
+            let done = io.take_timeout(WAIT).unwrap().expect("the SEND completes");
+            assert_eq!(done.status, STATUS_SUCCESS);
+            assert_eq!(done.information, first.len());
+            assert_eq!(*done.output, first);
+            // Through the client: one buffer handed over, given back and refilled for the next
+            // SEND; one RECV buffer reused likewise. The stream must be both payloads in order.
+            let driver = support::client(&kernel, b);
+            let mut buffer = driver
+                .send_async_owned(client.id, first.clone())
+                .unwrap()
+                .wait(WAIT)
+                .unwrap();
+            assert_eq!(buffer, first, "the SEND's buffer comes back whole");
+            let second = pattern(1000, 99);
+            buffer.copy_from_slice(&second);
+            let back = driver
+                .send_async_owned(client.id, buffer)
+                .unwrap()
+                .wait(WAIT)
+                .unwrap();
+            assert_eq!(back, second);
+            let server_side = support::client(&kernel, a);
+            let mut received = Vec::new();
+            let mut reuse = vec![0u8; 700];
+            while received.len() < 3000 {
+                reuse.resize(700, 0xEE);
+                let got = server_side
+                    .recv_async_into(server.id, reuse)
+                    .unwrap()
+                    .wait(WAIT)
+                    .unwrap();
+                assert!(
+                    !got.is_empty() && got.len() <= 700,
+                    "RECV gave {}",
+                    got.len()
+                );
+                received.extend_from_slice(&got);
+                reuse = got;
+            }
+            assert_eq!(received, [first.clone(), first, second].concat());
+            drop((driver, server_side));
+            kernel.close(a).unwrap();
+            kernel.close(b).unwrap();
+            kernel.shutdown().unwrap();
+        },
+    );
+}

@@ -27,8 +27,14 @@ impl std::error::Error for DeviceError {}
 
 /// A request in flight.
 pub trait Pending: Send {
-    /// Waits up to `timeout` for completion (None: still pending).
+    /// Waits up to `timeout` for completion (None: still pending); may be asked again.
     fn wait(&self, timeout: Duration) -> Result<Option<Completion>, DeviceError>;
+    /// As [`Self::wait`], for the last look at the request: the caller's buffer may move to the
+    /// completion instead of being copied (kemu), so once this returned Some the request is
+    /// not waited for again.
+    fn take(&self, timeout: Duration) -> Result<Option<Completion>, DeviceError> {
+        self.wait(timeout)
+    }
     /// Asks for cancellation (CancelIoEx); the request still completes, usually as cancelled.
     fn cancel(&self) -> Result<(), DeviceError>;
 }
@@ -63,7 +69,7 @@ pub trait Device: Send + Sync {
         timeout: Duration,
     ) -> Result<Completion, DeviceError> {
         let pending = self.submit(code, input, output_length)?;
-        match pending.wait(timeout)? {
+        match pending.take(timeout)? {
             Some(c) => Ok(c),
             None => {
                 let state = self.diagnose();

@@ -179,10 +179,11 @@ pub struct PendingTransfer {
 }
 
 impl PendingTransfer {
-    /// Waits for it: what a RECV received (empty at the end of the stream; nothing for SEND).
-    /// On timeout it is cancelled.
+    /// Waits for it: what a RECV received (empty at the end of the stream), a SEND's payload
+    /// (the caller's buffer, handed back).
+    /// On timeout it is cancelled. (Under kemu the buffer moves back, it is not copied.)
     pub fn wait(self, timeout: Duration) -> Result<Vec<u8>, CallError> {
-        match self.io.wait(timeout)? {
+        match self.io.take(timeout)? {
             Some(c) => {
                 ok(self.what, c.status)?;
                 Ok(c.output)
@@ -296,21 +297,35 @@ impl<'d> Driver<'d> {
     /// SEND of one piece (1 to MAX_SEND bytes) without waiting for it: the header is the input,
     /// the payload the output buffer the driver reads in place (METHOD_IN_DIRECT).
     pub fn send_async(&self, id: u64, data: &[u8]) -> Result<PendingTransfer, CallError> {
+        self.send_async_owned(id, data.to_vec())
+    }
+
+    /// As [`Self::send_async`] with a buffer the caller hands over: no copy is made, and the
+    /// completed SEND's `wait` gives the whole payload back (its byte count is the payload's
+    /// length), so a sender can reuse its buffers as it would on Windows.
+    pub fn send_async_owned(&self, id: u64, data: Vec<u8>) -> Result<PendingTransfer, CallError> {
         SendRequest::check_payload(data.len()).map_err(CallError::Wire)?;
-        let io = self.device.submit_buffer(
-            IOCTL_WSKTLS_SEND,
-            &SendRequest { id }.encode(),
-            data.to_vec(),
-        )?;
+        let io =
+            self.device
+                .submit_buffer(IOCTL_WSKTLS_SEND, &SendRequest { id }.encode(), data)?;
         Ok(PendingTransfer { io, what: "SEND" })
     }
 
     /// RECV of up to `max` bytes without waiting for it.
     pub fn recv_async(&self, id: u64, max: u32) -> Result<PendingTransfer, CallError> {
-        let io = self.device.submit(
+        self.recv_async_into(id, vec![0; max as usize])
+    }
+
+    /// As [`Self::recv_async`], into a buffer the caller hands over (up to its length): what a
+    /// receiver reuses instead of a fresh, zeroed buffer per RECV. `wait` gives it back holding
+    /// what was received.
+    pub fn recv_async_into(&self, id: u64, buffer: Vec<u8>) -> Result<PendingTransfer, CallError> {
+        let max = u32::try_from(buffer.len())
+            .map_err(|_| CallError::Wire(proto::WireError::InvalidField("recv length")))?;
+        let io = self.device.submit_buffer(
             IOCTL_WSKTLS_RECV,
             &RecvRequest { id, max }.encode(),
-            max as usize,
+            buffer,
         )?;
         Ok(PendingTransfer { io, what: "RECV" })
     }

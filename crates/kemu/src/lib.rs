@@ -41,8 +41,8 @@ mod wdf;
 pub use bugcheck::{Bugcheck, codes, verifier, wdf_violation};
 pub use faults::{CallbackIrql, CallbackSchedule, FaultPlan};
 pub use host::{
-    DriverEntry, Handle, Kernel, KernelConfig, KernelError, NativeDriver, PendingIo,
-    process_context_switches, remove_temporary_stores,
+    DriverEntry, Handle, Kernel, KernelConfig, KernelError, NativeDriver, PendingIo, ProcessUsage,
+    process_usage, remove_temporary_stores,
 };
 pub use iomgr::{IoResult, MAX_IOCTL_BUFFER};
 pub use ke::pool::TagUsage;

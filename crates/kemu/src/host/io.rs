@@ -26,6 +26,20 @@ impl PendingIo {
         self.wait_until(Some(Instant::now() + timeout))
     }
 
+    /// As [`Self::wait_timeout`], but the completed request's output buffer moves to the caller
+    /// instead of being shared (a caller that owns the only reference can take the `Vec` back
+    /// without copying it, as a Windows caller keeps its own buffer). Later waits find the
+    /// request complete with an empty output.
+    pub fn take_timeout(&self, timeout: Duration) -> Result<Option<IoResult>, KernelError> {
+        self.wait_until(Some(Instant::now() + timeout))?;
+        let mut result = self.slot.result.lock().unwrap();
+        Ok(result.as_mut().map(|r| IoResult {
+            status: r.status,
+            information: r.information,
+            output: std::mem::take(&mut r.output),
+        }))
+    }
+
     /// Waits for completion (or a bugcheck).
     pub fn wait(&self) -> Result<IoResult, KernelError> {
         self.wait_until(None)

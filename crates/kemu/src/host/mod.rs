@@ -9,7 +9,7 @@ mod usage;
 
 pub use config::KernelConfig;
 pub use io::PendingIo;
-pub use usage::process_context_switches;
+pub use usage::{ProcessUsage, process_usage};
 
 use std::collections::BTreeMap;
 use std::fmt;

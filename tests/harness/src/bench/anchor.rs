@@ -102,7 +102,7 @@ pub(super) fn drain(stream: &mut ServerStream, mut each: impl FnMut(&[u8], &mut 
 pub(super) fn rustls_handshakes(
     cert: &ServerCertificate,
     options: &BenchOptions,
-) -> Result<(f64, String, Option<f64>), String> {
+) -> Result<(f64, String, Option<Spent>), String> {
     let (client_config, server_config) = rustls_configs(cert)?;
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io("bind"))?;
     let port = listener.local_addr().map_err(io("bind"))?.port();
@@ -111,7 +111,7 @@ pub(super) fn rustls_handshakes(
     let n = options.connections.max(1);
     let mut negotiated = String::new();
     let started = Instant::now();
-    let switches = Switches::start();
+    let meter = Meter::start();
     let mut per_pair = None;
     let elapsed = std::thread::scope(|scope| -> Result<Duration, String> {
         // N acceptors share the listener, like the driver's N pending ACCEPTs.
@@ -168,7 +168,7 @@ pub(super) fn rustls_handshakes(
         }
         std::thread::sleep(Duration::from_secs_f64(options.seconds));
         let elapsed = started.elapsed();
-        per_pair = switches.per(done.load(Ordering::Relaxed) as f64);
+        per_pair = meter.per(done.load(Ordering::Relaxed) as f64);
         stop.store(true, Ordering::Release);
         let mut result = Ok(());
         for c in clients {
@@ -188,16 +188,16 @@ pub(super) fn rustls_handshakes(
     Ok((rate, format!("TLS 1.3, {negotiated}"), per_pair))
 }
 
-/// Bulk MB/s and context switches per 64 KiB.
+/// Bulk MB/s and what 64 KiB cost.
 pub(super) fn rustls_bulk(
     cert: &ServerCertificate,
     options: &BenchOptions,
-) -> Result<(f64, Option<f64>), String> {
+) -> Result<(f64, Option<Spent>), String> {
     let (client_config, server_config) = rustls_configs(cert)?;
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io("bind"))?;
     let port = listener.local_addr().map_err(io("bind"))?.port();
     let phase = Duration::from_secs_f64(options.seconds);
-    std::thread::scope(|scope| -> Result<(f64, Option<f64>), String> {
+    std::thread::scope(|scope| -> Result<(f64, Option<Spent>), String> {
         let receiver = scope.spawn(|| -> Result<(u64, Instant), String> {
             let (tcp, _) = listener.accept().map_err(io("accept"))?;
             let mut stream = rustls_server(&server_config, tcp)?;
@@ -208,7 +208,7 @@ pub(super) fn rustls_bulk(
         let mut stream = rustls_client(&client_config, port)?;
         let data = vec![0x5Au8; CHUNK];
         let started = Instant::now();
-        let switches = Switches::start();
+        let meter = Meter::start();
         while started.elapsed() < phase {
             stream.write_all(&data).map_err(io("write"))?;
         }
@@ -218,7 +218,7 @@ pub(super) fn rustls_bulk(
             .map_err(|_| "the receiver panicked".to_string())??;
         Ok((
             total as f64 / 1e6 / (end - started).as_secs_f64(),
-            switches.per(total as f64 / 65536.0),
+            meter.per(total as f64 / 65536.0),
         ))
     })
 }
@@ -266,11 +266,10 @@ pub fn measure_rustls(
     bar: &ProgressBar,
 ) -> Result<Figures, String> {
     bar.set_message("handshakes: plain rustls");
-    let (handshakes_per_second, negotiated, switches_per_handshake) =
-        rustls_handshakes(cert, options)?;
+    let (handshakes_per_second, negotiated, per_handshake) = rustls_handshakes(cert, options)?;
     bar.inc(1);
     bar.set_message("bulk: plain rustls");
-    let (bulk_mb_per_second, switches_per_64k) = rustls_bulk(cert, options)?;
+    let (bulk_mb_per_second, per_64k) = rustls_bulk(cert, options)?;
     bar.inc(1);
     bar.set_message("1-byte echo: plain rustls");
     let (echo_p50_us, echo_p99_us) = rustls_echo(cert, options)?;
@@ -281,7 +280,7 @@ pub fn measure_rustls(
         echo_p50_us,
         echo_p99_us,
         negotiated,
-        switches_per_handshake,
-        switches_per_64k,
+        per_handshake,
+        per_64k,
     })
 }

@@ -58,7 +58,7 @@ impl DriverBench<'_> {
 
     /// Full handshakes per second: N clients connect, shut down and close in a loop; N acceptors
     /// take each connection and close it. Counted when the server's handshake completes.
-    pub(super) fn handshakes(&self) -> Result<(f64, String, Option<f64>), String> {
+    pub(super) fn handshakes(&self) -> Result<(f64, String, Option<Spent>), String> {
         let server = self.open()?;
         let listener = self.listen(&server)?;
         let stop = AtomicBool::new(false);
@@ -67,7 +67,7 @@ impl DriverBench<'_> {
         let clients: Vec<Driver> = (0..n).map(|_| self.open()).collect::<Result<_, _>>()?;
         let mut negotiated = String::new();
         let started = Instant::now();
-        let switches = Switches::start();
+        let meter = Meter::start();
         let mut per_pair = None;
         let elapsed = std::thread::scope(|scope| -> Result<Duration, String> {
             let mut workers = Vec::new();
@@ -127,7 +127,7 @@ impl DriverBench<'_> {
             }
             std::thread::sleep(Duration::from_secs_f64(self.options.seconds));
             let elapsed = started.elapsed();
-            per_pair = switches.per(done.load(Ordering::Relaxed) as f64);
+            per_pair = meter.per(done.load(Ordering::Relaxed) as f64);
             stop.store(true, Ordering::Release);
             let mut result = Ok(());
             for d in drivers {
@@ -154,25 +154,30 @@ impl DriverBench<'_> {
     }
 
     /// Bulk: the client sends for the phase's length; the server receives and counts. MB/s and
-    /// context switches per 64 KiB.
-    pub(super) fn bulk(&self) -> Result<(f64, Option<f64>), String> {
+    /// what 64 KiB cost.
+    pub(super) fn bulk(&self) -> Result<(f64, Option<Spent>), String> {
         let server = self.open()?;
         let client = self.open()?;
         let listener = self.listen(&server)?;
         let (c, s, _) = self.pair(&server, &client, &listener)?;
         let data = vec![0x5Au8; CHUNK];
         let phase = Duration::from_secs_f64(self.options.seconds);
-        let switches = Switches::start();
+        let meter = Meter::start();
         let (bytes, elapsed) = std::thread::scope(|scope| -> Result<(u64, Duration), String> {
             // Both sides keep IN_FLIGHT requests going, as an overlapped-I/O user would, and
             // take their results in the order they issued them.
+            // Each side reuses its buffers, as a Windows caller would: a completed RECV's buffer
+            // goes into the next RECV, a completed SEND's payload into the next SEND.
             let receiver = scope.spawn(|| -> Result<(u64, Instant), String> {
                 let mut total = 0u64;
                 let mut reads = VecDeque::new();
+                let mut spare: Vec<Vec<u8>> = Vec::new();
                 loop {
                     while reads.len() < IN_FLIGHT {
+                        let mut buffer = spare.pop().unwrap_or_default();
+                        buffer.resize(READ_SIZE, 0);
                         let read = server
-                            .recv_async(s, READ_SIZE as u32)
+                            .recv_async_into(s, buffer)
                             .map_err(e("server RECV"))?;
                         reads.push_back(read);
                     }
@@ -186,20 +191,27 @@ impl DriverBench<'_> {
                         return Ok((total, Instant::now()));
                     }
                     total += got.len() as u64;
+                    spare.push(got);
                 }
             });
             let started = Instant::now();
             let mut sent = Ok(());
             let mut writes = VecDeque::new();
+            let mut spare = vec![data; IN_FLIGHT];
             while sent.is_ok() && started.elapsed() < phase {
+                let payload = spare.pop().unwrap_or_else(|| vec![0x5Au8; CHUNK]);
                 sent = client
-                    .send_async(c, &data)
+                    .send_async_owned(c, payload)
                     .map(|w| writes.push_back(w))
                     .map_err(e("client SEND"));
                 if writes.len() >= IN_FLIGHT {
                     if let Some(w) = writes.pop_front() {
                         sent = sent.and_then(|()| {
-                            w.wait(CALL_TIMEOUT).map(drop).map_err(e("client SEND"))
+                            let payload = w.wait(CALL_TIMEOUT).map_err(e("client SEND"))?;
+                            if payload.len() == CHUNK {
+                                spare.push(payload);
+                            }
+                            Ok(())
                         });
                     }
                 }
@@ -223,7 +235,7 @@ impl DriverBench<'_> {
         })?;
         client.close(c).map_err(e("CLOSE client"))?;
         server.close(s).map_err(e("CLOSE server"))?;
-        let per_64k = switches.per(bytes as f64 / 65536.0);
+        let per_64k = meter.per(bytes as f64 / 65536.0);
         server.close(listener.id).map_err(e("CLOSE listener"))?;
         Ok((bytes as f64 / 1e6 / elapsed.as_secs_f64(), per_64k))
     }
@@ -366,10 +378,10 @@ pub fn measure_driver(
     };
     let subject = machine.describe();
     bar.set_message(format!("handshakes: {subject}"));
-    let (handshakes_per_second, negotiated, switches_per_handshake) = bench.handshakes()?;
+    let (handshakes_per_second, negotiated, per_handshake) = bench.handshakes()?;
     bar.inc(1);
     bar.set_message(format!("bulk: {subject}"));
-    let (bulk_mb_per_second, switches_per_64k) = bench.bulk()?;
+    let (bulk_mb_per_second, per_64k) = bench.bulk()?;
     bar.inc(1);
     bar.set_message(format!("1-byte echo: {subject}"));
     let (echo_p50_us, echo_p99_us) = bench.echo()?;
@@ -396,8 +408,8 @@ pub fn measure_driver(
             echo_p50_us,
             echo_p99_us,
             negotiated,
-            switches_per_handshake,
-            switches_per_64k,
+            per_handshake,
+            per_64k,
         },
         pool_per_connection,
         echo_with_idle,

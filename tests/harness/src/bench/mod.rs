@@ -54,10 +54,10 @@ pub struct Figures {
     pub echo_p99_us: f64,
     /// What the handshakes negotiated ("TLS 1.3, TLS_AES_... , X25519").
     pub negotiated: String,
-    /// Context switches of the whole process (every kemu and harness thread) per handshake pair
-    /// in the handshake phase, and per 64 KiB in the bulk phase; None where not counted.
-    pub switches_per_handshake: Option<f64>,
-    pub switches_per_64k: Option<f64>,
+    /// What the whole process (every kemu and harness thread) spent per handshake pair in the
+    /// handshake phase, and per 64 KiB in the bulk phase; None where not counted.
+    pub per_handshake: Option<Spent>,
+    pub per_64k: Option<Spent>,
 }
 
 /// Everything one run measured through one driver, with the rustls anchor.
@@ -111,31 +111,52 @@ pub fn progress(phases: u64) -> ProgressBar {
     bar
 }
 
-/// Counts this process's context switches from a starting point: the thread hand-offs a
-/// phase cost, read the way `perf stat -e context-switches` would count them (all threads,
-/// ended ones included).
-struct Switches(Option<u64>);
+/// Context switches and CPU time per unit of work.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Spent {
+    /// Thread hand-offs, counted as `perf stat -e context-switches` counts them.
+    pub switches: f64,
+    /// User and system CPU of all threads, µs (`perf stat -e task-clock`): unlike a rate it
+    /// does not depend on how a busy machine scheduled the threads.
+    pub cpu_us: f64,
+}
 
-impl Switches {
-    fn start() -> Switches {
-        Switches(process_context_switches())
+/// What this process spends from a starting point (all threads, ended ones included).
+struct Meter(Option<Usage>);
+
+#[derive(Clone, Copy)]
+struct Usage {
+    switches: u64,
+    cpu: Duration,
+}
+
+impl Meter {
+    fn start() -> Meter {
+        Meter(process_usage())
     }
 
-    /// Switches since the start per `units` of work (None if not counted or no units).
-    fn per(&self, units: f64) -> Option<f64> {
-        let (start, now) = (self.0?, process_context_switches()?);
-        (units > 0.0).then(|| now.saturating_sub(start) as f64 / units)
+    /// What was spent since the start per `units` of work (None if not counted or no units).
+    fn per(&self, units: f64) -> Option<Spent> {
+        let (start, now) = (self.0?, process_usage()?);
+        (units > 0.0).then(|| Spent {
+            switches: now.switches.saturating_sub(start.switches) as f64 / units,
+            cpu_us: now.cpu.saturating_sub(start.cpu).as_secs_f64() * 1e6 / units,
+        })
     }
 }
 
 #[cfg(not(windows))]
-fn process_context_switches() -> Option<u64> {
-    Some(kemu::process_context_switches())
+fn process_usage() -> Option<Usage> {
+    let u = kemu::process_usage();
+    Some(Usage {
+        switches: u.context_switches,
+        cpu: u.cpu,
+    })
 }
 
 /// The Windows harness does not bench; nothing counts there.
 #[cfg(windows)]
-fn process_context_switches() -> Option<u64> {
+fn process_usage() -> Option<Usage> {
     None
 }
 

@@ -48,9 +48,10 @@ pub fn report_text(drivers: &[DriverFigures], anchor: &Figures, options: &BenchO
             ratio(d.figures.echo_p50_us, anchor.echo_p50_us),
         );
     }
-    let counted = |f: &Figures| match (f.switches_per_handshake, f.switches_per_64k) {
+    let spent = |f: &Figures| match (f.per_handshake, f.per_64k) {
         (Some(h), Some(b)) => Some(format!(
-            "{h:.1} per handshake pair, {b:.1} per 64 KiB of bulk"
+            "{:.1} context switches and {:.0} µs CPU per handshake pair, {:.1} and {:.0} µs per 64 KiB of bulk",
+            h.switches, h.cpu_us, b.switches, b.cpu_us
         )),
         _ => None,
     };
@@ -59,8 +60,23 @@ pub fn report_text(drivers: &[DriverFigures], anchor: &Figures, options: &BenchO
         .map(|d| (d.subject.as_str(), &d.figures))
         .chain([("plain rustls", anchor)])
     {
-        if let Some(text) = counted(figures) {
-            out += &format!("context switches, {subject}: {text}\n");
+        if let Some(text) = spent(figures) {
+            out += &format!("spent, {subject}: {text}\n");
+        }
+    }
+    for d in drivers {
+        if let (Some(h), Some(b), Some(ah), Some(ab)) = (
+            d.figures.per_handshake,
+            d.figures.per_64k,
+            anchor.per_handshake,
+            anchor.per_64k,
+        ) {
+            out += &format!(
+                "CPU per unit, rustls / {}: handshakes {:.2}×, bulk {:.2}× (the rate ratio if both kept the same CPUs busy)\n",
+                d.subject,
+                ratio(ah.cpu_us, h.cpu_us),
+                ratio(ab.cpu_us, b.cpu_us),
+            );
         }
     }
     for d in drivers {
@@ -105,8 +121,10 @@ pub(super) fn figures_json(f: &Figures) -> serde_json::Value {
         "echo_p50_us": f.echo_p50_us,
         "echo_p99_us": f.echo_p99_us,
         "negotiated": f.negotiated,
-        "context_switches_per_handshake_pair": f.switches_per_handshake,
-        "context_switches_per_64k_bulk": f.switches_per_64k,
+        "context_switches_per_handshake_pair": f.per_handshake.map(|p| p.switches),
+        "context_switches_per_64k_bulk": f.per_64k.map(|p| p.switches),
+        "cpu_us_per_handshake_pair": f.per_handshake.map(|p| p.cpu_us),
+        "cpu_us_per_64k_bulk": f.per_64k.map(|p| p.cpu_us),
     })
 }
 
