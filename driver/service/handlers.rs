@@ -126,6 +126,7 @@ pub fn connect(s: &Service, request: &ConnectRequest<'_>, owner: usize) -> Resul
         .versions(versions(request.versions))
         .alpn(alpn_ids(request.alpn)?)
         .keep_peer_certificates(request.keep_peer_certificates)
+        .resume_sessions(!request.full_handshake)
         .max_queued(MAX_QUEUED_BYTES)
         .receive_window(RECEIVE_WINDOW)
         .handshake_timeout_ms(HANDSHAKE_TIMEOUT_MS);

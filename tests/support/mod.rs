@@ -125,6 +125,7 @@ fn loopback_connect<'a>(
         validation,
         client_certificate: None,
         keep_peer_certificates: false,
+        full_handshake: false,
     }
 }
 

@@ -83,6 +83,7 @@ fn connect_by_host_name_resolves_it() {
             validation: Validation::SystemRoots,
             client_certificate: None,
             keep_peer_certificates: false,
+            full_handshake: false,
         };
         request.endpoint.ip = [0; 16];
         let client = info(
@@ -98,4 +99,105 @@ fn connect_by_host_name_resolves_it() {
         kernel.close(b).unwrap();
         kernel.shutdown().unwrap();
     });
+}
+
+/// What `openssl s_server -www` says about one connection's session: its status page names it
+/// "New" or "Reused".
+fn s_server_session(kernel: &Kernel, h: Handle, port: u16, full_handshake: bool) -> String {
+    let driver = support::client(kernel, h);
+    let connection = driver
+        .connect(&ConnectRequest {
+            endpoint: Endpoint::loopback_v4(port),
+            host: b"localhost",
+            sni: b"localhost",
+            alpn: b"",
+            versions: VersionRange::ALL,
+            validation: Validation::Insecure,
+            client_certificate: None,
+            keep_peer_certificates: false,
+            full_handshake,
+        })
+        .and_then(|pending| pending.wait(WAIT))
+        .unwrap_or_else(|e| panic!("CONNECT to s_server: {e}"));
+    driver
+        .send(connection.id, b"GET / HTTP/1.0\r\n\r\n")
+        .unwrap();
+    // The whole page: the session tickets come before it, so the next connection has them.
+    let mut page = Vec::new();
+    loop {
+        let got = driver.recv(connection.id, 65536, WAIT).unwrap();
+        if got.is_empty() {
+            break;
+        }
+        page.extend_from_slice(&got);
+    }
+    driver.close(connection.id).unwrap();
+    let page = String::from_utf8_lossy(&page).into_owned();
+    for status in ["New", "Reused"] {
+        if page.contains(&format!("\n{status}, ")) {
+            return status.to_owned();
+        }
+    }
+    panic!("s_server's page names no session status: {page}");
+}
+
+#[test]
+fn a_full_handshake_connect_never_resumes_where_the_default_does() {
+    isolated(
+        "connect::a_full_handshake_connect_never_resumes_where_the_default_does",
+        || {
+            let (kernel, _) = boot();
+            let h = open(&kernel);
+            let ca = kemu::TestCa::generate("s_server CA").unwrap();
+            let issued = ca.issue(&["localhost"], kemu::Validity::Current).unwrap();
+            let dir = std::env::temp_dir().join(format!("wsktls-s_server-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("chain.pem"), &issued.chain_pem).unwrap();
+            std::fs::write(dir.join("key.pem"), &issued.key_pem).unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut server = std::process::Command::new("openssl")
+                .args([
+                    "s_server",
+                    "-accept",
+                    &format!("127.0.0.1:{port}"),
+                    "-www",
+                    "-tls1_3",
+                    "-quiet",
+                ])
+                .arg("-cert")
+                .arg(dir.join("chain.pem"))
+                .arg("-key")
+                .arg(dir.join("key.pem"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("openssl s_server (Debian's openssl package)");
+            let started = std::time::Instant::now();
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(started.elapsed() < WAIT, "s_server never listened");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // Schannel's default: the second connection to the same name resumes.
+            let default = [
+                s_server_session(&kernel, h, port, false),
+                s_server_session(&kernel, h, port, false),
+            ];
+            // full_handshake: a credential without a session cache, so never.
+            let full = [
+                s_server_session(&kernel, h, port, true),
+                s_server_session(&kernel, h, port, true),
+            ];
+            let _ = server.kill();
+            let _ = server.wait();
+            let _ = std::fs::remove_dir_all(&dir);
+            assert_eq!(default, ["New", "Reused"]);
+            assert_eq!(full, ["New", "New"]);
+            kernel.close(h).unwrap();
+            kernel.shutdown().unwrap();
+        },
+    );
 }

@@ -118,6 +118,7 @@ fn malformed_and_unauthorised_requests_change_nothing() {
                 validation: Validation::SystemRoots,
                 client_certificate: None,
                 keep_peer_certificates: false,
+                full_handshake: false,
             };
             unresolved.endpoint.ip = [0; 16];
             let mut buf = vec![0u8; ConnectRequest::FIXED];

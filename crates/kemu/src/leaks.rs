@@ -9,7 +9,7 @@ use crate::thread;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Site {
     /// Activity label of the allocating thread ("DriverEntry", "IOCTL 0x8A576000", ...).
-    pub activity: String,
+    pub activity: std::sync::Arc<str>,
     /// Kernel-wide allocation sequence number (orders the report).
     pub sequence: u64,
     /// Backtrace of the allocating call, if enabled.
@@ -19,7 +19,12 @@ pub struct Site {
 impl Site {
     /// The calling thread's site.
     pub(crate) fn here(sequence: u64) -> Site {
-        let backtrace = if std::env::var_os("KEMU_BACKTRACE").is_some_and(|v| v == "1") {
+        // Read once: an environment lookup takes the process's environment lock, and this
+        // runs for every pool block, IRP and timer.
+        static BACKTRACES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let wanted = *BACKTRACES
+            .get_or_init(|| std::env::var_os("KEMU_BACKTRACE").is_some_and(|v| v == "1"));
+        let backtrace = if wanted {
             Some(std::backtrace::Backtrace::force_capture().to_string())
         } else {
             None

@@ -26,7 +26,8 @@ pub(crate) struct ThreadState {
     pub kernel: Arc<Shared>,
     pub irql: Cell<KIRQL>,
     pub spin_locks_held: Cell<u32>,
-    pub activity: RefCell<String>,
+    /// Shared, so each allocation site records it without copying the text.
+    pub activity: RefCell<Arc<str>>,
     /// Non-zero while a KMDF work item callback runs on this thread (its handle).
     pub work_item: Cell<usize>,
     /// A host thread inside the kernel for one call (see [`borrow`]).
@@ -47,7 +48,7 @@ fn install(kernel: Arc<Shared>, activity: &str, borrowed: bool) {
         kernel,
         irql: Cell::new(PASSIVE),
         spin_locks_held: Cell::new(0),
-        activity: RefCell::new(activity.to_owned()),
+        activity: RefCell::new(Arc::from(activity)),
         work_item: Cell::new(0),
         borrowed,
     });
@@ -105,16 +106,16 @@ pub(crate) fn set_irql(new: KIRQL) -> KIRQL {
 }
 
 /// The calling thread's activity label.
-pub(crate) fn activity() -> String {
+pub(crate) fn activity() -> Arc<str> {
     try_state()
         .map(|s| s.activity.borrow().clone())
-        .unwrap_or_else(|| "host".to_owned())
+        .unwrap_or_else(|| Arc::from("host"))
 }
 
 /// Runs `f` with the activity label set to `label`, restoring the previous label after.
 pub(crate) fn with_activity<R>(label: &str, f: impl FnOnce() -> R) -> R {
     let s = state();
-    let previous = s.activity.replace(label.to_owned());
+    let previous = s.activity.replace(Arc::from(label));
     let result = f();
     *s.activity.borrow_mut() = previous;
     result

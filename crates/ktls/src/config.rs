@@ -138,6 +138,7 @@ pub struct ClientConfig {
     pub(crate) alpn: Vec<u8>,
     pub(crate) client_certificate: Option<[u8; 20]>,
     pub(crate) keep_peer_certificates: bool,
+    pub(crate) resume_sessions: bool,
     pub(crate) limits: Limits,
 }
 
@@ -152,6 +153,7 @@ impl ClientConfig {
                 alpn: Vec::new(),
                 client_certificate: None,
                 keep_peer_certificates: false,
+                resume_sessions: true,
                 limits: Limits::default(),
             },
             alpn_valid: true,
@@ -163,17 +165,24 @@ impl ClientConfig {
         self.verify
     }
 
-    /// The SCH_CRED_* flags the trust decision needs on the credential.
+    /// The SCH_CRED_* flags the trust decision and session reuse need on the credential.
     pub(crate) fn credential_flags(&self) -> u32 {
-        match self.verify {
-            Verify::SystemRoots => 0,
-            // The chain is not validated; the session compares the certificate's SHA-256, or
-            // nothing at all.
-            Verify::Pinned(_) | Verify::InsecureAcceptAnyCertificate => {
-                ksys::schannel::SCH_CRED_MANUAL_CRED_VALIDATION
-                    | ksys::schannel::SCH_CRED_NO_SERVERNAME_CHECK
+        // Schannel resumes by default; the credential's session cache is what is switched off.
+        let reconnects = if self.resume_sessions {
+            0
+        } else {
+            ksys::schannel::SCH_CRED_DISABLE_RECONNECTS
+        };
+        reconnects
+            | match self.verify {
+                Verify::SystemRoots => 0,
+                // The chain is not validated; the session compares the certificate's SHA-256, or
+                // nothing at all.
+                Verify::Pinned(_) | Verify::InsecureAcceptAnyCertificate => {
+                    ksys::schannel::SCH_CRED_MANUAL_CRED_VALIDATION
+                        | ksys::schannel::SCH_CRED_NO_SERVERNAME_CHECK
+                }
             }
-        }
     }
 
     /// The pin the session checks, if any.
@@ -205,6 +214,15 @@ impl ClientConfigBuilder {
     common_settings!(
         "ALPN protocol ids to offer, most preferred first (e.g. `[\"h2\", \"http/1.1\"]`)."
     );
+
+    /// Whether a connection may resume a session an earlier one with the same server name
+    /// left in the credential's cache (default: yes, as Schannel does — the handshake then
+    /// skips the certificate exchange). No gives a full handshake every time
+    /// (SCH_CRED_DISABLE_RECONNECTS on its own credential).
+    pub fn resume_sessions(mut self, resume: bool) -> Self {
+        self.config.resume_sessions = resume;
+        self
+    }
 
     /// Presents the certificate with this SHA-1 thumbprint from the machine store "MY" when a
     /// server asks for one (default: none; a server that requires one then fails the handshake).

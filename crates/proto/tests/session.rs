@@ -38,6 +38,7 @@ fn connect(validation: Validation) -> Vec<u8> {
         validation,
         client_certificate: None,
         keep_peer_certificates: false,
+        full_handshake: false,
     };
     let mut out = vec![0u8; 1024];
     let n = req.encode(&mut out).unwrap();
@@ -154,7 +155,12 @@ fn connect_round_trips_and_rejects_bad_fields() {
     );
     // Flags (after the pin and the three lengths) and the client certificate's thumbprint.
     let flags_at = ConnectRequest::FIXED - 21;
-    assert_eq!(mutate(flags_at, 4), Err(WireError::InvalidField("flags")));
+    assert_eq!(mutate(flags_at, 8), Err(WireError::InvalidField("flags")));
+    let mut full = bytes.clone();
+    full[flags_at] = 4;
+    let decoded = ConnectRequest::decode(&full).unwrap();
+    assert!(decoded.full_handshake && !decoded.keep_peer_certificates);
+    assert!(!ConnectRequest::decode(&bytes).unwrap().full_handshake);
     let mut keep = bytes.clone();
     keep[flags_at] = 2;
     assert!(
@@ -195,6 +201,7 @@ fn connect_round_trips_and_rejects_bad_fields() {
         validation: Validation::SystemRoots,
         client_certificate: None,
         keep_peer_certificates: false,
+        full_handshake: false,
     };
     let mut out = vec![0u8; 256];
     let n = nameless.encode(&mut out).unwrap();

@@ -74,6 +74,7 @@ pub fn run(driver: Arc<Driver>, options: &ConnectOptions) -> Result<(), Failure>
             validation: options.validation,
             client_certificate: options.client_certificate,
             keep_peer_certificates: options.show_certificates,
+            full_handshake: false,
         })
         .and_then(|p| p.wait(CALL_TIMEOUT))
         .map_err(|e| e.failure("CONNECT"))?;

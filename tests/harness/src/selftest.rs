@@ -67,6 +67,7 @@ pub fn run_version(
             validation: Validation::SystemRoots,
             client_certificate: None,
             keep_peer_certificates: false,
+            full_handshake: false,
         })
         .map_err(|x| e("CONNECT", x))?;
     let c = connect

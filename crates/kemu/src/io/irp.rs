@@ -5,7 +5,8 @@
 //! must return STATUS_MORE_PROCESSING_REQUIRED, or the verifier stops the kernel. IRPs kemu
 //! builds for host I/O end in a host completion (buffers copied back, waiter woken).
 
-use std::collections::HashMap;
+// Keys are addresses and small ids: a fast non-cryptographic hash (no peer chooses them).
+use rustc_hash::FxHashMap as HashMap;
 use std::ffi::c_void;
 use std::sync::Mutex;
 

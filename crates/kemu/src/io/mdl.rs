@@ -1,6 +1,7 @@
 //! MDLs: IoAllocateMdl (optionally attached to an IRP), MmBuildMdlForNonPagedPool, IoFreeMdl.
 
-use std::collections::HashMap;
+// Keys are addresses and small ids: a fast non-cryptographic hash (no peer chooses them).
+use rustc_hash::FxHashMap as HashMap;
 use std::ffi::c_void;
 use std::sync::Mutex;
 

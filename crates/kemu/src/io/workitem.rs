@@ -2,7 +2,8 @@
 //! PASSIVE_LEVEL on a system worker thread; the work item keeps its device object referenced
 //! while allocated and while queued or running.
 
-use std::collections::HashMap;
+// Keys are addresses and small ids: a fast non-cryptographic hash (no peer chooses them).
+use rustc_hash::FxHashMap as HashMap;
 use std::ffi::c_void;
 use std::sync::Mutex;
 

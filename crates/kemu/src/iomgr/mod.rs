@@ -14,7 +14,8 @@ mod control;
 mod devices;
 mod files;
 
-use std::collections::HashMap;
+// Keys are addresses and small ids: a fast non-cryptographic hash (no peer chooses them).
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 
 use ksys::io::{

@@ -2,7 +2,10 @@
 //! bytes (special-pool style overrun detection), poisoning, and the owner of each block.
 
 use std::alloc::Layout;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// Keys are addresses: a fast non-cryptographic hash (no peer chooses them).
+use rustc_hash::FxHashMap as HashMap;
 use std::ffi::c_void;
 use std::sync::Mutex;
 

@@ -13,7 +13,8 @@ mod messages;
 pub mod store;
 pub(crate) mod tls;
 
-use std::collections::{HashMap, HashSet};
+// Keys are addresses and small ids: a fast non-cryptographic hash (no peer chooses them).
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;

@@ -11,7 +11,8 @@ pub(crate) mod addr;
 pub(crate) mod poller;
 pub(crate) mod socket;
 
-use std::collections::HashMap;
+// Keys are addresses and small ids: a fast non-cryptographic hash (no peer chooses them).
+use rustc_hash::FxHashMap as HashMap;
 use std::ffi::c_void;
 use std::net::ToSocketAddrs;
 use std::sync::{Mutex, MutexGuard};

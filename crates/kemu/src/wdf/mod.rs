@@ -14,7 +14,10 @@ pub(crate) mod registry;
 pub(crate) mod request;
 pub(crate) mod workitem;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// Keys are addresses: a fast non-cryptographic hash (no peer chooses them).
+use rustc_hash::FxHashMap as HashMap;
 use std::ffi::c_void;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

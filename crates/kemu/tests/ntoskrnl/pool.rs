@@ -147,7 +147,7 @@ fn leaked_pool_is_reported_at_shutdown_with_tag_and_site() {
                 (leak.kind, leak.tag.as_str(), leak.size),
                 (kemu::LeakKind::Pool, "Test", 40)
             );
-            assert_eq!(leak.site.activity, "allocating test");
+            assert_eq!(&*leak.site.activity, "allocating test");
         }
         other => panic!("expected a leak report, got {other:?}"),
     }

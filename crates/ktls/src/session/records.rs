@@ -6,10 +6,24 @@ use super::*;
 use crate::context::Decrypted;
 
 impl<O: Observer> Engine<O> {
+    /// Decrypts every whole record in `rx`, then moves what is left (a partial record) to its
+    /// front once — not after each record, which would move the rest of a 64 KiB receive
+    /// again for every 16 KiB record in it.
     pub(super) fn decrypt_all(&mut self, conn: &Conn<O>) {
+        let consumed = self.decrypt_records(conn).min(self.rx_len);
+        if consumed > 0 {
+            self.keep_extra(self.rx_len - consumed);
+        }
+    }
+
+    /// Decrypts records from the front of `rx` in place until one is incomplete, the
+    /// session cannot go on, or a post-handshake message takes over; returns how many bytes
+    /// at the front are consumed (0 when `keep_message` already rebuilt the front).
+    fn decrypt_records(&mut self, conn: &Conn<O>) -> usize {
+        let mut start = 0;
         // While a post-handshake answer is being fetched the context is busy; what arrives
         // meanwhile waits in `rx` until the answer is out (see `sspi_completed`).
-        while self.rx_len > 0
+        while self.rx_len > start
             && self.phase == Phase::Open
             && self.exchange != Exchange::PostHandshake
         {
@@ -19,37 +33,41 @@ impl<O: Observer> Engine<O> {
                 data,
                 nonempty_data,
                 extra,
-            } = self.context.decrypt_in_place(&mut self.rx.bytes()[..rx_len]);
+            } = self.context.decrypt_in_place(&mut self.rx.bytes()[start..rx_len]);
+            let unread = rx_len - start;
             match status {
                 SEC_E_OK | SEC_I_RENEGOTIATE | SEC_I_CONTEXT_EXPIRED => {
                     if status == SEC_E_OK {
                         if let Some((at, len)) = data {
-                            if at.checked_add(len).is_none_or(|end| end > self.rx_len) {
+                            if at.checked_add(len).is_none_or(|end| end > unread) {
                                 self.fail_or_end(conn, Some(Error::tls(SEC_E_INTERNAL_ERROR)));
-                                return;
+                                return start;
                             }
-                            if len > 0 && !self.deliver(conn, at, len) {
-                                return;
+                            if len > 0 && !self.deliver(conn, start + at, len) {
+                                return start;
                             }
                         }
                     }
+                    let extra = extra.unwrap_or(0).min(unread);
                     if status == SEC_I_RENEGOTIATE {
                         // The message for ISC/ASC: EXTRA (kemu, curl's reading of Schannel),
                         // after any bytes Schannel handed back as DATA instead (.NET's).
-                        self.keep_message(nonempty_data, extra.unwrap_or(0));
+                        let data = nonempty_data.map(|(at, n)| (start + at, n));
+                        self.keep_message(data, extra);
                         self.exchange = Exchange::PostHandshake;
                         conn.mailbox.lock().counters.post_handshake_messages += 1;
-                        return;
+                        return 0;
                     }
-                    self.keep_extra(extra.unwrap_or(0));
+                    start = rx_len - extra;
                     if status == SEC_I_CONTEXT_EXPIRED {
                         self.inbound = self.inbound.max(Inbound::CloseNotify);
                         conn.mailbox.lock().peer_ended = true;
-                        return;
+                        return start;
                     }
                 }
                 SEC_E_INCOMPLETE_MESSAGE => {
-                    if self.rx_len >= self.rx.len() {
+                    // Full only if the partial record fills the whole buffer from its front.
+                    if unread >= self.rx.len() {
                         if self.rx.len() < RX_QUIET {
                             // An idle connection's buffer: room for a whole record first.
                             self.rx_wanted = self.rx_wanted.max(RX_QUIET);
@@ -57,14 +75,15 @@ impl<O: Observer> Engine<O> {
                             self.fail_or_end(conn, Some(Error::tls(SEC_E_ILLEGAL_MESSAGE)));
                         }
                     }
-                    return;
+                    return start;
                 }
                 error => {
                     self.fail_or_end(conn, Some(Error::tls(error)));
-                    return;
+                    return start;
                 }
             }
         }
+        start
     }
 
     /// After SEC_I_RENEGOTIATE: `data` (if Schannel returned the message there) and then the

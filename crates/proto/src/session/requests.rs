@@ -106,12 +106,18 @@ pub struct ConnectRequest<'a> {
     pub client_certificate: Option<[u8; 20]>,
     /// Keep the server's certificate chain for [`IOCTL_WSKTLS_PEER_CERTIFICATES`].
     pub keep_peer_certificates: bool,
+    /// Always a full handshake: never resume a session cached from an earlier connection to
+    /// the same server (Schannel's SCH_CRED_DISABLE_RECONNECTS). By default a client resumes,
+    /// as Schannel does, skipping the certificate exchange.
+    pub full_handshake: bool,
 }
 
 /// Flag of [`ConnectRequest`]: a client certificate thumbprint follows.
 pub(super) const CONNECT_CLIENT_CERTIFICATE: u8 = 1;
 /// Flag of [`ConnectRequest`]: keep the server's chain.
 pub(super) const CONNECT_KEEP_CERTIFICATES: u8 = 2;
+/// Flag of [`ConnectRequest`]: no session resumption.
+pub(super) const CONNECT_FULL_HANDSHAKE: u8 = 4;
 
 impl<'a> ConnectRequest<'a> {
     /// Fixed part: header, endpoint, versions, validation, pin, three lengths, flags, client
@@ -151,6 +157,9 @@ impl<'a> ConnectRequest<'a> {
         if self.keep_peer_certificates {
             flags |= CONNECT_KEEP_CERTIFICATES;
         }
+        if self.full_handshake {
+            flags |= CONNECT_FULL_HANDSHAKE;
+        }
         w.u8(flags);
         w.bytes(&self.client_certificate.unwrap_or([0; 20]));
         w.bytes(self.host);
@@ -173,7 +182,10 @@ impl<'a> ConnectRequest<'a> {
         let alpn_len = usize::from(r.u8().ok_or(short(Self::FIXED, got))?);
         let flags = r.u8().ok_or(short(Self::FIXED, got))?;
         let thumbprint: [u8; 20] = r.array().ok_or(short(Self::FIXED, got))?;
-        if flags & !(CONNECT_CLIENT_CERTIFICATE | CONNECT_KEEP_CERTIFICATES) != 0 {
+        if flags
+            & !(CONNECT_CLIENT_CERTIFICATE | CONNECT_KEEP_CERTIFICATES | CONNECT_FULL_HANDSHAKE)
+            != 0
+        {
             return Err(WireError::InvalidField("flags"));
         }
         let client_certificate = match flags & CONNECT_CLIENT_CERTIFICATE {
@@ -182,6 +194,7 @@ impl<'a> ConnectRequest<'a> {
             _ => Some(thumbprint),
         };
         let keep_peer_certificates = flags & CONNECT_KEEP_CERTIFICATES != 0;
+        let full_handshake = flags & CONNECT_FULL_HANDSHAKE != 0;
         let total = Self::FIXED + host_len + sni_len + alpn_len;
         let host = r.bytes(host_len).ok_or(short(total, got))?;
         let sni = r.bytes(sni_len).ok_or(short(total, got))?;
@@ -219,6 +232,7 @@ impl<'a> ConnectRequest<'a> {
             validation,
             client_certificate,
             keep_peer_certificates,
+            full_handshake,
         })
     }
 }

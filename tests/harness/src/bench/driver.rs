@@ -37,6 +37,9 @@ impl DriverBench<'_> {
             validation: Validation::SystemRoots,
             client_certificate: None,
             keep_peer_certificates: false,
+            // Like for like: plain rustls resumes nothing either (Schannel would, by default,
+            // and skip the certificate exchange).
+            full_handshake: true,
         }
     }
 

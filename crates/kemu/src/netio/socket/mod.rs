@@ -72,6 +72,30 @@ struct ReceiveOp {
     wait_all: bool,
 }
 
+impl ReceiveOp {
+    /// The part of the driver's buffer still to fill, as I/O slices over its memory: the
+    /// socket reads straight into it (no staging buffer to zero and copy from, as on Windows,
+    /// where the transport copies into the locked pages).
+    fn unfilled(&mut self) -> Vec<std::io::IoSliceMut<'_>> {
+        let mut skip = self.filled;
+        let mut out = Vec::with_capacity(self.segments.len());
+        for seg in &self.segments {
+            if skip >= seg.length {
+                skip -= seg.length;
+                continue;
+            }
+            // SAFETY: the segment lies in memory a live MDL describes, which the driver keeps
+            // (and leaves alone) until this receive completes; segments do not overlap.
+            let bytes = unsafe {
+                std::slice::from_raw_parts_mut((seg.address + skip) as *mut u8, seg.length - skip)
+            };
+            out.push(std::io::IoSliceMut::new(bytes));
+            skip = 0;
+        }
+        out
+    }
+}
+
 struct SendOp {
     /// 0 for a graceful disconnect's final buffer.
     irp: usize,
@@ -292,21 +316,4 @@ unsafe fn segments(buf: *const WSK_BUF) -> Result<(Vec<Segment>, usize), NTSTATU
         mdl = next;
     }
     Ok((out, buf.Length))
-}
-
-fn scatter(segments: &[Segment], mut offset: usize, mut data: &[u8]) {
-    for s in segments {
-        if data.is_empty() {
-            break;
-        }
-        if offset >= s.length {
-            offset -= s.length;
-            continue;
-        }
-        let n = (s.length - offset).min(data.len());
-        // SAFETY: as in `gather`; the driver's receive buffer is writable.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), (s.address + offset) as *mut u8, n) };
-        data = &data[n..];
-        offset = 0;
-    }
 }

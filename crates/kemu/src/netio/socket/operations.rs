@@ -179,14 +179,13 @@ pub(super) fn progress(state: &mut crate::netio::NetState, socket: usize, out: &
                 out.push(done(op.irp, STATUS_SUCCESS, op.filled));
                 continue;
             }
-            let mut buffer = vec![0u8; op.length - op.filled];
-            match stream.read(&mut buffer) {
+            let read = stream.read_vectored(&mut op.unfilled());
+            match read {
                 Ok(0) => {
                     s.fin_received = true;
                     out.push(done(op.irp, STATUS_SUCCESS, op.filled));
                 }
                 Ok(n) => {
-                    scatter(&op.segments, op.filled, &buffer[..n]);
                     op.filled += n;
                     if op.wait_all && op.filled < op.length {
                         if rearm(socket, op.irp) {
