@@ -89,9 +89,23 @@ pub(crate) fn state() -> Rc<ThreadState> {
     }
 }
 
-/// The kernel the calling thread belongs to.
-pub(crate) fn kernel() -> Arc<Shared> {
-    state().kernel.clone()
+/// The kernel the calling thread belongs to, borrowed through the thread's own state: no
+/// atomic reference count is touched (every thread taking a count on the one `Arc` made its
+/// cache line travel between processors on each kernel call); `.clone()` gives an
+/// `Arc<Shared>` to keep or send.
+pub(crate) fn kernel() -> KernelRef {
+    KernelRef(state())
+}
+
+/// The calling thread's kernel (see [`kernel`]); not `Send`.
+pub(crate) struct KernelRef(Rc<ThreadState>);
+
+impl std::ops::Deref for KernelRef {
+    type Target = Arc<Shared>;
+
+    fn deref(&self) -> &Arc<Shared> {
+        &self.0.kernel
+    }
 }
 
 /// Current IRQL of the calling thread (PASSIVE for non-kernel threads).

@@ -178,7 +178,7 @@ fn violation(message: String, object: usize) -> ! {
     )
 }
 
-fn ksecdd() -> Arc<crate::kernel::Shared> {
+fn ksecdd() -> thread::KernelRef {
     thread::kernel()
 }
 
