@@ -72,27 +72,33 @@ struct ReceiveOp {
     wait_all: bool,
 }
 
+/// The (address, length) ranges of `segments` past their first `done` bytes.
+fn past(segments: &[Segment], done: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut skip = done;
+    segments.iter().filter_map(move |seg| {
+        if skip >= seg.length {
+            skip -= seg.length;
+            return None;
+        }
+        let range = (seg.address + skip, seg.length - skip);
+        skip = 0;
+        Some(range)
+    })
+}
+
 impl ReceiveOp {
     /// The part of the driver's buffer still to fill, as I/O slices over its memory: the
     /// socket reads straight into it (no staging buffer to zero and copy from, as on Windows,
     /// where the transport copies into the locked pages).
     fn unfilled(&mut self) -> Vec<std::io::IoSliceMut<'_>> {
-        let mut skip = self.filled;
-        let mut out = Vec::with_capacity(self.segments.len());
-        for seg in &self.segments {
-            if skip >= seg.length {
-                skip -= seg.length;
-                continue;
-            }
-            // SAFETY: the segment lies in memory a live MDL describes, which the driver keeps
-            // (and leaves alone) until this receive completes; segments do not overlap.
-            let bytes = unsafe {
-                std::slice::from_raw_parts_mut((seg.address + skip) as *mut u8, seg.length - skip)
-            };
-            out.push(std::io::IoSliceMut::new(bytes));
-            skip = 0;
-        }
-        out
+        past(&self.segments, self.filled)
+            .map(|(address, length)| {
+                // SAFETY: the range lies in memory a live MDL describes, which the driver keeps
+                // (and leaves alone) until this receive completes; segments do not overlap.
+                let bytes = unsafe { std::slice::from_raw_parts_mut(address as *mut u8, length) };
+                std::io::IoSliceMut::new(bytes)
+            })
+            .collect()
     }
 }
 
@@ -108,22 +114,14 @@ struct SendOp {
 impl SendOp {
     /// The bytes still to write, as I/O slices over the driver's memory.
     fn remaining(&self) -> Vec<std::io::IoSlice<'_>> {
-        let mut skip = self.written;
-        let mut out = Vec::with_capacity(self.segments.len());
-        for seg in &self.segments {
-            if skip >= seg.length {
-                skip -= seg.length;
-                continue;
-            }
-            // SAFETY: the segment lies in memory a live MDL describes; the driver keeps it
-            // until this send completes.
-            let bytes = unsafe {
-                std::slice::from_raw_parts((seg.address + skip) as *const u8, seg.length - skip)
-            };
-            out.push(std::io::IoSlice::new(bytes));
-            skip = 0;
-        }
-        out
+        past(&self.segments, self.written)
+            .map(|(address, length)| {
+                // SAFETY: the range lies in memory a live MDL describes; the driver keeps it
+                // until this send completes.
+                let bytes = unsafe { std::slice::from_raw_parts(address as *const u8, length) };
+                std::io::IoSlice::new(bytes)
+            })
+            .collect()
     }
 }
 
