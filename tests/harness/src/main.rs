@@ -248,6 +248,12 @@ enum Command {
         /// process under kemu and one in the child: mind `ulimit -n`).
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
         idle: u32,
+        /// Measure N times, the driver and rustls alternating, and report every round's ratios
+        /// and their median: on a shared or virtual machine one run's ratios can swing by a
+        /// third, the median of several much less. The table shows the first round; --idle
+        /// runs in it only.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+        rounds: u16,
     },
     /// The idle clients of `bench --idle` (run by bench itself): connects COUNT times over TLS
     /// 1.3 to 127.0.0.1:PORT, trusting the CA in WSKTLS_IDLE_PEERS_CA, prints `ready COUNT`,
@@ -400,6 +406,7 @@ fn run(command: Command, globals: &Globals) -> Result<ExitCode, Failure> {
             json,
             driver,
             idle,
+            rounds,
         } => {
             if !(0.05..=3600.0).contains(&seconds) {
                 return Err(Failure::usage(format!(
@@ -410,6 +417,7 @@ fn run(command: Command, globals: &Globals) -> Result<ExitCode, Failure> {
                 connections: connections.into(),
                 seconds,
                 idle: idle as usize,
+                rounds: rounds.into(),
             };
             platform::bench(globals, driver, options, json)
         }

@@ -149,36 +149,47 @@ pub fn bench(
         Some(path) => vec![Some(path), None],
         None => vec![None],
     };
-    let phases = 4 + u64::from(options.idle > 0);
-    let bar = bench::progress(phases * subjects.len() as u64 + 3);
+    // Four phases per subject and three for rustls in every round, the idle echo once.
+    let per_round = 4 * subjects.len() as u64 + 3;
+    let idle_phases = u64::from(options.idle > 0) * subjects.len() as u64;
+    let bar = bench::progress(per_round * options.rounds as u64 + idle_phases);
     let mut certificate = None;
-    let mut drivers = Vec::new();
-    for subject in subjects {
-        let machine = boot(globals, subject)?;
-        let cert = match certificate.take() {
-            None => machine
-                .make_server_certificate(&["localhost"])
-                .map_err(|e| Failure::driver(format!("making the test certificate: {e}")))?,
-            Some(cert) => {
-                machine
-                    .install(&cert)
-                    .map_err(|e| Failure::driver(e.to_string()))?;
-                cert
-            }
+    let mut rounds = Vec::with_capacity(options.rounds);
+    for round in 0..options.rounds {
+        // The idle connections are made once: the first round.
+        let options = BenchOptions {
+            idle: if round == 0 { options.idle } else { 0 },
+            ..options.clone()
         };
-        let measured = bench::measure_driver(&machine, &cert, &options, &bar);
-        let verdict = Box::new(machine).finish();
-        drivers.push(measured.map_err(Failure::driver)?);
-        verdict.map_err(|e| Failure::driver(e.to_string()))?;
-        certificate = Some(cert);
+        let mut drivers = Vec::new();
+        for subject in &subjects {
+            let machine = boot(globals, subject.clone())?;
+            let cert = match certificate.take() {
+                None => machine
+                    .make_server_certificate(&["localhost"])
+                    .map_err(|e| Failure::driver(format!("making the test certificate: {e}")))?,
+                Some(cert) => {
+                    machine
+                        .install(&cert)
+                        .map_err(|e| Failure::driver(e.to_string()))?;
+                    cert
+                }
+            };
+            let measured = bench::measure_driver(&machine, &cert, &options, &bar);
+            let verdict = Box::new(machine).finish();
+            drivers.push(measured.map_err(Failure::driver)?);
+            verdict.map_err(|e| Failure::driver(e.to_string()))?;
+            certificate = Some(cert);
+        }
+        let cert = certificate.as_ref().expect("at least one subject");
+        let anchor = bench::measure_rustls(cert, &options, &bar).map_err(Failure::driver)?;
+        rounds.push(bench::Round { drivers, anchor });
     }
-    let cert = certificate.expect("at least one subject");
-    let anchor = bench::measure_rustls(&cert, &options, &bar).map_err(Failure::driver)?;
     bar.finish_and_clear();
     if json {
-        out!("{}", bench::report_json(&drivers, &anchor, &options));
+        out!("{}", bench::report_json(&rounds, &options));
     } else {
-        out_part!("{}", bench::report_text(&drivers, &anchor, &options));
+        out_part!("{}", bench::report_text(&rounds, &options));
     }
     Ok(ExitCode::SUCCESS)
 }

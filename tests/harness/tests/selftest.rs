@@ -93,7 +93,7 @@ fn bad_arguments_are_refused_with_a_reason() {
 fn bench_measures_the_driver_and_rustls_and_reports_json() {
     let out = wsktls()
         .args(["bench", "--seconds", "0.3", "--connections", "2", "--json"])
-        .args(["--idle", "40"])
+        .args(["--idle", "40", "--rounds", "2"])
         .output()
         .expect("runs");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -122,6 +122,21 @@ fn bench_measures_the_driver_and_rustls_and_reports_json() {
     let idle = &driver["echo_with_idle"];
     assert_eq!(idle["idle_connections"].as_u64(), Some(40), "{text}");
     assert!(idle["echo_p50_us"].as_f64().unwrap_or(0.0) > 0.0, "{text}");
+    // Two rounds, each with its ratios, and their medians (of two: the mean).
+    let rounds = report["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 2, "{text}");
+    let bulk = |r: &serde_json::Value| r[0]["ratio_to_rustls"]["bulk"].as_f64().unwrap();
+    let (first, second) = (bulk(&rounds[0]), bulk(&rounds[1]));
+    assert!(first > 0.0 && second > 0.0, "{text}");
+    let median = report["medians"][0]["median_ratio_to_rustls"]["bulk"]
+        .as_f64()
+        .unwrap();
+    assert!((median - (first + second) / 2.0).abs() < 1e-9, "{text}");
+    assert_eq!(
+        rounds[0][0]["ratio_to_rustls"]["handshakes"].as_f64(),
+        driver["ratio_to_rustls"]["handshakes"].as_f64(),
+        "the table is the first round's: {text}"
+    );
 }
 
 #[test]

@@ -43,6 +43,15 @@ pub struct BenchOptions {
     /// Idle connections held open (each waiting in a RECV, as a server's would) during a second
     /// echo phase; 0 skips it.
     pub idle: usize,
+    /// How many times to measure everything (see [`Round`]).
+    pub rounds: usize,
+}
+
+/// One measurement of every subject and the rustls anchor, taken one after the other: the
+/// ratios of a round compare figures taken minutes apart at most.
+pub struct Round {
+    pub drivers: Vec<DriverFigures>,
+    pub anchor: Figures,
 }
 
 /// The three timed figures of one subject (the driver, or plain rustls).

@@ -6,8 +6,127 @@ pub(super) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
 }
 
-/// The report as text: one table, the anchor last, ratios against it.
-pub fn report_text(drivers: &[DriverFigures], anchor: &Figures, options: &BenchOptions) -> String {
+/// The report as text: the first round's table, then every round's ratios and their medians.
+pub fn report_text(rounds: &[Round], options: &BenchOptions) -> String {
+    let Some(first) = rounds.first() else {
+        return String::new();
+    };
+    let mut out = round_text(&first.drivers, &first.anchor, options);
+    if rounds.len() < 2 {
+        return out;
+    }
+    let cpu = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}×"));
+    for (at, driver) in first.drivers.iter().enumerate() {
+        out += &format!(
+            "each round, {} / rustls: rate of handshakes, of bulk; CPU per unit of handshakes, of bulk\n",
+            driver.subject
+        );
+        let all: Vec<Ratios> = rounds
+            .iter()
+            .map(|r| Ratios::of(&r.drivers[at].figures, &r.anchor))
+            .collect();
+        for (n, r) in all.iter().enumerate() {
+            out += &format!(
+                "  round {}: {:.2}×, {:.2}×; {}, {}\n",
+                n + 1,
+                r.handshakes,
+                r.bulk,
+                cpu(r.cpu_handshakes),
+                cpu(r.cpu_bulk)
+            );
+        }
+        let m = Ratios::median(&all);
+        out += &format!(
+            "median of {} rounds, {} / rustls: handshakes {:.2}×, bulk {:.2}×, echo p50 {:.2}× the time; CPU per unit: handshakes {}, bulk {}\n",
+            rounds.len(),
+            driver.subject,
+            m.handshakes,
+            m.bulk,
+            m.echo_p50,
+            cpu(m.cpu_handshakes),
+            cpu(m.cpu_bulk),
+        );
+        if let (Some(h), Some(b)) = (m.switches_per_pair, m.switches_per_64k) {
+            out += &format!(
+                "median of {} rounds, {}: {h:.1} context switches per handshake pair, {b:.1} per 64 KiB of bulk\n",
+                rounds.len(),
+                driver.subject,
+            );
+        }
+    }
+    out
+}
+
+/// One driver subject against the rustls anchor of the same round.
+#[derive(Clone, Copy, Debug, Default)]
+struct Ratios {
+    handshakes: f64,
+    bulk: f64,
+    /// Time, not rate: above 1 is slower.
+    echo_p50: f64,
+    /// rustls's CPU per unit over the driver's (None where not counted).
+    cpu_handshakes: Option<f64>,
+    cpu_bulk: Option<f64>,
+    /// The driver's own, not a ratio: the context-switch goals are absolute.
+    switches_per_pair: Option<f64>,
+    switches_per_64k: Option<f64>,
+}
+
+impl Ratios {
+    fn of(driver: &Figures, anchor: &Figures) -> Ratios {
+        let cpu = |d: Option<Spent>, a: Option<Spent>| Some(ratio(a?.cpu_us, d?.cpu_us));
+        Ratios {
+            handshakes: ratio(driver.handshakes_per_second, anchor.handshakes_per_second),
+            bulk: ratio(driver.bulk_mb_per_second, anchor.bulk_mb_per_second),
+            echo_p50: ratio(driver.echo_p50_us, anchor.echo_p50_us),
+            cpu_handshakes: cpu(driver.per_handshake, anchor.per_handshake),
+            cpu_bulk: cpu(driver.per_64k, anchor.per_64k),
+            switches_per_pair: driver.per_handshake.map(|s| s.switches),
+            switches_per_64k: driver.per_64k.map(|s| s.switches),
+        }
+    }
+
+    /// Each figure's median across rounds, on its own.
+    fn median(all: &[Ratios]) -> Ratios {
+        let of = |pick: &dyn Fn(&Ratios) -> Option<f64>| -> Option<f64> {
+            let mut v: Vec<f64> = all.iter().filter_map(pick).collect();
+            if v.is_empty() {
+                return None;
+            }
+            v.sort_by(f64::total_cmp);
+            let mid = v.len() / 2;
+            Some(if v.len() % 2 == 1 {
+                v[mid]
+            } else {
+                (v[mid - 1] + v[mid]) / 2.0
+            })
+        };
+        Ratios {
+            handshakes: of(&|r| Some(r.handshakes)).unwrap_or(0.0),
+            bulk: of(&|r| Some(r.bulk)).unwrap_or(0.0),
+            echo_p50: of(&|r| Some(r.echo_p50)).unwrap_or(0.0),
+            cpu_handshakes: of(&|r| r.cpu_handshakes),
+            cpu_bulk: of(&|r| r.cpu_bulk),
+            switches_per_pair: of(&|r| r.switches_per_pair),
+            switches_per_64k: of(&|r| r.switches_per_64k),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "handshakes": self.handshakes,
+            "bulk": self.bulk,
+            "echo_p50": self.echo_p50,
+            "cpu_per_handshake_pair": self.cpu_handshakes,
+            "cpu_per_64k_bulk": self.cpu_bulk,
+            "context_switches_per_handshake_pair": self.switches_per_pair,
+            "context_switches_per_64k_bulk": self.switches_per_64k,
+        })
+    }
+}
+
+/// One round as text: one table, the anchor last, ratios against it.
+fn round_text(drivers: &[DriverFigures], anchor: &Figures, options: &BenchOptions) -> String {
     let mut out = format!(
         "wsktls bench — {} parallel clients, {:.1} s per phase\n",
         options.connections, options.seconds
@@ -128,8 +247,41 @@ pub(super) fn figures_json(f: &Figures) -> serde_json::Value {
     })
 }
 
-/// The report as JSON (for scripts and CI dashboards).
-pub fn report_json(drivers: &[DriverFigures], anchor: &Figures, options: &BenchOptions) -> String {
+/// The report as JSON (for scripts and CI dashboards): the first round's figures, as with one
+/// round, plus `rounds` (each round's ratios) and `median_ratio_to_rustls` per subject.
+pub fn report_json(rounds: &[Round], options: &BenchOptions) -> String {
+    let Some(first) = rounds.first() else {
+        return "{}".to_string();
+    };
+    let (drivers, anchor) = (&first.drivers, &first.anchor);
+    let each_round: Vec<_> = rounds
+        .iter()
+        .map(|r| {
+            r.drivers
+                .iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "subject": d.subject,
+                        "ratio_to_rustls": Ratios::of(&d.figures, &r.anchor).json(),
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let medians: Vec<_> = drivers
+        .iter()
+        .enumerate()
+        .map(|(at, d)| {
+            let all: Vec<Ratios> = rounds
+                .iter()
+                .map(|r| Ratios::of(&r.drivers[at].figures, &r.anchor))
+                .collect();
+            serde_json::json!({
+                "subject": d.subject,
+                "median_ratio_to_rustls": Ratios::median(&all).json(),
+            })
+        })
+        .collect();
     let drivers: Vec<_> = drivers
         .iter()
         .map(|d| {
@@ -156,6 +308,37 @@ pub fn report_json(drivers: &[DriverFigures], anchor: &Figures, options: &BenchO
         "seconds_per_phase": options.seconds,
         "drivers": drivers,
         "rustls": figures_json(anchor),
+        "rounds": each_round,
+        "medians": medians,
     }))
     .expect("JSON of plain values")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ratios(handshakes: f64, cpu: Option<f64>) -> Ratios {
+        Ratios {
+            handshakes,
+            cpu_handshakes: cpu,
+            ..Ratios::default()
+        }
+    }
+
+    #[test]
+    fn the_median_takes_each_figure_on_its_own_and_skips_the_uncounted() {
+        let odd = Ratios::median(&[
+            ratios(0.9, None),
+            ratios(0.3, Some(0.5)),
+            ratios(0.5, Some(0.7)),
+        ]);
+        assert_eq!(odd.handshakes, 0.5);
+        // Of the two counted CPU figures: their mean.
+        assert_eq!(odd.cpu_handshakes, Some(0.6));
+        assert_eq!(odd.cpu_bulk, None);
+        let even = Ratios::median(&[ratios(0.2, None), ratios(0.8, None)]);
+        assert_eq!(even.handshakes, 0.5);
+        assert_eq!(even.switches_per_pair, None);
+    }
 }
