@@ -206,8 +206,6 @@ pub(crate) struct Session {
     held: Vec<u8>,
     /// During a decrypt: end of the bytes fed to rustls so far.
     fed_end: usize,
-    /// Reused buffer for the plaintext of the record being decrypted.
-    scratch: Vec<u8>,
     /// Reused buffer for the record being encrypted.
     outbuf: Vec<u8>,
     /// The post-handshake message DecryptMessage reported with SEC_I_RENEGOTIATE (rustls's view
@@ -235,7 +233,6 @@ impl Session {
             dead: None,
             held: Vec::new(),
             fed_end: 0,
-            scratch: Vec::new(),
             outbuf: Vec::new(),
             post_handshake: Vec::new(),
             control: None,

@@ -129,6 +129,7 @@ impl Session {
                 return d;
             }
             enum Next {
+                /// A record's plaintext waits in rustls.
                 Data,
                 Message,
                 Progress,
@@ -138,19 +139,12 @@ impl Session {
             seen = end;
             self.fed_end = end;
             let first_type = buf[consumed];
-            let scratch = &mut self.scratch;
             let (discard, next) = with_conn!(&mut self.conn, c => {
                 let UnbufferedStatus { discard, state } = c.process_tls_records(&mut buf[consumed..end]);
                 let next = match state {
-                    Ok(ConnectionState::ReadTraffic(mut r)) => match r.next_record() {
-                        Some(Ok(rec)) => {
-                            scratch.clear();
-                            scratch.extend_from_slice(rec.payload);
-                            Next::Data
-                        }
-                        Some(Err(e)) => Next::Failed(status_of(&e)),
-                        None => Next::Progress,
-                    },
+                    // rustls 0.23 shows ReadTraffic only with plaintext waiting (a copy it
+                    // made of the record's), taken below once `buf` is free again.
+                    Ok(ConnectionState::ReadTraffic(_)) => Next::Data,
                     Ok(ConnectionState::EncodeTlsData(mut e)) => {
                         let _ = encode_all(&mut e, &mut self.pending_output);
                         Next::Message
@@ -176,14 +170,40 @@ impl Session {
             });
             match next {
                 Next::Data => {
-                    let plain = &self.scratch;
                     let (header, _) = self.framing();
                     let record = last.min(discard);
                     let start = consumed + discard - record;
                     consumed += discard;
                     let header = header.min(record);
-                    let n = plain.len().min(record - header);
-                    buf[start + header..start + header + n].copy_from_slice(&plain[..n]);
+                    let (to, room) = (start + header, record - header);
+                    // Asked again with no input, rustls hands over the plaintext it holds
+                    // without borrowing `buf`: one copy, into the record where Schannel
+                    // leaves it (not through a buffer of kemu's).
+                    let mut no_input: [u8; 0] = [];
+                    let copied = with_conn!(&mut self.conn, c => {
+                        match c.process_tls_records(&mut no_input).state {
+                            Ok(ConnectionState::ReadTraffic(mut r)) => match r.next_record() {
+                                Some(Ok(rec)) => {
+                                    let n = rec.payload.len().min(room);
+                                    buf[to..to + n].copy_from_slice(&rec.payload[..n]);
+                                    Ok(n)
+                                }
+                                Some(Err(e)) => Err(status_of(&e)),
+                                None => Err(SEC_E_INTERNAL_ERROR),
+                            },
+                            Err(e) => Err(status_of(&e)),
+                            Ok(_) => Err(SEC_E_INTERNAL_ERROR),
+                        }
+                    });
+                    let n = match copied {
+                        Ok(n) => n,
+                        Err(status) => {
+                            self.fail(status);
+                            d.status = status;
+                            d.consumed = consumed;
+                            return d;
+                        }
+                    };
                     d.status = SEC_E_OK;
                     d.record_start = start;
                     d.header = header;
