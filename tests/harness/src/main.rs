@@ -23,6 +23,7 @@ macro_rules! out_part {
 mod args;
 mod bench;
 mod connect;
+mod host_copy;
 #[cfg(not(windows))]
 mod kemu_machine;
 mod machine;
@@ -295,6 +296,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Bench { .. }) {
+        host_copy::restart_with_vector_copies();
+    }
     install_interrupt_handler();
     match run(cli.command, &cli.globals) {
         Ok(code) => code,

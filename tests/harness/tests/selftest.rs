@@ -122,6 +122,12 @@ fn bench_measures_the_driver_and_rustls_and_reports_json() {
     let idle = &driver["echo_with_idle"];
     assert_eq!(idle["idle_connections"].as_u64(), Some(40), "{text}");
     assert!(idle["echo_p50_us"].as_f64().unwrap_or(0.0) > 0.0, "{text}");
+    // Both subjects copied with glibc's vector loop, not its `rep movsb` (host_copy.rs).
+    let copies = report["host_copies"].as_str().unwrap_or_default();
+    assert!(
+        copies.starts_with("glibc.cpu.x86_rep_movsb_threshold="),
+        "{text}"
+    );
     // Two rounds, each with its ratios, and their medians (of two: the mean).
     let rounds = report["rounds"].as_array().expect("rounds");
     assert_eq!(rounds.len(), 2, "{text}");

@@ -12,6 +12,10 @@ pub fn report_text(rounds: &[Round], options: &BenchOptions) -> String {
         return String::new();
     };
     let mut out = round_text(&first.drivers, &first.anchor, options);
+    out += &format!(
+        "host copies: {} (see docs/performance.md)\n",
+        crate::host_copy::describe()
+    );
     if rounds.len() < 2 {
         return out;
     }
@@ -308,6 +312,7 @@ pub fn report_json(rounds: &[Round], options: &BenchOptions) -> String {
         "seconds_per_phase": options.seconds,
         "drivers": drivers,
         "rustls": figures_json(anchor),
+        "host_copies": crate::host_copy::describe(),
         "rounds": each_round,
         "medians": medians,
     }))
