@@ -73,9 +73,11 @@ const TX_RECORD: usize = MAX_PLAINTEXT + 64;
 /// Receive buffer of a handshaking or quiet connection: one maximum record with its header and
 /// trailer (records are decrypted in place; the start of the next one moves to the front).
 const RX_QUIET: usize = MAX_RECORD;
-/// Receive buffer while data streams in (a receive filled all the room it had): up to four
-/// records per WskReceive, so a busy connection costs a quarter of the completions.
-const RX_BUSY: usize = 4 * MAX_RECORD;
+/// Largest receive buffer, reached while data streams in: each receive that fills all the room
+/// it had (or brings more than a record) makes the buffer four times larger, up to sixteen
+/// records per WskReceive (a sustained stream costs a sixteenth of the completions; measured in
+/// docs/performance.md).
+const RX_BUSY: usize = 16 * MAX_RECORD;
 /// Receive buffer of an idle connection: its receive is reposted with this once nothing has come
 /// or gone for [`QUIET_AFTER_MS`]; a record that does not fit makes the buffer grow again.
 const RX_IDLE: usize = 4096;
@@ -88,8 +90,9 @@ const TX_HANDSHAKE: usize = 2 * TX_RECORD;
 /// Send buffer of an established connection with nothing queued: one record (close_notify, a
 /// KeyUpdate answer, TLS 1.3 tickets).
 const TX_QUIET: usize = TX_RECORD;
-/// Send buffer while more than a record is queued: four records per WskSend.
-const TX_BUSY: usize = 4 * TX_RECORD;
+/// Largest send buffer: while more than a record is queued the buffer grows to hold what is
+/// queued, up to sixteen records per WskSend (it shrinks when the queue empties).
+const TX_BUSY: usize = 16 * TX_RECORD;
 /// How long a released connection may take to finish its graceful close (drain its queue,
 /// close_notify, FIN, the peer's FIN) before it is reset.
 const RELEASE_TIMEOUT_MS: u32 = 10_000;

@@ -123,7 +123,15 @@ impl<O: Observer> Engine<O> {
         // the buffer stays as it is (no flapping at the tail of a burst).
         let queued = conn.mailbox.lock().outgoing.len();
         if queued > MAX_PLAINTEXT {
-            self.size_send_buffer(TX_BUSY);
+            // Room for every queued record, up to TX_BUSY; it only grows during a burst, so
+            // the buffer is not reallocated as the queue drains.
+            let wanted = queued
+                .div_ceil(MAX_PLAINTEXT)
+                .saturating_mul(TX_RECORD)
+                .min(TX_BUSY);
+            if wanted > self.tx.len() {
+                self.size_send_buffer(wanted);
+            }
         } else if queued == 0 {
             // Down to one record (an idle connection's goes entirely; see `quiet_check`).
             if self.tx.len() > TX_QUIET {

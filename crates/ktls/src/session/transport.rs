@@ -167,7 +167,10 @@ impl<O: Observer> Engine<O> {
             // An idle buffer filled: at least a whole record's room.
             self.rx_wanted = RX_QUIET;
         } else if n >= room || n > RX_QUIET {
-            self.rx_wanted = RX_BUSY;
+            // Four times larger per filling receive: a burst of a few records stops at four,
+            // a sustained stream reaches sixteen.
+            let grown = self.rx.len().saturating_mul(4).clamp(RX_QUIET, RX_BUSY);
+            self.rx_wanted = self.rx_wanted.max(grown);
         } else if n < RX_QUIET / 4 && self.rx.len() > RX_QUIET {
             self.rx_wanted = RX_QUIET;
         }
