@@ -351,16 +351,17 @@ fn a_busy_connection_packs_records_and_gives_its_buffers_back_when_quiet() {
                 .unwrap();
             assert_eq!(client_counters.sent, TOTAL as u64);
             assert_eq!(server_counters.received, TOTAL as u64);
-            // Four records per WskSend while the queue holds more than one: 256 records in at
-            // most 64 + a few sends (two per send would take 128).
+            // Up to sixteen records per WskSend while the queue holds more: 256 records in 16
+            // sends and a few while the buffer grows (17-21 seen; eight per send would take 32).
             assert!(
-                client_counters.record_sends <= 80,
+                client_counters.record_sends < 32,
                 "{} WskSends for 256 records",
                 client_counters.record_sends
             );
-            // The receive buffer grows while data streams in: fewer receives than records.
+            // The receive buffer grows (1, 4, 16 records) while data streams in: 20-24 seen;
+            // one that stopped at four records would take at least 64.
             assert!(
-                server_counters.record_receives < 192,
+                server_counters.record_receives < 48,
                 "{} WskReceives for 256 records",
                 server_counters.record_receives
             );

@@ -547,5 +547,5 @@ fn serve_one_http(server: &Session<Changes>, changes: &Changes, body: &str) -> S
 /// buffer (after 200 ms with nothing moving).
 const IDLE_BUFFERS: usize = 4096;
 /// Both ends' buffers together once the sender's send buffer and the receiver's receive buffer
-/// have both grown to four records (either alone, with the other at one record, stays below).
-const BOTH_GROWN: usize = 2 * 4 * 16384;
+/// have both grown to sixteen records (either alone, with the other at four, stays below).
+const BOTH_GROWN: usize = 2 * 16 * 16384;
