@@ -96,6 +96,7 @@ impl<O: Observer> Engine<O> {
             let kept = self.rx_len;
             bigger_or_smaller.bytes()[..kept].copy_from_slice(&self.rx.bytes()[..kept]);
             self.rx = bigger_or_smaller;
+            self.note_buffers();
         }
     }
 
@@ -107,6 +108,14 @@ impl<O: Observer> Engine<O> {
         }
         if let Ok(buffer) = Buffer::try_new(wanted) {
             self.tx = buffer;
+            self.note_buffers();
         }
+    }
+
+    /// Keeps the high-water mark of the buffers ([`super::Counters::peak_buffer_bytes`]) up to
+    /// date: called whenever a buffer is replaced, so a peak that lasts only within one drain
+    /// still counts.
+    pub(super) fn note_buffers(&mut self) {
+        self.peak_buffers = self.peak_buffers.max(self.tx.len() + self.rx.len());
     }
 }

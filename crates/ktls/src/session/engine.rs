@@ -94,6 +94,7 @@ impl<O: Observer> Engine<O> {
         self.advance(conn, worker, shutdown);
         let mut m = conn.mailbox.lock();
         m.counters.buffer_bytes = self.tx.len() + self.rx.len();
+        m.counters.peak_buffer_bytes = self.peak_buffers;
         m.snapshot = Snapshot {
             phase: Some(self.phase),
             events,

@@ -125,7 +125,10 @@ impl<O: Observer> Engine<O> {
                 // Schannel consumed nothing and said how much room it needs; the same call
                 // goes again with that much (MsQuic grows its buffer the same way).
                 match Buffer::try_new(written) {
-                    Ok(bigger) => self.tx = bigger,
+                    Ok(bigger) => {
+                        self.tx = bigger;
+                        self.note_buffers();
+                    }
                     Err(_) => {
                         self.fail_or_end(conn, Some(Error::net(STATUS_INSUFFICIENT_RESOURCES)))
                     }

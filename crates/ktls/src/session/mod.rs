@@ -220,6 +220,9 @@ pub struct Counters {
     pub record_receives: u64,
     /// Bytes the send and receive buffers hold now: pool a connection keeps for its I/O.
     pub buffer_bytes: usize,
+    /// The most the send and receive buffers held together at once: what a busy connection
+    /// costs in pool at its peak.
+    pub peak_buffer_bytes: usize,
     /// Post-handshake messages answered (TLS 1.3 tickets and KeyUpdates: each one a
     /// SEC_I_RENEGOTIATE and an ISC/ASC call).
     pub post_handshake_messages: u64,
@@ -390,6 +393,8 @@ pub struct Engine<O: Observer> {
     control_kind: Control,
     tx: Buffer,
     rx: Buffer,
+    /// The most `tx` and `rx` held together (noted whenever either is replaced).
+    peak_buffers: usize,
     /// What the receive buffer should be (see [`Engine::size_receive_buffer`]).
     rx_wanted: usize,
     /// The receive in flight was cancelled to shrink its buffer (its STATUS_CANCELLED is ours).

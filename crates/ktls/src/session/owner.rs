@@ -95,6 +95,7 @@ impl<O: Observer> Session<O> {
             control_kind: Control::None,
             tx: Buffer::try_new(TX_HANDSHAKE)?,
             rx: Buffer::try_new(RX_QUIET)?,
+            peak_buffers: TX_HANDSHAKE + RX_QUIET,
             rx_wanted: RX_QUIET,
             shrinking: false,
             rx_len: 0,

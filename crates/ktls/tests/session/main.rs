@@ -546,6 +546,8 @@ fn serve_one_http(server: &Session<Changes>, changes: &Changes, body: &str) -> S
 /// What an idle established connection keeps for its I/O: a 4 KiB receive buffer and no send
 /// buffer (after 200 ms with nothing moving).
 const IDLE_BUFFERS: usize = 4096;
-/// Both ends' buffers together once the sender's send buffer and the receiver's receive buffer
-/// have both grown to sixteen records (either alone, with the other at four, stays below).
-const BOTH_GROWN: usize = 2 * 16 * 16384;
+/// A sender's buffers once its send buffer holds more than eight records: nine records and an
+/// idle receive buffer at least (eight and a one-record receive buffer stay below).
+const SENDER_GROWN: usize = 9 * 16384 + IDLE_BUFFERS;
+/// A receiver's buffers once its receive buffer holds sixteen records.
+const RECEIVER_GROWN: usize = 16 * 16384;
