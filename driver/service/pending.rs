@@ -436,6 +436,7 @@ pub(super) fn info_of(session: &Session<Notify>, id: u64) -> ConnectionInfo {
         peer_certificate: None,
         alpn_len: 0,
         alpn: [0; 255],
+        resumed: false,
     };
     if let Some(n) = session.negotiated() {
         use ksys::schannel::*;
@@ -452,6 +453,7 @@ pub(super) fn info_of(session: &Session<Notify>, id: u64) -> ConnectionInfo {
         info.alpn_len = n.alpn_len;
         info.alpn = n.alpn;
         info.peer_certificate = n.peer_certificate;
+        info.resumed = n.resumed;
     }
     if let Some(error) = session.failure() {
         let (status, sspi) = (error.status(), error.sspi());

@@ -101,9 +101,9 @@ fn connect_by_host_name_resolves_it() {
     });
 }
 
-/// What `openssl s_server -www` says about one connection's session: its status page names it
-/// "New" or "Reused".
-fn s_server_session(kernel: &Kernel, h: Handle, port: u16, full_handshake: bool) -> String {
+/// What `openssl s_server -www` says about one connection's session — its status page names it
+/// "New" or "Reused" — and whether the driver's CONNECT said it resumed.
+fn s_server_session(kernel: &Kernel, h: Handle, port: u16, full_handshake: bool) -> (String, bool) {
     let driver = support::client(kernel, h);
     let connection = driver
         .connect(&ConnectRequest {
@@ -135,7 +135,7 @@ fn s_server_session(kernel: &Kernel, h: Handle, port: u16, full_handshake: bool)
     let page = String::from_utf8_lossy(&page).into_owned();
     for status in ["New", "Reused"] {
         if page.contains(&format!("\n{status}, ")) {
-            return status.to_owned();
+            return (status.to_owned(), connection.resumed);
         }
     }
     panic!("s_server's page names no session status: {page}");
@@ -194,8 +194,15 @@ fn a_full_handshake_connect_never_resumes_where_the_default_does() {
             let _ = server.kill();
             let _ = server.wait();
             let _ = std::fs::remove_dir_all(&dir);
-            assert_eq!(default, ["New", "Reused"]);
-            assert_eq!(full, ["New", "New"]);
+            // The server's word and the driver's (SECPKG_ATTR_SESSION_INFO) agree.
+            assert_eq!(
+                default,
+                [("New".to_string(), false), ("Reused".to_string(), true)]
+            );
+            assert_eq!(
+                full,
+                [("New".to_string(), false), ("New".to_string(), false)]
+            );
             kernel.close(h).unwrap();
             kernel.shutdown().unwrap();
         },

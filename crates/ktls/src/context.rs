@@ -409,6 +409,17 @@ impl SecurityContext {
         }
     }
 
+    /// Whether the handshake resumed a cached session (SECPKG_ATTR_SESSION_INFO's
+    /// SSL_SESSION_RECONNECT); false if Schannel does not say.
+    pub fn resumed(&mut self) -> bool {
+        let mut info = ksys::schannel::SecPkgContext_SessionInfo::default();
+        // SAFETY: the structure this attribute fills.
+        match unsafe { self.query(SECPKG_ATTR_SESSION_INFO, &mut info) } {
+            Ok(()) => info.dwFlags & ksys::schannel::SSL_SESSION_RECONNECT != 0,
+            Err(_) => false,
+        }
+    }
+
     /// SECPKG_ATTR_CIPHER_INFO's IANA cipher suite, 0 if Schannel does not say.
     pub fn cipher_suite(&mut self) -> u32 {
         // SAFETY: plain data; all-zero is valid.

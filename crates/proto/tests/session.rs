@@ -276,12 +276,26 @@ fn responses_round_trip() {
         peer_certificate: Some([3; 32]),
         alpn_len: 2,
         alpn,
+        resumed: true,
     };
     let bytes = info.encode();
     let back = ConnectionInfo::decode(&bytes).unwrap();
     assert_eq!(back, info);
     assert_eq!(back.alpn(), b"h2");
     every_prefix_fails(&bytes, |b| ConnectionInfo::decode(b).is_err());
+    // The flags word (after magic, size, two statuses, id, version, suite and two bytes):
+    // bit 0 is `resumed`, every other bit is refused.
+    const FLAGS_AT: usize = 8 + 4 + 4 + 8 + 2 + 2 + 1 + 1;
+    assert_eq!(
+        u16::from_le_bytes([bytes[FLAGS_AT], bytes[FLAGS_AT + 1]]),
+        1
+    );
+    let mut unknown = bytes;
+    unknown[FLAGS_AT] |= 2;
+    assert_eq!(
+        ConnectionInfo::decode(&unknown),
+        Err(WireError::InvalidField("flags"))
+    );
     let failed = ConnectionInfo {
         status: 0xC000_0022u32 as i32,
         sspi_status: 0x8009_0325u32 as i32,
@@ -291,6 +305,7 @@ fn responses_round_trip() {
         peer_certificate: None,
         alpn_len: 0,
         alpn: [0; 255],
+        resumed: false,
     };
     assert_eq!(
         ConnectionInfo::decode(&failed.encode()),

@@ -79,11 +79,16 @@ pub fn run(driver: Arc<Driver>, options: &ConnectOptions) -> Result<(), Failure>
         .and_then(|p| p.wait(CALL_TIMEOUT))
         .map_err(|e| e.failure("CONNECT"))?;
     eprintln!(
-        "connected: {} {} ALPN {} server certificate SHA-256 {}",
+        "connected: {} {} ALPN {} server certificate SHA-256 {}{}",
         version_name(info.version),
         cipher_name(info.cipher_suite),
         String::from_utf8_lossy(info.alpn()),
-        info.peer_certificate.map_or("-".to_string(), |d| hex(&d))
+        info.peer_certificate.map_or("-".to_string(), |d| hex(&d)),
+        if info.resumed {
+            " (resumed session)"
+        } else {
+            ""
+        }
     );
     let id = info.id;
     if options.show_certificates {

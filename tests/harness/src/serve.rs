@@ -189,11 +189,12 @@ pub fn run(driver: Arc<Driver>, options: &ServeOptions, stop: &Interrupts) -> Re
         };
         served += 1;
         eprintln!(
-            "connection {}: {} {} ALPN {}",
+            "connection {}: {} {} ALPN {}{}",
             info.id,
             version_name(info.version),
             cipher_name(info.cipher_suite),
-            String::from_utf8_lossy(info.alpn())
+            String::from_utf8_lossy(info.alpn()),
+            if info.resumed { " (resumed)" } else { "" }
         );
         open.lock().unwrap().insert(info.id);
         let d = driver.clone();
@@ -270,6 +271,7 @@ mod tests {
             peer_certificate: None,
             alpn_len: 0,
             alpn: [0; 255],
+            resumed: false,
         }
     }
 

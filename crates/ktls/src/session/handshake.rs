@@ -204,6 +204,7 @@ impl<O: Observer> Engine<O> {
                 self.sizes.cbTrailer,
                 self.sizes.cbMaximumMessage,
             ],
+            resumed: self.context.resumed(),
         };
         if let Some(pin) = self.pinned {
             if negotiated.peer_certificate != Some(pin) {

@@ -174,6 +174,9 @@ pub struct Negotiated {
     /// Schannel's stream sizes (SECPKG_ATTR_STREAM_SIZES): header, trailer, maximum message —
     /// a value kemu can only model, reported so real Windows shows its own.
     pub stream_sizes: [u32; 3],
+    /// The handshake resumed a cached session (SECPKG_ATTR_SESSION_INFO): no certificate was
+    /// exchanged this time, so a caller counting full handshakes or auditing can tell.
+    pub resumed: bool,
 }
 
 impl Negotiated {

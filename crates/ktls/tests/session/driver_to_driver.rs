@@ -459,3 +459,49 @@ fn five_hundred_concurrent_connections() {
         },
     );
 }
+
+#[test]
+fn a_second_connection_on_the_same_credential_resumes_and_both_ends_say_so() {
+    isolated(
+        "driver_to_driver::a_second_connection_on_the_same_credential_resumes_and_both_ends_say_so",
+        || {
+            let (kernel, pki) = boot("resumption");
+            let thumbprint = pki.thumbprint;
+            let seen = kernel
+                .run("resumption", move || {
+                    let (provider, changes, listener) = plain_listener(thumbprint);
+                    let port = listener.local_port();
+                    let caching = client_credential(ALL, 0);
+                    let no_cache = client_credential(ALL, SCH_CRED_DISABLE_RECONNECTS);
+                    let mut seen = Vec::new();
+                    for credential in [&caching, &caching, &no_cache, &no_cache] {
+                        let client = connect_with(
+                            &provider,
+                            credential.clone(),
+                            port,
+                            "localhost",
+                            None,
+                            &changes,
+                        );
+                        let server = changes.wait("an accepted session", || listener.next());
+                        open(&client, &changes);
+                        open(&server, &changes);
+                        // Data both ways: a TLS 1.3 ticket reaches the client before the echo.
+                        assert_eq!(echo(&client, &server, &changes, b"ticket?"), b"ticket?");
+                        let resumed = |s: &Session<Changes>| s.negotiated().unwrap().resumed;
+                        seen.push((resumed(&client), resumed(&server)));
+                    }
+                    finish(listener, &changes, provider);
+                    seen
+                })
+                .unwrap();
+            // The second connection on a caching credential resumes; one whose credential keeps
+            // no sessions never does. Client and server report the same.
+            assert_eq!(
+                seen,
+                [(false, false), (true, true), (false, false), (false, false)]
+            );
+            kernel.shutdown().unwrap();
+        },
+    );
+}

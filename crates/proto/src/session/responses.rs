@@ -19,7 +19,13 @@ pub struct ConnectionInfo {
     pub peer_certificate: Option<[u8; 32]>,
     pub alpn_len: u8,
     pub alpn: [u8; 255],
+    /// The handshake resumed a cached session (Schannel's SSL_SESSION_RECONNECT): bit 0 of
+    /// the flags word, which older drivers left zero.
+    pub resumed: bool,
 }
+
+/// `ConnectionInfo` flags: the handshake resumed a cached session.
+const INFO_RESUMED: u16 = 1;
 
 impl ConnectionInfo {
     /// Size on the wire.
@@ -43,7 +49,7 @@ impl ConnectionInfo {
         w.u16(self.cipher_suite);
         w.u8(u8::from(self.peer_certificate.is_some()));
         w.u8(self.alpn_len);
-        w.u16(0);
+        w.u16(if self.resumed { INFO_RESUMED } else { 0 });
         w.bytes(&self.peer_certificate.unwrap_or([0; 32]));
         w.bytes(&self.alpn);
         w.u8(0);
@@ -73,7 +79,7 @@ impl ConnectionInfo {
         let cipher_suite = r.u16().ok_or(e)?;
         let has_peer = r.u8().ok_or(e)?;
         let alpn_len = r.u8().ok_or(e)?;
-        let _reserved = r.u16().ok_or(e)?;
+        let flags = r.u16().ok_or(e)?;
         let peer: [u8; 32] = r.array().ok_or(e)?;
         let alpn: [u8; 255] = r.array().ok_or(e)?;
         let version = match version_code {
@@ -82,6 +88,9 @@ impl ConnectionInfo {
         };
         if has_peer > 1 {
             return Err(WireError::InvalidField("has_peer_certificate"));
+        }
+        if flags & !INFO_RESUMED != 0 {
+            return Err(WireError::InvalidField("flags"));
         }
         if status == 0 && (id == 0 || version.is_none()) {
             return Err(WireError::InvalidField("id"));
@@ -95,6 +104,7 @@ impl ConnectionInfo {
             peer_certificate: (has_peer == 1).then_some(peer),
             alpn_len,
             alpn,
+            resumed: flags & INFO_RESUMED != 0,
         })
     }
 }
