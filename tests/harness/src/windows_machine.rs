@@ -94,7 +94,9 @@ struct Request {
     iosb: IO_STATUS_BLOCK,
     event: OwnedHandle,
     input: Vec<u8>,
-    output: Vec<u8>,
+    /// The kernel writes through a pointer to its heap bytes until completion; after it,
+    /// [`Pending::take`] moves the Vec out (the bytes stay where they are).
+    output: Mutex<Vec<u8>>,
 }
 
 struct WindowsPending {
@@ -103,13 +105,17 @@ struct WindowsPending {
     /// Set when the call completed synchronously with an error (no status block written).
     immediate: Option<i32>,
     done: Mutex<bool>,
+    /// The output went to the caller ([`Pending::take`]): the request is not looked at again.
+    taken: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: the request's memory is only read after completion, which the event publishes.
 unsafe impl Send for WindowsPending {}
 
 impl WindowsPending {
-    fn completion(&self) -> Completion {
+    /// The completed request's status and output: a copy of the output, or with `take` the
+    /// caller's buffer itself.
+    fn completion(&self, take: bool) -> Completion {
         if let Some(status) = self.immediate {
             return Completion {
                 status,
@@ -117,30 +123,63 @@ impl WindowsPending {
             };
         }
         // SAFETY: the request completed (its event is signalled): the status block is final.
-        let status = unsafe { self.request.iosb.Anonymous.Status };
-        let n = self.request.iosb.Information.min(self.request.output.len());
-        Completion {
-            status,
-            output: self.request.output[..n].to_vec(),
+        let (status, information) = unsafe {
+            (
+                self.request.iosb.Anonymous.Status,
+                self.request.iosb.Information,
+            )
+        };
+        let mut output = self.request.output.lock().unwrap();
+        let n = information.min(output.len());
+        let output = if take {
+            let mut mine = std::mem::take(&mut *output);
+            mine.truncate(n);
+            mine
+        } else {
+            output[..n].to_vec()
+        };
+        Completion { status, output }
+    }
+
+    /// Waits up to `timeout`; once complete, the completion (see [`Self::completion`]).
+    fn finish(&self, timeout: Duration, take: bool) -> Result<Option<Completion>, DeviceError> {
+        use std::sync::atomic::Ordering;
+        if self.taken.load(Ordering::Acquire) {
+            return Err(DeviceError(
+                "this request's completion was already taken".into(),
+            ));
         }
+        let complete = self.immediate.is_some() || *self.done.lock().unwrap() || {
+            let ms = timeout.as_millis().min(u128::from(INFINITE - 1)) as u32;
+            // SAFETY: an event this request owns.
+            match unsafe { WaitForSingleObject(self.request.event.0, ms) } {
+                WAIT_OBJECT_0 => {
+                    *self.done.lock().unwrap() = true;
+                    true
+                }
+                WAIT_TIMEOUT => false,
+                _ => return Err(last_error("waiting for an IOCTL")),
+            }
+        };
+        if !complete {
+            return Ok(None);
+        }
+        if take && self.taken.swap(true, Ordering::AcqRel) {
+            return Err(DeviceError(
+                "this request's completion was already taken".into(),
+            ));
+        }
+        Ok(Some(self.completion(take)))
     }
 }
 
 impl Pending for WindowsPending {
     fn wait(&self, timeout: Duration) -> Result<Option<Completion>, DeviceError> {
-        if self.immediate.is_some() || *self.done.lock().unwrap() {
-            return Ok(Some(self.completion()));
-        }
-        let ms = timeout.as_millis().min(u128::from(INFINITE - 1)) as u32;
-        // SAFETY: an event this request owns.
-        match unsafe { WaitForSingleObject(self.request.event.0, ms) } {
-            WAIT_OBJECT_0 => {
-                *self.done.lock().unwrap() = true;
-                Ok(Some(self.completion()))
-            }
-            WAIT_TIMEOUT => Ok(None),
-            _ => Err(last_error("waiting for an IOCTL")),
-        }
+        self.finish(timeout, false)
+    }
+
+    fn take(&self, timeout: Duration) -> Result<Option<Completion>, DeviceError> {
+        self.finish(timeout, true)
     }
 
     fn cancel(&self) -> Result<(), DeviceError> {
@@ -189,13 +228,15 @@ impl Device for WindowsDevice {
             iosb: unsafe { std::mem::zeroed() },
             event: OwnedHandle(event),
             input: input.to_vec(),
-            output,
+            output: Mutex::new(output),
         });
         let in_len =
             u32::try_from(request.input.len()).map_err(|_| DeviceError("input too long".into()))?;
-        let out_len = u32::try_from(request.output.len())
-            .map_err(|_| DeviceError("output too long".into()))?;
         let r = &mut *request;
+        let output = r.output.get_mut().unwrap();
+        let out_len =
+            u32::try_from(output.len()).map_err(|_| DeviceError("output too long".into()))?;
+        let out_ptr = output.as_mut_ptr();
         // SAFETY: every pointer is into `request`, heap memory kept until completion (Drop
         // waits for it); the handle was opened for overlapped I/O.
         let status = unsafe {
@@ -208,7 +249,7 @@ impl Device for WindowsDevice {
                 code,
                 r.input.as_ptr() as *const c_void,
                 in_len,
-                r.output.as_mut_ptr() as *mut c_void,
+                out_ptr as *mut c_void,
                 out_len,
             )
         };
@@ -220,6 +261,7 @@ impl Device for WindowsDevice {
             request,
             immediate,
             done: Mutex::new(false),
+            taken: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 }
