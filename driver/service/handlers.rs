@@ -224,10 +224,13 @@ pub(super) fn acquired(s: &Service, id: u64) {
     let Some((made, Kind::Acquiring(acquiring))) = finished else {
         return;
     };
-    let kind = made
+    let (kind, first_run) = match made
         .map_err(|e| e.status())
         .and_then(|made| open(s, made, acquiring, id))
-        .unwrap_or_else(Kind::Failed);
+    {
+        Ok((kind, first_run)) => (kind, first_run),
+        Err(status) => (Kind::Failed(status), None),
+    };
     let closed_meanwhile = {
         let mut st = object.state.lock();
         if matches!(st.kind, Kind::Opening) {
@@ -240,6 +243,10 @@ pub(super) fn acquired(s: &Service, id: u64) {
     if let Some(kind) = closed_meanwhile {
         release(s, kind);
     }
+    // The session is where its observer finds it and no lock is held: its first run (the
+    // socket and the connect) goes on this thread — the CONNECT's own when the credential
+    // was cached — instead of a system worker's.
+    drop(first_run);
     serve(s, &object);
 }
 
@@ -249,21 +256,26 @@ pub(super) enum Made {
     Client(Client),
 }
 
-/// Starts listening or connecting with what the acquisition made (PASSIVE_LEVEL).
+/// Starts listening or connecting with what the acquisition made (PASSIVE_LEVEL); a client
+/// session comes with the hold its first run waits for (drop it once the object holds the
+/// session and no lock is held).
 pub(super) fn open(
     s: &Service,
     made: Made,
     acquiring: Acquiring,
     id: u64,
-) -> Result<Kind, NTSTATUS> {
+) -> Result<(Kind, Option<SessionHold<Notify>>), NTSTATUS> {
     let notify = Notify::try_new(s, id)?;
     match (made, acquiring) {
         (Made::Server(server), Acquiring::Server { at, .. }) => {
             let listener = server.listen(at, notify).map_err(|e| e.status())?;
-            Ok(Kind::Listener {
-                listener,
-                accepted: Vec::new(),
-            })
+            Ok((
+                Kind::Listener {
+                    listener,
+                    accepted: Vec::new(),
+                },
+                None,
+            ))
         }
         (
             Made::Client(client),
@@ -272,15 +284,15 @@ pub(super) fn open(
             },
         ) => {
             let name = core::str::from_utf8(&server_name).map_err(|_| STATUS_INVALID_PARAMETER)?;
-            let session = match to {
-                Destination::Address(addr) => client.connect(addr, name, notify),
+            let (session, first_run) = match to {
+                Destination::Address(addr) => client.connect_held(addr, name, notify),
                 Destination::Name { host, port } => {
                     let host = core::str::from_utf8(&host).map_err(|_| STATUS_INVALID_PARAMETER)?;
-                    client.connect_by_name(host, port, name, notify)
+                    client.connect_by_name_held(host, port, name, notify)
                 }
             }
             .map_err(|e| e.status())?;
-            Ok(Kind::Connection { session })
+            Ok((Kind::Connection { session }, Some(first_run)))
         }
         _ => Err(STATUS_INTERNAL_ERROR),
     }

@@ -35,7 +35,7 @@ use ksys::ntdef::*;
 use ksys::wdf::types::{WDFFILEOBJECT, WDFREQUEST};
 use ktls::{
     Client, ClientConfig, Error, ListenObserver, ListenState, Listener, Observer, Pending, PoolArc,
-    Received, Server, ServerConfig, Session, SpinLock, State, Tls, Verify, Versions,
+    Received, Server, ServerConfig, Session, SessionHold, SpinLock, State, Tls, Verify, Versions,
 };
 use proto::session::{
     ConnectRequest, ConnectionInfo, Endpoint, ListenRequest, ListenResponse, Stats, TlsVersion,

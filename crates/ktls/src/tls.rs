@@ -39,7 +39,7 @@ use crate::credential::{Acquisition, Credential, CredentialSpec};
 use crate::error::Error;
 use crate::listener::{ListenObserver, Listener, ListenerConfig};
 use crate::pool::PoolArc;
-use crate::session::{Config, Observer, Role, Session};
+use crate::session::{Config, Observer, Role, Session, SessionHold};
 use crate::sync::SpinLock;
 use crate::wsk::Provider;
 
@@ -322,8 +322,45 @@ impl Client {
         server_name: &str,
         observer: O,
     ) -> Result<Session<O>, Error> {
-        let target = self.target(server_name)?;
-        self.start(sockaddr(&to), target, None, observer)
+        let config = self.session_config(sockaddr(&to), server_name, None)?;
+        // SAFETY: the device outlives the Tls (its contract), whose drop waits (census) until
+        // the session has released everything.
+        let session = unsafe {
+            Session::start(
+                self.shared.device,
+                config,
+                self.credential.clone(),
+                observer,
+            )
+        }?;
+        Ok(session)
+    }
+
+    /// As [`Self::connect`], but the session's first run — creating the socket and starting
+    /// the connect — waits for the returned hold. Drop the hold at PASSIVE_LEVEL once the
+    /// session is stored where its observer looks (and with no lock held that the observer
+    /// takes): the connection then starts on that thread, not on a system worker a thread
+    /// switch later. A hold dropped at DISPATCH_LEVEL queues the work item instead.
+    ///
+    /// # Errors
+    /// As [`Self::connect`].
+    pub fn connect_held<O: Observer>(
+        &self,
+        to: SocketAddr,
+        server_name: &str,
+        observer: O,
+    ) -> Result<(Session<O>, SessionHold<O>), Error> {
+        let config = self.session_config(sockaddr(&to), server_name, None)?;
+        // SAFETY: as in `connect`.
+        let started = unsafe {
+            Session::start_held(
+                self.shared.device,
+                config,
+                self.credential.clone(),
+                observer,
+            )
+        }?;
+        Ok(started)
     }
 
     /// Resolves `host` (WskGetAddressInfo: IPv4 answers first, then IPv6), connects to its
@@ -339,13 +376,41 @@ impl Client {
         server_name: &str,
         observer: O,
     ) -> Result<Session<O>, Error> {
-        if host.is_empty() || host.contains('\0') {
-            return Err(Error::invalid());
-        }
-        let target = self.target(server_name)?;
-        let resolve = Some(utf16(host)?);
-        let port_only = sockaddr(&SocketAddr::from(([0, 0, 0, 0], port)));
-        self.start(port_only, target, resolve, observer)
+        let config = self.resolving_config(host, port, server_name)?;
+        // SAFETY: as in `connect`.
+        let session = unsafe {
+            Session::start(
+                self.shared.device,
+                config,
+                self.credential.clone(),
+                observer,
+            )
+        }?;
+        Ok(session)
+    }
+
+    /// As [`Self::connect_by_name`], with the first run held as in [`Self::connect_held`].
+    ///
+    /// # Errors
+    /// As [`Self::connect_by_name`].
+    pub fn connect_by_name_held<O: Observer>(
+        &self,
+        host: &str,
+        port: u16,
+        server_name: &str,
+        observer: O,
+    ) -> Result<(Session<O>, SessionHold<O>), Error> {
+        let config = self.resolving_config(host, port, server_name)?;
+        // SAFETY: as in `connect`.
+        let started = unsafe {
+            Session::start_held(
+                self.shared.device,
+                config,
+                self.credential.clone(),
+                observer,
+            )
+        }?;
+        Ok(started)
     }
 
     /// The configuration this client connects with.
@@ -361,14 +426,25 @@ impl Client {
         utf16(server_name)
     }
 
-    fn start<O: Observer>(
+    /// A session's configuration for connecting to `host`'s `port` once it is resolved.
+    fn resolving_config(&self, host: &str, port: u16, server_name: &str) -> Result<Config, Error> {
+        if host.is_empty() || host.contains('\0') {
+            return Err(Error::invalid());
+        }
+        let resolve = Some(utf16(host)?);
+        let port_only = sockaddr(&SocketAddr::from(([0, 0, 0, 0], port)));
+        self.session_config(port_only, server_name, resolve)
+    }
+
+    /// A client session's configuration: this client's settings, the server to reach.
+    fn session_config(
         &self,
         remote: SOCKADDR_STORAGE,
-        target: Vec<u16>,
+        server_name: &str,
         resolve: Option<Vec<u16>>,
-        observer: O,
-    ) -> Result<Session<O>, Error> {
-        let config = Config {
+    ) -> Result<Config, Error> {
+        let target = self.target(server_name)?;
+        Ok(Config {
             role: Role::Client {
                 npi: self.shared.npi()?,
                 remote,
@@ -383,18 +459,7 @@ impl Client {
             pinned: self.config.pin(),
             keep_peer_certificates: self.config.keep_peer_certificates,
             census: Some(self.shared.census.clone()),
-        };
-        // SAFETY: the device outlives the Tls (its contract), whose drop waits (census) until
-        // the session has released everything.
-        let session = unsafe {
-            Session::start(
-                self.shared.device,
-                config,
-                self.credential.clone(),
-                observer,
-            )
-        }?;
-        Ok(session)
+        })
     }
 }
 

@@ -505,3 +505,54 @@ fn a_second_connection_on_the_same_credential_resumes_and_both_ends_say_so() {
         },
     );
 }
+
+#[test]
+fn a_client_started_held_connects_on_the_thread_that_drops_the_hold() {
+    isolated(
+        "driver_to_driver::a_client_started_held_connects_on_the_thread_that_drops_the_hold",
+        || {
+            let (kernel, pki) = boot("held");
+            let thumbprint = pki.thumbprint;
+            let (held_runs, plain_runs) = kernel
+                .run("held", move || {
+                    let (provider, changes, listener) = plain_listener(thumbprint);
+                    let to = std::net::SocketAddr::from(([127, 0, 0, 1], listener.local_port()));
+                    // SAFETY: the test driver's device, loaded by `boot` until shutdown; the
+                    // Tls is shut down below, before that.
+                    let tls = unsafe { ktls::Tls::new(device()) }.unwrap();
+                    let config =
+                        ktls::ClientConfig::builder(ktls::Verify::InsecureAcceptAnyCertificate)
+                            .build()
+                            .unwrap();
+                    let client = tls.client(config).unwrap();
+                    let (held, hold) = client
+                        .connect_held(to, "localhost", changes.clone())
+                        .unwrap();
+                    // Nothing runs while held; dropping the hold here (PASSIVE_LEVEL, no lock)
+                    // runs the first step on this thread.
+                    let held_runs = (held.inline_runs(), {
+                        drop(hold);
+                        held.inline_runs()
+                    });
+                    let plain = client.connect(to, "localhost", changes.clone()).unwrap();
+                    let plain_runs = plain.inline_runs();
+                    let mut servers = Vec::new();
+                    for session in [&held, &plain] {
+                        open(session, &changes);
+                        servers.push(changes.wait("an accepted session", || listener.next()));
+                    }
+                    for server in &servers {
+                        open(server, &changes);
+                    }
+                    drop((held, plain, servers, client));
+                    tls.shutdown();
+                    finish(listener, &changes, provider);
+                    (held_runs, plain_runs)
+                })
+                .unwrap();
+            assert_eq!(held_runs, (0, 1), "inline runs before and after the hold");
+            assert_eq!(plain_runs, 0, "a plain connect goes to the work item");
+            kernel.shutdown().unwrap();
+        },
+    );
+}
