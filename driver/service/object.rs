@@ -202,7 +202,7 @@ pub(super) fn retire(s: &Service, object: &Object) {
     release(s, kind);
 }
 
-/// Lets go of what an object held.
+/// Lets go of what an object held (call with no object lock held).
 pub(super) fn release(s: &Service, kind: Kind) {
     match kind {
         // A connection its owner shut down finishes its graceful close on its own (bounded);
@@ -215,7 +215,12 @@ pub(super) fn release(s: &Service, kind: Kind) {
             s.counters
                 .bytes_received_closed
                 .fetch_add(c.received, Ordering::Relaxed);
+            // Callers hold no lock the session's observer takes: the teardown's first step (or
+            // the graceful close's next) runs on this thread when it is at PASSIVE_LEVEL — a
+            // CLOSE's own — instead of a system worker's.
+            let first_step = session.hold();
             session.release();
+            drop(first_step);
         }
         // Dropping a listener closes it and its untaken sessions; dropping an acquisition
         // abandons it (the call finishes and its credential goes then); an object being opened
