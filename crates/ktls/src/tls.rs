@@ -323,17 +323,7 @@ impl Client {
         observer: O,
     ) -> Result<Session<O>, Error> {
         let config = self.session_config(sockaddr(&to), server_name, None)?;
-        // SAFETY: the device outlives the Tls (its contract), whose drop waits (census) until
-        // the session has released everything.
-        let session = unsafe {
-            Session::start(
-                self.shared.device,
-                config,
-                self.credential.clone(),
-                observer,
-            )
-        }?;
-        Ok(session)
+        self.start(config, observer)
     }
 
     /// As [`Self::connect`], but the session's first run — creating the socket and starting
@@ -351,16 +341,7 @@ impl Client {
         observer: O,
     ) -> Result<(Session<O>, SessionHold<O>), Error> {
         let config = self.session_config(sockaddr(&to), server_name, None)?;
-        // SAFETY: as in `connect`.
-        let started = unsafe {
-            Session::start_held(
-                self.shared.device,
-                config,
-                self.credential.clone(),
-                observer,
-            )
-        }?;
-        Ok(started)
+        self.start_held(config, observer)
     }
 
     /// Resolves `host` (WskGetAddressInfo: IPv4 answers first, then IPv6), connects to its
@@ -377,16 +358,7 @@ impl Client {
         observer: O,
     ) -> Result<Session<O>, Error> {
         let config = self.resolving_config(host, port, server_name)?;
-        // SAFETY: as in `connect`.
-        let session = unsafe {
-            Session::start(
-                self.shared.device,
-                config,
-                self.credential.clone(),
-                observer,
-            )
-        }?;
-        Ok(session)
+        self.start(config, observer)
     }
 
     /// As [`Self::connect_by_name`], with the first run held as in [`Self::connect_held`].
@@ -401,16 +373,7 @@ impl Client {
         observer: O,
     ) -> Result<(Session<O>, SessionHold<O>), Error> {
         let config = self.resolving_config(host, port, server_name)?;
-        // SAFETY: as in `connect`.
-        let started = unsafe {
-            Session::start_held(
-                self.shared.device,
-                config,
-                self.credential.clone(),
-                observer,
-            )
-        }?;
-        Ok(started)
+        self.start_held(config, observer)
     }
 
     /// The configuration this client connects with.
@@ -424,6 +387,39 @@ impl Client {
             return Err(Error::invalid());
         }
         utf16(server_name)
+    }
+
+    /// Starts a session with this client's credential; its work item runs it.
+    fn start<O: Observer>(&self, config: Config, observer: O) -> Result<Session<O>, Error> {
+        // SAFETY: the device outlives the Tls (its contract), whose drop waits (census) until
+        // the session has released everything.
+        let session = unsafe {
+            Session::start(
+                self.shared.device,
+                config,
+                self.credential.clone(),
+                observer,
+            )
+        }?;
+        Ok(session)
+    }
+
+    /// As [`Self::start`], the first run waiting for the returned hold.
+    fn start_held<O: Observer>(
+        &self,
+        config: Config,
+        observer: O,
+    ) -> Result<(Session<O>, SessionHold<O>), Error> {
+        // SAFETY: as in `start`.
+        let started = unsafe {
+            Session::start_held(
+                self.shared.device,
+                config,
+                self.credential.clone(),
+                observer,
+            )
+        }?;
+        Ok(started)
     }
 
     /// A session's configuration for connecting to `host`'s `port` once it is resolved.

@@ -191,17 +191,9 @@ fn a_listener_on_the_ipv6_any_address_takes_ipv4_clients_too() {
                     loopback6.data[0..2].copy_from_slice(&port.to_be_bytes());
                     loopback6.data[21] = 1; // ::1 (sin6_addr starts at byte 6 of data)
                     for remote in [v4([127, 0, 0, 1], port), loopback6] {
-                        let client = connect_to(
-                            &provider,
-                            client_credential(ALL, 0),
-                            remote,
-                            "localhost",
-                            None,
-                            &changes,
-                        );
-                        let server = changes.wait("an accepted session", || listener.next());
-                        open(&client, &changes);
-                        open(&server, &changes);
+                        let credential = client_credential(ALL, 0);
+                        let (client, server) =
+                            pair_over(&provider, &listener, &changes, credential, remote);
                         states.push(client.state());
                         drop((client, server));
                     }
@@ -475,17 +467,9 @@ fn a_second_connection_on_the_same_credential_resumes_and_both_ends_say_so() {
                     let no_cache = client_credential(ALL, SCH_CRED_DISABLE_RECONNECTS);
                     let mut seen = Vec::new();
                     for credential in [&caching, &caching, &no_cache, &no_cache] {
-                        let client = connect_with(
-                            &provider,
-                            credential.clone(),
-                            port,
-                            "localhost",
-                            None,
-                            &changes,
-                        );
-                        let server = changes.wait("an accepted session", || listener.next());
-                        open(&client, &changes);
-                        open(&server, &changes);
+                        let remote = v4([127, 0, 0, 1], port);
+                        let (client, server) =
+                            pair_over(&provider, &listener, &changes, credential.clone(), remote);
                         // Data both ways: a TLS 1.3 ticket reaches the client before the echo.
                         assert_eq!(echo(&client, &server, &changes, b"ticket?"), b"ticket?");
                         let resumed = |s: &Session<Changes>| s.negotiated().unwrap().resumed;

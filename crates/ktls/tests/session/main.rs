@@ -352,6 +352,22 @@ fn established_pair(
     (client, server)
 }
 
+/// A client on `credential` connected to `listener` at `remote` as "localhost", both ends
+/// established.
+fn pair_over(
+    provider: &Provider,
+    listener: &Listener<Changes>,
+    changes: &Changes,
+    credential: ktls::pool::PoolArc<Credential>,
+    remote: SOCKADDR_STORAGE,
+) -> (Session<Changes>, Session<Changes>) {
+    let client = connect_to(provider, credential, remote, "localhost", None, changes);
+    let server = changes.wait("an accepted session", || listener.next());
+    open(&client, changes);
+    open(&server, changes);
+    (client, server)
+}
+
 /// Streams `total` bytes of `chunk` repeated from `client` to `server`, handing each received
 /// piece to `received` and calling `between` after every round; non-blocking calls only.
 fn stream(
