@@ -224,13 +224,10 @@ pub(super) fn acquired(s: &Service, id: u64) {
     let Some((made, Kind::Acquiring(acquiring))) = finished else {
         return;
     };
-    let (kind, first_run) = match made
+    let (kind, first_run) = made
         .map_err(|e| e.status())
         .and_then(|made| open(s, made, acquiring, id))
-    {
-        Ok((kind, first_run)) => (kind, first_run),
-        Err(status) => (Kind::Failed(status), None),
-    };
+        .unwrap_or_else(|status| (Kind::Failed(status), None));
     let closed_meanwhile = {
         let mut st = object.state.lock();
         if matches!(st.kind, Kind::Opening) {

@@ -513,10 +513,11 @@ impl SecurityContext {
             cBuffers: 4,
             pBuffers: buffers.as_mut_ptr(),
         };
-        // SAFETY: the buffers describe `data`, which Schannel only rewrites in place; the
-        // descriptor outlives the synchronous call.
-        let status =
-            unsafe { DecryptMessage(&mut state.handle, &mut desc, 0, core::ptr::null_mut()) };
+        let status = {
+            // SAFETY: the buffers describe `data`, which Schannel only rewrites in place; the
+            // descriptor outlives the synchronous call.
+            unsafe { DecryptMessage(&mut state.handle, &mut desc, 0, core::ptr::null_mut()) }
+        };
         let region = |b: &SecBuffer| {
             (
                 (b.pvBuffer as usize).wrapping_sub(base as usize),

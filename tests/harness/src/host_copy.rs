@@ -45,10 +45,17 @@ pub fn restart_with_vector_copies() {
 pub fn restart_with_vector_copies() {}
 
 /// How this process copies, for the report: the tunable's setting, or "glibc default".
+#[cfg(target_os = "linux")]
 pub fn describe() -> String {
     let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
     current
         .split(':')
         .find(|s| s.starts_with(TUNABLE))
         .map_or_else(|| "glibc default".to_string(), str::to_string)
+}
+
+/// Elsewhere there is no glibc: the platform's own copies.
+#[cfg(not(target_os = "linux"))]
+pub fn describe() -> String {
+    "the platform's own (no glibc)".to_string()
 }
