@@ -65,7 +65,10 @@ impl PendingIo {
                 }
                 slice = slice.min(d - now);
             }
+            // Counted under the result lock, so a completion that follows sees the waiter.
+            self.slot.waiters.fetch_add(1, Ordering::Relaxed);
             result = self.slot.done.wait_timeout(result, slice).unwrap().0;
+            self.slot.waiters.fetch_sub(1, Ordering::Relaxed);
         }
     }
 

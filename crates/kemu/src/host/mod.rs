@@ -306,7 +306,10 @@ impl Kernel {
         let mut lines: Vec<(u64, String)> = state
             .sockets
             .values()
-            .map(|s| (s.site.sequence, s.describe_open()))
+            .map(|cell| {
+                let s = crate::netio::socket::lock_socket(cell);
+                (s.site.sequence, s.describe_open())
+            })
             .collect();
         lines.sort();
         lines.into_iter().map(|(_, l)| l).collect()

@@ -120,12 +120,17 @@ impl IoManager {
             // The handle's bookkeeping first (it may close the file, or queue its close): a
             // waiter woken by the result must find the request gone from its handle.
             k.io.request_finished(file_object);
-            *done_slot.result.lock().unwrap() = Some(IoResult {
+            let mut result = done_slot.result.lock().unwrap();
+            *result = Some(IoResult {
                 status,
                 information,
                 output: std::sync::Arc::new(output),
             });
-            done_slot.done.notify_all();
+            let waiting = done_slot.waiters.load(std::sync::atomic::Ordering::Relaxed) > 0;
+            drop(result);
+            if waiting {
+                done_slot.done.notify_all();
+            }
             k.notify();
         });
         let irp = kernel.irps.allocate(1, Owner::Kernel, Some(finish));

@@ -101,6 +101,9 @@ pub struct IoResult {
 pub(crate) struct IoSlot {
     pub result: Mutex<Option<IoResult>>,
     pub done: Condvar,
+    /// Host threads asleep on `done`, changed only under the `result` lock: a request that
+    /// completes on its caller's own thread (most do) wakes no one and needs no futex call.
+    pub waiters: std::sync::atomic::AtomicUsize,
     /// The IRP and its id while in flight (for cancellation).
     pub irp: Mutex<Option<(usize, u64)>>,
 }

@@ -47,7 +47,7 @@ pub(crate) struct Registration {
 pub(crate) struct NetState {
     pub registrations: HashMap<usize, Registration>,
     pub next_registration: usize,
-    pub sockets: HashMap<usize, socket::Socket>,
+    pub sockets: HashMap<usize, socket::SocketCell>,
     pub tokens: HashMap<usize, usize>,
     pub next_token: usize,
     pub address_infos: HashMap<usize, (Vec<usize>, Site)>,
@@ -84,12 +84,15 @@ impl Netio {
                 site: r.site.clone(),
             })
             .collect();
-        leaks.extend(state.sockets.iter().map(|(&a, s)| Leak {
-            kind: LeakKind::Socket,
-            address: a,
-            tag: s.describe(),
-            size: 0,
-            site: s.site.clone(),
+        leaks.extend(state.sockets.iter().map(|(&a, cell)| {
+            let s = socket::lock_socket(cell);
+            Leak {
+                kind: LeakKind::Socket,
+                address: a,
+                tag: s.describe(),
+                size: 0,
+                site: s.site.clone(),
+            }
         }));
         leaks.extend(state.address_infos.iter().map(|(&a, (_, site))| Leak {
             kind: LeakKind::Pool,
@@ -353,6 +356,7 @@ pub(crate) unsafe extern "win64" fn wsk_deregister(reg: *mut WSK_REGISTRATION) {
                 let open: Vec<String> = state
                     .sockets
                     .values()
+                    .map(socket::lock_socket)
                     .filter(|s| s.registration == id)
                     .map(|s| {
                         format!(

@@ -46,14 +46,14 @@ pub(super) fn create(
     }
     state.sockets.insert(
         block as usize,
-        Socket::new(
+        Arc::new(Mutex::new(Socket::new(
             category,
             family,
             registration,
             token,
             Io::Fresh(os),
             Site::here(kernel.next_sequence()),
-        ),
+        ))),
     );
     state.tokens.insert(token, block as usize);
     if let Some(r) = state.registrations.get_mut(&registration) {
@@ -130,8 +130,7 @@ pub(super) unsafe extern "win64" fn wsk_socket_connect(
         Ok(s) => s,
         Err(status) => return respond(irp, status, 0),
     };
-    let started = with_socket("WskSocketConnect", socket as *mut WSK_SOCKET, |state, s| {
-        let sock = state.sockets.get_mut(&s).expect("just created");
+    let started = with_socket("WskSocketConnect", socket as *mut WSK_SOCKET, |sock| {
         bind_os(sock, local).and_then(|()| start_connect(sock, remote))
     });
     match started {
@@ -250,16 +249,27 @@ pub(super) fn drop_socket(socket: usize) {
     let removed = {
         let mut state = kernel.netio.lock();
         let removed = state.sockets.remove(&socket);
-        if let Some(s) = &removed {
-            state.tokens.remove(&s.token);
-            if let Some(r) = state.registrations.get_mut(&s.registration) {
+        if let Some(cell) = &removed {
+            let (token, registration) = {
+                let s = lock_socket(cell);
+                (s.token, s.registration)
+            };
+            state.tokens.remove(&token);
+            if let Some(r) = state.registrations.get_mut(&registration) {
                 r.sockets -= 1;
             }
         }
         removed
     };
-    if let Some(mut s) = removed {
-        deregister_io(&mut s.io);
+    if let Some(cell) = removed {
+        let io = {
+            let mut s = lock_socket(&cell);
+            s.closed = true;
+            std::mem::replace(&mut s.io, Io::Dead)
+        };
+        let mut io = io;
+        deregister_io(&mut io);
+        drop(io);
         crate::io::free(socket as *mut u8, SOCKET_BLOCK);
     }
 }
@@ -286,7 +296,7 @@ pub(super) unsafe extern "win64" fn wsk_bind(
     irp: *mut IRP,
 ) -> NTSTATUS {
     thread::require_at_most("WskBind", DISPATCH);
-    with_socket("WskBind", socket, |_, _| ());
+    with_socket("WskBind", socket, |_| ());
     if let Err(s) = take_irp(irp) {
         return s;
     }
@@ -294,9 +304,7 @@ pub(super) unsafe extern "win64" fn wsk_bind(
     let Some(local) = (unsafe { addr::read(local) }).filter(|_| flags == 0) else {
         return respond(irp, STATUS_INVALID_PARAMETER, 0);
     };
-    let result = with_socket("WskBind", socket, |state, s| {
-        bind_os(state.sockets.get_mut(&s).expect("checked"), local)
-    });
+    let result = with_socket("WskBind", socket, |sock| bind_os(sock, local));
     respond(irp, result.err().unwrap_or(STATUS_SUCCESS), 0)
 }
 
@@ -308,7 +316,7 @@ pub(super) unsafe extern "win64" fn wsk_connect(
     irp: *mut IRP,
 ) -> NTSTATUS {
     thread::require_at_most("WskConnect", DISPATCH);
-    with_socket("WskConnect", socket, |_, _| ());
+    with_socket("WskConnect", socket, |_| ());
     if let Err(s) = take_irp(irp) {
         return s;
     }
@@ -316,9 +324,7 @@ pub(super) unsafe extern "win64" fn wsk_connect(
     let Some(remote) = (unsafe { addr::read(remote) }).filter(|_| flags == 0) else {
         return respond(irp, STATUS_INVALID_PARAMETER, 0);
     };
-    let started = with_socket("WskConnect", socket, |state, s| {
-        start_connect(state.sockets.get_mut(&s).expect("checked"), remote)
-    });
+    let started = with_socket("WskConnect", socket, |sock| start_connect(sock, remote));
     match started {
         Ok(()) => queue_and_progress("WskConnect", socket, irp, |s| {
             s.connect = Some(ConnectOp {
@@ -341,8 +347,8 @@ pub(super) unsafe extern "win64" fn wsk_accept(
     irp: *mut IRP,
 ) -> NTSTATUS {
     thread::require_at_most("WskAccept", DISPATCH);
-    let listening = with_socket("WskAccept", socket, |state, s| {
-        matches!(state.sockets[&s].io, Io::Listener(_))
+    let listening = with_socket("WskAccept", socket, |sock| {
+        matches!(sock.io, Io::Listener(_))
     });
     if let Err(s) = take_irp(irp) {
         return s;
@@ -373,7 +379,7 @@ pub(super) unsafe extern "win64" fn wsk_inspect_complete(
     irp: *mut IRP,
 ) -> NTSTATUS {
     thread::require_at_most("WskInspectComplete", DISPATCH);
-    with_socket("WskInspectComplete", socket, |_, _| ());
+    with_socket("WskInspectComplete", socket, |_| ());
     if let Err(s) = take_irp(irp) {
         return s;
     }
@@ -388,22 +394,19 @@ pub(super) fn get_address(
     remote: bool,
 ) -> NTSTATUS {
     thread::require_at_most(routine, DISPATCH);
-    with_socket(routine, socket, |_, _| ());
+    with_socket(routine, socket, |_| ());
     if let Err(s) = take_irp(irp) {
         return s;
     }
     if out.is_null() {
         return respond(irp, STATUS_INVALID_PARAMETER, 0);
     }
-    let found = with_socket(routine, socket, |state, s| {
-        let sock = &state.sockets[&s];
-        match (&sock.io, remote) {
-            (Io::Bound(os), false) => os.local_addr().ok().and_then(|a| a.as_socket()),
-            (Io::Listener(l), false) => l.local_addr().ok(),
-            (Io::Connecting(st) | Io::Stream(st), false) => st.local_addr().ok(),
-            (Io::Stream(st), true) => st.peer_addr().ok(),
-            _ => None,
-        }
+    let found = with_socket(routine, socket, |sock| match (&sock.io, remote) {
+        (Io::Bound(os), false) => os.local_addr().ok().and_then(|a| a.as_socket()),
+        (Io::Listener(l), false) => l.local_addr().ok(),
+        (Io::Connecting(st) | Io::Stream(st), false) => st.local_addr().ok(),
+        (Io::Stream(st), true) => st.peer_addr().ok(),
+        _ => None,
     });
     match found {
         Some(a) => {

@@ -25,9 +25,7 @@ pub(super) unsafe extern "win64" fn wsk_send(
     irp: *mut IRP,
 ) -> NTSTATUS {
     thread::require_at_most("WskSend", DISPATCH);
-    let state = with_socket("WskSend", socket, |state, s| {
-        data_state(&state.sockets[&s], true)
-    });
+    let state = with_socket("WskSend", socket, |sock| data_state(sock, true));
     if let Err(s) = take_irp(irp) {
         return s;
     }
@@ -64,9 +62,7 @@ pub(super) unsafe extern "win64" fn wsk_receive(
     irp: *mut IRP,
 ) -> NTSTATUS {
     thread::require_at_most("WskReceive", DISPATCH);
-    let state = with_socket("WskReceive", socket, |state, s| {
-        data_state(&state.sockets[&s], false)
-    });
+    let state = with_socket("WskReceive", socket, |sock| data_state(sock, false));
     if let Err(s) = take_irp(irp) {
         return s;
     }
@@ -123,9 +119,7 @@ pub(super) unsafe extern "win64" fn wsk_disconnect(
     irp: *mut IRP,
 ) -> NTSTATUS {
     thread::require_at_most("WskDisconnect", DISPATCH);
-    let state = with_socket("WskDisconnect", socket, |state, s| {
-        data_state(&state.sockets[&s], true)
-    });
+    let state = with_socket("WskDisconnect", socket, |sock| data_state(sock, true));
     if let Err(s) = take_irp(irp) {
         return s;
     }
@@ -140,9 +134,7 @@ pub(super) unsafe extern "win64" fn wsk_disconnect(
             return respond(irp, STATUS_INVALID_PARAMETER, 0);
         }
         let mut out = Vec::new();
-        with_socket("WskDisconnect", socket, |state, s| {
-            reset(state.sockets.get_mut(&s).expect("checked"), &mut out)
-        });
+        with_socket("WskDisconnect", socket, |sock| reset(sock, &mut out));
         finish(out, true);
         return respond(irp, STATUS_SUCCESS, 0);
     }
@@ -174,7 +166,7 @@ pub(super) unsafe extern "win64" fn wsk_release(
     _list: *mut WSK_DATA_INDICATION,
 ) -> NTSTATUS {
     thread::require_at_most("WskRelease", DISPATCH);
-    with_socket("WskRelease", socket, |_, _| ());
+    with_socket("WskRelease", socket, |_| ());
     STATUS_NOT_SUPPORTED
 }
 
@@ -185,7 +177,7 @@ pub(super) unsafe extern "win64" fn wsk_close_socket(
     irp: *mut IRP,
 ) -> NTSTATUS {
     thread::require_at_most("WskCloseSocket", DISPATCH);
-    with_socket("WskCloseSocket", socket, |_, _| ());
+    with_socket("WskCloseSocket", socket, |_| ());
     if let Err(s) = take_irp(irp) {
         return s;
     }
@@ -193,33 +185,48 @@ pub(super) unsafe extern "win64" fn wsk_close_socket(
     let removed = {
         let mut state = kernel.netio.lock();
         let removed = state.sockets.remove(&(socket as usize));
-        if let Some(s) = &removed {
-            state.tokens.remove(&s.token);
+        if let Some(cell) = &removed {
+            let token = lock_socket(cell).token;
+            state.tokens.remove(&token);
         }
         removed
     };
-    let Some(mut sock) = removed else {
+    let Some(cell) = removed else {
         lookup_violation("WskCloseSocket", socket)
     };
     let mut out = Vec::new();
-    for irp in sock.pending_irps() {
-        if claim(irp) {
-            out.push(done(irp, STATUS_CANCELLED, 0));
+    let (registration, category) = {
+        // A thread that found the socket before it left the map may hold its lock: it
+        // finishes first, then finds the socket closed.
+        let mut sock = lock_socket(&cell);
+        sock.closed = true;
+        let pending = sock.pending_irps();
+        sock.accepts.clear();
+        sock.receives.clear();
+        sock.sends.clear();
+        sock.connect = None;
+        sock.disconnect = None;
+        for irp in pending {
+            if claim(irp) {
+                out.push(done(irp, STATUS_CANCELLED, 0));
+            }
         }
-    }
-    deregister_io(&mut sock.io);
-    if let Io::Stream(stream) | Io::Connecting(stream) = &sock.io {
-        if !(sock.fin_sent && sock.fin_received) {
-            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+        let mut io = std::mem::replace(&mut sock.io, Io::Dead);
+        deregister_io(&mut io);
+        if let Io::Stream(stream) | Io::Connecting(stream) = &io {
+            if !(sock.fin_sent && sock.fin_received) {
+                let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+            }
         }
-    }
-    drop(sock.io);
+        drop(io);
+        (sock.registration, sock.category)
+    };
     {
         let mut state = kernel.netio.lock();
-        if let Some(r) = state.registrations.get_mut(&sock.registration) {
+        if let Some(r) = state.registrations.get_mut(&registration) {
             r.sockets -= 1;
         }
-        retire(&mut state, socket as usize, sock.category);
+        retire(&mut state, socket as usize, category);
     }
     finish(out, true);
     respond(irp, STATUS_SUCCESS, 0)

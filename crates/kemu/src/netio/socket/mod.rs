@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ksys::io::{IRP, MDL, MDL_MAPPED_TO_SYSTEM_VA, MDL_SOURCE_IS_NONPAGED_POOL};
@@ -145,8 +146,23 @@ pub(crate) struct Socket {
     fin_sent: bool,
     fin_received: bool,
     aborted: bool,
+    /// WskCloseSocket ran: a thread that found the socket before it left the provider's map
+    /// must treat it as gone (a call then is the driver's use after close).
+    closed: bool,
     v6only: Option<bool>,
     pub site: Site,
+}
+
+/// One socket's state behind its own lock. The provider lock only finds it: a call or poller
+/// event on one socket (and the host send, receive or connect it makes) holds this lock, so
+/// the sockets of different connections move forward on different threads at once, as a
+/// Windows transport serves each connection under its own lock. Order: provider lock, then a
+/// socket's, never the other way round.
+pub(crate) type SocketCell = Arc<Mutex<Socket>>;
+
+/// Locks one socket (a panic on another thread does not make it unusable for reports).
+pub(crate) fn lock_socket(cell: &SocketCell) -> MutexGuard<'_, Socket> {
+    cell.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Socket {

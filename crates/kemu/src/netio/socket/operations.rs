@@ -66,14 +66,16 @@ pub(super) fn rearm(socket: usize, irp: usize) -> bool {
 /// Cancel routine of a queued WSK IRP (runs at DISPATCH_LEVEL inside IoCancelIrp).
 pub(super) fn cancel_pending(socket: usize, irp: usize) {
     let kernel = thread::kernel();
-    let orphaned = match kernel.netio.lock().sockets.get_mut(&socket) {
-        Some(s) => {
+    let cell = kernel.netio.lock().sockets.get(&socket).cloned();
+    let orphaned = match cell {
+        Some(cell) => {
+            let mut s = lock_socket(&cell);
             let socket_connect = s
                 .connect
                 .as_ref()
                 .is_some_and(|c| c.irp == irp && c.socket_connect);
             s.remove_op(irp);
-            socket_connect
+            socket_connect && !s.closed
         }
         None => false,
     };
@@ -89,14 +91,26 @@ pub(super) fn claim(irp: usize) -> bool {
     irp == 0 || thread::kernel().irps.clear_cancel(irp as *mut IRP)
 }
 
-/// Moves every queued operation of `socket` forward as far as the OS socket allows.
-pub(super) fn progress(state: &mut crate::netio::NetState, socket: usize, out: &mut Vec<Done>) {
-    let kernel = thread::kernel();
-    let registry = kernel.netio.poller.registry();
-    let Some(s) = state.sockets.get_mut(&socket) else {
-        return;
-    };
-    let mut accepted: Vec<(mio::net::TcpStream, SocketAddr, usize, usize, usize)> = Vec::new();
+/// A connection a listener accepted, waiting to become a WSK socket (under the provider lock,
+/// after the listener's own lock is released: see [`adopt`]).
+pub(super) struct Accepted {
+    stream: mio::net::TcpStream,
+    peer: SocketAddr,
+    irp: usize,
+    local_out: usize,
+    remote_out: usize,
+    family: u16,
+    registration: usize,
+}
+
+/// Moves every queued operation of socket `s` (at address `socket`, locked by the caller)
+/// forward as far as the OS socket allows. Returns the connections a listener accepted, for
+/// [`adopt`] once the socket's lock is released.
+pub(super) fn progress(s: &mut Socket, socket: usize, out: &mut Vec<Done>) -> Vec<Accepted> {
+    let mut accepted: Vec<Accepted> = Vec::new();
+    if s.closed {
+        return accepted;
+    }
     match &mut s.io {
         Io::Listener(listener) => {
             while let Some(op) = s.accepts.pop_front() {
@@ -104,9 +118,15 @@ pub(super) fn progress(state: &mut crate::netio::NetState, socket: usize, out: &
                     continue;
                 }
                 match listener.accept() {
-                    Ok((stream, peer)) => {
-                        accepted.push((stream, peer, op.irp, op.local_out, op.remote_out))
-                    }
+                    Ok((stream, peer)) => accepted.push(Accepted {
+                        stream,
+                        peer,
+                        irp: op.irp,
+                        local_out: op.local_out,
+                        remote_out: op.remote_out,
+                        family: s.family,
+                        registration: s.registration,
+                    }),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
                         if rearm(socket, op.irp) {
                             s.accepts.push_front(op);
@@ -259,8 +279,29 @@ pub(super) fn progress(state: &mut crate::netio::NetState, socket: usize, out: &
             }
         }
     }
-    let (family, registration) = (s.family, s.registration);
-    for (mut stream, peer, irp, local_out, remote_out) in accepted {
+    accepted
+}
+
+/// Makes WSK sockets of accepted connections and completes their WskAccept IRPs (into `out`).
+/// Registration with the poller and the token's entry happen under the provider lock, which
+/// the poller takes to find a token, so no event of the new socket is looked up before it is.
+pub(super) fn adopt(accepted: Vec<Accepted>, out: &mut Vec<Done>) {
+    if accepted.is_empty() {
+        return;
+    }
+    let kernel = thread::kernel();
+    let registry = kernel.netio.poller.registry();
+    let mut state = kernel.netio.lock();
+    for Accepted {
+        mut stream,
+        peer,
+        irp,
+        local_out,
+        remote_out,
+        family,
+        registration,
+    } in accepted
+    {
         let local = stream.local_addr().ok();
         state.next_token += 1;
         let token = state.next_token;
@@ -285,17 +326,16 @@ pub(super) fn progress(state: &mut crate::netio::NetState, socket: usize, out: &
             }
             addr::write(remote_out as *mut SOCKADDR, peer);
         }
-        let kernel = thread::kernel();
         state.sockets.insert(
             block as usize,
-            Socket::new(
+            Arc::new(Mutex::new(Socket::new(
                 Category::Connection,
                 family,
                 registration,
                 token,
                 Io::Stream(stream),
                 Site::here(kernel.next_sequence()),
-            ),
+            ))),
         );
         state.tokens.insert(token, block as usize);
         if let Some(r) = state.registrations.get_mut(&registration) {
@@ -328,6 +368,7 @@ impl Socket {
             fin_sent: false,
             fin_received: false,
             aborted: false,
+            closed: false,
             v6only: None,
             site,
         }
@@ -337,29 +378,40 @@ impl Socket {
 /// The poller saw `token` ready.
 pub(crate) fn on_ready(token: usize) {
     let kernel = thread::kernel();
+    let found = {
+        let state = kernel.netio.lock();
+        state
+            .tokens
+            .get(&token)
+            .and_then(|&socket| Some((socket, state.sockets.get(&socket)?.clone())))
+    };
+    let Some((socket, cell)) = found else {
+        return;
+    };
     let mut out = Vec::new();
-    {
-        let mut state = kernel.netio.lock();
-        if let Some(&socket) = state.tokens.get(&token) {
-            progress(&mut state, socket, &mut out);
-        }
-    }
+    let accepted = progress(&mut lock_socket(&cell), socket, &mut out);
+    adopt(accepted, &mut out);
     finish(out, false);
 }
 
-/// Looks up an open socket, runs `f` under the provider lock, then completes what it decided.
+/// Looks up an open socket, runs `f` under its own lock (the provider lock is held only to
+/// find it).
 pub(super) fn with_socket<R>(
     routine: &str,
     socket: *mut WSK_SOCKET,
-    f: impl FnOnce(&mut crate::netio::NetState, usize) -> R,
+    f: impl FnOnce(&mut Socket) -> R,
 ) -> R {
     let kernel = thread::kernel();
-    let mut state = kernel.netio.lock();
-    if !state.sockets.contains_key(&(socket as usize)) {
-        drop(state);
+    let cell = kernel.netio.lock().sockets.get(&(socket as usize)).cloned();
+    let Some(cell) = cell else {
+        lookup_violation(routine, socket)
+    };
+    let mut sock = lock_socket(&cell);
+    if sock.closed {
+        drop(sock);
         lookup_violation(routine, socket);
     }
-    f(&mut state, socket as usize)
+    f(&mut sock)
 }
 
 /// Queues an operation (already pushed by `push`) and runs the socket forward.
@@ -370,18 +422,16 @@ pub(super) fn queue_and_progress(
     push: impl FnOnce(&mut Socket),
 ) -> NTSTATUS {
     let mut out = Vec::new();
-    let armed = with_socket(routine, socket, |state, s| {
-        if !arm(s, irp as usize) {
-            return false;
+    let armed = with_socket(routine, socket, |sock| {
+        if !arm(socket as usize, irp as usize) {
+            return None;
         }
-        if let Some(sock) = state.sockets.get_mut(&s) {
-            push(sock);
-        }
-        progress(state, s, &mut out);
-        true
+        push(sock);
+        Some(progress(sock, socket as usize, &mut out))
     });
-    if !armed {
-        out.push(done(irp as usize, STATUS_CANCELLED, 0));
+    match armed {
+        Some(accepted) => adopt(accepted, &mut out),
+        None => out.push(done(irp as usize, STATUS_CANCELLED, 0)),
     }
     finish(out, true);
     STATUS_PENDING

@@ -25,62 +25,60 @@ pub(super) unsafe extern "win64" fn wsk_control_socket(
     irp: *mut IRP,
 ) -> NTSTATUS {
     thread::require_at_most("WskControlSocket", DISPATCH);
-    with_socket("WskControlSocket", socket, |_, _| ());
+    with_socket("WskControlSocket", socket, |_| ());
     if !irp.is_null() {
         if let Err(s) = take_irp(irp) {
             return s;
         }
     }
     let value = read_u32(in_buf, in_len);
-    let result: Result<Option<u32>, NTSTATUS> =
-        with_socket("WskControlSocket", socket, |state, s| {
-            let sock = state.sockets.get_mut(&s).expect("checked");
-            let os: Option<socket2::SockRef<'_>> = match &sock.io {
-                Io::Fresh(o) | Io::Bound(o) => Some(socket2::SockRef::from(o)),
-                Io::Listener(l) => Some(socket2::SockRef::from(l)),
-                Io::Connecting(st) | Io::Stream(st) => Some(socket2::SockRef::from(st)),
-                Io::Dead => None,
-            };
-            match (request_type, level, code) {
-                (_, SOL_SOCKET, SO_WSK_EVENT_CALLBACK) => Err(STATUS_NOT_SUPPORTED),
-                (ksys::wsk::WSK_SET_OPTION, SOL_SOCKET, SO_KEEPALIVE) => {
-                    let v = value.ok_or(STATUS_INVALID_PARAMETER)?;
-                    os.ok_or(STATUS_INVALID_DEVICE_STATE)?
-                        .set_keepalive(v != 0)
-                        .map_err(|e| status_of(&e))?;
-                    Ok(None)
-                }
-                (ksys::wsk::WSK_GET_OPTION, SOL_SOCKET, SO_KEEPALIVE) => Ok(Some(u32::from(
-                    os.ok_or(STATUS_INVALID_DEVICE_STATE)?
-                        .keepalive()
-                        .map_err(|e| status_of(&e))?,
-                ))),
-                (ksys::wsk::WSK_SET_OPTION, IPPROTO_TCP, TCP_NODELAY) => {
-                    let v = value.ok_or(STATUS_INVALID_PARAMETER)?;
-                    os.ok_or(STATUS_INVALID_DEVICE_STATE)?
-                        .set_nodelay(v != 0)
-                        .map_err(|e| status_of(&e))?;
-                    Ok(None)
-                }
-                (ksys::wsk::WSK_GET_OPTION, IPPROTO_TCP, TCP_NODELAY) => Ok(Some(u32::from(
-                    os.ok_or(STATUS_INVALID_DEVICE_STATE)?
-                        .nodelay()
-                        .map_err(|e| status_of(&e))?,
-                ))),
-                (ksys::wsk::WSK_SET_OPTION, IPPROTO_IPV6, IPV6_V6ONLY) => {
-                    let v = value.ok_or(STATUS_INVALID_PARAMETER)?;
-                    if u32::from(sock.family) != AF_INET6 || !matches!(sock.io, Io::Fresh(_)) {
-                        return Err(STATUS_INVALID_DEVICE_STATE);
-                    }
-                    sock.v6only = Some(v != 0);
-                    Ok(None)
-                }
-                (ksys::wsk::WSK_GET_OPTION, IPPROTO_IPV6, IPV6_V6ONLY) => {
-                    Ok(Some(u32::from(sock.v6only.unwrap_or(true))))
-                }
-                _ => Err(STATUS_NOT_SUPPORTED),
+    let result: Result<Option<u32>, NTSTATUS> = with_socket("WskControlSocket", socket, |sock| {
+        let os: Option<socket2::SockRef<'_>> = match &sock.io {
+            Io::Fresh(o) | Io::Bound(o) => Some(socket2::SockRef::from(o)),
+            Io::Listener(l) => Some(socket2::SockRef::from(l)),
+            Io::Connecting(st) | Io::Stream(st) => Some(socket2::SockRef::from(st)),
+            Io::Dead => None,
+        };
+        match (request_type, level, code) {
+            (_, SOL_SOCKET, SO_WSK_EVENT_CALLBACK) => Err(STATUS_NOT_SUPPORTED),
+            (ksys::wsk::WSK_SET_OPTION, SOL_SOCKET, SO_KEEPALIVE) => {
+                let v = value.ok_or(STATUS_INVALID_PARAMETER)?;
+                os.ok_or(STATUS_INVALID_DEVICE_STATE)?
+                    .set_keepalive(v != 0)
+                    .map_err(|e| status_of(&e))?;
+                Ok(None)
             }
-        });
+            (ksys::wsk::WSK_GET_OPTION, SOL_SOCKET, SO_KEEPALIVE) => Ok(Some(u32::from(
+                os.ok_or(STATUS_INVALID_DEVICE_STATE)?
+                    .keepalive()
+                    .map_err(|e| status_of(&e))?,
+            ))),
+            (ksys::wsk::WSK_SET_OPTION, IPPROTO_TCP, TCP_NODELAY) => {
+                let v = value.ok_or(STATUS_INVALID_PARAMETER)?;
+                os.ok_or(STATUS_INVALID_DEVICE_STATE)?
+                    .set_nodelay(v != 0)
+                    .map_err(|e| status_of(&e))?;
+                Ok(None)
+            }
+            (ksys::wsk::WSK_GET_OPTION, IPPROTO_TCP, TCP_NODELAY) => Ok(Some(u32::from(
+                os.ok_or(STATUS_INVALID_DEVICE_STATE)?
+                    .nodelay()
+                    .map_err(|e| status_of(&e))?,
+            ))),
+            (ksys::wsk::WSK_SET_OPTION, IPPROTO_IPV6, IPV6_V6ONLY) => {
+                let v = value.ok_or(STATUS_INVALID_PARAMETER)?;
+                if u32::from(sock.family) != AF_INET6 || !matches!(sock.io, Io::Fresh(_)) {
+                    return Err(STATUS_INVALID_DEVICE_STATE);
+                }
+                sock.v6only = Some(v != 0);
+                Ok(None)
+            }
+            (ksys::wsk::WSK_GET_OPTION, IPPROTO_IPV6, IPV6_V6ONLY) => {
+                Ok(Some(u32::from(sock.v6only.unwrap_or(true))))
+            }
+            _ => Err(STATUS_NOT_SUPPORTED),
+        }
+    });
     let status = match result {
         Ok(Some(v)) => {
             if out_buf.is_null() || out_len < 4 {
