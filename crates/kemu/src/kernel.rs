@@ -45,7 +45,8 @@ pub(crate) struct Shared {
     pub mdls: Mdls,
     pub work_items: WorkItems,
     pub workers: Arc<ThreadPool>,
-    pub dpc: Arc<ThreadPool>,
+    /// The processors' DPC queues and threads.
+    pub dpc: crate::ke::processors::Processors,
     pub io: IoManager,
     pub wdf: Framework,
     pub netio: Netio,
@@ -56,7 +57,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(seed: u64, plan: FaultPlan) -> Arc<Shared> {
+    pub fn new(seed: u64, plan: FaultPlan, processors: usize) -> Arc<Shared> {
         Arc::new(Shared {
             id: NEXT_KERNEL_ID.fetch_add(1, Ordering::Relaxed),
             faults: Faults::new(seed, plan),
@@ -73,7 +74,7 @@ impl Shared {
             mdls: Mdls::default(),
             work_items: WorkItems::default(),
             workers: Arc::new(ThreadPool::default()),
-            dpc: Arc::new(ThreadPool::default()),
+            dpc: crate::ke::processors::Processors::new(processors),
             io: IoManager::default(),
             wdf: Framework::default(),
             netio: Netio::default(),

@@ -12,6 +12,10 @@ pub struct KernelConfig {
     pub faults: FaultPlan,
     /// Number of system worker threads.
     pub workers: usize,
+    /// Processors modelled: each has its own DPC queue and thread, and a connection's deferred
+    /// WSK completions go to one of them (see `ke::processors`). Two by default, as the
+    /// machines this runs on have; `KEMU_PROCESSORS` sets it.
+    pub processors: usize,
     /// The machine certificate store's folder; None: a fresh temporary store per kernel
     /// (removed at shutdown).
     pub cert_store: Option<std::path::PathBuf>,
@@ -43,7 +47,16 @@ impl KernelConfig {
                 format!("KEMU_SEED={text:?}: give a 64-bit number, decimal or 0x-hex")
             })?,
         };
-        Ok(Self::with_seed(seed))
+        let mut config = Self::with_seed(seed);
+        if let Ok(text) = std::env::var("KEMU_PROCESSORS") {
+            config.processors = text
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| format!("KEMU_PROCESSORS={text:?}: give a number from 1 to 64"))?;
+        }
+        Ok(config)
     }
 
     fn with_seed(seed: u64) -> KernelConfig {
@@ -51,6 +64,7 @@ impl KernelConfig {
             seed,
             faults: FaultPlan::default(),
             workers: 2,
+            processors: 2,
             cert_store: None,
             dispatch_on_caller: true,
         }

@@ -191,12 +191,11 @@ impl Kernel {
     /// Boots a kernel: worker threads, the DPC thread and the timer thread.
     pub fn boot(config: KernelConfig) -> Kernel {
         bugcheck::install_panic_hook();
-        let shared = Shared::new(config.seed, config.faults);
+        let shared = Shared::new(config.seed, config.faults, config.processors);
         shared
             .workers
             .start(&shared, "worker", config.workers.max(1));
-        shared.dpc.collect_on_its_threads();
-        shared.dpc.start(&shared, "dpc", 1);
+        shared.dpc.start(&shared);
         shared.lsa.collect_on_its_threads();
         shared.lsa.start(&shared, "lsa", 2);
         let (store_dir, temporary_store) = match &config.cert_store {

@@ -28,7 +28,7 @@ pub(crate) fn flexible(
     ) {
         (true, true) => run(DISPATCH),
         (true, false) => run(caller_irql),
-        (false, true) => kernel.dpc.submit(move || run(DISPATCH)),
+        (false, true) => kernel.dpc.submit(None, move || run(DISPATCH)),
         (false, false) => kernel.workers.submit(move || run(thread::PASSIVE)),
     }
 }

@@ -3,6 +3,7 @@
 
 pub(crate) mod deliver;
 pub(crate) mod pool;
+pub(crate) mod processors;
 pub(crate) mod sync;
 pub(crate) mod timer;
 pub(crate) mod workers;

@@ -103,7 +103,7 @@ impl Timers {
 
     fn queue_dpc(kernel: &Arc<Shared>, address: usize, dpc: Dpc) {
         let k = kernel.clone();
-        kernel.dpc.submit(move || {
+        kernel.dpc.submit(None, move || {
             {
                 let mut state = k.timers.state.lock().unwrap();
                 if let Some(d) = state.dpcs.get_mut(&address) {

@@ -87,16 +87,29 @@ pub(crate) struct ThreadPool {
 }
 
 impl ThreadPool {
-    /// Starts `count` threads named `name`.
+    /// Starts `count` threads named `name` and their number.
     pub fn start(self: &Arc<Self>, kernel: &Arc<Shared>, name: &str, count: usize) {
-        let mut threads = self.threads.lock().unwrap();
         for i in 0..count {
-            let pool = self.clone();
-            let weak = Arc::downgrade(kernel);
-            threads.push(thread::spawn(kernel, &format!("{name}{i}"), move || {
+            self.start_thread(kernel, &format!("{name}{i}"));
+        }
+    }
+
+    /// Starts one more thread, named `name`.
+    pub fn start_thread(self: &Arc<Self>, kernel: &Arc<Shared>, name: &str) {
+        let pool = self.clone();
+        let weak = Arc::downgrade(kernel);
+        self.threads
+            .lock()
+            .unwrap()
+            .push(thread::spawn(kernel, name, move || {
                 pool.run(&weak);
             }));
-        }
+    }
+
+    /// Whether the calling thread is one of this pool's (a collecting pool's: see
+    /// [`Self::collect_on_its_threads`]).
+    pub fn is_home(self: &Arc<Self>) -> bool {
+        HOME.with(|h| h.borrow().as_ref().is_some_and(|p| Arc::ptr_eq(p, self)))
     }
 
     /// Makes the work items this pool's jobs queue run on the thread that ran the job, after

@@ -152,9 +152,9 @@ pub(crate) fn respond(irp: *mut IRP, status: NTSTATUS, information: usize) -> NT
     } else {
         mark_pending(irp);
         let address = irp as usize;
-        kernel
-            .dpc
-            .submit(move || complete_at_dispatch(address as *mut IRP, status, information));
+        kernel.dpc.submit(None, move || {
+            complete_at_dispatch(address as *mut IRP, status, information)
+        });
         STATUS_PENDING
     }
 }

@@ -43,10 +43,39 @@ pub unsafe extern "win64" fn signal_event(
     STATUS_MORE_PROCESSING_REQUIRED
 }
 
+/// What [`Call`]'s completion routine sets: the event (first, so the context is also a KEVENT
+/// pointer) and the name of the thread the routine ran on.
+#[repr(C)]
+struct Completion {
+    event: KEVENT,
+    ran_on: std::sync::OnceLock<String>,
+}
+
+/// Completion routine of [`Call`]: notes its thread, signals the event, keeps the IRP.
+///
+/// # Safety
+/// Called by the I/O manager with a context that is a live [`Completion`].
+unsafe extern "win64" fn note_thread_and_signal(
+    _device: *mut DEVICE_OBJECT,
+    _irp: *mut IRP,
+    context: *mut c_void,
+) -> NTSTATUS {
+    // SAFETY: the context is the Call's live Completion.
+    let completion = unsafe { &*(context as *const Completion) };
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .to_owned();
+    let _ = completion.ran_on.set(name);
+    // SAFETY: the event is the Completion's first field; the Call keeps it alive.
+    unsafe { KeSetEvent(context as *mut KEVENT, 0, 0) };
+    STATUS_MORE_PROCESSING_REQUIRED
+}
+
 /// One in-flight WSK call: its IRP and the event its completion routine sets.
 pub struct Call {
     irp: *mut IRP,
-    event: Box<KEVENT>,
+    completion: Box<Completion>,
     /// What the WSK routine returned.
     pub returned: NTSTATUS,
 }
@@ -57,12 +86,15 @@ impl Call {
         unsafe {
             let irp = IoAllocateIrp(1, 0);
             assert!(!irp.is_null());
-            let mut event: Box<KEVENT> = Box::new(std::mem::zeroed());
-            KeInitializeEvent(&mut *event, NOTIFICATION_EVENT, 0);
+            let mut completion = Box::new(Completion {
+                event: std::mem::zeroed(),
+                ran_on: std::sync::OnceLock::new(),
+            });
+            KeInitializeEvent(&mut completion.event, NOTIFICATION_EVENT, 0);
             io_set_completion_routine(
                 irp,
-                Some(signal_event),
-                &mut *event as *mut KEVENT as *mut c_void,
+                Some(note_thread_and_signal),
+                &mut *completion as *mut Completion as *mut c_void,
                 true,
                 true,
                 true,
@@ -70,7 +102,7 @@ impl Call {
             let returned = f(irp);
             Call {
                 irp,
-                event,
+                completion,
                 returned,
             }
         }
@@ -81,7 +113,7 @@ impl Call {
         // SAFETY: the event lives in self.
         unsafe {
             KeWaitForSingleObject(
-                &mut *self.event as *mut KEVENT as *mut c_void,
+                &mut self.completion.event as *mut KEVENT as *mut c_void,
                 EXECUTIVE,
                 KERNEL_MODE,
                 0,
@@ -96,11 +128,18 @@ impl Call {
     }
 
     /// Waits for completion; returns (status, information) and checks the return contract.
-    pub fn wait(mut self) -> (NTSTATUS, usize) {
+    pub fn wait(self) -> (NTSTATUS, usize) {
+        let (status, information, _) = self.wait_noting_thread();
+        (status, information)
+    }
+
+    /// As [`Self::wait`], with the name of the thread the completion routine ran on (where
+    /// kemu delivered it: the caller's, a DPC thread, the poller).
+    pub fn wait_noting_thread(mut self) -> (NTSTATUS, usize, String) {
         // SAFETY: the event and IRP are ours; the completion always runs.
         unsafe {
             KeWaitForSingleObject(
-                &mut *self.event as *mut KEVENT as *mut c_void,
+                &mut self.completion.event as *mut KEVENT as *mut c_void,
                 EXECUTIVE,
                 KERNEL_MODE,
                 0,
@@ -124,7 +163,8 @@ impl Call {
                 );
             }
             IoFreeIrp(self.irp);
-            result
+            let ran_on = self.completion.ran_on.get().cloned().unwrap_or_default();
+            (result.0, result.1, ran_on)
         }
     }
 }

@@ -225,3 +225,75 @@ fn a_thousand_concurrent_loopback_connections() {
     });
     kernel.shutdown().unwrap();
 }
+
+/// Sends `rounds` small buffers on each socket in turn; the names of the threads their
+/// completion routines ran on, per socket.
+fn send_completion_threads(kernel: &Kernel, sockets: Vec<Sock>, rounds: usize) -> Vec<Vec<String>> {
+    kernel
+        .run("sends", move || {
+            let buffer = Buffer::new(16);
+            let mut threads = vec![Vec::new(); sockets.len()];
+            for _ in 0..rounds {
+                for (i, &s) in sockets.iter().enumerate() {
+                    let mut wsk = buffer.wsk(0, 16);
+                    // SAFETY: a live connection socket; the buffer outlives the call.
+                    let call = Call::start(|irp| unsafe {
+                        conn(s).WskSend.unwrap()(s.raw(), &mut wsk, 0, irp)
+                    });
+                    let (status, n, thread) = call.wait_noting_thread();
+                    assert_eq!((status, n), (STATUS_SUCCESS, 16));
+                    threads[i].push(thread);
+                }
+            }
+            threads
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_connections_deferred_completions_stay_on_one_processor_and_two_connections_use_two() {
+    for processors in [2, 1] {
+        kemu::exports::bind_native(IMPORT_DIRECTORY);
+        let kernel = Kernel::boot(KernelConfig {
+            faults: FaultPlan {
+                callbacks: CallbackSchedule::Deferred,
+                ..FaultPlan::default()
+            },
+            processors,
+            ..KernelConfig::from_env()
+        });
+        // Made one after the other: consecutive sockets, so consecutive processors.
+        let (a, mut peer_a, client_a) = connected_pair(&kernel);
+        let (b, mut peer_b, client_b) = connected_pair(&kernel);
+        let threads = send_completion_threads(&kernel, vec![a, b], 8);
+        let mut got = vec![0u8; 8 * 16];
+        peer_a.read_exact(&mut got).unwrap();
+        peer_b.read_exact(&mut got).unwrap();
+        for (socket, names) in threads.iter().enumerate() {
+            assert!(
+                names.iter().all(|n| n == &names[0] && n.contains("dpc")),
+                "{processors} processor(s): socket {socket}'s deferred completions ran on {names:?}"
+            );
+        }
+        if processors == 2 {
+            assert_ne!(
+                threads[0][0], threads[1][0],
+                "two connections' deferred completions share one processor"
+            );
+        } else {
+            assert_eq!(
+                threads[0][0], threads[1][0],
+                "one processor, one DPC thread"
+            );
+        }
+        kernel
+            .run("close", move || {
+                close(a);
+                close(b);
+            })
+            .unwrap();
+        client_a.finish(&kernel);
+        client_b.finish(&kernel);
+        kernel.shutdown().unwrap();
+    }
+}

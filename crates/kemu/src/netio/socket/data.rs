@@ -134,8 +134,11 @@ pub(super) unsafe extern "win64" fn wsk_disconnect(
             return respond(irp, STATUS_INVALID_PARAMETER, 0);
         }
         let mut out = Vec::new();
-        with_socket("WskDisconnect", socket, |sock| reset(sock, &mut out));
-        finish(out, true);
+        let flow = with_socket("WskDisconnect", socket, |sock| {
+            reset(sock, &mut out);
+            sock.token
+        });
+        finish(out, Origin::Call(Some(flow)));
         return respond(irp, STATUS_SUCCESS, 0);
     }
     let (final_segments, final_length) = if buf.is_null() {
@@ -195,7 +198,7 @@ pub(super) unsafe extern "win64" fn wsk_close_socket(
         lookup_violation("WskCloseSocket", socket)
     };
     let mut out = Vec::new();
-    let (registration, category) = {
+    let (registration, category, flow) = {
         // A thread that found the socket before it left the map may hold its lock: it
         // finishes first, then finds the socket closed.
         let mut sock = lock_socket(&cell);
@@ -219,7 +222,7 @@ pub(super) unsafe extern "win64" fn wsk_close_socket(
             }
         }
         drop(io);
-        (sock.registration, sock.category)
+        (sock.registration, sock.category, sock.token)
     };
     {
         let mut state = kernel.netio.lock();
@@ -228,6 +231,6 @@ pub(super) unsafe extern "win64" fn wsk_close_socket(
         }
         retire(&mut state, socket as usize, category);
     }
-    finish(out, true);
+    finish(out, Origin::Call(Some(flow)));
     respond(irp, STATUS_SUCCESS, 0)
 }

@@ -4,9 +4,18 @@
 
 use super::*;
 
-/// Runs completions decided under the lock: from a driver call (placement per fault plan) or
-/// from the poller (at DISPATCH_LEVEL on the poller thread).
-pub(super) fn finish(completions: Vec<Done>, from_call: bool) {
+/// Where completions decided under the lock come from.
+#[derive(Clone, Copy)]
+pub(super) enum Origin {
+    /// A driver's call, on the connection with this token if there is one: placed per fault
+    /// plan, inline or as a DPC on the connection's processor (see `ke::processors`).
+    Call(Option<usize>),
+    /// The poller: at DISPATCH_LEVEL on the poller thread.
+    Poller,
+}
+
+/// Runs completions decided under the lock.
+pub(super) fn finish(completions: Vec<Done>, origin: Origin) {
     for c in completions {
         if c.drop_socket != 0 {
             drop_socket(c.drop_socket);
@@ -15,7 +24,7 @@ pub(super) fn finish(completions: Vec<Done>, from_call: bool) {
             continue;
         }
         let irp = c.irp as *mut IRP;
-        if from_call {
+        if let Origin::Call(flow) = origin {
             let kernel = thread::kernel();
             let placement = kernel.faults.place(true, true);
             if placement.inline {
@@ -29,9 +38,9 @@ pub(super) fn finish(completions: Vec<Done>, from_call: bool) {
                 });
             } else {
                 let (status, info) = (c.status, c.information);
-                kernel
-                    .dpc
-                    .submit(move || complete_at_dispatch(c.irp as *mut IRP, status, info));
+                kernel.dpc.submit(flow, move || {
+                    complete_at_dispatch(c.irp as *mut IRP, status, info)
+                });
             }
         } else {
             complete_at_dispatch(irp, c.status, c.information);
@@ -391,7 +400,7 @@ pub(crate) fn on_ready(token: usize) {
     let mut out = Vec::new();
     let accepted = progress(&mut lock_socket(&cell), socket, &mut out);
     adopt(accepted, &mut out);
-    finish(out, false);
+    finish(out, Origin::Poller);
 }
 
 /// Looks up an open socket, runs `f` under its own lock (the provider lock is held only to
@@ -422,17 +431,17 @@ pub(super) fn queue_and_progress(
     push: impl FnOnce(&mut Socket),
 ) -> NTSTATUS {
     let mut out = Vec::new();
-    let armed = with_socket(routine, socket, |sock| {
+    let (armed, flow) = with_socket(routine, socket, |sock| {
         if !arm(socket as usize, irp as usize) {
-            return None;
+            return (None, sock.token);
         }
         push(sock);
-        Some(progress(sock, socket as usize, &mut out))
+        (Some(progress(sock, socket as usize, &mut out)), sock.token)
     });
     match armed {
         Some(accepted) => adopt(accepted, &mut out),
         None => out.push(done(irp as usize, STATUS_CANCELLED, 0)),
     }
-    finish(out, true);
+    finish(out, Origin::Call(Some(flow)));
     STATUS_PENDING
 }
