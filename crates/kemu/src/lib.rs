@@ -48,5 +48,5 @@ pub use iomgr::{IoResult, MAX_IOCTL_BUFFER};
 pub use ke::pool::TagUsage;
 pub use ksecdd::store::{CertStore, IssuedCert, StoreError, TestCa, Thumbprint, Validity};
 pub use leaks::{Leak, LeakKind, LeakReport, Site, tag_text};
-pub use rtl::LogLine;
+pub use rtl::{LOG_LINES, LogLine};
 pub use sddl::Caller;

@@ -22,22 +22,60 @@ pub struct LogLine {
     pub text: String,
 }
 
-/// The debugger log of one kernel.
+/// Lines the debugger log keeps: the newest ones, as Windows' debug print buffer is a ring
+/// (a long-running `serve` under kemu prints a line per connection and must not grow without
+/// bound).
+pub const LOG_LINES: usize = 65_536;
+
+/// The debugger log of one kernel: the last [`LOG_LINES`] lines and how many went before them.
 #[derive(Default)]
 pub(crate) struct DebugLog {
-    lines: Mutex<Vec<LogLine>>,
+    lines: Mutex<LogRing>,
+}
+
+#[derive(Default)]
+struct LogRing {
+    kept: std::collections::VecDeque<LogLine>,
+    dropped: u64,
+}
+
+/// Whether KEMU_LOG asks for every line on stderr (read once: the environment lock is not
+/// taken per line).
+fn echo_to_stderr() -> bool {
+    static ECHO: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ECHO.get_or_init(|| std::env::var_os("KEMU_LOG").is_some())
 }
 
 impl DebugLog {
     pub fn push(&self, line: LogLine) {
-        if std::env::var_os("KEMU_LOG").is_some() {
+        if echo_to_stderr() {
             eprintln!("[kemu dbg {}:{}] {}", line.component, line.level, line.text);
         }
-        self.lines.lock().unwrap().push(line);
+        let mut ring = self.lines.lock().unwrap();
+        if ring.kept.len() >= LOG_LINES {
+            ring.kept.pop_front();
+            ring.dropped += 1;
+        }
+        ring.kept.push_back(line);
     }
 
+    /// The kept lines, oldest first; when older ones were dropped, a kemu note saying how many
+    /// comes first.
     pub fn lines(&self) -> Vec<LogLine> {
-        self.lines.lock().unwrap().clone()
+        let ring = self.lines.lock().unwrap();
+        let mut out = Vec::with_capacity(ring.kept.len() + 1);
+        if ring.dropped > 0 {
+            out.push(LogLine {
+                component: KEMU_COMPONENT,
+                level: 1,
+                text: format!(
+                    "kemu: {} earlier line(s) dropped (the log keeps the last {LOG_LINES})",
+                    ring.dropped
+                ),
+            });
+        }
+        out.extend(ring.kept.iter().cloned());
+        out
     }
 }
 

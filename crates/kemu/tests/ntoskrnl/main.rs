@@ -79,6 +79,35 @@ fn debug_print_formats_into_the_kernel_log() {
 }
 
 #[test]
+fn the_debug_log_keeps_the_newest_lines_and_says_how_many_went() {
+    let kernel = boot();
+    let total = kemu::LOG_LINES + 10;
+    kernel
+        .run("print", move || {
+            for i in 0..total {
+                let args: [usize; 1] = [i];
+                // SAFETY: one %u conversion, one argument slot.
+                unsafe { vDbgPrintEx(77, 3, c"line %u\n".as_ptr() as *const u8, args.as_ptr()) };
+            }
+        })
+        .unwrap();
+    let log = kernel.debug_log();
+    assert_eq!(
+        log.len(),
+        kemu::LOG_LINES + 1,
+        "the kept lines and one note"
+    );
+    assert!(
+        log[0].text.contains("10 earlier line(s) dropped"),
+        "{:?}",
+        log[0]
+    );
+    assert_eq!(log[1].text, "line 10", "the oldest kept line");
+    assert_eq!(log[log.len() - 1].text, format!("line {}", total - 1));
+    kernel.shutdown().unwrap();
+}
+
+#[test]
 fn time_moves_forward() {
     let kernel = boot();
     let (a, b) = kernel
