@@ -42,29 +42,15 @@ pub(super) unsafe extern "win64" fn wsk_control_socket(
         match (request_type, level, code) {
             (_, SOL_SOCKET, SO_WSK_EVENT_CALLBACK) => Err(STATUS_NOT_SUPPORTED),
             (ksys::wsk::WSK_SET_OPTION, SOL_SOCKET, SO_KEEPALIVE) => {
-                let v = value.ok_or(STATUS_INVALID_PARAMETER)?;
-                os.ok_or(STATUS_INVALID_DEVICE_STATE)?
-                    .set_keepalive(v != 0)
-                    .map_err(|e| status_of(&e))?;
-                Ok(None)
+                set_flag(os, value, |o, on| o.set_keepalive(on))
             }
-            (ksys::wsk::WSK_GET_OPTION, SOL_SOCKET, SO_KEEPALIVE) => Ok(Some(u32::from(
-                os.ok_or(STATUS_INVALID_DEVICE_STATE)?
-                    .keepalive()
-                    .map_err(|e| status_of(&e))?,
-            ))),
+            (ksys::wsk::WSK_GET_OPTION, SOL_SOCKET, SO_KEEPALIVE) => {
+                get_flag(os, |o| o.keepalive())
+            }
             (ksys::wsk::WSK_SET_OPTION, IPPROTO_TCP, TCP_NODELAY) => {
-                let v = value.ok_or(STATUS_INVALID_PARAMETER)?;
-                os.ok_or(STATUS_INVALID_DEVICE_STATE)?
-                    .set_nodelay(v != 0)
-                    .map_err(|e| status_of(&e))?;
-                Ok(None)
+                set_flag(os, value, |o, on| o.set_nodelay(on))
             }
-            (ksys::wsk::WSK_GET_OPTION, IPPROTO_TCP, TCP_NODELAY) => Ok(Some(u32::from(
-                os.ok_or(STATUS_INVALID_DEVICE_STATE)?
-                    .nodelay()
-                    .map_err(|e| status_of(&e))?,
-            ))),
+            (ksys::wsk::WSK_GET_OPTION, IPPROTO_TCP, TCP_NODELAY) => get_flag(os, |o| o.nodelay()),
             (ksys::wsk::WSK_SET_OPTION, IPPROTO_IPV6, IPV6_V6ONLY) => {
                 let v = value.ok_or(STATUS_INVALID_PARAMETER)?;
                 if u32::from(sock.family) != AF_INET6 || !matches!(sock.io, Io::Fresh(_)) {
@@ -102,4 +88,24 @@ pub(super) unsafe extern "win64" fn wsk_control_socket(
     } else {
         respond(irp, status, 0)
     }
+}
+
+/// Sets a boolean host socket option from the driver's value (no value: a short input buffer).
+fn set_flag(
+    os: Option<socket2::SockRef<'_>>,
+    value: Option<u32>,
+    set: impl FnOnce(&socket2::SockRef<'_>, bool) -> std::io::Result<()>,
+) -> Result<Option<u32>, NTSTATUS> {
+    let on = value.ok_or(STATUS_INVALID_PARAMETER)? != 0;
+    set(&os.ok_or(STATUS_INVALID_DEVICE_STATE)?, on).map_err(|e| status_of(&e))?;
+    Ok(None)
+}
+
+/// Reads a boolean host socket option as the 0/1 ULONG Windows returns.
+fn get_flag(
+    os: Option<socket2::SockRef<'_>>,
+    get: impl FnOnce(&socket2::SockRef<'_>) -> std::io::Result<bool>,
+) -> Result<Option<u32>, NTSTATUS> {
+    let on = get(&os.ok_or(STATUS_INVALID_DEVICE_STATE)?).map_err(|e| status_of(&e))?;
+    Ok(Some(u32::from(on)))
 }
