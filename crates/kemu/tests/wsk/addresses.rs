@@ -174,3 +174,56 @@ fn address_info_resolves_localhost_and_must_be_freed() {
     );
     kernel.shutdown().unwrap();
 }
+
+/// WskControlSocket without an IRP (the synchronous form): `value` in, the 4-byte result out.
+fn control(s: Sock, request: i32, code: u32, level: u32, input: Option<u32>) -> (NTSTATUS, u32) {
+    let mut value = input.unwrap_or(0);
+    let mut out = u32::MAX;
+    let mut returned = 0usize;
+    let in_len = if input.is_some() { 4 } else { 2 };
+    // SAFETY: a live connection socket; every buffer outlives the call.
+    let status = unsafe {
+        conn(s).Basic.WskControlSocket.unwrap()(
+            s.raw(),
+            request,
+            code,
+            level,
+            in_len,
+            &mut value as *mut u32 as *mut c_void,
+            4,
+            &mut out as *mut u32 as *mut c_void,
+            &mut returned,
+            std::ptr::null_mut(),
+        )
+    };
+    (status, out)
+}
+
+#[test]
+fn keepalive_and_nodelay_are_set_and_read_back_on_the_host_socket() {
+    let kernel = boot(CallbackSchedule::Random);
+    let (s, _peer, client) = connected_pair(&kernel);
+    kernel
+        .run("options", move || {
+            for (code, level) in [(SO_KEEPALIVE, SOL_SOCKET), (TCP_NODELAY, IPPROTO_TCP)] {
+                for on in [1u32, 0, 1] {
+                    let set = control(s, WSK_SET_OPTION, code, level, Some(on));
+                    assert_eq!(set.0, STATUS_SUCCESS, "set {code}={on}");
+                    assert_eq!(
+                        control(s, WSK_GET_OPTION, code, level, None),
+                        (STATUS_SUCCESS, on),
+                        "read back {code}"
+                    );
+                }
+                assert_eq!(
+                    control(s, WSK_SET_OPTION, code, level, None).0,
+                    STATUS_INVALID_PARAMETER,
+                    "a value shorter than a ULONG"
+                );
+            }
+            close(s);
+        })
+        .unwrap();
+    client.finish(&kernel);
+    kernel.shutdown().unwrap();
+}
