@@ -138,7 +138,7 @@ pub(super) unsafe extern "win64" fn wsk_disconnect(
             reset(sock, &mut out);
             sock.token
         });
-        finish(out, Origin::Call(Some(flow)));
+        finish(out, Origin::Call(flow));
         return respond(irp, STATUS_SUCCESS, 0);
     }
     let (final_segments, final_length) = if buf.is_null() {
@@ -231,6 +231,6 @@ pub(super) unsafe extern "win64" fn wsk_close_socket(
         }
         retire(&mut state, socket as usize, category);
     }
-    finish(out, Origin::Call(Some(flow)));
+    finish(out, Origin::Call(flow));
     respond(irp, STATUS_SUCCESS, 0)
 }

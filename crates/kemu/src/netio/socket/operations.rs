@@ -7,9 +7,9 @@ use super::*;
 /// Where completions decided under the lock come from.
 #[derive(Clone, Copy)]
 pub(super) enum Origin {
-    /// A driver's call, on the connection with this token if there is one: placed per fault
-    /// plan, inline or as a DPC on the connection's processor (see `ke::processors`).
-    Call(Option<usize>),
+    /// A driver's call on the socket with this token: placed per fault plan, inline or as a
+    /// DPC on the socket's processor (see `ke::processors`).
+    Call(usize),
     /// The poller: at DISPATCH_LEVEL on the poller thread.
     Poller,
 }
@@ -38,7 +38,7 @@ pub(super) fn finish(completions: Vec<Done>, origin: Origin) {
                 });
             } else {
                 let (status, info) = (c.status, c.information);
-                kernel.dpc.submit(flow, move || {
+                kernel.dpc.submit(Some(flow), move || {
                     complete_at_dispatch(c.irp as *mut IRP, status, info)
                 });
             }
@@ -442,6 +442,6 @@ pub(super) fn queue_and_progress(
         Some(accepted) => adopt(accepted, &mut out),
         None => out.push(done(irp as usize, STATUS_CANCELLED, 0)),
     }
-    finish(out, Origin::Call(Some(flow)));
+    finish(out, Origin::Call(flow));
     STATUS_PENDING
 }
