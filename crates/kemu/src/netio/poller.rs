@@ -46,7 +46,10 @@ fn deliver(kernel: &Arc<Shared>, timeout: Duration, collect: bool) -> bool {
             events
                 .iter()
                 .filter(|e| e.token() != WAKER)
-                .map(|e| e.token().0)
+                .map(|e| {
+                    let readable = e.is_readable() || e.is_read_closed() || e.is_error();
+                    (e.token().0, readable)
+                })
                 .collect::<Vec<_>>(),
         )
     });
@@ -57,8 +60,8 @@ fn deliver(kernel: &Arc<Shared>, timeout: Duration, collect: bool) -> bool {
     if collect {
         crate::ke::workers::collect_work_items();
     }
-    for token in ready {
-        super::socket::on_ready(token);
+    for (token, readable) in ready {
+        super::socket::on_ready(token, readable);
     }
     if collect {
         kernel.workers.run_collected(kernel);

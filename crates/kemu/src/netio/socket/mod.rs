@@ -145,6 +145,10 @@ pub(crate) struct Socket {
     disconnect: Option<usize>,
     fin_sent: bool,
     fin_received: bool,
+    /// Data may be waiting: false after a read found nothing, true again once the poller sees
+    /// the socket ready (mio reports readiness as edges, so no read can succeed in between and
+    /// a receive posted meanwhile just queues, without a system call).
+    readable: bool,
     aborted: bool,
     /// WskCloseSocket ran: a thread that found the socket before it left the provider's map
     /// must treat it as gone (a call then is the driver's use after close).

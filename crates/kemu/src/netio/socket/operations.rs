@@ -208,7 +208,11 @@ pub(super) fn progress(s: &mut Socket, socket: usize, out: &mut Vec<Done>) -> Ve
                 out.push(done(op.irp, STATUS_SUCCESS, op.filled));
                 continue;
             }
-            let read = stream.read_vectored(&mut op.unfilled());
+            let read = if s.readable {
+                stream.read_vectored(&mut op.unfilled())
+            } else {
+                Err(ErrorKind::WouldBlock.into())
+            };
             match read {
                 Ok(0) => {
                     s.fin_received = true;
@@ -227,6 +231,7 @@ pub(super) fn progress(s: &mut Socket, socket: usize, out: &mut Vec<Done>) -> Ve
                     out.push(done(op.irp, STATUS_SUCCESS, op.filled));
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    s.readable = false;
                     if rearm(socket, op.irp) {
                         s.receives.push_front(op);
                     } else {
@@ -376,6 +381,7 @@ impl Socket {
             disconnect: None,
             fin_sent: false,
             fin_received: false,
+            readable: true,
             aborted: false,
             closed: false,
             v6only: None,
@@ -384,8 +390,8 @@ impl Socket {
     }
 }
 
-/// The poller saw `token` ready.
-pub(crate) fn on_ready(token: usize) {
+/// The poller saw `token` ready (`readable`: for reading, or closed or failed).
+pub(crate) fn on_ready(token: usize, readable: bool) {
     let kernel = thread::kernel();
     let found = {
         let state = kernel.netio.lock();
@@ -398,7 +404,13 @@ pub(crate) fn on_ready(token: usize) {
         return;
     };
     let mut out = Vec::new();
-    let accepted = progress(&mut lock_socket(&cell), socket, &mut out);
+    let accepted = {
+        let mut sock = lock_socket(&cell);
+        // Set under the socket's lock: a thread whose read just found nothing clears it
+        // before this event can be looked at.
+        sock.readable |= readable;
+        progress(&mut sock, socket, &mut out)
+    };
     adopt(accepted, &mut out);
     finish(out, Origin::Poller);
 }
