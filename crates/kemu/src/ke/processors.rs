@@ -8,8 +8,8 @@
 //! Receive Queue": receive processing is distributed over the CPUs, and "the processing for a
 //! given connection can be tied to a given CPU"). Two busy connections so run on two threads,
 //! as on a two-processor machine, while one connection's completions stay on one thread (no
-//! wake-up of another per event). Any other DPC (a timer's, an IRP completion without a
-//! connection) is queued to the calling processor: the DPC thread that queues it, else
+//! wake-up of another per event). Any other DPC (a timer's, the completion of a call answered
+//! at once) is queued to the calling processor: the DPC thread that queues it, else
 //! processor 0.
 
 use std::sync::Arc;

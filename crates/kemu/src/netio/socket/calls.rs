@@ -262,14 +262,8 @@ pub(super) fn drop_socket(socket: usize) {
         removed
     };
     if let Some(cell) = removed {
-        let io = {
-            let mut s = lock_socket(&cell);
-            s.closed = true;
-            std::mem::replace(&mut s.io, Io::Dead)
-        };
-        let mut io = io;
-        deregister_io(&mut io);
-        drop(io);
+        // Nothing is queued on a socket its caller never got; the host socket closes here.
+        drop(lock_socket(&cell).shut());
         crate::io::free(socket as *mut u8, SOCKET_BLOCK);
     }
 }

@@ -202,20 +202,12 @@ pub(super) unsafe extern "win64" fn wsk_close_socket(
         // A thread that found the socket before it left the map may hold its lock: it
         // finishes first, then finds the socket closed.
         let mut sock = lock_socket(&cell);
-        sock.closed = true;
-        let pending = sock.pending_irps();
-        sock.accepts.clear();
-        sock.receives.clear();
-        sock.sends.clear();
-        sock.connect = None;
-        sock.disconnect = None;
+        let (pending, io) = sock.shut();
         for irp in pending {
             if claim(irp) {
                 out.push(done(irp, STATUS_CANCELLED, 0));
             }
         }
-        let mut io = std::mem::replace(&mut sock.io, Io::Dead);
-        deregister_io(&mut io);
         if let Io::Stream(stream) | Io::Connecting(stream) = &io {
             if !(sock.fin_sent && sock.fin_received) {
                 let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));

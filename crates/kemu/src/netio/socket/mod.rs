@@ -206,13 +206,18 @@ impl Socket {
         )
     }
 
-    fn pending_irps(&self) -> Vec<usize> {
-        let mut irps: Vec<usize> = self.accepts.iter().map(|o| o.irp).collect();
-        irps.extend(self.receives.iter().map(|o| o.irp));
-        irps.extend(self.sends.iter().map(|o| o.irp).filter(|&i| i != 0));
-        irps.extend(self.connect.as_ref().map(|c| c.irp));
-        irps.extend(self.disconnect);
-        irps
+    /// Marks the socket closed (a thread that finds it afterwards treats it as gone), takes
+    /// it off its poller and hands back its queued IRPs and host socket.
+    fn shut(&mut self) -> (Vec<usize>, Io) {
+        self.closed = true;
+        let mut irps: Vec<usize> = self.accepts.drain(..).map(|o| o.irp).collect();
+        irps.extend(self.receives.drain(..).map(|o| o.irp));
+        irps.extend(self.sends.drain(..).map(|o| o.irp).filter(|&i| i != 0));
+        irps.extend(self.connect.take().map(|c| c.irp));
+        irps.extend(self.disconnect.take());
+        let mut io = std::mem::replace(&mut self.io, Io::Dead);
+        deregister_io(&mut io);
+        (irps, io)
     }
 
     fn remove_op(&mut self, irp: usize) -> bool {
