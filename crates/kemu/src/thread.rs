@@ -200,9 +200,32 @@ pub(crate) fn spawn(
         .name(format!("kemu-{}-{}", kernel.id, name))
         .stack_size(1 << 20)
         .spawn(move || {
+            forgo_wakeup_preemption();
             enter(kernel, &label);
             // A panic was recorded as a bugcheck by the panic hook; the thread just ends.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         })
         .expect("kemu: cannot spawn a kernel thread")
+}
+
+/// Puts the calling host thread under Linux's SCHED_BATCH policy: when another thread wakes it,
+/// it takes a free processor, or the waker's once the waker sleeps or the tick comes round,
+/// instead of preempting the waker there and then.
+///
+/// Why: the wakers here are mostly kemu's poller and DPC threads, which stand for code at
+/// DISPATCH_LEVEL (the network stack's completions, DPCs). On Windows nothing a DPC readies or
+/// queues preempts it: the dispatcher does not switch threads on a processor at DISPATCH_LEVEL,
+/// and a processor's DPCs run one after another. Under Linux's default policy each DPC thread,
+/// LSA thread or worker the poller woke preempted the poller on the spot, one extra context
+/// switch per wake-up. The policy changes when a thread runs, never what it does; where the host
+/// refuses it, the thread keeps the default policy and behaves the same, only slower
+/// (docs/performance.md measures both).
+fn forgo_wakeup_preemption() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` lives across the call; pid 0 names the calling thread; the call reads
+        // nothing else and changes only this thread's scheduling policy.
+        let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    }
 }
