@@ -107,6 +107,57 @@ fn the_debug_log_keeps_the_newest_lines_and_says_how_many_went() {
     kernel.shutdown().unwrap();
 }
 
+/// Linux's scheduling policy of thread `tid` of this process (field 41 of its stat line), or
+/// None if it has ended meanwhile.
+fn host_policy(tid: &str) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // The name may hold spaces and parentheses: the fields after it follow the last ')'.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(38)?.parse().ok()
+}
+
+#[test]
+fn kemus_own_threads_do_not_preempt_the_thread_that_wakes_them() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    let kernel = boot();
+    // This kernel's threads are named kemu-<its id>-<role>; other tests' kernels run beside it,
+    // so look at every kemu thread of the process and require this one's roles among them.
+    let mut roles = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let tid = task.unwrap().file_name().into_string().unwrap();
+        let Ok(name) = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")) else {
+            continue;
+        };
+        let name = name.trim_end().to_owned();
+        if !name.starts_with("kemu-") {
+            continue;
+        }
+        let Some(policy) = host_policy(&tid) else {
+            continue;
+        };
+        assert_eq!(policy, SCHED_BATCH, "{name} runs under policy {policy}");
+        roles.push(name.splitn(3, '-').nth(2).unwrap_or_default().to_owned());
+    }
+    // (The WSK poller starts with the first WSK client; it is spawned the same way.)
+    for role in ["dpc0", "dpc1", "lsa0", "worker0", "timer"] {
+        assert!(
+            roles.iter().any(|r| r.starts_with(role)),
+            "no kemu thread for {role} among {roles:?}"
+        );
+    }
+    // The host's own threads keep the default policy: the check tells them apart.
+    let own = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let own_policy: u32 = own[own.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(38)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(own_policy, SCHED_OTHER);
+    kernel.shutdown().unwrap();
+}
+
 #[test]
 fn time_moves_forward() {
     let kernel = boot();
