@@ -154,7 +154,11 @@ fn kemus_own_threads_do_not_preempt_the_thread_that_wakes_them() {
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(own_policy, SCHED_OTHER);
+    assert_eq!(
+        own_policy, SCHED_OTHER,
+        "the tests must start under the default policy (threads inherit theirs), or this one \
+         cannot tell kemu's choice from the parent's"
+    );
     kernel.shutdown().unwrap();
 }
 
