@@ -15,7 +15,8 @@ mod wdm_driver {
     use ksys::imports::*;
     use ksys::io::{
         DEVICE_OBJECT, DRIVER_OBJECT, IRP, IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE,
-        IRP_MJ_DEVICE_CONTROL, ctl_code,
+        IRP_MJ_DEVICE_CONTROL, MDL, MDL_PAGES_LOCKED, MDL_WRITE_OPERATION, ctl_code,
+        mm_get_system_address_for_nonpaged_mdl,
     };
     use ksys::ntdef::*;
     use ksys::utf16;
@@ -24,6 +25,14 @@ mod wdm_driver {
     pub const REVERSE: u32 = ctl_code(0x9100, 0x801, 0, 0);
     /// Answers with the counts of create, cleanup and close IRPs seen (3 × u32).
     pub const COUNTS: u32 = ctl_code(0x9100, 0x802, 0, 0);
+    /// METHOD_OUT_DIRECT: writes `a`, `b`, `c`, ... into the caller's output buffer through the
+    /// MDL in Irp->MdlAddress.
+    pub const FILL: u32 = ctl_code(0x9100, 0x803, 2, 0);
+    /// METHOD_IN_DIRECT: succeeds if the caller's second buffer, read through the MDL, holds the
+    /// same bytes as the input (the system buffer).
+    pub const COMPARE: u32 = ctl_code(0x9100, 0x804, 1, 0);
+    /// What the driver answers when an MDL is not as the I/O manager must hand it over.
+    pub const WRONG_MDL: NTSTATUS = STATUS_INVALID_PARAMETER;
     /// The last DriverEntry installs no IRP_MJ_DEVICE_CONTROL routine when set.
     pub static NO_DEVICE_CONTROL: AtomicUsize = AtomicUsize::new(0);
 
@@ -54,6 +63,28 @@ mod wdm_driver {
         status
     }
 
+    /// The caller's direct buffer through `mdl`, if the MDL describes `length` bytes, locked
+    /// for writing exactly when `write`, and has a system address.
+    ///
+    /// # Safety
+    /// `mdl` is NULL or the live MDL of an IRP being handled.
+    unsafe fn direct_buffer(mdl: *mut MDL, length: usize, write: bool) -> Option<*mut u8> {
+        if mdl.is_null() {
+            return None;
+        }
+        // SAFETY: a live MDL per the contract.
+        unsafe {
+            let flags = (*mdl).MdlFlags;
+            let locked = flags & MDL_PAGES_LOCKED != 0;
+            let for_writing = flags & MDL_WRITE_OPERATION != 0;
+            if (*mdl).ByteCount as usize != length || !locked || for_writing != write {
+                return None;
+            }
+            let address = mm_get_system_address_for_nonpaged_mdl(mdl) as *mut u8;
+            (!address.is_null()).then_some(address)
+        }
+    }
+
     unsafe extern "win64" fn open_close(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
         // SAFETY: see `stack`.
         let counter = match unsafe { (*stack(irp)).MajorFunction } {
@@ -76,7 +107,42 @@ mod wdm_driver {
             let input = parameters.InputBufferLength as usize;
             let output = parameters.OutputBufferLength as usize;
             let buffer = (*irp).AssociatedIrp as *mut u8;
+            let mdl = (*irp).MdlAddress;
             match parameters.IoControlCode {
+                // A buffered request has no MDL.
+                REVERSE if !mdl.is_null() => complete(irp, WRONG_MDL, 0),
+                // An empty direct buffer has none either.
+                FILL | COMPARE if output == 0 => {
+                    let status = if mdl.is_null() {
+                        STATUS_SUCCESS
+                    } else {
+                        WRONG_MDL
+                    };
+                    complete(irp, status, 0)
+                }
+                FILL => match direct_buffer(mdl, output, true) {
+                    Some(out) => {
+                        for i in 0..output {
+                            *out.add(i) = b'a' + (i % 26) as u8;
+                        }
+                        complete(irp, STATUS_SUCCESS, output)
+                    }
+                    None => complete(irp, WRONG_MDL, 0),
+                },
+                COMPARE => match direct_buffer(mdl, output, false) {
+                    Some(data) => {
+                        let same = input == output
+                            && core::slice::from_raw_parts(data, output)
+                                == core::slice::from_raw_parts(buffer, input);
+                        let status = if same {
+                            STATUS_SUCCESS
+                        } else {
+                            STATUS_UNSUCCESSFUL
+                        };
+                        complete(irp, status, 0)
+                    }
+                    None => complete(irp, WRONG_MDL, 0),
+                },
                 REVERSE if output >= input => {
                     core::slice::from_raw_parts_mut(buffer, input).reverse();
                     complete(irp, STATUS_SUCCESS, input)
@@ -182,6 +248,53 @@ fn a_wdm_driver_gets_its_irps_through_its_major_function_table() {
             kernel.unload().unwrap();
             // The link went with the device.
             assert!(kernel.open("\\\\.\\KemuWdm", Caller::System).is_err());
+            kernel.shutdown().unwrap();
+        },
+    );
+}
+
+#[test]
+fn a_direct_requests_buffer_reaches_the_driver_through_an_mdl_the_io_manager_frees() {
+    isolated(
+        "a_direct_requests_buffer_reaches_the_driver_through_an_mdl_the_io_manager_frees",
+        || {
+            let kernel = Kernel::boot(KernelConfig::from_env());
+            load(&kernel);
+            let h = kernel
+                .open("\\\\.\\KemuWdm", Caller::Administrator)
+                .unwrap();
+            // METHOD_OUT_DIRECT: written in place through the MDL (locked for writing), across
+            // a page boundary, and handed back.
+            let filled = kernel
+                .ioctl_async_with(h, wdm_driver::FILL, &[], vec![0u8; 5000])
+                .unwrap()
+                .wait()
+                .unwrap();
+            assert_eq!((filled.status, filled.information), (STATUS_SUCCESS, 5000));
+            assert_eq!(&filled.output[..3], b"abc");
+            assert_eq!(filled.output[4999], b'a' + (4999 % 26) as u8);
+            // METHOD_IN_DIRECT: the driver reads the caller's bytes through the MDL (locked for
+            // reading); a difference is seen as one.
+            let same = kernel
+                .ioctl_async_with(h, wdm_driver::COMPARE, b"kernel", b"kernel".to_vec())
+                .unwrap()
+                .wait()
+                .unwrap();
+            assert_eq!(same.status, STATUS_SUCCESS);
+            let other = kernel
+                .ioctl_async_with(h, wdm_driver::COMPARE, b"kernel", b"kernal".to_vec())
+                .unwrap()
+                .wait()
+                .unwrap();
+            assert_eq!(other.status, ksys::ntdef::STATUS_UNSUCCESSFUL);
+            // No buffer, no MDL; a buffered request never has one.
+            let empty = kernel.ioctl(h, wdm_driver::FILL, &[], 0).unwrap();
+            assert_eq!(empty.status, STATUS_SUCCESS);
+            let buffered = kernel.ioctl(h, wdm_driver::REVERSE, b"ab", 2).unwrap();
+            assert_eq!(buffered.status, STATUS_SUCCESS);
+            kernel.close(h).unwrap();
+            // Unload reports every MDL still allocated: the I/O manager freed its own.
+            kernel.unload().unwrap();
             kernel.shutdown().unwrap();
         },
     );

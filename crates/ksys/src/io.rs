@@ -246,6 +246,8 @@ pub const MDL_SOURCE_IS_NONPAGED_POOL: i16 = 0x0004;
 pub const MDL_ALLOCATED_FIXED_SIZE: i16 = 0x0008;
 /// Describes part of another MDL's buffer.
 pub const MDL_PARTIAL: i16 = 0x0010;
+/// The pages were locked for writing (IoWriteAccess: a METHOD_OUT_DIRECT output buffer).
+pub const MDL_WRITE_OPERATION: i16 = 0x0080;
 
 /// IRP major function for opening a file object (CreateFile).
 pub const IRP_MJ_CREATE: u8 = 0x00;

@@ -1,11 +1,16 @@
-//! MDLs: IoAllocateMdl (optionally attached to an IRP), MmBuildMdlForNonPagedPool, IoFreeMdl.
+//! MDLs: IoAllocateMdl (optionally attached to an IRP), MmBuildMdlForNonPagedPool, IoFreeMdl,
+//! and the I/O manager's own MDL for a direct request's buffer (made when the IRP is built,
+//! freed with every MDL on the IRP's chain when it completes).
 
 // Keys are addresses and small ids: a fast non-cryptographic hash (no peer chooses them).
 use rustc_hash::FxHashMap as HashMap;
 use std::ffi::c_void;
 use std::sync::Mutex;
 
-use ksys::io::{IRP, MDL, MDL_SOURCE_IS_NONPAGED_POOL, PAGE_SIZE};
+use ksys::io::{
+    IRP, MDL, MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_SOURCE_IS_NONPAGED_POOL,
+    MDL_WRITE_OPERATION, PAGE_SIZE,
+};
 
 use crate::bugcheck::{bugcheck, codes, verifier};
 use crate::leaks::{Leak, LeakKind, Site};
@@ -27,6 +32,24 @@ fn span_pages(va: usize, length: usize) -> usize {
     ((va & (PAGE_SIZE - 1)) + length).div_ceil(PAGE_SIZE)
 }
 
+/// Fills a live MDL's frame array for the pages its buffer spans (kemu's frame numbers are the
+/// host's page numbers); returns the buffer's address.
+///
+/// # Safety
+/// `mdl` is a live MDL made by [`Mdls::allocate`] (room for every spanned page's frame).
+unsafe fn fill_frames(mdl: *mut MDL) -> usize {
+    // SAFETY: per the contract.
+    unsafe {
+        let va = (*mdl).StartVa as usize + (*mdl).ByteOffset as usize;
+        let pages = span_pages(va, (*mdl).ByteCount as usize);
+        let frames = (mdl as *mut u8).add(std::mem::size_of::<MDL>()) as *mut u64;
+        for i in 0..pages {
+            *frames.add(i) = ((va / PAGE_SIZE) + i) as u64;
+        }
+        va
+    }
+}
+
 impl Mdls {
     fn size_of(&self, routine: &str, mdl: *mut MDL) -> usize {
         match self.live.lock().unwrap().get(&(mdl as usize)) {
@@ -45,6 +68,68 @@ impl Mdls {
     /// Whether `mdl` is a live MDL.
     pub fn is_live(&self, mdl: *mut MDL) -> bool {
         self.live.lock().unwrap().contains_key(&(mdl as usize))
+    }
+
+    /// A zeroed MDL describing `length` bytes at `va` (header and an empty frame array),
+    /// registered as live.
+    fn allocate(&self, sequence: u64, va: usize, length: u32) -> *mut MDL {
+        let pages = span_pages(va, length as usize);
+        let size = std::mem::size_of::<MDL>() + pages * 8;
+        let mdl = super::alloc_zeroed(size) as *mut MDL;
+        // SAFETY: freshly allocated with room for the header and the frame array.
+        unsafe {
+            (*mdl).Size = size as i16;
+            (*mdl).StartVa = (va & !(PAGE_SIZE - 1)) as *mut c_void;
+            (*mdl).ByteOffset = (va & (PAGE_SIZE - 1)) as u32;
+            (*mdl).ByteCount = length;
+        }
+        self.live.lock().unwrap().insert(
+            mdl as usize,
+            MdlInfo {
+                size,
+                site: Site::here(sequence),
+            },
+        );
+        mdl
+    }
+
+    /// The I/O manager's MDL for the caller's buffer of a METHOD_IN_DIRECT / METHOD_OUT_DIRECT
+    /// request, as IoAllocateMdl and MmProbeAndLockPages leave it (pages locked, for writing if
+    /// the driver writes the buffer), already mapped: kemu's "system address" of a caller's
+    /// buffer is the buffer itself, so MmGetSystemAddressForMdlSafe finds MappedSystemVa set
+    /// instead of mapping it. Freed by [`Self::release_irp_chain`] when the IRP completes.
+    pub(crate) fn lock_caller_buffer(
+        &self,
+        sequence: u64,
+        buffer: *mut u8,
+        length: u32,
+        write: bool,
+    ) -> *mut MDL {
+        let mdl = self.allocate(sequence, buffer as usize, length);
+        // SAFETY: the live MDL just made, with room for every spanned page's frame.
+        unsafe {
+            (*mdl).MappedSystemVa = fill_frames(mdl) as *mut c_void;
+            (*mdl).MdlFlags = MDL_PAGES_LOCKED
+                | MDL_MAPPED_TO_SYSTEM_VA
+                | if write { MDL_WRITE_OPERATION } else { 0 };
+        }
+        mdl
+    }
+
+    /// At the completion of an IRP the I/O manager built: unlocks and frees every MDL on its
+    /// chain (its own and any a driver attached with IoAllocateMdl), as Windows' I/O manager
+    /// does for the IRPs it owns. One the driver freed already is a bugcheck (0xC4, not live).
+    pub(crate) fn release_irp_chain(&self, irp: *mut IRP) {
+        // SAFETY: the live IRP being completed; its chain holds the MDLs attached to it.
+        let mut next = unsafe { std::mem::replace(&mut (*irp).MdlAddress, std::ptr::null_mut()) };
+        while !next.is_null() {
+            let mdl = next;
+            let size = self.size_of("IofCompleteRequest (the I/O manager's MDL)", mdl);
+            // SAFETY: a live MDL (checked above); read before it is freed.
+            next = unsafe { (*mdl).Next };
+            self.live.lock().unwrap().remove(&(mdl as usize));
+            super::free(mdl as *mut u8, size);
+        }
     }
 
     /// Driver MDLs still allocated.
@@ -77,23 +162,9 @@ pub(crate) unsafe extern "win64" fn io_allocate_mdl(
     if kernel.faults.allocation_fails() {
         return std::ptr::null_mut();
     }
-    let pages = span_pages(va as usize, length as usize);
-    let size = std::mem::size_of::<MDL>() + pages * 8;
-    let mdl = super::alloc_zeroed(size) as *mut MDL;
-    // SAFETY: freshly allocated with room for the header and the PFN array.
-    unsafe {
-        (*mdl).Size = size as i16;
-        (*mdl).StartVa = (va as usize & !(PAGE_SIZE - 1)) as *mut c_void;
-        (*mdl).ByteOffset = (va as usize & (PAGE_SIZE - 1)) as u32;
-        (*mdl).ByteCount = length;
-    }
-    kernel.mdls.live.lock().unwrap().insert(
-        mdl as usize,
-        MdlInfo {
-            size,
-            site: Site::here(kernel.next_sequence()),
-        },
-    );
+    let mdl = kernel
+        .mdls
+        .allocate(kernel.next_sequence(), va as usize, length);
     if !irp.is_null() {
         // SAFETY: the caller passes a live IRP; the MDL chain consists of live MDLs.
         unsafe {
@@ -118,14 +189,8 @@ pub(crate) unsafe extern "win64" fn mm_build_mdl_for_non_paged_pool(mdl: *mut MD
     kernel.mdls.size_of("MmBuildMdlForNonPagedPool", mdl);
     // SAFETY: the MDL is live; its PFN array has room for every spanned page.
     unsafe {
-        let va = (*mdl).StartVa as usize + (*mdl).ByteOffset as usize;
-        let pages = span_pages(va, (*mdl).ByteCount as usize);
-        (*mdl).MappedSystemVa = va as *mut c_void;
+        (*mdl).MappedSystemVa = fill_frames(mdl) as *mut c_void;
         (*mdl).MdlFlags |= MDL_SOURCE_IS_NONPAGED_POOL;
-        let pfns = (mdl as *mut u8).add(std::mem::size_of::<MDL>()) as *mut u64;
-        for i in 0..pages {
-            *pfns.add(i) = ((va / PAGE_SIZE) + i) as u64;
-        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! DeviceIoControl: the IRP with its system buffer (and, for the direct methods, the caller's
-//! locked output buffer), its final completion, cancellation.
+//! locked output buffer and its MDL), its final completion, cancellation.
 
 use super::*;
 
@@ -87,6 +87,9 @@ impl IoManager {
                     ),
                 );
             }
+            // The I/O manager unlocks and frees the MDLs on its IRP (its own for a direct
+            // buffer first) before the caller sees the result.
+            k.mdls.release_irp_chain(irp);
             let copied = if ksys::ntdef::nt_success(status) {
                 information.min(output_length)
             } else {
@@ -138,10 +141,25 @@ impl IoManager {
         *slot.irp.lock().unwrap() = Some((irp as usize, id));
         kernel.irps.tag(irp, id);
         let stack = kernel.irps.call_lower(irp);
+        // Direct methods: the caller's output buffer, described by an MDL with its pages locked
+        // until completion (for writing under METHOD_OUT_DIRECT), in Irp->MdlAddress; none for
+        // an empty buffer (Microsoft Learn, "Buffer Descriptions for I/O Control Codes").
+        let mdl = if direct_buffer != 0 {
+            kernel.mdls.lock_caller_buffer(
+                id,
+                direct_buffer as *mut u8,
+                output_length as u32,
+                code & 3 == METHOD_OUT_DIRECT,
+            )
+        } else {
+            std::ptr::null_mut()
+        };
         // SAFETY: a fresh kernel IRP and its only stack location.
         unsafe {
             (*irp).AssociatedIrp = system_buffer as *mut std::ffi::c_void;
-            // Direct methods: the caller's output buffer, locked until completion.
+            (*irp).MdlAddress = mdl;
+            // The caller's output address (Windows sets it for every method; a METHOD_BUFFERED
+            // driver must not use it, and kemu leaves it NULL there).
             (*irp).UserBuffer = direct_buffer as *mut std::ffi::c_void;
             (*irp).IoStatus.Status = STATUS_PENDING;
             (*irp).Tail.OriginalFileObject = file_object as *mut FILE_OBJECT;

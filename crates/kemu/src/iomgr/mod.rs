@@ -2,7 +2,7 @@
 //! the host's I/O — open with an access check against the device's security descriptor,
 //! Device-control IRPs — METHOD_BUFFERED with one system buffer, METHOD_IN_DIRECT /
 //! METHOD_OUT_DIRECT with the input in a system buffer and the caller's output buffer locked for
-//! the request's life — cancellation, cleanup and close.
+//! the request's life and described by an MDL (Irp->MdlAddress) — cancellation, cleanup and close.
 //!
 //! Every request is an IRP handed to the device's driver through its DRIVER_OBJECT's
 //! MajorFunction table, as IoCallDriver does: IRP_MJ_CREATE at open, IRP_MJ_CLEANUP when the

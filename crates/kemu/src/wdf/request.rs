@@ -6,8 +6,8 @@ use std::ffi::c_void;
 
 use ksys::io::IRP;
 use ksys::ntdef::{
-    NTSTATUS, STATUS_BUFFER_TOO_SMALL, STATUS_CANCELLED, STATUS_INVALID_DEVICE_REQUEST,
-    STATUS_PENDING, STATUS_SUCCESS,
+    NTSTATUS, STATUS_BUFFER_TOO_SMALL, STATUS_CANCELLED, STATUS_INSUFFICIENT_RESOURCES,
+    STATUS_INVALID_DEVICE_REQUEST, STATUS_PENDING, STATUS_SUCCESS,
 };
 use ksys::wdf::types::*;
 
@@ -240,9 +240,9 @@ fn retrieve(
     output: bool,
 ) -> NTSTATUS {
     thread::require_at_most(routine, DISPATCH);
-    let (kind, system_buffer, direct_buffer) =
+    let (kind, system_buffer, direct_buffer, irp) =
         with_request(request.as_raw() as usize, routine, false, |r| {
-            (r.kind, r.system_buffer, r.direct_buffer)
+            (r.kind, r.system_buffer, r.direct_buffer, r.irp)
         });
     let RequestKind::DeviceControl {
         input_length,
@@ -263,10 +263,23 @@ fn retrieve(
             format!("{routine}: NULL Buffer"),
         );
     }
-    // A direct request's output buffer is the caller's (mapped through its MDL); its input,
-    // like every buffered request's, is the system buffer.
+    // A direct request's output buffer is the caller's, reached through the MDL in
+    // Irp->MdlAddress (MmGetSystemAddressForMdlSafe: NULL when it has no mapping, and then
+    // STATUS_INSUFFICIENT_RESOURCES; no MDL, STATUS_BUFFER_TOO_SMALL — Windows-Driver-Frameworks
+    // src/framework/shared/core/fxrequest.cpp, FxRequest::GetDeviceControlOutputMemoryObject).
+    // Its input, like every buffered request's, is the system buffer.
     let address = if output && direct_buffer != 0 {
-        direct_buffer
+        // SAFETY: the request's live IRP; its MDL, if any, is live until the IRP completes.
+        let mdl = unsafe { (*(irp as *mut IRP)).MdlAddress };
+        if mdl.is_null() {
+            return STATUS_BUFFER_TOO_SMALL;
+        }
+        // SAFETY: a live MDL (above).
+        let mapped = unsafe { ksys::io::mm_get_system_address_for_nonpaged_mdl(mdl) };
+        if mapped.is_null() {
+            return STATUS_INSUFFICIENT_RESOURCES;
+        }
+        mapped as usize
     } else {
         system_buffer
     };
