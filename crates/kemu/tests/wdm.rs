@@ -219,16 +219,22 @@ fn load(kernel: &Kernel) {
         .unwrap();
 }
 
+/// A kernel with the WDM driver loaded and its device opened by an administrator.
+fn booted_and_opened() -> (Kernel, kemu::Handle) {
+    let kernel = Kernel::boot(KernelConfig::from_env());
+    load(&kernel);
+    let h = kernel
+        .open("\\\\.\\KemuWdm", Caller::Administrator)
+        .unwrap();
+    (kernel, h)
+}
+
 #[test]
 fn a_wdm_driver_gets_its_irps_through_its_major_function_table() {
     isolated(
         "a_wdm_driver_gets_its_irps_through_its_major_function_table",
         || {
-            let kernel = Kernel::boot(KernelConfig::from_env());
-            load(&kernel);
-            let h = kernel
-                .open("\\\\.\\KemuWdm", Caller::Administrator)
-                .unwrap();
+            let (kernel, h) = booted_and_opened();
             let reversed = kernel.ioctl(h, wdm_driver::REVERSE, b"abcdef", 6).unwrap();
             assert_eq!(reversed.status, STATUS_SUCCESS);
             assert_eq!(&reversed.output[..reversed.information], b"fedcba");
@@ -258,11 +264,7 @@ fn a_direct_requests_buffer_reaches_the_driver_through_an_mdl_the_io_manager_fre
     isolated(
         "a_direct_requests_buffer_reaches_the_driver_through_an_mdl_the_io_manager_frees",
         || {
-            let kernel = Kernel::boot(KernelConfig::from_env());
-            load(&kernel);
-            let h = kernel
-                .open("\\\\.\\KemuWdm", Caller::Administrator)
-                .unwrap();
+            let (kernel, h) = booted_and_opened();
             // METHOD_OUT_DIRECT: written in place through the MDL (locked for writing), across
             // a page boundary, and handed back.
             let filled = kernel
@@ -306,11 +308,7 @@ fn a_major_function_the_driver_leaves_alone_is_an_invalid_device_request() {
         "a_major_function_the_driver_leaves_alone_is_an_invalid_device_request",
         || {
             wdm_driver::NO_DEVICE_CONTROL.store(1, std::sync::atomic::Ordering::SeqCst);
-            let kernel = Kernel::boot(KernelConfig::from_env());
-            load(&kernel);
-            let h = kernel
-                .open("\\\\.\\KemuWdm", Caller::Administrator)
-                .unwrap();
+            let (kernel, h) = booted_and_opened();
             let answer = kernel.ioctl(h, wdm_driver::REVERSE, b"abc", 3).unwrap();
             assert_eq!(answer.status, STATUS_INVALID_DEVICE_REQUEST);
             kernel.close(h).unwrap();
