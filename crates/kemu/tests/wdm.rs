@@ -5,7 +5,7 @@
 //! (STATUS_INVALID_DEVICE_REQUEST), and unload leaves nothing behind.
 
 use kemu::testing::isolated;
-use kemu::{Caller, Kernel, KernelConfig, NativeDriver};
+use kemu::{Caller, Kernel, KernelConfig, KernelError, NativeDriver, codes, verifier};
 use ksys::ntdef::{STATUS_INVALID_DEVICE_REQUEST, STATUS_SUCCESS};
 
 /// The WDM driver.
@@ -31,6 +31,9 @@ mod wdm_driver {
     /// METHOD_IN_DIRECT: succeeds if the caller's second buffer, read through the MDL, holds the
     /// same bytes as the input (the system buffer).
     pub const COMPARE: u32 = ctl_code(0x9100, 0x804, 1, 0);
+    /// METHOD_OUT_DIRECT, wrongly: frees the I/O manager's MDL itself, leaves Irp->MdlAddress
+    /// pointing at it, and completes.
+    pub const FREE_MDL: u32 = ctl_code(0x9100, 0x805, 2, 0);
     /// What the driver answers when an MDL is not as the I/O manager must hand it over.
     pub const WRONG_MDL: NTSTATUS = STATUS_INVALID_PARAMETER;
     /// The last DriverEntry installs no IRP_MJ_DEVICE_CONTROL routine when set.
@@ -109,6 +112,10 @@ mod wdm_driver {
             let buffer = (*irp).AssociatedIrp as *mut u8;
             let mdl = (*irp).MdlAddress;
             match parameters.IoControlCode {
+                FREE_MDL => {
+                    IoFreeMdl(mdl);
+                    complete(irp, STATUS_SUCCESS, 0)
+                }
                 // A buffered request has no MDL.
                 REVERSE if !mdl.is_null() => complete(irp, WRONG_MDL, 0),
                 // An empty direct buffer has none either.
@@ -298,6 +305,31 @@ fn a_direct_requests_buffer_reaches_the_driver_through_an_mdl_the_io_manager_fre
             // Unload reports every MDL still allocated: the I/O manager freed its own.
             kernel.unload().unwrap();
             kernel.shutdown().unwrap();
+        },
+    );
+}
+
+#[test]
+fn freeing_the_io_managers_mdl_before_completing_is_a_bugcheck() {
+    isolated(
+        "freeing_the_io_managers_mdl_before_completing_is_a_bugcheck",
+        || {
+            // A kemu caller thread takes the IOCTL, so the bugcheck comes back as an error.
+            let kernel = Kernel::boot(KernelConfig {
+                dispatch_on_caller: false,
+                ..KernelConfig::from_env()
+            });
+            load(&kernel);
+            let h = kernel
+                .open("\\\\.\\KemuWdm", Caller::Administrator)
+                .unwrap();
+            match kernel.ioctl(h, wdm_driver::FREE_MDL, &[], 64) {
+                Err(KernelError::Bugcheck(b)) => {
+                    assert_eq!(b.code, codes::DRIVER_VERIFIER_IOMANAGER_VIOLATION, "{b}");
+                    assert_eq!(b.parameters[0], verifier::MDL_NOT_LIVE, "{b}");
+                }
+                other => panic!("expected a bugcheck, got {other:?}"),
+            }
         },
     );
 }

@@ -117,8 +117,9 @@ impl Mdls {
     }
 
     /// At the completion of an IRP the I/O manager built: unlocks and frees every MDL on its
-    /// chain (its own and any a driver attached with IoAllocateMdl), as Windows' I/O manager
-    /// does for the IRPs it owns. One the driver freed already is a bugcheck (0xC4, not live).
+    /// chain (its own and any a driver attached with IoAllocateMdl), as IoCompleteRequest does
+    /// (KMDF's FxRequestBase::FreeMdls copies that behaviour for the IRPs it frees itself). One
+    /// the driver freed already is a bugcheck (0xC9, MDL not live).
     pub(crate) fn release_irp_chain(&self, irp: *mut IRP) {
         // SAFETY: the live IRP being completed; its chain holds the MDLs attached to it.
         let mut next = unsafe { std::mem::replace(&mut (*irp).MdlAddress, std::ptr::null_mut()) };
