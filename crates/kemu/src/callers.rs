@@ -8,7 +8,7 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 
 use crate::kernel::Shared;
-use crate::thread;
+use crate::thread::{self, Rank};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -34,7 +34,7 @@ impl Callers {
                 None => break,
             }
         }
-        thread::spawn(kernel, "caller", move || serve(job));
+        thread::spawn(kernel, "caller", Rank::Application, move || serve(job));
     }
 
     /// Lets every idle caller thread end (at kernel stop); busy ones end after their call.

@@ -50,3 +50,4 @@ pub use ksecdd::store::{CertStore, IssuedCert, StoreError, TestCa, Thumbprint, V
 pub use leaks::{Leak, LeakKind, LeakReport, Site, tag_text};
 pub use rtl::{LOG_LINES, LogLine};
 pub use sddl::Caller;
+pub use thread::{KERNEL_NICE, ThreadRanks, thread_ranks};

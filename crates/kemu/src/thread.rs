@@ -8,6 +8,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use ksys::ntdef::KIRQL;
 
@@ -188,10 +189,24 @@ pub(crate) fn check_balanced(what: &str, expected: KIRQL) {
     }
 }
 
+/// Whom a kemu thread stands for, and so how it ranks against the application's threads (the
+/// harness's, a test's) when both want a processor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rank {
+    /// Code Windows runs above every application thread: DPCs and the network stack's
+    /// completions (DISPATCH_LEVEL, above all threads), the clock's timers, system worker threads
+    /// (priority 12, 13 for the critical queue, where an application thread's base priority is 8).
+    Kernel,
+    /// Code that runs at an application's priority: a user thread's call into the kernel, LSA
+    /// (a user-mode service; its priority is not documented, so it gets no edge).
+    Application,
+}
+
 /// Spawns a named kernel thread of `kernel` that starts at PASSIVE_LEVEL.
 pub(crate) fn spawn(
     kernel: &Arc<Shared>,
     name: &str,
+    rank: Rank,
     f: impl FnOnce() + Send + 'static,
 ) -> std::thread::JoinHandle<()> {
     let kernel = kernel.clone();
@@ -201,6 +216,9 @@ pub(crate) fn spawn(
         .stack_size(1 << 20)
         .spawn(move || {
             forgo_wakeup_preemption();
+            if rank == Rank::Kernel {
+                outrank_applications();
+            }
             enter(kernel, &label);
             // A panic was recorded as a bugcheck by the panic hook; the thread just ends.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
@@ -227,5 +245,60 @@ fn forgo_wakeup_preemption() {
         // SAFETY: `param` lives across the call; pid 0 names the calling thread; the call reads
         // nothing else and changes only this thread's scheduling policy.
         let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    }
+}
+
+/// Linux nice value of the threads that stand for kernel code ([`Rank::Kernel`]).
+pub const KERNEL_NICE: i32 = -10;
+
+/// Gives the calling host thread [`KERNEL_NICE`]: about nine times an application thread's
+/// share of a contended processor under Linux's fair scheduler.
+///
+/// Why: on Windows the code these threads stand for outranks the application outright (a
+/// priority scheduler; DPCs above every thread, system workers at 12–13 against an
+/// application's 8), so an application thread woken by a completed IOCTL waits for them. At
+/// equal weight a woken harness thread took the processor from kemu's DPC thread mid-batch:
+/// an extra switch per completed request in a stream. Linux has no strict ranks short of
+/// real-time policies, which could starve the host; a weight is the nearest safe model. Raising
+/// a thread's priority needs CAP_SYS_NICE (or RLIMIT_NICE); refused, the thread keeps nice 0 and
+/// behaves the same, only slower (docs/performance.md, docs/kemu.md "Threads and IRQL").
+fn outrank_applications() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: who = 0 names the calling thread (Linux's nice is per thread); the call reads
+        // no memory and changes only this thread's nice value.
+        let granted = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, KERNEL_NICE) } == 0;
+        let outcome = if granted {
+            ThreadRanks::Granted
+        } else {
+            ThreadRanks::Refused
+        };
+        // One refusal is the news: it is never overwritten by a later grant.
+        let _ = RANKS.fetch_max(outcome as u8, Ordering::Relaxed);
+    }
+}
+
+/// Whether the host let kemu's kernel-code threads outrank the application's
+/// ([`KERNEL_NICE`]): figures measured without it are slower (docs/performance.md), so a
+/// benchmark reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadRanks {
+    /// No kernel thread has started on this host yet (or the host has no such control).
+    NotTried = 0,
+    /// Every kernel-code thread got its rank.
+    Granted = 1,
+    /// The host refused at least once (no CAP_SYS_NICE or RLIMIT_NICE): those threads run at
+    /// the application's rank.
+    Refused = 2,
+}
+
+static RANKS: AtomicU8 = AtomicU8::new(ThreadRanks::NotTried as u8);
+
+/// What the host said when kemu's kernel-code threads asked for their rank (see [`ThreadRanks`]).
+pub fn thread_ranks() -> ThreadRanks {
+    match RANKS.load(Ordering::Relaxed) {
+        0 => ThreadRanks::NotTried,
+        1 => ThreadRanks::Granted,
+        _ => ThreadRanks::Refused,
     }
 }

@@ -24,6 +24,7 @@ mod args;
 mod bench;
 mod connect;
 mod host_copy;
+mod host_threads;
 #[cfg(not(windows))]
 mod kemu_machine;
 mod machine;

@@ -32,7 +32,7 @@ use crate::kernel::Shared;
 use crate::leaks::{Leak, LeakReport, tag_text};
 use crate::rtl::LogLine;
 use crate::sddl::Caller;
-use crate::thread::{self, PASSIVE};
+use crate::thread::{self, PASSIVE, Rank};
 
 /// A natively linked driver has process-wide statics: one loaded copy per process.
 static NATIVE_DRIVER_LOADED: AtomicBool = AtomicBool::new(false);
@@ -194,10 +194,10 @@ impl Kernel {
         let shared = Shared::new(config.seed, config.faults, config.processors);
         shared
             .workers
-            .start(&shared, "worker", config.workers.max(1));
+            .start(&shared, "worker", Rank::Kernel, config.workers.max(1));
         shared.dpc.start(&shared);
         shared.lsa.collect_on_its_threads();
-        shared.lsa.start(&shared, "lsa", 2);
+        shared.lsa.start(&shared, "lsa", Rank::Application, 2);
         let (store_dir, temporary_store) = match &config.cert_store {
             Some(dir) => (dir.clone(), false),
             None => (
@@ -216,7 +216,7 @@ impl Kernel {
         }
         shared.ksecdd.set_store(store);
         let k = shared.clone();
-        let timer = thread::spawn(&shared, "timer", move || Timers::run(k));
+        let timer = thread::spawn(&shared, "timer", Rank::Kernel, move || Timers::run(k));
         let poller = crate::netio::poller::PollerHandle::start(&shared)
             .expect("kemu: cannot create the WSK poller");
         Kernel {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::ke::workers::ThreadPool;
 use crate::kernel::Shared;
+use crate::thread::Rank;
 
 /// One queue and thread per processor.
 pub(crate) struct Processors {
@@ -36,7 +37,7 @@ impl Processors {
     pub fn start(&self, kernel: &Arc<Shared>) {
         for (i, queue) in self.queues.iter().enumerate() {
             queue.collect_on_its_threads();
-            queue.start_thread(kernel, &format!("dpc{i}"));
+            queue.start_thread(kernel, &format!("dpc{i}"), Rank::Kernel);
         }
     }
 

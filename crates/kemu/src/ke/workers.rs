@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::kernel::Shared;
-use crate::thread;
+use crate::thread::{self, Rank};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -88,20 +88,20 @@ pub(crate) struct ThreadPool {
 
 impl ThreadPool {
     /// Starts `count` threads named `name` and their number.
-    pub fn start(self: &Arc<Self>, kernel: &Arc<Shared>, name: &str, count: usize) {
+    pub fn start(self: &Arc<Self>, kernel: &Arc<Shared>, name: &str, rank: Rank, count: usize) {
         for i in 0..count {
-            self.start_thread(kernel, &format!("{name}{i}"));
+            self.start_thread(kernel, &format!("{name}{i}"), rank);
         }
     }
 
     /// Starts one more thread, named `name`.
-    pub fn start_thread(self: &Arc<Self>, kernel: &Arc<Shared>, name: &str) {
+    pub fn start_thread(self: &Arc<Self>, kernel: &Arc<Shared>, name: &str, rank: Rank) {
         let pool = self.clone();
         let weak = Arc::downgrade(kernel);
         self.threads
             .lock()
             .unwrap()
-            .push(thread::spawn(kernel, name, move || {
+            .push(thread::spawn(kernel, name, rank, move || {
                 pool.run(&weak);
             }));
     }

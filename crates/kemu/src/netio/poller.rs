@@ -10,7 +10,7 @@ use std::time::Duration;
 use mio::{Events, Poll, Token, Waker};
 
 use crate::kernel::Shared;
-use crate::thread;
+use crate::thread::{self, Rank};
 
 /// Token of the waker (sockets use tokens from 1).
 const WAKER: Token = Token(0);
@@ -88,15 +88,20 @@ impl PollerHandle {
         let waker = Waker::new(poll.registry(), WAKER)?;
         let _ = kernel.netio.poller.parts.set((registry, waker));
         let k = kernel.clone();
-        Ok(thread::spawn(kernel, "wsk-poller", move || {
-            POLL.with(|p| *p.borrow_mut() = Some((poll, Events::with_capacity(1024))));
-            loop {
-                if k.stopping.load(Ordering::Acquire) {
-                    return;
+        Ok(thread::spawn(
+            kernel,
+            "wsk-poller",
+            Rank::Kernel,
+            move || {
+                POLL.with(|p| *p.borrow_mut() = Some((poll, Events::with_capacity(1024))));
+                loop {
+                    if k.stopping.load(Ordering::Acquire) {
+                        return;
+                    }
+                    deliver(&k, Duration::from_millis(200), true);
                 }
-                deliver(&k, Duration::from_millis(200), true);
-            }
-        }))
+            },
+        ))
     }
 
     /// The registry sockets register with.

@@ -107,20 +107,43 @@ fn the_debug_log_keeps_the_newest_lines_and_says_how_many_went() {
     kernel.shutdown().unwrap();
 }
 
-/// Linux's scheduling policy of thread `tid` of this process (field 41 of its stat line), or
-/// None if it has ended meanwhile.
-fn host_policy(tid: &str) -> Option<u32> {
+/// Field `n` (1-based, as proc(5) numbers them) of the stat line of thread `tid` of this
+/// process, or None if it has ended meanwhile.
+fn host_stat_field(tid: &str, n: usize) -> Option<i64> {
     let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
-    // The name may hold spaces and parentheses: the fields after it follow the last ')'.
+    // The name may hold spaces and parentheses: the fields after it (from the third) follow the
+    // last ')'.
     let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(38)?.parse().ok()
+    after_name.split_whitespace().nth(n - 3)?.parse().ok()
+}
+
+/// Scheduling policy (proc(5) field 41).
+fn host_policy(tid: &str) -> Option<i64> {
+    host_stat_field(tid, 41)
+}
+
+/// Nice value (proc(5) field 19).
+fn host_nice(tid: &str) -> Option<i64> {
+    host_stat_field(tid, 19)
+}
+
+/// Whether the host lets this process raise a thread's priority (CAP_SYS_NICE or RLIMIT_NICE):
+/// tried on a thread of its own that ends at once.
+fn host_grants_negative_nice() -> bool {
+    std::thread::spawn(|| {
+        // SAFETY: who = 0 is the calling thread, which ends right after; no memory is passed.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -1) == 0 }
+    })
+    .join()
+    .unwrap()
 }
 
 #[test]
-fn kemus_own_threads_do_not_preempt_the_thread_that_wakes_them() {
-    const SCHED_OTHER: u32 = 0;
-    const SCHED_BATCH: u32 = 3;
+fn kemus_threads_do_not_preempt_their_wakers_and_kernel_ones_outrank_the_application() {
+    const SCHED_OTHER: i64 = 0;
+    const SCHED_BATCH: i64 = 3;
     let kernel = boot();
+    let raised = host_grants_negative_nice();
     // This kernel's threads are named kemu-<its id>-<role>; other tests' kernels run beside it,
     // so look at every kemu thread of the process and require this one's roles among them.
     let mut roles = Vec::new();
@@ -133,11 +156,25 @@ fn kemus_own_threads_do_not_preempt_the_thread_that_wakes_them() {
         if !name.starts_with("kemu-") {
             continue;
         }
-        let Some(policy) = host_policy(&tid) else {
+        let (Some(policy), Some(nice)) = (host_policy(&tid), host_nice(&tid)) else {
             continue;
         };
         assert_eq!(policy, SCHED_BATCH, "{name} runs under policy {policy}");
-        roles.push(name.splitn(3, '-').nth(2).unwrap_or_default().to_owned());
+        let role = name.splitn(3, '-').nth(2).unwrap_or_default().to_owned();
+        // (Host thread names stop at 15 bytes: "kemu-18-wsk-pol".)
+        // Kernel code (DPCs, the network stack's completions, timers, system workers) outranks
+        // the application's threads; LSA and a user thread's call into the kernel do not.
+        let kernel_rank = ["dpc", "wsk-p", "timer", "worker"]
+            .iter()
+            .any(|r| role.starts_with(r));
+        match (kernel_rank, raised) {
+            (true, true) => assert!(
+                nice < 0,
+                "{name} runs at nice {nice}, no higher than the application"
+            ),
+            _ => assert_eq!(nice, 0, "{name} runs at nice {nice}"),
+        }
+        roles.push(role);
     }
     // (The WSK poller starts with the first WSK client; it is spawned the same way.)
     for role in ["dpc0", "dpc1", "lsa0", "worker0", "timer"] {
@@ -146,18 +183,18 @@ fn kemus_own_threads_do_not_preempt_the_thread_that_wakes_them() {
             "no kemu thread for {role} among {roles:?}"
         );
     }
-    // The host's own threads keep the default policy: the check tells them apart.
+    // The host's own threads keep the default policy and nice value: the checks tell them apart.
+    // (Fields from the third on; the state, not a number, reads as -1.)
     let own = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    let own_policy: u32 = own[own.rfind(')').unwrap() + 1..]
+    let own: Vec<i64> = own[own.rfind(')').unwrap() + 1..]
         .split_whitespace()
-        .nth(38)
-        .unwrap()
-        .parse()
-        .unwrap();
+        .map(|f| f.parse().unwrap_or(-1))
+        .collect();
     assert_eq!(
-        own_policy, SCHED_OTHER,
-        "the tests must start under the default policy (threads inherit theirs), or this one \
-         cannot tell kemu's choice from the parent's"
+        (own[38], own[16]),
+        (SCHED_OTHER, 0),
+        "the tests must start under the default policy and nice 0 (threads inherit theirs), or \
+         this one cannot tell kemu's choice from the parent's"
     );
     kernel.shutdown().unwrap();
 }

@@ -16,6 +16,7 @@ pub fn report_text(rounds: &[Round], options: &BenchOptions) -> String {
         "host copies: {} (see docs/performance.md)\n",
         crate::host_copy::describe()
     );
+    out += &format!("host threads: {}\n", crate::host_threads::describe());
     if rounds.len() < 2 {
         return out;
     }
@@ -313,6 +314,7 @@ pub fn report_json(rounds: &[Round], options: &BenchOptions) -> String {
         "drivers": drivers,
         "rustls": figures_json(anchor),
         "host_copies": crate::host_copy::describe(),
+        "host_threads": crate::host_threads::describe(),
         "rounds": each_round,
         "medians": medians,
     }))
